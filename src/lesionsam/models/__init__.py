@@ -1,0 +1,10 @@
+"""Models: the SAM-Med3D backbone, the methods built on it, one interface and one registry.
+
+``models`` imports nothing from training, inference, data or cli.
+"""
+
+from lesionsam.models.config import ModelConfig
+from lesionsam.models.interface import Prompts, SegModel, SegOutput
+from lesionsam.models.registry import build_model, known_methods, register_method
+
+__all__ = ["ModelConfig", "Prompts", "SegModel", "SegOutput", "build_model", "known_methods", "register_method"]

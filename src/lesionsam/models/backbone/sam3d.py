@@ -1,0 +1,131 @@
+"""The SAM-Med3D model: image encoder + prompt encoder + mask decoder, with a working 3D forward."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from lesionsam.models.backbone.config import Sam3DConfig
+from lesionsam.models.backbone.image_encoder import ImageEncoderViT3D
+from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
+from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
+from lesionsam.models.interface import Prompts, SegModel, SegOutput
+
+
+class Sam3D(SegModel):
+    """SAM-Med3D (Wang et al., "SAM-Med3D: Towards General-purpose Segmentation Models for Volumetric
+    Medical Images", 2023) with the official parts and state-dict keys.
+
+    The parts are built outside and passed in (``build_sam3d``), so methods can swap or extend them.
+    Unlike the official ``Sam3D.forward`` (a 2D leftover that fails on 3D input), this forward runs:
+    encode the crop, embed the prompts, decode, upsample the low-res logits trilinearly to the crop.
+    Images are expected already normalised (z-score); there is no ``pixel_mean``/``pixel_std``.
+
+    Args:
+        image_encoder: :class:`ImageEncoderViT3D`.
+        prompt_encoder: :class:`PromptEncoder3D`.
+        mask_decoder: :class:`MaskDecoder3D`.
+        config: the sizes the parts were built with.
+    """
+
+    required_prompts = frozenset()
+    accepted_prompts = frozenset({"points", "mask"})
+
+    def __init__(
+        self,
+        *,
+        image_encoder: ImageEncoderViT3D,
+        prompt_encoder: PromptEncoder3D,
+        mask_decoder: MaskDecoder3D,
+        config: Sam3DConfig,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.config = config
+
+    @property
+    def img_size(self) -> int:
+        return self.config.img_size
+
+    def encode(self, image: Tensor) -> Tensor:
+        """(B, C, S, S, S) normalised crop → (B, E, G, G, G) image embedding (cache it for many prompts)."""
+        return self.image_encoder(image)
+
+    def decode(self, embedding: Tensor, prompts: Prompts, *, multimask_output: bool = False) -> SegOutput:
+        """Decode prompts against a cached embedding (B, E, G, G, G)."""
+        self.check_prompts(prompts)
+        points = (prompts.points, prompts.labels) if prompts.points is not None else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=prompts.boxes, masks=prompts.mask)
+        if points is None and prompts.mask is None and embedding.shape[0] > 1:
+            sparse = sparse.expand(embedding.shape[0], -1, -1)
+            dense = dense.expand(embedding.shape[0], -1, -1, -1, -1)
+        low, iou = self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        return SegOutput(low_res_logits=low, logits=self.upsample(low), iou=iou)
+
+    def upsample(self, low_res_logits: Tensor) -> Tensor:
+        """(B, M, 4G, 4G, 4G) → (B, M, S, S, S) trilinear (align_corners=False), as the official scripts."""
+        return F.interpolate(low_res_logits, size=(self.img_size,) * 3, mode="trilinear", align_corners=False)
+
+    def forward(self, image: Tensor, prompts: Prompts | None = None, *, multimask_output: bool = False) -> SegOutput:
+        """Segment crops.
+
+        Args:
+            image: (B, C, S, S, S) float normalised crops, axes (D, H, W).
+            prompts: clicks and/or a previous low-res mask (see :class:`Prompts`).
+            multimask_output: return the three ambiguity masks.
+
+        Returns:
+            :class:`SegOutput` with low-res (B, M, 4G³) and full-res (B, M, S³) logits and IoU (B, M).
+        """
+        return self.decode(self.encode(image), prompts or Prompts(), multimask_output=multimask_output)
+
+
+def build_sam3d(config: Sam3DConfig | None = None, *, attn_impl: str = "fast") -> Sam3D:
+    """Build a randomly initialised SAM-Med3D from its sizes (the official ``vit_b_ori`` by default).
+
+    Example:
+        >>> from lesionsam.models.backbone import build_sam3d, get_preset
+        >>> model = build_sam3d(get_preset("tiny"))
+    """
+    cfg = config or Sam3DConfig()
+    grid = cfg.grid_size
+    return Sam3D(
+        image_encoder=ImageEncoderViT3D(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            in_chans=cfg.in_chans,
+            embed_dim=cfg.encoder_embed_dim,
+            depth=cfg.encoder_depth,
+            num_heads=cfg.encoder_num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            out_chans=cfg.prompt_embed_dim,
+            window_size=cfg.window_size,
+            global_attn_indexes=cfg.encoder_global_attn_indexes,
+            attn_impl=attn_impl,
+        ),
+        prompt_encoder=PromptEncoder3D(
+            embed_dim=cfg.prompt_embed_dim,
+            image_embedding_size=(grid, grid, grid),
+            input_image_size=(cfg.img_size,) * 3,
+            mask_in_chans=cfg.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder3D(
+            transformer_dim=cfg.prompt_embed_dim,
+            num_multimask_outputs=cfg.num_multimask_outputs,
+            depth=cfg.decoder_depth,
+            num_heads=cfg.decoder_num_heads,
+            mlp_dim=cfg.decoder_mlp_dim,
+            attention_downsample_rate=cfg.attention_downsample_rate,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        ),
+        config=cfg,
+    )

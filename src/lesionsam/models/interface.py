@@ -1,0 +1,94 @@
+"""The one model interface every lesionsam method implements: ``forward(image, prompts) -> SegOutput``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+#: Prompt kinds a method may need or accept.
+PROMPT_KINDS = ("points", "boxes", "mask", "text")
+
+
+@dataclass
+class Prompts:
+    """Prompts for one batch of crops. Every field is optional; methods declare which they use.
+
+    Attributes:
+        points: (B, N, 3) float voxel indices of the crop in tensor order (D, H, W).
+        labels: (B, N) int64 click labels: 1 positive, 0 negative, -1 padding. Required with ``points``.
+        boxes: (B, 6) float voxel boxes ``(d0, h0, w0, d1, h1, w1)`` (inclusive corners) in the crop.
+        mask: (B, 1, 4G, 4G, 4G) float low-res logits of a previous prediction (G = token grid side).
+        text: B strings (for example ``"liver tumour"``).
+    """
+
+    points: Tensor | None = None
+    labels: Tensor | None = None
+    boxes: Tensor | None = None
+    mask: Tensor | None = None
+    text: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.points is None) != (self.labels is None):
+            raise ValueError("Prompts: points and labels go together; give both or neither")
+
+    def kinds(self) -> set[str]:
+        """The prompt kinds present (subset of ``PROMPT_KINDS``)."""
+        return {k for k in PROMPT_KINDS if getattr(self, "points" if k == "points" else k) is not None}
+
+    def to(self, device: torch.device | str) -> Prompts:
+        """A copy with every tensor on ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor) else getattr(self, f.name)
+            for f in fields(self)
+        }
+        return Prompts(**moved)
+
+    def with_mask(self, mask: Tensor | None) -> Prompts:
+        """A copy whose low-res mask prompt is ``mask`` (for iterative clicking)."""
+        return replace(self, mask=mask)
+
+
+@dataclass
+class SegOutput:
+    """What every method returns.
+
+    Attributes:
+        low_res_logits: (B, M, 4G, 4G, 4G) float mask logits at the decoder's resolution.
+        logits: (B, M, S, S, S) float mask logits at the crop's resolution (trilinear upsampling).
+        iou: (B, M) predicted IoU of each mask.
+        extras: method-specific tensors, e.g. ``"gates"`` (SGP-SAM) or ``"stage1_logits"`` (H-SAM).
+    """
+
+    low_res_logits: Tensor
+    logits: Tensor
+    iou: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class SegModel(nn.Module):
+    """Base class of every method. Subclasses set the prompt kinds they need and accept.
+
+    The trainer and predictor look only at these attributes, never at a method's name.
+    """
+
+    #: Prompt kinds that must be present.
+    required_prompts: ClassVar[frozenset[str]] = frozenset()
+    #: Prompt kinds that may be present (others raise).
+    accepted_prompts: ClassVar[frozenset[str]] = frozenset()
+
+    def check_prompts(self, prompts: Prompts) -> None:
+        """Raise ``ValueError`` if a required prompt kind is missing or an unsupported one is given."""
+        given = prompts.kinds()
+        missing = self.required_prompts - given
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs prompt(s) {sorted(missing)}; got {sorted(given) or 'none'}")
+        extra = given - self.accepted_prompts - self.required_prompts
+        if extra:
+            ok = sorted(self.accepted_prompts | self.required_prompts) or ["none"]
+            raise ValueError(f"{type(self).__name__} does not take prompt(s) {sorted(extra)}; it accepts {ok}")
+
+    def forward(self, image: Tensor, prompts: Prompts) -> SegOutput:  # pragma: no cover - abstract
+        raise NotImplementedError

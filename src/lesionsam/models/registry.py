@@ -1,0 +1,83 @@
+"""One registry of methods: ``build_model(config)`` builds any of them from a :class:`ModelConfig`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lesionsam.models.config import ModelConfig
+from lesionsam.models.interface import SegModel
+from lesionsam.utils.dataclass_io import from_dict
+from lesionsam.utils.options import look_up_option
+
+Builder = Callable[[ModelConfig, Any], SegModel]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its builder, its options dataclass (or None) and a one-line description."""
+
+    name: str
+    builder: Builder
+    options: type | None
+    description: str
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, *, options: type | None = None, description: str = "") -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(config, options) -> SegModel`` under ``name``.
+
+    Example:
+        >>> @register_method("my_method", description="SAM-Med3D with a twist")
+        ... def build(config, options):
+        ...     ...
+    """
+
+    def deco(builder: Builder) -> Builder:
+        if name in _METHODS and _METHODS[name].builder is not builder:
+            raise ValueError(f"method {name!r} is registered twice")
+        _METHODS[name] = MethodSpec(name, builder, options, description)
+        return builder
+
+    return deco
+
+
+def _load_builtin_methods() -> None:
+    importlib.import_module("lesionsam.models.methods")
+
+
+def known_methods() -> dict[str, str]:
+    """Registered method names and their one-line descriptions."""
+    _load_builtin_methods()
+    return {name: spec.description for name, spec in sorted(_METHODS.items())}
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` of ``name`` (``ValueError`` listing the known methods otherwise)."""
+    _load_builtin_methods()
+    return _METHODS[look_up_option(name, sorted(_METHODS), what="method")]
+
+
+def build_model(config: ModelConfig) -> SegModel:
+    """Build the configured method; load ``config.checkpoint`` (official SAM-Med3D weights) if given.
+
+    Raises:
+        ValueError: unknown method (the message lists the known ones), or bad options.
+    """
+    spec = method_spec(config.method)
+    if spec.options is None:
+        if config.options:
+            raise ValueError(f"method {config.method!r} takes no options, got {sorted(config.options)}")
+        options = None
+    else:
+        options = from_dict(spec.options, config.options, where="model.options")
+    model = spec.builder(config, options)
+    if config.checkpoint:
+        from lesionsam.models.checkpoint import load_sam_med3d_weights
+
+        load_sam_med3d_weights(model, config.checkpoint)
+    return model
