@@ -41,7 +41,9 @@ class Prompts:
     def to(self, device: torch.device | str) -> Prompts:
         """A copy with every tensor on ``device``."""
         moved = {
-            f.name: getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor) else getattr(self, f.name)
+            f.name: getattr(self, f.name).to(device)
+            if isinstance(getattr(self, f.name), Tensor)
+            else getattr(self, f.name)
             for f in fields(self)
         }
         return Prompts(**moved)

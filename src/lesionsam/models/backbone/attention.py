@@ -207,9 +207,7 @@ class Attention3D(nn.Module):
         if (ed, eh, ew) != (s, s, s):
             # Log partition sums of exp(f1 + f2 + f3) over the whole window (A) and the real box (B).
             log_a = torch.logsumexp(
-                f1
-                + torch.logsumexp(f2, dim=4)[:, :, :, :, None, :]
-                + torch.logsumexp(f3, dim=4)[:, :, :, :, None, :],
+                f1 + torch.logsumexp(f2, dim=4)[:, :, :, :, None, :] + torch.logsumexp(f3, dim=4)[:, :, :, :, None, :],
                 dim=-1,
             )
             log_b = torch.logsumexp(

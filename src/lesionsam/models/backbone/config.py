@@ -73,27 +73,49 @@ class Sam3DConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent size."""
+
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ValueError(f"Sam3DConfig: {msg}")
 
-        for name in ("img_size", "patch_size", "in_chans", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
-                     "window_size", "prompt_embed_dim", "mask_in_chans", "decoder_num_heads", "decoder_mlp_dim",
-                     "attention_downsample_rate", "iou_head_depth", "iou_head_hidden_dim"):
+        for name in (
+            "img_size",
+            "patch_size",
+            "in_chans",
+            "encoder_embed_dim",
+            "encoder_depth",
+            "encoder_num_heads",
+            "window_size",
+            "prompt_embed_dim",
+            "mask_in_chans",
+            "decoder_num_heads",
+            "decoder_mlp_dim",
+            "attention_downsample_rate",
+            "iou_head_depth",
+            "iou_head_hidden_dim",
+        ):
             need(int(getattr(self, name)) > 0, f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        need(self.img_size % self.patch_size == 0,
-             f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}; "
-             f"use a crop side such as {max(1, round(self.img_size / self.patch_size)) * self.patch_size}")
-        need(self.encoder_embed_dim % self.encoder_num_heads == 0,
-             f"encoder_num_heads {self.encoder_num_heads} does not divide encoder_embed_dim {self.encoder_embed_dim}")
+        need(
+            self.img_size % self.patch_size == 0,
+            f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}; "
+            f"use a crop side such as {max(1, round(self.img_size / self.patch_size)) * self.patch_size}",
+        )
+        need(
+            self.encoder_embed_dim % self.encoder_num_heads == 0,
+            f"encoder_num_heads {self.encoder_num_heads} does not divide encoder_embed_dim {self.encoder_embed_dim}",
+        )
         bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
         need(not bad, f"encoder_global_attn_indexes {bad} are outside 0..{self.encoder_depth - 1}")
-        need(self.prompt_embed_dim % 3 == 0,
-             f"prompt_embed_dim {self.prompt_embed_dim} must be divisible by 3 (Fourier features over D, H, W)")
+        need(
+            self.prompt_embed_dim % 3 == 0,
+            f"prompt_embed_dim {self.prompt_embed_dim} must be divisible by 3 (Fourier features over D, H, W)",
+        )
         need(self.prompt_embed_dim % 8 == 0, f"prompt_embed_dim {self.prompt_embed_dim} must be divisible by 8")
-        need((self.prompt_embed_dim // self.attention_downsample_rate) % self.decoder_num_heads == 0,
-             f"decoder_num_heads {self.decoder_num_heads} must divide "
-             f"prompt_embed_dim / attention_downsample_rate = {self.prompt_embed_dim // self.attention_downsample_rate}")
+        need(
+            (self.prompt_embed_dim // self.attention_downsample_rate) % self.decoder_num_heads == 0,
+            f"decoder_num_heads {self.decoder_num_heads} must divide "
+            f"prompt_embed_dim / attention_downsample_rate = {self.prompt_embed_dim // self.attention_downsample_rate}",
+        )
         need(self.mask_in_chans % 4 == 0, f"mask_in_chans {self.mask_in_chans} must be divisible by 4")
         need(self.num_multimask_outputs >= 1, "num_multimask_outputs must be at least 1")
 

@@ -46,7 +46,13 @@ class TwoWayAttentionBlock3D(nn.Module):
     """Token self-attention, token→image cross-attention, MLP, image→token cross-attention."""
 
     def __init__(
-        self, *, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int, skip_first_layer_pe: bool
+        self,
+        *,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
+        skip_first_layer_pe: bool,
     ) -> None:
         super().__init__()
         self.self_attn = TokenAttention(embedding_dim, num_heads)

@@ -1,0 +1,46 @@
+"""``lesionsam bench``: speed and memory, measured side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lesionsam.cli.main import command
+
+
+@command("bench")
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure speed and memory side by side (fast vs naive attention, ...)",
+        description="Benchmarks, measured side by side in one run and printed as a table with ratios.",
+    )
+    p.add_argument("target", choices=["backbone"], help="what to measure: 'backbone' = the image encoder")
+    p.add_argument("--preset", default="tiny", help="backbone preset: tiny (default) or sam_med3d_vit_b")
+    p.add_argument("--batch", type=int, default=1, help="crops per forward pass (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--impls", default="fast,naive", help="comma-separated attention implementations")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+
+    def run(a: argparse.Namespace) -> int:
+        from lesionsam.workflows.bench import bench_backbone, format_table
+
+        result = bench_backbone(
+            preset=a.preset,
+            batch=a.batch,
+            device=a.device,
+            dtype=a.dtype,
+            repeats=a.repeats,
+            threads=a.threads,
+            impls=tuple(s.strip() for s in a.impls.split(",") if s.strip()),
+            progress=True,
+        )
+        print(format_table(result))
+        if a.json:
+            result.write_json(a.json)
+        return 0
+
+    p.set_defaults(func=run)
