@@ -153,7 +153,9 @@ class Attention3D(nn.Module):
         parts = [(0, full * s, s)] if full else []
         if rest:
             parts.append((full * s, g, rest))
-        tables = [rel_pos_table(t.float(), s) for t in (self.rel_pos_d, self.rel_pos_h, self.rel_pos_w)]
+        # Rel-pos terms and partition sums in at least float32, whatever the compute dtype.
+        ct = torch.promote_types(x.dtype, torch.float32)
+        tables = [rel_pos_table(t.to(ct), s) for t in (self.rel_pos_d, self.rel_pos_h, self.rel_pos_w)]
         pieces: dict[tuple[int, int, int], Tensor] = {}
         for (i, pd), (j, ph), (k, pw) in itertools.product(enumerate(parts), repeat=3):
             box = x[:, pd[0] : pd[1], ph[0] : ph[1], pw[0] : pw[1]]
@@ -187,12 +189,13 @@ class Attention3D(nn.Module):
         q, k, v = self._qkv(windows)  # (N, h, L, hd)
         bq, bk, bv = self._bias_qkv(q.dtype, q.device)
         td, th, tw = tables
-        qg = q.float().reshape(n, self.num_heads, ed, eh, ew, self.head_dim)
+        ct = td.dtype
+        qg = q.to(ct).reshape(n, self.num_heads, ed, eh, ew, self.head_dim)
         # f1[a, b, c, kw] = q[a, b, c] · R_d[a - kw]
         f1 = torch.einsum("nhabcx,akx->nhabck", qg, td[:ed])
         # The query vector at (a, b, t) for t over the whole window side (padding → b_q).
         if ew < s:
-            q_pad = bq.float()[None, :, None, None, None, :].expand(n, -1, ed, eh, s - ew, -1)
+            q_pad = bq.to(ct)[None, :, None, None, None, :].expand(n, -1, ed, eh, s - ew, -1)
             qt = torch.cat([qg, q_pad], dim=4)
         else:
             qt = qg
@@ -205,26 +208,50 @@ class Attention3D(nn.Module):
             + f3[:, :, :, :, None, None, :eh, :ew]
         ).reshape(n, self.num_heads, ed * eh * ew, ed * eh * ew)
         if (ed, eh, ew) != (s, s, s):
-            # Log partition sums of exp(f1 + f2 + f3) over the whole window (A) and the real box (B).
-            log_a = torch.logsumexp(
-                f1 + torch.logsumexp(f2, dim=4)[:, :, :, :, None, :] + torch.logsumexp(f3, dim=4)[:, :, :, :, None, :],
-                dim=-1,
-            )
-            log_b = torch.logsumexp(
-                f1[..., :ew]
-                + torch.logsumexp(f2[..., :ed, :ew], dim=4)[:, :, :, :, None, :]
-                + torch.logsumexp(f3[..., :eh, :ew], dim=4)[:, :, :, :, None, :],
-                dim=-1,
-            )
-            # log(A - B) = LA + log(1 - exp(LB - LA)); exact ties mean "no padded mass".
-            gap = torch.clamp(log_b - log_a, max=-1e-30)
-            log_pad = log_a + torch.log(-torch.expm1(gap))
-            virtual = self.scale * torch.einsum("nhabcx,hx->nhabc", qg, bk.float()) + log_pad
+            log_pad = _log_padded_mass(f1, f2, f3, ext, s)
+            virtual = self.scale * torch.einsum("nhabcx,hx->nhabc", qg, bk.to(ct)) + log_pad
             bias = torch.cat([bias, virtual.reshape(n, self.num_heads, -1, 1)], dim=-1)
             k = torch.cat([k, k.new_zeros(n, self.num_heads, 1, self.head_dim)], dim=2)
             v = torch.cat([v, bv[None, :, None, :].expand(n, -1, 1, -1)], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return out.transpose(1, 2).reshape(n, ed, eh, ew, -1)
+
+
+def _log_padded_mass(f1: Tensor, f2: Tensor, f3: Tensor, ext: tuple[int, int, int], s: int) -> Tensor:
+    """log Σ over the padded keys of exp(f1 + f2 + f3), per real query.
+
+    The padded keys of a window whose real tokens fill the corner box ``ext`` are split into three
+    disjoint sets — ``kw ≥ ew``; ``kw < ew, kd ≥ ed``; ``kw < ew, kd < ed, kh ≥ eh`` — and the sum over
+    each factorises over (kd, kh) for every kw. Summing positive terms only (rather than the spec's
+    ``log(A - B)``) avoids cancellation when the real box holds almost all of the mass.
+
+    Args:
+        f1: (N, h, ed, eh, ew, S) = q[a, b, c] · R_d[a - kw].
+        f2: (N, h, ed, eh, S, S) = q[a, b, kd] · R_h[b - kw], indexed [.., kd, kw].
+        f3: (N, h, ed, eh, S, S) = q[a, b, kh] · R_w[kh - kw], indexed [.., kh, kw].
+
+    Returns:
+        (N, h, ed, eh, ew) log-masses.
+    """
+    ed, eh, ew = ext
+
+    def lse(t: Tensor, dim: int) -> Tensor:
+        return torch.logsumexp(t, dim=dim)
+
+    def over_kw(l2: Tensor, l3: Tensor, kw: slice) -> Tensor:
+        # l2, l3: (N, h, ed, eh, K) for the kw range; f1 broadcast over the query's c axis.
+        return lse(f1[..., kw] + l2[:, :, :, :, None, :] + l3[:, :, :, :, None, :], dim=-1)
+
+    l2_all, l3_all = lse(f2, dim=4), lse(f3, dim=4)  # (N, h, ed, eh, S) per kw
+    real, pad = slice(0, ew), slice(ew, s)
+    terms = []
+    if ew < s:
+        terms.append(over_kw(l2_all[..., pad], l3_all[..., pad], pad))
+    if ed < s:
+        terms.append(over_kw(lse(f2[..., ed:, real], dim=4), l3_all[..., real], real))
+    if eh < s:
+        terms.append(over_kw(lse(f2[..., :ed, real], dim=4), lse(f3[..., eh:, real], dim=4), real))
+    return torch.logsumexp(torch.stack(terms), dim=0)
 
 
 def _official_rel_pos_bias_naive(q: Tensor, rel_d: Tensor, rel_h: Tensor, rel_w: Tensor, s: int) -> Tensor:

@@ -1,0 +1,71 @@
+"""``lesionsam evaluate``: Dice, NSD, HD95 and lesion-wise detection of a folder of predictions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lesionsam.cli.main import command
+
+
+@command("evaluate")
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted masks against ground truth (CSV + JSON + printed table)",
+        description=(
+            "Pair PRED_DIR and GT_DIR files by case id (file name without .nii.gz/.nii/.nrrd/.mha; predictions may "
+            "add _pred or nnU-Net's _0000) and report Dice, normalised surface Dice, HD95 (mm, from the image "
+            "spacing) and lesion-wise detection (26-connected components: TP/FP/FN, F1, Dice by lesion volume "
+            "<1, 1-10, >10 cm3). Empty masks: both empty = Dice 1, NSD 1, HD95 0; one empty = Dice 0, NSD 0, "
+            "HD95 undefined (left out of its mean and counted)."
+        ),
+    )
+    p.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predicted masks")
+    p.add_argument("gt_dir", type=Path, metavar="GT_DIR", help="folder of ground-truth label maps (e.g. labelsTr)")
+    p.add_argument(
+        "--label",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ground-truth value of the lesion (default 1; MSD liver tumour = 2, MSD brain enhancing tumour = 3)",
+    )
+    p.add_argument(
+        "--pred-label",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only this prediction value is lesion (default: any value > 0, e.g. one value per lesion)",
+    )
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: PRED_DIR/metrics)")
+    p.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=2.0,
+        metavar="MM",
+        help="normalised surface Dice tolerance in mm (default 2)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="skip ground-truth cases that have no prediction (default: error)",
+    )
+
+    def run(a: argparse.Namespace) -> int:
+        from lesionsam.workflows.evaluate import evaluate
+
+        result = evaluate(
+            a.pred_dir,
+            a.gt_dir,
+            label=a.label,
+            pred_label=a.pred_label,
+            out=a.out,
+            nsd_tolerance_mm=a.nsd_tolerance,
+            allow_missing=a.allow_missing,
+            progress=True,
+        )
+        print(result.table())
+        print(f"\nwrote {result.csv_path} and {result.json_path}")
+        return 0
+
+    p.set_defaults(func=run)

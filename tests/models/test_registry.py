@@ -1,0 +1,63 @@
+"""One registry, one typed model config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lesionsam.models import ModelConfig, build_model, known_methods
+from lesionsam.models.backbone import Sam3D, get_preset
+from lesionsam.utils.dataclass_io import apply_overrides, from_dict, save_yaml, to_dict
+
+
+def test_sam_med3d_is_registered() -> None:
+    assert "sam_med3d" in known_methods()
+    model = build_model(ModelConfig.from_preset("tiny"))
+    assert isinstance(model, Sam3D) and model.config == get_preset("tiny")
+
+
+def test_unknown_method_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"Unknown method 'sam_med3'\. Did you mean 'sam_med3d'\? Known: .*sam_med3d"):
+        build_model(ModelConfig(method="sam_med3", backbone=get_preset("tiny")))
+
+
+def test_options_for_a_method_without_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="takes no options"):
+        build_model(ModelConfig(backbone=get_preset("tiny"), options={"gate": "learned"}))
+
+
+def test_build_with_checkpoint_loads_the_official_weights(official_ckpt: Path) -> None:
+    model = build_model(ModelConfig.from_preset("tiny", checkpoint=str(official_ckpt)))
+    want = torch.load(official_ckpt, weights_only=True)["model_state_dict"]
+    assert torch.equal(model.state_dict()["image_encoder.pos_embed"], want["image_encoder.pos_embed"])
+
+
+def test_model_config_from_yaml_mapping_with_preset_and_overrides(tmp_path: Path) -> None:
+    data = yaml.safe_load("preset: tiny\nbackbone:\n  img_size: 96\n  encoder_global_attn_indexes: [0, 3]\n")
+    cfg = from_dict(ModelConfig, data)
+    assert cfg.backbone == get_preset("tiny").replace(img_size=96, encoder_global_attn_indexes=(0, 3))
+    save_yaml(cfg, tmp_path / "m.yaml")
+    again = from_dict(ModelConfig, yaml.safe_load((tmp_path / "m.yaml").read_text()))
+    assert again == cfg
+    assert to_dict(again)["backbone"]["encoder_global_attn_indexes"] == [0, 3]
+
+
+def test_model_config_errors_name_the_key() -> None:
+    with pytest.raises(ValueError, match=r"'backbone.img_sise'.*Did you mean 'img_size'"):
+        from_dict(ModelConfig, {"preset": "tiny", "backbone": {"img_sise": 96}})
+    with pytest.raises(TypeError, match="backbone.img_size: expected an integer"):
+        from_dict(ModelConfig, {"preset": "tiny", "backbone": {"img_size": "big"}})
+    with pytest.raises(ValueError, match="Unknown backbone preset 'tinyy'"):
+        from_dict(ModelConfig, {"preset": "tinyy"})
+    with pytest.raises(ValueError, match="attention implementation"):
+        ModelConfig(attention="flash")
+
+
+def test_overrides() -> None:
+    data = apply_overrides({"model": {"preset": "tiny"}}, ["model.backbone.img_size=96", "seed=3"])
+    assert data == {"model": {"preset": "tiny", "backbone": {"img_size": 96}}, "seed": 3}
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["model.preset"])
