@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lesionsam.cli.main import command
@@ -62,7 +63,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
             out=a.out,
             nsd_tolerance_mm=a.nsd_tolerance,
             allow_missing=a.allow_missing,
-            progress=True,
+            progress=sys.stderr.isatty(),  # no bar in logs or captured output
         )
         print(result.table())
         print(f"\nwrote {result.csv_path} and {result.json_path}")

@@ -92,5 +92,21 @@ class SegModel(nn.Module):
             ok = sorted(self.accepted_prompts | self.required_prompts) or ["none"]
             raise ValueError(f"{type(self).__name__} does not take prompt(s) {sorted(extra)}; it accepts {ok}")
 
+    @property
+    def img_size(self) -> int:
+        """Side S of the cubic crop the model takes, in voxels."""
+        raise NotImplementedError
+
+    def encode(self, image: Tensor) -> Tensor:
+        """The part of the forward pass that depends on the image only (cached by the predictor).
+
+        The default caches nothing: it returns the image and :meth:`decode` runs the whole forward.
+        """
+        return image
+
+    def decode(self, embedding: Tensor, prompts: Prompts, *, multimask_output: bool = False) -> SegOutput:
+        """The prompt-dependent part of the forward pass, on what :meth:`encode` returned."""
+        return self.forward(embedding, prompts)
+
     def forward(self, image: Tensor, prompts: Prompts) -> SegOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -109,7 +109,8 @@ class PromptEncoder3D(nn.Module):
         bad_labels = ~((labels == -1) | (labels == 0) | (labels == 1))
         if bool(bad_labels.any()):
             raise ValueError(
-                f"click labels must be 1 (positive), 0 (negative) or -1 (padding), got {labels[bad_labels][:5].tolist()}"
+                "click labels must be 1 (positive), 0 (negative) or -1 (padding), "
+                f"got {labels[bad_labels][:5].tolist()}"
             )
         real = labels != -1
         side = torch.tensor(self.input_image_size, device=coords.device, dtype=coords.dtype)

@@ -1,0 +1,80 @@
+"""``lesionsam predict``: segment lesions from clicks; masks are written on the input's own grid."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lesionsam.cli.main import command
+
+_DESCRIPTION = """\
+Segment lesions in IMAGE (NIfTI, NRRD, MHA, a DICOM folder) or in every image of a folder, from clicks.
+
+Coordinates: --point i,j,k is a 0-based voxel index in ITK order: i runs along the image's first axis (the
+one that varies fastest on disk), as 3D Slicer shows it as IJK. With --world the three numbers are physical
+millimetres in LPS, as ITK and DICOM use (3D Slicer displays RAS: negate x and y). The output label map has
+the input's exact size, spacing, origin and direction: one value per lesion (1, 2, ...) or 0/1 with --binary.
+
+Clicks come from exactly one of: --point/--negative (one lesion), --prompts FILE.json (several lesions, see
+the README), --clicks-from LABELS (one centre click per connected lesion of --label in a label map; the
+standard first-click benchmark).
+"""
+
+
+@command("predict")
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment lesions from clicks (one image or a folder)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, metavar="IMAGE|INPUT_DIR", help="an image file, DICOM folder or folder")
+    p.add_argument("--out", type=Path, required=True, metavar="MASK|OUTPUT_DIR", help="output mask or folder")
+    p.add_argument("--checkpoint", default=None, help="lesionsam checkpoint or official SAM-Med3D(-turbo) .pth")
+    p.add_argument("--preset", default=None, help="backbone preset of an official file (default sam_med3d_vit_b)")
+    p.add_argument("--point", action="append", default=[], metavar="i,j,k", help="positive click (repeatable)")
+    p.add_argument("--negative", action="append", default=[], metavar="i,j,k", help="negative click (repeatable)")
+    p.add_argument("--world", action="store_true", help="--point/--negative are LPS millimetres, not voxel indices")
+    p.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
+    p.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
+    p.add_argument("--label", type=int, default=1, metavar="N", help="lesion value for --clicks-from (default 1)")
+    p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
+    p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
+    p.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--modality", default="CT", choices=["CT", "MRI"], help="intensity normalisation (default CT)")
+    p.add_argument(
+        "--spacing", type=float, default=1.5, metavar="MM", help="isotropic model spacing in mm (default 1.5)"
+    )
+    p.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
+
+    def run(a: argparse.Namespace) -> int:
+        from lesionsam.workflows.predict import predict
+
+        cases = predict(
+            a.input,
+            a.out,
+            checkpoint=a.checkpoint,
+            preset=a.preset,
+            points=a.point,
+            negatives=a.negative,
+            world=a.world,
+            prompts=a.prompts,
+            clicks_from=a.clicks_from,
+            label=a.label,
+            channel=a.channel,
+            probabilities=a.probabilities,
+            binary=a.binary,
+            device=a.device,
+            modality=a.modality,
+            spacing=(a.spacing,) * 3,
+            max_windows=a.max_windows,
+            progress=sys.stderr.isatty(),
+        )
+        for c in cases:
+            print(f"{c.mask}  ({c.lesions} lesion(s), {c.windows} crop(s), {c.seconds:.1f} s)")
+        return 0
+
+    p.set_defaults(func=run)

@@ -1,0 +1,349 @@
+"""Click-prompted lesion segmentation of whole volumes, written back on the input's own grid.
+
+The :class:`Predictor` follows segment-anything's ``set_image`` / ``predict`` split: ``set_image``
+preprocesses a volume once (canonical orientation, isotropic spacing, normalised intensities); ``predict``
+segments any number of lesions, each from its own clicks:
+
+1. the clicks (ITK voxel indices of the *original* image, or LPS millimetres) are mapped onto the canonical
+   grid; a model crop of side S is centred on the lesion's positive clicks;
+2. the crop is encoded once and the clicks are decoded one after another, each decode receiving the previous
+   low-res logits as a mask prompt (as SAM-Med3D's interactive protocol and training do);
+3. while the mask touches a face of its crop that is not the volume's border, a window shifted by S/2 over
+   that face is segmented too (prompted by the mask so far and its most confident voxel in the new window),
+   up to ``max_windows`` windows per lesion, so lesions larger than one crop are covered;
+4. probabilities are merged on the canonical grid (max over windows; each voxel goes to the most confident
+   lesion), resampled linearly onto the original grid and thresholded at ``threshold``.
+
+The result is a label map on the input's exact grid: one value per lesion (1, 2, ...) or a binary mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
+from lesionsam.data.transforms import CropBox, PreprocessConfig, Preprocessed, Preprocessor, crop_box, crop_or_pad
+from lesionsam.models import ModelConfig, Prompts, SegModel, build_model
+from lesionsam.models.checkpoint import FORMAT, load_model, read_weights_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LesionClicks:
+    """The clicks of one lesion.
+
+    Attributes:
+        points: (N, 3) float; ITK voxel indices (i, j, k) of the original image, or LPS mm when the
+            predictor is called with ``world=True``.
+        labels: (N,) int; 1 = inside the lesion (positive), 0 = outside (negative). At least one positive.
+        lesion_id: the value this lesion gets in the output label map (1, 2, ...).
+    """
+
+    points: np.ndarray
+    labels: np.ndarray
+    lesion_id: int = 1
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, dtype=float).reshape(-1, 3)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if len(self.points) != len(self.labels):
+            raise ValueError(f"lesion {self.lesion_id}: {len(self.points)} points but {len(self.labels)} labels")
+        if not np.isin(self.labels, (0, 1)).all():
+            raise ValueError(f"lesion {self.lesion_id}: click labels must be 1 (positive) or 0 (negative)")
+        if not (self.labels == 1).any():
+            raise ValueError(f"lesion {self.lesion_id}: needs at least one positive click inside the lesion")
+        if not 1 <= int(self.lesion_id) <= 65535:
+            raise ValueError(f"lesion id must be in 1..65535, got {self.lesion_id}")
+
+
+@dataclass
+class Prediction:
+    """A prediction on the original image grid.
+
+    Attributes:
+        labels: (D, H, W) uint16 label map on the input's grid (0 background, lesion ids elsewhere).
+        probabilities: (D, H, W) float32 lesion probability on the input's grid (max over lesions), or None.
+        reference: the input's geometry (use it to write the arrays).
+        windows: number of model crops run per lesion id.
+        seconds: wall time of :meth:`Predictor.predict`.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    reference: Volume
+    windows: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
+    """(axis, side) pairs (side -1 = low face, +1 = high face) where a (S, S, S) mask touches its crop."""
+    faces = []
+    for axis in range(3):
+        for side, idx in ((-1, 0), (1, fg.shape[axis] - 1)):
+            if np.take(fg, idx, axis=axis).any():
+                faces.append((axis, side))
+    return faces
+
+
+class Predictor:
+    """Segments lesions from clicks in whole volumes (see the module docstring for the algorithm).
+
+    Args:
+        model: a click-promptable :class:`~lesionsam.models.SegModel` (e.g. SAM-Med3D) in eval mode.
+        preprocess: how volumes are brought onto the model's grid; its ``crop_size`` is set to the model's.
+        device: torch device for the model.
+        threshold: probability above which a voxel belongs to a lesion.
+        max_windows: most model crops per lesion (1 disables growing beyond the first crop).
+
+    Example:
+        >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
+        >>> predictor.set_image(read_image("ct.nii.gz"))
+        >>> result = predictor.predict([LesionClicks(points=[[120, 200, 40]], labels=[1])])
+    """
+
+    def __init__(
+        self,
+        model: SegModel,
+        *,
+        preprocess: PreprocessConfig | None = None,
+        device: str | torch.device = "cpu",
+        threshold: float = 0.5,
+        max_windows: int = 8,
+    ) -> None:
+        if "points" not in (model.accepted_prompts | model.required_prompts):
+            raise ValueError(f"{type(model).__name__} does not take clicks; use its own prompt mode (text or --auto)")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.crop = int(model.img_size)
+        cfg = preprocess or PreprocessConfig()
+        if cfg.crop_size != self.crop:
+            cfg = PreprocessConfig(**{**cfg.__dict__, "crop_size": self.crop})
+        self.preprocessor = Preprocessor(cfg)
+        self.threshold = threshold
+        self.max_windows = max_windows
+        self._pre: Preprocessed | None = None
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike[str] | None,
+        *,
+        preset: str | None = None,
+        device: str | torch.device = "cpu",
+        **kwargs: object,
+    ) -> Predictor:
+        """A predictor from a lesionsam checkpoint, or an official SAM-Med3D file plus a preset.
+
+        Args:
+            checkpoint: path to a lesionsam checkpoint (method and sizes are stored in it) or an official
+                SAM-Med3D / SAM-Med3D-turbo file; None builds randomly initialised weights (for smoke tests:
+                the masks are meaningless, and a warning says so).
+            preset: backbone preset for official files or random weights (default ``sam_med3d_vit_b``).
+        """
+        if checkpoint is None:
+            warnings.warn("no checkpoint given: random weights, the masks are meaningless", stacklevel=2)
+            model = build_model(ModelConfig.from_preset(preset or "sam_med3d_vit_b"))
+        else:
+            obj = read_weights_file(checkpoint)
+            if isinstance(obj, dict) and obj.get("format") == FORMAT:
+                if preset:
+                    log.info("--preset %s ignored: the lesionsam checkpoint stores its own sizes", preset)
+                model, _ = load_model(checkpoint)
+            else:
+                cfg = ModelConfig.from_preset(preset or "sam_med3d_vit_b")
+                model = build_model(cfg)
+                from lesionsam.models.checkpoint import load_sam_med3d_weights
+
+                load_sam_med3d_weights(model, obj if isinstance(obj, dict) else checkpoint)
+        return cls(model, device=device, **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------------------------------ image
+    def set_image(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
+        """Preprocess a volume (or read and preprocess a file) for the next :meth:`predict` calls."""
+        volume = image if isinstance(image, Volume) else read_image(image)
+        if volume.array.ndim != 3:
+            raise ImageIOError(
+                f"the image has {volume.array.shape[0]} channels; choose one (e.g. the MRI sequence) first"
+            )
+        check_intensities(volume, source=str(image) if not isinstance(image, Volume) else "image")
+        self._pre = self.preprocessor(volume)
+        return self._pre
+
+    @property
+    def preprocessed(self) -> Preprocessed:
+        if self._pre is None:
+            raise RuntimeError("call set_image() before predict()")
+        return self._pre
+
+    def _canonical_clicks(self, lesion: LesionClicks, *, world: bool) -> np.ndarray:
+        """(N, 3) canonical (d, h, w) indices of a lesion's clicks; ValueError for a click outside the image."""
+        pre = self.preprocessed
+        size = np.asarray(pre.source.size_ijk, dtype=float)
+        ijk = pre.source.world_to_index(lesion.points) if world else lesion.points
+        outside = np.any((ijk < -0.5) | (ijk > size - 0.5), axis=1)
+        if outside.any():
+            n = int(np.argmax(outside))
+            given = lesion.points[n].round(2).tolist()
+            kind = "LPS mm" if world else "voxel index (i, j, k)"
+            raise ValueError(
+                f"lesion {lesion.lesion_id}: click {given} ({kind}) is outside the image of size "
+                f"{tuple(int(s) for s in size)} (i, j, k); voxel indices run from 0 to size-1"
+            )
+        return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
+
+    # ------------------------------------------------------------------------------------------ model
+    def _run_window(self, box: CropBox, clicks: np.ndarray, labels: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+        """Logits (S, S, S) of one window, prompted by crop-space clicks and optional prior logits."""
+        pre = self.preprocessed
+        center = np.asarray(box.start) + np.asarray(box.size) // 2
+        crop, _ = crop_or_pad(pre.image, center, self.crop, pad_value=pre.background)
+        image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
+        low = None
+        if prior is not None:
+            prior_t = torch.from_numpy(prior)[None, None].to(self.device)
+            low = torch.nn.functional.interpolate(prior_t, scale_factor=0.25, mode="trilinear", align_corners=False)
+        with torch.inference_mode():
+            embedding = self.model.encode(image)
+            out = None
+            # Clicks one after another, each with the previous low-res logits, as in SAM-Med3D.
+            for n in range(1, len(clicks) + 1):
+                pts = torch.as_tensor(clicks[None, :n], dtype=torch.float32, device=self.device)
+                lab = torch.as_tensor(labels[None, :n], dtype=torch.int64, device=self.device)
+                out = self.model.decode(embedding, Prompts(points=pts, labels=lab, mask=low))
+                low = out.low_res_logits[:, :1]
+        assert out is not None
+        return out.logits[0, 0].float().cpu().numpy()
+
+    def _segment_lesion(self, dhw: np.ndarray, labels: np.ndarray) -> list[tuple[CropBox, np.ndarray]]:
+        """All windows (box, logits) of one lesion, growing while the mask touches an inner crop face."""
+        shape = self.preprocessed.grid.spatial_shape
+        positives = dhw[labels == 1]
+        start = positives.mean(axis=0)
+        if not crop_box(start, self.crop, shape).contains(positives[0]):
+            start = positives[0]  # positives spread wider than a crop: centre on the first one
+        queue = [np.floor(start + 0.5).astype(int)]
+        seen: set[tuple[int, ...]] = set()
+        windows: list[tuple[CropBox, np.ndarray]] = []
+        half = self.crop // 2
+        while queue and len(windows) < self.max_windows:
+            center = queue.pop(0)
+            if tuple(center) in seen:
+                continue
+            seen.add(tuple(center))
+            box = crop_box(center, self.crop, shape)
+            inside = np.array([box.contains(p) for p in dhw])
+            prior = self._assemble(windows, box) if windows else None
+            if inside.any() and not windows:
+                clicks, labs = box.to_crop(dhw[inside]), labels[inside]
+            else:
+                if prior is None or prior.max() <= 0:
+                    continue
+                # Prompt a grown window with the mask so far and its most confident voxel there.
+                peak = np.array(np.unravel_index(np.argmax(prior), prior.shape), dtype=float)
+                extra = box.to_crop(dhw[inside]) if inside.any() else np.zeros((0, 3))
+                clicks = np.concatenate([peak[None], extra])
+                labs = np.concatenate([[1], labels[inside]]).astype(np.int64)
+            clicks = np.clip(clicks, 0, self.crop - 1)
+            logits = self._run_window(box, clicks, labs, prior)
+            windows.append((box, logits))
+            for axis, side in _faces_touched(logits > 0):
+                at_border = box.start[axis] <= 0 if side < 0 else box.stop[axis] >= shape[axis]
+                if not at_border:
+                    nxt = center.copy()
+                    nxt[axis] += side * half
+                    queue.append(nxt)
+        return windows
+
+    @staticmethod
+    def _assemble(windows: Sequence[tuple[CropBox, np.ndarray]], box: CropBox) -> np.ndarray:
+        """Logits of earlier windows inside ``box`` (max where they overlap; very negative elsewhere)."""
+        out = np.full(box.size, -20.0, dtype=np.float32)
+        for other, logits in windows:
+            lo = np.maximum(box.start, other.start)
+            hi = np.minimum(box.stop, other.stop)
+            if np.any(hi <= lo):
+                continue
+            dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, box.start, strict=True))
+            src = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, other.start, strict=True))
+            out[dst] = np.maximum(out[dst], logits[src])
+        return out
+
+    # ------------------------------------------------------------------------------------------ public
+    def predict(
+        self, lesions: Sequence[LesionClicks], *, world: bool = False, probabilities: bool = False
+    ) -> Prediction:
+        """Segment every lesion of the current image from its clicks.
+
+        Args:
+            lesions: one :class:`LesionClicks` per lesion (ids must be distinct).
+            world: the clicks are LPS mm (True) rather than ITK voxel indices (i, j, k) of the image.
+            probabilities: also return the lesion probability map on the original grid.
+
+        Returns:
+            :class:`Prediction` on the input's grid.
+        """
+        t0 = time.perf_counter()
+        pre = self.preprocessed
+        if not lesions:
+            raise ValueError("no lesion to segment: give at least one click")
+        ids = [int(les.lesion_id) for les in lesions]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"lesion ids must be distinct, got {ids}")
+        canonical = [self._canonical_clicks(les, world=world) for les in lesions]
+        best = np.zeros(pre.grid.spatial_shape, dtype=np.float32)
+        owner = np.zeros(pre.grid.spatial_shape, dtype=np.uint16)
+        counts: dict[int, int] = {}
+        for les, dhw in zip(lesions, canonical, strict=True):
+            windows = self._segment_lesion(dhw, les.labels)
+            counts[les.lesion_id] = len(windows)
+            for box, logits in windows:
+                vol_sl, crop_sl = box.overlap()
+                prob = 1.0 / (1.0 + np.exp(-logits[crop_sl]))
+                region = best[vol_sl]
+                better = prob > region
+                region[better] = prob[better]
+                owner[vol_sl][better] = les.lesion_id
+        prob_orig = self.preprocessor.invert(best, pre, interpolation="linear")
+        owner_orig = self.preprocessor.invert(owner, pre, interpolation="nearest")
+        labels = np.where(prob_orig > self.threshold, owner_orig, 0).astype(np.uint16)
+        return Prediction(
+            labels=labels,
+            probabilities=prob_orig.astype(np.float32) if probabilities else None,
+            reference=pre.source,
+            windows=counts,
+            seconds=time.perf_counter() - t0,
+        )
+
+
+def write_prediction(
+    prediction: Prediction,
+    out: str | os.PathLike[str],
+    *,
+    binary: bool = False,
+    probabilities_path: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write the label map (uint8 when it fits) and optionally the probabilities, on the input's grid."""
+    labels = (prediction.labels > 0).astype(np.uint8) if binary else prediction.labels
+    if not binary and labels.max(initial=0) < 256:
+        labels = labels.astype(np.uint8)
+    path = write_image(labels, out, reference=prediction.reference)
+    if probabilities_path is not None:
+        if prediction.probabilities is None:
+            raise ValueError("probabilities were not computed: call predict(..., probabilities=True)")
+        write_image(prediction.probabilities, probabilities_path, reference=prediction.reference)
+    return path

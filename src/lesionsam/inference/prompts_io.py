@@ -1,0 +1,114 @@
+"""Clicks from the command line, from a JSON file, or simulated from a label map.
+
+JSON prompt file (one image)::
+
+    {"coordinates": "voxel",            # or "world" (LPS mm); default "voxel" = ITK index (i, j, k)
+     "lesions": [
+        {"id": 1, "points": [[120, 88, 40], [130, 90, 41]], "labels": [1, 0]},
+        {"id": 2, "points": [[60, 150, 22]]}            # labels default to all positive
+     ]}
+
+For a folder of images, the file maps case ids (file names without their image suffix) to such objects:
+``{"case_000": {"lesions": [...]}, "case_001": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from lesionsam.data.io import Volume
+from lesionsam.data.prompts import first_click
+from lesionsam.inference.predictor import LesionClicks
+
+
+def parse_point(text: str) -> tuple[float, float, float]:
+    """``"i,j,k"`` → three floats (ValueError with the expected form otherwise)."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"point {text!r} must be three comma-separated numbers i,j,k (e.g. 120,88,40)")
+    return values  # type: ignore[return-value]
+
+
+def clicks_from_args(points: Sequence[str], negatives: Sequence[str] = ()) -> list[LesionClicks]:
+    """One lesion from ``--point`` (positive) and ``--negative`` clicks."""
+    if not points:
+        raise ValueError("give at least one positive --point i,j,k inside the lesion")
+    pts = [parse_point(p) for p in points] + [parse_point(n) for n in negatives]
+    labels = [1] * len(points) + [0] * len(negatives)
+    return [LesionClicks(points=np.array(pts), labels=np.array(labels), lesion_id=1)]
+
+
+def _lesions_from_obj(obj: Any, where: str) -> tuple[list[LesionClicks], bool]:
+    if not isinstance(obj, Mapping) or "lesions" not in obj:
+        raise ValueError(f"{where}: expected an object with a 'lesions' list")
+    coords = obj.get("coordinates", "voxel")
+    if coords not in ("voxel", "world"):
+        raise ValueError(f"{where}: 'coordinates' must be 'voxel' or 'world', got {coords!r}")
+    lesions = []
+    for n, item in enumerate(obj["lesions"]):
+        if not isinstance(item, Mapping) or "points" not in item:
+            raise ValueError(f"{where}: lesion {n} needs a 'points' list of [i, j, k]")
+        pts = np.asarray(item["points"], dtype=float)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ValueError(f"{where}: lesion {n} points must be a list of [i, j, k], got shape {pts.shape}")
+        labels = np.asarray(item.get("labels", [1] * len(pts)), dtype=np.int64)
+        lesions.append(LesionClicks(points=pts, labels=labels, lesion_id=int(item.get("id", n + 1))))
+    if not lesions:
+        raise ValueError(f"{where}: the 'lesions' list is empty")
+    return lesions, coords == "world"
+
+
+def read_prompt_file(path: str | os.PathLike[str]) -> dict[str | None, tuple[list[LesionClicks], bool]]:
+    """Read a prompt JSON file.
+
+    Returns:
+        ``{None: (lesions, world)}`` for a single-image file, or ``{case_id: (lesions, world)}`` for a folder.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompt file not found: {p}")
+    try:
+        obj = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p} is not valid JSON: {exc}") from None
+    if isinstance(obj, Mapping) and "lesions" in obj:
+        return {None: _lesions_from_obj(obj, str(p))}
+    if isinstance(obj, Mapping):
+        return {str(case): _lesions_from_obj(item, f"{p} [{case}]") for case, item in obj.items()}
+    raise ValueError(f"{p}: expected a JSON object with 'lesions' (one image) or case ids (a folder)")
+
+
+def clicks_from_label(label: Volume, *, value: int, source: str = "label") -> list[LesionClicks]:
+    """One centre click per connected lesion of ``label == value`` (26-connectivity), as ITK (i, j, k).
+
+    The click is the lesion's interior-most voxel (largest distance to its border), the usual first click of
+    interactive-segmentation benchmarks. Lesions are numbered 1, 2, ... by decreasing size.
+
+    Raises:
+        ValueError: the label map has no voxel of ``value`` (the message lists the values present).
+    """
+    arr = np.asarray(label.array)
+    target = arr == value
+    if not target.any():
+        present = np.unique(arr)[:10].tolist()
+        raise ValueError(f"{source}: label value {value} not found; values present: {present}")
+    comps, n = ndimage.label(target, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
+    order = np.argsort(-sizes, kind="stable")
+    lesions = []
+    for rank, idx in enumerate(order, start=1):
+        dhw, _ = first_click(comps == idx + 1, mode="center")
+        ijk = np.asarray(dhw, dtype=float)[::-1]
+        lesions.append(LesionClicks(points=ijk[None], labels=np.array([1]), lesion_id=rank))
+    return lesions

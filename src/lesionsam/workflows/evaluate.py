@@ -1,0 +1,59 @@
+"""``lesionsam evaluate``: score a folder of predictions against ground truth (CSV + JSON + printed table)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lesionsam.evaluation.evaluate import EvaluationResult, evaluate_folder
+
+#: Name of the default output folder, created inside the prediction folder. Only image files directly inside the
+#: prediction folder are read as predictions, so this folder (and the CSV/JSON in it) is never scored.
+DEFAULT_OUT_NAME = "metrics"
+
+
+def default_out_dir(pred_dir: str | os.PathLike[str]) -> Path:
+    """Where :func:`evaluate` writes when no ``out`` is given: ``<pred_dir>/metrics``."""
+    return Path(pred_dir) / DEFAULT_OUT_NAME
+
+
+def evaluate(
+    pred_dir: str | os.PathLike[str],
+    gt_dir: str | os.PathLike[str],
+    *,
+    label: int = 1,
+    pred_label: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    nsd_tolerance_mm: float = 2.0,
+    allow_missing: bool = False,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate predictions and write ``metrics.csv`` and ``metrics.json``.
+
+    Args:
+        pred_dir: folder of predicted masks (value > 0 = lesion unless ``pred_label`` is given).
+        gt_dir: folder of ground-truth label maps (e.g. an MSD ``labelsTr``).
+        label: ground-truth target value (MSD liver tumour = 2, MSD brain enhancing tumour = 3).
+        pred_label: only this prediction value is foreground (default: any value > 0).
+        out: output folder (default :func:`default_out_dir`: ``<pred_dir>/metrics``).
+        nsd_tolerance_mm: normalised-surface-Dice tolerance in mm.
+        allow_missing: skip ground-truth cases without prediction instead of failing.
+        progress: show a progress bar with ETA.
+
+    Returns:
+        The :class:`~lesionsam.evaluation.evaluate.EvaluationResult`; ``csv_path``/``json_path`` say where the
+        files went.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`~lesionsam.evaluation.evaluate.evaluate_folder`.
+    """
+    return evaluate_folder(
+        pred_dir,
+        gt_dir,
+        label=label,
+        pred_label=pred_label,
+        out_dir=default_out_dir(pred_dir) if out is None else out,
+        nsd_tolerance_mm=nsd_tolerance_mm,
+        allow_missing=allow_missing,
+        progress=progress,
+    )

@@ -1,0 +1,185 @@
+"""``lesionsam predict``: one image or a folder, clicks in, masks out on each input's own grid."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lesionsam.data.io import IMAGE_SUFFIXES, ImageIOError, is_image_path, read_image
+from lesionsam.data.transforms import PreprocessConfig
+from lesionsam.inference.predictor import LesionClicks, Prediction, Predictor, write_prediction
+from lesionsam.inference.prompts_io import clicks_from_args, clicks_from_label, read_prompt_file
+
+log = logging.getLogger(__name__)
+
+
+def case_id(path: Path) -> str:
+    """File name without its image suffix (``case_000.nii.gz`` → ``case_000``)."""
+    name = path.name
+    for suf in IMAGE_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return path.stem
+
+
+def _image_suffix(path: Path) -> str:
+    name = path.name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), ".nii.gz")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any computation if ``path``'s folder cannot be created or written."""
+    folder = path if path.suffix == "" and not path.name.endswith(IMAGE_SUFFIXES) else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".lesionsam-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ImageIOError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class PredictedCase:
+    """What was written for one input image."""
+
+    image: Path
+    mask: Path
+    lesions: int
+    windows: int
+    seconds: float
+
+
+def predict(
+    input: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    preset: str | None = None,
+    points: Sequence[str] = (),
+    negatives: Sequence[str] = (),
+    world: bool = False,
+    prompts: str | os.PathLike[str] | None = None,
+    clicks_from: str | os.PathLike[str] | None = None,
+    label: int = 1,
+    channel: int | None = None,
+    probabilities: str | os.PathLike[str] | None = None,
+    binary: bool = False,
+    device: str = "cpu",
+    modality: str = "CT",
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5),
+    max_windows: int = 8,
+    predictor: Predictor | None = None,
+    progress: bool = True,
+) -> list[PredictedCase]:
+    """Segment lesions in one image (``input`` a file, ``out`` a file) or a folder (both folders).
+
+    Exactly one source of clicks:
+        * ``points``/``negatives``: ``"i,j,k"`` strings for one lesion (one image only);
+        * ``prompts``: a JSON file (see :mod:`lesionsam.inference.prompts_io`);
+        * ``clicks_from``: a label map (or a folder of them, paired by case id): one centre click per
+          connected lesion of value ``label`` — the standard first-click benchmark protocol.
+
+    Args:
+        checkpoint: lesionsam checkpoint or official SAM-Med3D file (None: random weights, smoke tests only).
+        preset: backbone preset for official files (default ``sam_med3d_vit_b``).
+        world: ``points``/``negatives`` are LPS mm instead of voxel indices.
+        probabilities: also write lesion probabilities (a file for one image, a folder for a folder).
+        channel: for multi-channel images (4D NIfTI), the channel to segment.
+        binary: write 0/1 instead of one value per lesion.
+        predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
+
+    Returns:
+        One :class:`PredictedCase` per image written.
+    """
+    src, dst = Path(input), Path(out)
+    if not src.exists():
+        raise FileNotFoundError(f"input not found: {src}")
+    sources = [s for s in (bool(points), prompts is not None, clicks_from is not None) if s]
+    if len(sources) != 1:
+        raise ValueError("give exactly one of --point (with optional --negative), --prompts FILE or --clicks-from")
+    if negatives and not points:
+        raise ValueError("--negative clicks need at least one positive --point")
+    folder = src.is_dir() and not any(p.suffix == ".dcm" for p in src.iterdir())
+    if folder:
+        images = sorted(p for p in src.iterdir() if is_image_path(p))
+        if not images:
+            raise FileNotFoundError(f"{src}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
+        if points:
+            raise ValueError("--point clicks describe one image; for a folder use --prompts FILE or --clicks-from")
+        if dst.name.endswith(IMAGE_SUFFIXES):
+            raise ValueError(f"{dst}: for a folder of images, --out must be a folder")
+        jobs = [(img, dst / f"{case_id(img)}{_image_suffix(img)}") for img in images]
+        prob_dir = Path(probabilities) if probabilities else None
+    else:
+        if not dst.name.endswith(IMAGE_SUFFIXES):
+            raise ValueError(f"{dst}: --out needs an image file ending such as .nii.gz or .nrrd")
+        jobs = [(src, dst)]
+        prob_dir = None
+    _check_writable(dst if folder else dst.parent)
+    table = read_prompt_file(prompts) if prompts is not None else None
+    if table is not None and folder and None in table:
+        raise ValueError(f"{prompts}: a folder needs prompts per case id ({{'case_000': {{'lesions': [...]}}}})")
+    if table is not None and not folder and None not in table:
+        if len(table) != 1:
+            raise ValueError(f"{prompts}: holds several cases; for one image give {{'lesions': [...]}}")
+        table = {None: next(iter(table.values()))}
+    if predictor is None:
+        pre_cfg = PreprocessConfig(modality=modality, spacing=spacing)
+        predictor = Predictor.from_checkpoint(
+            checkpoint, preset=preset, device=device, preprocess=pre_cfg, max_windows=max_windows
+        )
+    results = []
+    bar = tqdm(jobs, desc="predict", unit="image", disable=not (progress and folder))
+    for image_path, mask_path in bar:
+        cid = case_id(image_path)
+        volume = read_image(image_path, channel=channel)
+        if volume.array.ndim == 4:
+            raise ImageIOError(
+                f"{image_path}: {volume.array.shape[0]} channels; choose one with --channel (e.g. the MRI sequence)"
+            )
+        is_world = world
+        if points:
+            lesions = clicks_from_args(points, negatives)
+        elif table is not None:
+            if cid not in table and folder:
+                log.warning("%s: no prompts for this case in %s; skipped", cid, prompts)
+                continue
+            lesions, is_world = table[cid if folder else None]
+        else:
+            lesions = _clicks_from_label_for(volume, cid, Path(clicks_from), folder, label)  # type: ignore[arg-type]
+            is_world = False
+        predictor.set_image(volume)
+        pred: Prediction = predictor.predict(lesions, world=is_world, probabilities=probabilities is not None)
+        prob_path = None
+        if probabilities is not None:
+            prob_path = (prob_dir / f"{cid}{_image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
+        write_prediction(pred, mask_path, binary=binary, probabilities_path=prob_path)
+        results.append(
+            PredictedCase(image_path, mask_path, len(lesions), sum(pred.windows.values()), round(pred.seconds, 3))
+        )
+    return results
+
+
+def _clicks_from_label_for(volume, cid: str, source: Path, folder: bool, label: int) -> list[LesionClicks]:
+    if folder:
+        if not source.is_dir():
+            raise ValueError(f"--clicks-from {source}: for a folder of images, give the folder of label maps")
+        matches = [p for p in source.iterdir() if is_image_path(p) and case_id(p) == cid]
+        if not matches:
+            raise FileNotFoundError(f"--clicks-from {source}: no label map for case {cid!r}")
+        label_path = matches[0]
+    else:
+        label_path = source
+    lab = read_image(label_path)
+    if not lab.same_geometry(volume):
+        raise ValueError(
+            f"{label_path} and the image of case {cid!r} have different geometry: {lab.geometry_difference(volume)}"
+        )
+    return clicks_from_label(lab, value=label, source=str(label_path))

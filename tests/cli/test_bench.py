@@ -1,0 +1,36 @@
+"""``lesionsam bench backbone``: a side-by-side table, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lesionsam.cli.main import main
+
+
+def test_bench_backbone_prints_fast_and_naive_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "backbone", "--preset", "tiny", "--repeats", "1", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "fast" in table and "naive" in table and "speed-up" in table
+    data = json.loads(out.read_text())
+    assert [r["impl"] for r in data["rows"]] == ["fast", "naive"]
+    assert data["rows"][1]["speedup"] == 1.0
+    assert data["rows"][0]["max_abs_diff"] < 1e-4  # same outputs on the same weights and input
+
+
+def test_bench_without_gpu_says_so(capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["bench", "backbone", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lesionsam bench: error:") and "no CUDA GPU" in err and err.count("\n") == 1
+
+
+def test_unknown_preset_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "backbone", "--preset", "tinyy"]) == 2
+    assert "Did you mean 'tiny'" in capsys.readouterr().err

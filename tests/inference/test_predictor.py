@@ -1,0 +1,242 @@
+"""The predictor: clicks land where the user clicked, lesions larger than a crop are covered, and the
+mask comes back on the input's exact grid."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from lesionsam.data.io import ImageIOError, Volume, read_image, write_image
+from lesionsam.data.transforms import PreprocessConfig
+from lesionsam.inference.predictor import LesionClicks, Predictor
+from lesionsam.models import Prompts, SegModel, SegOutput
+from lesionsam.workflows.predict import predict
+
+
+class ThresholdModel(SegModel):
+    """A stand-in segmenter with known behaviour: lesion = voxels brighter than 1 (normalised units),
+    restricted to the connected bright region containing the last positive click, or, with no click
+    inside a bright region, to everything bright. It lets the tests check the predictor's geometry and
+    window logic exactly, independently of learned weights."""
+
+    accepted_prompts = frozenset({"points", "mask"})
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        self._size = size
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    @property
+    def img_size(self) -> int:
+        return self._size
+
+    def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
+        self.calls += 1
+        bright = (image > 1.0).numpy()
+        keep = np.zeros_like(bright)
+        for b in range(image.shape[0]):
+            comps, _ = ndimage.label(bright[b, 0])
+            click = prompts.points[b][prompts.labels[b] == 1][-1].round().long().tolist()
+            comp = comps[tuple(click)]
+            keep[b, 0] = comps == comp if comp else bright[b, 0]
+        logits = torch.where(torch.from_numpy(keep), 10.0, -10.0)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
+
+
+def _oblique_volume(shape=(30, 70, 60), spacing=(0.8, 0.9, 2.0), blobs=((15, 35, 30, 6),)) -> tuple[Volume, Volume]:
+    """A CT-like volume (HU) with bright ellipsoidal blobs, oblique direction, anisotropic spacing.
+
+    ``blobs`` are (d, h, w, radius_mm) in array order.
+    """
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 5, shape).astype(np.float32)
+    lab = np.zeros(shape, np.uint8)
+    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    sd, sh, sw = spacing[2], spacing[1], spacing[0]
+    for n, (d, h, w, r) in enumerate(blobs, start=1):
+        inside = ((dd - d) * sd) ** 2 + ((hh - h) * sh) ** 2 + ((ww - w) * sw) ** 2 < r**2
+        arr[inside] = 200.0
+        lab[inside] = n
+    a, b = np.deg2rad(20), np.deg2rad(15)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    ref = Volume(arr, spacing, (-40.0, 25.0, 100.0), tuple((rz @ rx).ravel()))
+    return ref, ref.with_array(lab)
+
+
+def _predictor(size: int = 32, max_windows: int = 8) -> Predictor:
+    cfg = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
+    return Predictor(ThresholdModel(size), preprocess=cfg, max_windows=max_windows)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_mask_lands_on_the_clicked_lesion_on_the_original_grid() -> None:
+    image, label = _oblique_volume()
+    pred = _predictor()
+    pred.set_image(image)
+    out = pred.predict([LesionClicks(points=[[30, 35, 15]], labels=[1])])  # (i, j, k) = (w, h, d)
+    assert out.labels.shape == image.spatial_shape and out.labels.dtype == np.uint16
+    assert _dice(out.labels, label.array) > 0.85
+
+
+def test_world_clicks_equal_voxel_clicks() -> None:
+    image, _ = _oblique_volume()
+    pred = _predictor()
+    pred.set_image(image)
+    ijk = np.array([[30.0, 35.0, 15.0]])
+    voxel = pred.predict([LesionClicks(points=ijk, labels=[1])]).labels
+    world = pred.predict([LesionClicks(points=image.index_to_world(ijk), labels=[1])], world=True).labels
+    np.testing.assert_array_equal(voxel, world)
+
+
+def test_lesion_larger_than_one_crop_is_covered_by_growing_windows() -> None:
+    # A 36 mm-radius blob at 1.5 mm model spacing spans 48 voxels: more than one 32³ crop.
+    image, label = _oblique_volume(shape=(50, 100, 100), spacing=(1.0, 1.0, 2.0), blobs=((25, 50, 50, 36),))
+    grown = _predictor(max_windows=16)
+    grown.set_image(image)
+    full = grown.predict([LesionClicks(points=[[50, 50, 25]], labels=[1])])
+    single = _predictor(max_windows=1)
+    single.set_image(image)
+    one = single.predict([LesionClicks(points=[[50, 50, 25]], labels=[1])])
+    assert full.windows[1] > 1 and one.windows[1] == 1
+    assert _dice(full.labels, label.array) > 0.97
+    assert _dice(one.labels, label.array) < 0.8
+
+
+def test_several_lesions_get_their_own_values() -> None:
+    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    pred = _predictor()
+    pred.set_image(image)
+    out = pred.predict(
+        [
+            LesionClicks(points=[[15, 20, 10]], labels=[1], lesion_id=1),
+            LesionClicks(points=[[45, 50, 20]], labels=[1], lesion_id=2),
+        ],
+        probabilities=True,
+    )
+    assert set(np.unique(out.labels)) == {0, 1, 2}
+    assert _dice(out.labels == 1, label.array == 1) > 0.8 and _dice(out.labels == 2, label.array == 2) > 0.8
+    assert out.probabilities is not None and out.probabilities.shape == image.spatial_shape
+
+
+def test_click_outside_the_image_is_refused() -> None:
+    image, _ = _oblique_volume()
+    pred = _predictor()
+    pred.set_image(image)
+    with pytest.raises(ValueError, match=r"click \[60.0, 10.0, 3.0\] .* outside the image of size \(60, 70, 30\)"):
+        pred.predict([LesionClicks(points=[[60, 10, 3]], labels=[1])])
+
+
+def test_lesion_clicks_validation() -> None:
+    with pytest.raises(ValueError, match="at least one positive"):
+        LesionClicks(points=[[1, 2, 3]], labels=[0])
+    with pytest.raises(ValueError, match="1 \\(positive\\) or 0"):
+        LesionClicks(points=[[1, 2, 3]], labels=[2])
+
+
+# ------------------------------------------------------------------------------------------- workflow on files
+def _write_case(tmp_path: Path, suffix: str = ".nrrd") -> tuple[Path, Path, Volume]:
+    image, label = _oblique_volume()
+    img = write_image(image.array.astype(np.int16), tmp_path / f"case{suffix}", reference=image)
+    lab = write_image(label.array * 2, tmp_path / f"label{suffix}", reference=image)  # lesion value 2
+    return img, lab, image
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])
+def test_predict_file_writes_mask_with_the_input_geometry(tmp_path: Path, suffix: str) -> None:
+    img, lab, image = _write_case(tmp_path, suffix)
+    out = tmp_path / "out" / f"mask{suffix}"
+    cases = predict(img, out, clicks_from=lab, label=2, predictor=_predictor(), probabilities=tmp_path / "p.nii.gz")
+    mask = read_image(out)
+    assert mask.same_geometry(read_image(img), atol=1e-6)
+    assert cases[0].lesions == 1 and _dice(mask.array, read_image(lab).array) > 0.85
+    assert read_image(tmp_path / "p.nii.gz").array.dtype == np.float32
+
+
+def test_predict_from_prompt_file_with_two_lesions(tmp_path: Path) -> None:
+    image, _ = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
+    world = image.index_to_world([45.0, 50.0, 20.0]).tolist()
+    prompts = tmp_path / "p.json"
+    prompts.write_text(
+        json.dumps({"lesions": [{"id": 3, "points": [[15, 20, 10]]}, {"id": 7, "points": [[45, 50, 20]]}]})
+    )
+    predict(img, tmp_path / "m.nii.gz", prompts=prompts, predictor=_predictor())
+    assert set(np.unique(read_image(tmp_path / "m.nii.gz").array)) == {0, 3, 7}
+    prompts.write_text(json.dumps({"coordinates": "world", "lesions": [{"points": [world]}]}))
+    predict(img, tmp_path / "w.nii.gz", prompts=prompts, predictor=_predictor(), binary=True)
+    assert set(np.unique(read_image(tmp_path / "w.nii.gz").array)) == {0, 1}
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path: Path) -> None:
+    img, lab, _ = _write_case(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    model = ThresholdModel()
+    pred = Predictor(model)
+    with pytest.raises(ImageIOError, match="cannot write to"):
+        predict(img, blocker / "sub" / "m.nii.gz", clicks_from=lab, label=2, predictor=pred)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nan", "NaN or infinite"),
+        ("constant", "constant"),
+        ("absent_label", r"label value 5 not found; values present: \[0, 2\]"),
+        ("geometry", "different geometry"),
+    ],
+)
+def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path: Path, kind: str, message: str) -> None:
+    img, lab, image = _write_case(tmp_path)
+    label = 2
+    if kind == "nan":
+        arr = image.array.copy()
+        arr[3, 3, 3] = np.nan
+        img = write_image(arr, tmp_path / "nan.nrrd", reference=image)
+    elif kind == "constant":
+        img = write_image(np.zeros_like(image.array), tmp_path / "c.nrrd", reference=image)
+    elif kind == "absent_label":
+        label = 5
+    elif kind == "geometry":
+        moved = Volume(image.array, image.spacing, (0.0, 0.0, 0.0), image.direction)
+        lab = write_image(read_image(lab).array, tmp_path / "moved.nrrd", reference=moved)
+    out = tmp_path / "out"
+    with pytest.raises((ValueError, ImageIOError), match=message):
+        predict(img, out / "m.nii.gz", clicks_from=lab, label=label, predictor=_predictor())
+    assert not list(out.glob("*")) if out.exists() else True
+
+
+def test_folder_prediction(tmp_path: Path) -> None:
+    image, label = _oblique_volume()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    for n in range(2):
+        write_image(image.array, tmp_path / "img" / f"case_{n}.nii.gz", reference=image)
+        write_image(label.array, tmp_path / "lab" / f"case_{n}.nii.gz", reference=image)
+    cases = predict(tmp_path / "img", tmp_path / "pred", clicks_from=tmp_path / "lab", predictor=_predictor())
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["case_0.nii.gz", "case_1.nii.gz"]
+    assert len(cases) == 2
+
+
+def test_real_tiny_model_runs_end_to_end(tmp_path: Path) -> None:
+    img, lab, _ = _write_case(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = Predictor.from_checkpoint(None, preset="tiny", max_windows=2)
+    predict(img, tmp_path / "m.nii.gz", clicks_from=lab, label=2, predictor=pred)
+    assert read_image(tmp_path / "m.nii.gz").same_geometry(read_image(img), atol=1e-6)
