@@ -15,8 +15,14 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         help="measure speed and memory side by side (fast vs naive attention, ...)",
         description="Benchmarks, measured side by side in one run and printed as a table with ratios.",
     )
-    p.add_argument("target", choices=["backbone"], help="what to measure: 'backbone' = the image encoder")
-    p.add_argument("--preset", default="tiny", help="backbone preset: tiny (default) or sam_med3d_vit_b")
+    p.add_argument(
+        "target",
+        choices=["backbone", "predict"],
+        help="'backbone': the image encoder, fast vs naive attention; 'predict': lesionsam predict end to end "
+        "on a synthetic 512x512x120 int16 CT (NRRD) with one click",
+    )
+    p.add_argument("--preset", default=None, help="backbone preset (default: tiny for backbone, full for predict)")
+    p.add_argument("--checkpoint", default=None, help="predict: weights to load (default: random weights)")
     p.add_argument("--batch", type=int, default=1, help="crops per forward pass (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
@@ -26,10 +32,22 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
 
     def run(a: argparse.Namespace) -> int:
-        from lesionsam.workflows.bench import bench_backbone, format_table
+        from lesionsam.workflows.bench import bench_backbone, bench_predict, format_predict_table, format_table
 
+        if a.target == "predict":
+            res = bench_predict(
+                preset=a.preset or "sam_med3d_vit_b",
+                checkpoint=a.checkpoint,
+                device=a.device,
+                threads=a.threads,
+                progress=True,
+            )
+            print(format_predict_table(res))
+            if a.json:
+                res.write_json(a.json)
+            return 0
         result = bench_backbone(
-            preset=a.preset,
+            preset=a.preset or "tiny",
             batch=a.batch,
             device=a.device,
             dtype=a.dtype,

@@ -185,3 +185,108 @@ def format_table(result: BenchResult) -> str:
         lines.append(f"{r.impl:<10} {r.seconds:>10.3f} {peak:>14} {r.speedup:>8.1f}x {r.max_abs_diff:>11.2e}")
     lines.append(f"(speed-up and difference relative to '{result.reference}', same weights and input)")
     return "\n".join(lines)
+
+
+@dataclass
+class PredictBench:
+    """End-to-end timing of ``lesionsam predict`` on one full-size CT with one click."""
+
+    preset: str
+    shape_ijk: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    device: str
+    threads: int
+    stages: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+
+    def write_json(self, path: str | Path) -> Path:
+        return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
+
+
+def synthetic_ct(shape_dhw: tuple[int, int, int], spacing_ijk: tuple[float, float, float], seed: int = 0):
+    """A full-size CT-like int16 volume (air, body, an organ, one 15 mm lesion) and the lesion's (i, j, k) centre."""
+    import numpy as np
+
+    from lesionsam.data.io import Volume
+
+    rng = np.random.default_rng(seed)
+    d, h, w = shape_dhw
+    zz, yy, xx = np.ogrid[:d, :h, :w]
+    arr = np.full(shape_dhw, -1000, dtype=np.int16)
+    body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
+    arr[:, body[0]] = 40
+    organ = ((yy - 0.45 * h) / (0.15 * h)) ** 2 + ((xx - 0.4 * w) / (0.18 * w)) ** 2 + ((zz - d / 2) / (0.4 * d)) ** 2
+    arr[organ < 1] = 60
+    center = np.array([0.4 * w, 0.45 * h, d / 2])  # (i, j, k)
+    r = ((xx - center[0]) * spacing_ijk[0]) ** 2 + ((yy - center[1]) * spacing_ijk[1]) ** 2
+    lesion = r + ((zz - center[2]) * spacing_ijk[2]) ** 2 < 15.0**2
+    arr[lesion] = 25
+    arr += rng.normal(0, 12, shape_dhw).astype(np.int16)
+    vol = Volume(arr, spacing_ijk, (-180.0, -180.0, -300.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    return vol, center
+
+
+def bench_predict(
+    *,
+    preset: str = "sam_med3d_vit_b",
+    checkpoint: str | None = None,
+    shape_ijk: tuple[int, int, int] = (512, 512, 120),
+    spacing: tuple[float, float, float] = (0.7, 0.7, 2.5),
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: bool = False,
+) -> PredictBench:
+    """Time ``lesionsam predict`` end to end on a synthetic full-size int16 CT written as NRRD.
+
+    Stages: writing the test file (not part of the total), building the model, then the command itself
+    (read, preprocess to 1.5 mm, model windows, inverse resampling, writing the mask).
+    """
+    import tempfile
+    import warnings
+
+    from lesionsam.data.io import write_image
+    from lesionsam.inference.predictor import Predictor
+    from lesionsam.workflows.predict import predict
+
+    if threads:
+        torch.set_num_threads(threads)
+    i, j, k = shape_ijk
+    result = PredictBench(
+        preset=preset, shape_ijk=shape_ijk, spacing=spacing, device=device, threads=torch.get_num_threads()
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        vol, center = synthetic_ct((k, j, i), spacing)
+        image = write_image(vol.array, Path(tmp) / "ct.nrrd", reference=vol)
+        del vol
+        result.stages["write test CT (not counted)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device)
+        result.stages["build model"] = time.perf_counter() - t0
+        if progress:
+            print("  running lesionsam predict ...", file=sys.stderr)
+        t0 = time.perf_counter()
+        cases = predict(
+            image,
+            Path(tmp) / "mask.nrrd",
+            points=[",".join(str(int(round(c))) for c in center)],
+            predictor=predictor,
+            progress=False,
+        )
+        result.stages["predict (read → mask written)"] = time.perf_counter() - t0
+        result.stages["  of which model + merge + inverse"] = cases[0].seconds
+        result.windows = cases[0].windows
+    return result
+
+
+def format_predict_table(result: PredictBench) -> str:
+    """A plain-text table of a :class:`PredictBench`."""
+    lines = [
+        f"lesionsam bench predict: preset={result.preset} image={'x'.join(map(str, result.shape_ijk))} int16 NRRD "
+        f"spacing={result.spacing} device={result.device} threads={result.threads} crops={result.windows}",
+        f"{'stage':<38} {'seconds':>8}",
+    ]
+    lines += [f"{name:<38} {sec:>8.2f}" for name, sec in result.stages.items()]
+    return "\n".join(lines)
