@@ -89,18 +89,23 @@ def read_prompt_file(path: str | os.PathLike[str]) -> dict[str | None, tuple[lis
     raise ValueError(f"{p}: expected a JSON object with 'lesions' (one image) or case ids (a folder)")
 
 
-def clicks_from_label(label: Volume, *, value: int, source: str = "label") -> list[LesionClicks]:
+def clicks_from_label(
+    label: Volume, *, value: int, source: str = "label", allow_empty: bool = False
+) -> list[LesionClicks]:
     """One centre click per connected lesion of ``label == value`` (26-connectivity), as ITK (i, j, k).
 
     The click is the lesion's interior-most voxel (largest distance to its border), the usual first click of
     interactive-segmentation benchmarks. Lesions are numbered 1, 2, ... by decreasing size.
 
     Raises:
-        ValueError: the label map has no voxel of ``value`` (the message lists the values present).
+        ValueError: the label map has no voxel of ``value`` (the message lists the values present), unless
+            ``allow_empty`` (then no clicks are returned).
     """
     arr = np.asarray(label.array)
     target = arr == value
     if not target.any():
+        if allow_empty:
+            return []
         present = np.unique(arr)[:10].tolist()
         raise ValueError(f"{source}: label value {value} not found; values present: {present}")
     comps, n = ndimage.label(target, structure=np.ones((3, 3, 3), dtype=bool))

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from lesionsam.data.io import IMAGE_SUFFIXES, ImageIOError, is_image_path, read_image
+from lesionsam.data.io import IMAGE_SUFFIXES, ImageIOError, is_image_path, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import LesionClicks, Prediction, Predictor, write_prediction
 from lesionsam.inference.prompts_io import clicks_from_args, clicks_from_label, read_prompt_file
@@ -130,11 +131,6 @@ def predict(
         if len(table) != 1:
             raise ValueError(f"{prompts}: holds several cases; for one image give {{'lesions': [...]}}")
         table = {None: next(iter(table.values()))}
-    if predictor is None:
-        pre_cfg = PreprocessConfig(modality=modality, spacing=spacing)
-        predictor = Predictor.from_checkpoint(
-            checkpoint, preset=preset, device=device, preprocess=pre_cfg, max_windows=max_windows
-        )
     results = []
     bar = tqdm(jobs, desc="predict", unit="image", disable=not (progress and folder))
     for image_path, mask_path in bar:
@@ -155,6 +151,18 @@ def predict(
         else:
             lesions = _clicks_from_label_for(volume, cid, Path(clicks_from), folder, label)  # type: ignore[arg-type]
             is_world = False
+            if not lesions:  # a case without lesions in a folder: an empty mask, as the label says
+                write_image(np.zeros(volume.spatial_shape, np.uint8), mask_path, reference=volume)
+                results.append(PredictedCase(image_path, mask_path, 0, 0, 0.0))
+                continue
+        if predictor is None:  # built once the first image and its clicks are known to be valid
+            predictor = Predictor.from_checkpoint(
+                checkpoint,
+                preset=preset,
+                device=device,
+                preprocess=PreprocessConfig(modality=modality, spacing=spacing),
+                max_windows=max_windows,
+            )
         predictor.set_image(volume)
         pred: Prediction = predictor.predict(lesions, world=is_world, probabilities=probabilities is not None)
         prob_path = None
@@ -182,4 +190,4 @@ def _clicks_from_label_for(volume, cid: str, source: Path, folder: bool, label: 
         raise ValueError(
             f"{label_path} and the image of case {cid!r} have different geometry: {lab.geometry_difference(volume)}"
         )
-    return clicks_from_label(lab, value=label, source=str(label_path))
+    return clicks_from_label(lab, value=label, source=str(label_path), allow_empty=folder)
