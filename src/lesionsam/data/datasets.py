@@ -28,7 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lesionsam.data.io import IMAGE_SUFFIXES, ImageIOError, Volume, check_intensities, is_image_path, read_image
+from lesionsam.data.io import (
+    ImageIOError,
+    Volume,
+    check_intensities,
+    is_image_path,
+    read_image,
+)
+from lesionsam.data.io import case_id as _stem
 from lesionsam.data.transforms import Preprocessed, Preprocessor, crop_around_label
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
@@ -95,14 +102,6 @@ class Case:
 # ---------------------------------------------------------------------------------------------------------------
 # Layouts
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in IMAGE_SUFFIXES:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
 
 
 def _listing(names: Sequence[str]) -> str:

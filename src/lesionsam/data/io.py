@@ -173,12 +173,21 @@ def read_image(path: str | os.PathLike[str], *, channel: int | None = None) -> V
     return vol
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
+def image_suffix(path: str | os.PathLike[str]) -> str:
+    """The image ending of a file name (``.nii.gz`` for ``a.nii.gz``), or its last suffix if none is known."""
+    p = Path(path)
+    name = p.name.lower()
     for suf in IMAGE_SUFFIXES:
         if name.endswith(suf):
             return suf
-    return path.suffix
+    return p.suffix
+
+
+def case_id(path: str | os.PathLike[str]) -> str:
+    """The file name without its image ending (``liver_3.nii.gz`` → ``liver_3``): how cases are paired."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else Path(name).stem
 
 
 def write_image(array: np.ndarray, path: str | os.PathLike[str], *, reference: Volume, compress: bool = True) -> Path:
@@ -192,7 +201,7 @@ def write_image(array: np.ndarray, path: str | os.PathLike[str], *, reference: V
         raise ImageIOError(
             f"{p}: array shape {array.shape} does not match the reference grid {reference.spatial_shape}"
         )
-    suffix = _suffix(p)
+    suffix = image_suffix(p)
     if suffix not in IMAGE_SUFFIXES:
         raise ImageIOError(f"{p}: unknown image file ending; use one of {', '.join(IMAGE_SUFFIXES[:5])}")
     try:
@@ -226,4 +235,4 @@ def check_intensities(volume: Volume, *, source: str = "image") -> None:
 
 def is_image_path(path: Path) -> bool:
     """True for files with a known image ending."""
-    return path.is_file() and _suffix(path) in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return path.is_file() and image_suffix(path) in IMAGE_SUFFIXES and not path.name.startswith(".")

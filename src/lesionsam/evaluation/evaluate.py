@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lesionsam.data.io import IMAGE_SUFFIXES, Volume, is_image_path, read_image
+from lesionsam.data.io import IMAGE_SUFFIXES, Volume, case_id, is_image_path, read_image
 from lesionsam.evaluation.metrics import (
     CONNECTIVITY,
     CONVENTIONS,
@@ -69,16 +69,6 @@ class CasePair:
     case: str
     pred: Path
     gt: Path
-
-
-def case_id(path: str | os.PathLike[str]) -> str:
-    """The file name of ``path`` without its image ending (``liver_3.nii.gz`` → ``liver_3``)."""
-    name = Path(path).name
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def _candidate_ids(stem: str) -> list[str]:

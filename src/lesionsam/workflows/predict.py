@@ -12,26 +12,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lesionsam.data.io import IMAGE_SUFFIXES, ImageIOError, is_image_path, read_image, write_image
+from lesionsam.data.io import (
+    IMAGE_SUFFIXES,
+    ImageIOError,
+    case_id,
+    image_suffix,
+    is_image_path,
+    read_image,
+    write_image,
+)
 from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import LesionClicks, Prediction, Predictor, write_prediction
 from lesionsam.inference.prompts_io import clicks_from_args, clicks_from_label, read_prompt_file
 
 log = logging.getLogger(__name__)
-
-
-def case_id(path: Path) -> str:
-    """File name without its image suffix (``case_000.nii.gz`` → ``case_000``)."""
-    name = path.name
-    for suf in IMAGE_SUFFIXES:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
-
-
-def _image_suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), ".nii.gz")
 
 
 def _check_writable(path: Path) -> None:
@@ -116,7 +110,7 @@ def predict(
             raise ValueError("--point clicks describe one image; for a folder use --prompts FILE or --clicks-from")
         if dst.name.endswith(IMAGE_SUFFIXES):
             raise ValueError(f"{dst}: for a folder of images, --out must be a folder")
-        jobs = [(img, dst / f"{case_id(img)}{_image_suffix(img)}") for img in images]
+        jobs = [(img, dst / f"{case_id(img)}{image_suffix(img)}") for img in images]
         prob_dir = Path(probabilities) if probabilities else None
     else:
         if not dst.name.endswith(IMAGE_SUFFIXES):
@@ -167,7 +161,7 @@ def predict(
         pred: Prediction = predictor.predict(lesions, world=is_world, probabilities=probabilities is not None)
         prob_path = None
         if probabilities is not None:
-            prob_path = (prob_dir / f"{cid}{_image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
+            prob_path = (prob_dir / f"{cid}{image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
         write_prediction(pred, mask_path, binary=binary, probabilities_path=prob_path)
         results.append(
             PredictedCase(image_path, mask_path, len(lesions), sum(pred.windows.values()), round(pred.seconds, 3))
