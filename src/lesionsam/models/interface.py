@@ -97,16 +97,18 @@ class SegModel(nn.Module):
         """Side S of the cubic crop the model takes, in voxels."""
         raise NotImplementedError
 
-    def encode(self, image: Tensor) -> Tensor:
-        """The part of the forward pass that depends on the image only (cached by the predictor).
+    def encode(self, image: Tensor) -> Any:
+        """The part of the forward pass that depends on the image only.
 
-        The default caches nothing: it returns the image and :meth:`decode` runs the whole forward.
+        The trainer and the predictor call it once per crop and then :meth:`decode` once per round of clicks;
+        they never look inside what it returns. The default caches nothing: it returns the image and
+        :meth:`decode` runs the whole forward.
         """
         return image
 
-    def decode(self, embedding: Tensor, prompts: Prompts, *, multimask_output: bool = False) -> SegOutput:
+    def decode(self, encoded: Any, prompts: Prompts, *, multimask_output: bool = False) -> SegOutput:
         """The prompt-dependent part of the forward pass, on what :meth:`encode` returned."""
-        return self.forward(embedding, prompts)
+        return self.forward(encoded, prompts)
 
     def forward(self, image: Tensor, prompts: Prompts) -> SegOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -17,18 +17,22 @@ Builder = Callable[[ModelConfig, Any], SegModel]
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its builder, its options dataclass (or None) and a one-line description."""
+    """A registered method: its builder, its options dataclass (or None), its default training loss
+    (a name known to ``lesionsam.losses.build_loss``) and a one-line description."""
 
     name: str
     builder: Builder
     options: type | None
     description: str
+    loss: str = "dice_ce"
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, options: type | None = None, description: str = "") -> Callable[[Builder], Builder]:
+def register_method(
+    name: str, *, options: type | None = None, description: str = "", loss: str = "dice_ce"
+) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(config, options) -> SegModel`` under ``name``.
 
     Example:
@@ -40,7 +44,7 @@ def register_method(name: str, *, options: type | None = None, description: str 
     def deco(builder: Builder) -> Builder:
         if name in _METHODS and _METHODS[name].builder is not builder:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodSpec(name, builder, options, description)
+        _METHODS[name] = MethodSpec(name, builder, options, description, loss)
         return builder
 
     return deco

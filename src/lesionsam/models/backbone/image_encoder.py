@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lesionsam.models.backbone.attention import ATTENTION_IMPLS, Attention3D
 from lesionsam.models.backbone.common import LayerNorm3d, MLPBlock
 from lesionsam.utils.options import look_up_option
+
+#: ``hook(block_index, tokens (B, G, G, G, C)) -> tokens``.
+BlockHook = Callable[[int, Tensor], Tensor]
 
 
 class PatchEmbed3D(nn.Module):
@@ -96,6 +100,8 @@ class ImageEncoderViT3D(nn.Module):
             )
             for i in range(depth)
         )
+        #: recompute block activations in the backward pass (saves memory when training).
+        self.grad_checkpointing = False
         self.neck = nn.Sequential(
             nn.Conv3d(embed_dim, out_chans, kernel_size=1, bias=False),
             LayerNorm3d(out_chans),
@@ -131,10 +137,22 @@ class ImageEncoderViT3D(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"image_encoder expects a floating-point image, got dtype {x.dtype}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, in_chans, S, S, S) → (B, out_chans, G, G, G)."""
+    def forward(self, x: Tensor, *, block_hook: BlockHook | None = None) -> Tensor:
+        """(B, in_chans, S, S, S) → (B, out_chans, G, G, G).
+
+        Args:
+            x: normalised crops.
+            block_hook: optional ``hook(i, tokens) -> tokens`` called after block ``i`` on the
+                (B, G, G, G, C) tokens; methods use it to add their parts (SGP-SAM's prompting modules,
+                RefSAM3D's adapters) without copying the encoder.
+        """
         self.check_input(x)
         x = self.patch_embed(x) + self.pos_embed
-        for blk in self.blocks:
-            x = blk(x)
+        for i, blk in enumerate(self.blocks):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            if block_hook is not None:
+                x = block_hook(i, x)
         return self.neck(x.permute(0, 4, 1, 2, 3))
