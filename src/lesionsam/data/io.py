@@ -12,12 +12,13 @@ Conventions used throughout lesionsam:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from lesionsam.utils.dataclass_io import make_temp_beside
 
 #: File endings SimpleITK reads that lesionsam treats as images (a folder is read as a DICOM series).
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".tif", ".tiff")
@@ -206,8 +207,7 @@ def write_image(array: np.ndarray, path: str | os.PathLike[str], *, reference: V
         raise ImageIOError(f"{p}: unknown image file ending; use one of {', '.join(IMAGE_SUFFIXES[:5])}")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-        os.close(fd)
+        tmp = make_temp_beside(p, suffix)
     except OSError as exc:
         raise ImageIOError(f"{p}: cannot write here ({exc.strerror or exc})") from None
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 
 from lesionsam.models.backbone.config import PRESETS, Sam3DConfig
 from lesionsam.models.config import ModelConfig
-from lesionsam.utils.dataclass_io import from_dict, save_yaml, to_dict
+from lesionsam.utils.dataclass_io import from_dict, make_temp_beside, save_yaml, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +259,15 @@ def save_checkpoint(
     scheduler: Any | None = None,
     epoch: int | None = None,
     metrics: Mapping[str, float] | None = None,
+    extra: Mapping[str, Any] | None = None,
     write_config_yaml: bool = True,
 ) -> Path:
     """Write a self-contained lesionsam checkpoint atomically (temp file + rename).
 
     The file holds the format and its version, the method name, the run config (plain dict), the model
-    state dict and, when given, the optimiser and scheduler states, epoch and metrics; all loadable
-    with ``weights_only=True``. The config is also written as ``config.yaml`` beside it.
+    state dict and, when given, the optimiser and scheduler states, epoch, metrics and ``extra`` (plain
+    values: the trainer's history and counters); all loadable with ``weights_only=True``. The config is also
+    written as ``config.yaml`` beside it.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -280,9 +281,9 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": epoch,
         "metrics": {str(k): float(v) for k, v in (metrics or {}).items()},
+        "extra": dict(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
+    tmp = make_temp_beside(p)
     try:
         torch.save(payload, tmp)
         os.replace(tmp, p)

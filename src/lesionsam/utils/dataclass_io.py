@@ -93,6 +93,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise TypeError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -141,13 +146,27 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_beside(path: Path, suffix: str = ".tmp") -> str:
+    """A new temp file in ``path``'s folder with ordinary permissions (mkstemp alone gives 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
     """Write ``payload`` to a temp file beside ``path`` and rename it into place."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = make_temp_beside(p)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(payload)
         os.replace(tmp, p)
     except BaseException:

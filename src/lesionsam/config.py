@@ -1,0 +1,173 @@
+"""The one typed config of a run: model, data and training, YAML in and out.
+
+A YAML file gives only what differs from the defaults::
+
+    name: liver_sgp
+    model: {method: sgp_sam, preset: sam_med3d_vit_b, checkpoint: /data/sam_med3d_turbo.pth}
+    data: {root: /data/Task03_Liver, target_label: 2}
+    train: {epochs: 100, batch_size: 2}
+
+and ``key=value`` overrides on the command line change single fields (``train.lr=3e-4``). The resolved
+config is saved as ``config.yaml`` beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lesionsam.models.config import ModelConfig
+from lesionsam.utils.dataclass_io import apply_overrides, from_dict, load_yaml
+from lesionsam.utils.options import look_up_option
+
+SCHEDULES = ("cosine", "constant")
+CLICK_MODES = ("random", "center")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data are and how they are prepared.
+
+    Attributes:
+        root: a data set folder in the MSD / nnU-Net layout (``dataset.json``, ``imagesTr``, ``labelsTr``) or
+            the SAM-Med3D layout.
+        layout: ``"msd"`` (also nnU-Net) or ``"sam_med3d"``.
+        target_label: the lesion's label value (MSD liver tumour = 2, MSD brain enhancing tumour = 3).
+        channel: the image channel of multi-channel MRI (MSD brain: 0 FLAIR, 1 T1w, 2 T1gd, 3 T2w).
+        modality: ``"CT"`` (window clip + z-score over the body) or ``"MRI"`` (z-score over non-zero voxels).
+        spacing: model voxel size in mm (SAM-Med3D: 1.5 isotropic).
+        val_fraction: share of cases held out for validation (seeded split, written to the run folder).
+        split_seed: seed of the split.
+        splits: a ``splits.json`` to use instead of making one.
+        cache: keep preprocessed volumes in memory.
+        num_workers: DataLoader worker processes.
+    """
+
+    root: str = ""
+    layout: str = "msd"
+    target_label: int = 2
+    channel: int | None = None
+    modality: str = "CT"
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    splits: str | None = None
+    cache: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        look_up_option(self.layout, ("msd", "sam_med3d"), what="data layout")
+        look_up_option(self.modality, ("CT", "MRI"), what="modality")
+        if self.target_label < 1:
+            raise ValueError(f"data.target_label must be a lesion label value >= 1, got {self.target_label}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the model is trained (SAM-Med3D's interactive protocol; see :mod:`lesionsam.training.trainer`).
+
+    Attributes:
+        epochs: passes over the training cases (one crop per case per epoch).
+        batch_size: crops per optimiser micro-step (per process under DDP).
+        accumulate: micro-steps per optimiser step (gradient accumulation).
+        max_steps_per_epoch: cap on micro-steps per epoch (None: all cases).
+        lr: learning rate of the prompt encoder and mask decoder.
+        lr_encoder: learning rate of the image encoder (None: ``lr``); ignored when ``freeze_encoder``.
+        lr_new: learning rate of parts new to the backbone (SGP-SAM's ``sgpm``, adapters; None: ``lr``).
+        freeze_encoder: keep the image encoder fixed (only new parts, prompt encoder and decoder train).
+        weight_decay: AdamW weight decay.
+        schedule: ``"cosine"`` (after a linear warm-up) or ``"constant"``.
+        warmup_steps: optimiser steps of linear warm-up.
+        num_clicks: decoder iterations per crop: the first click from the lesion, later clicks from the
+            error region, each with the previous low-res logits as a mask prompt.
+        mask_only_iterations: how many of the later iterations get the mask prompt only (no new click).
+        click_mode: ``"random"`` or ``"center"`` click simulation.
+        loss: training loss name (None: the method's default, e.g. DiceCE for ``finetune``, Zoom for ``sgp_sam``).
+        loss_options: keyword options of the loss (e.g. ``{lambda_focal: 1.0, gamma: 2.0}``).
+        gate_cost: weight of the mean gate-open probability added to the loss (SGP-SAM; 0 = none).
+        amp: bfloat16 autocast on CUDA (ignored on CPU).
+        grad_checkpointing: recompute encoder activations in the backward pass (less memory).
+        val_every: validate every N epochs (and after the last).
+        val_clicks: clicks per validation crop (centre clicks, deterministic).
+        seed: seed of everything random; every epoch reseeds from (seed, epoch) so a resumed run replays
+            the same crops, clicks and noise.
+        deterministic: ``torch.use_deterministic_algorithms(True)``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    """
+
+    epochs: int = 10
+    batch_size: int = 2
+    accumulate: int = 1
+    max_steps_per_epoch: int | None = None
+    lr: float = 1e-4
+    lr_encoder: float | None = None
+    lr_new: float | None = None
+    freeze_encoder: bool = False
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    num_clicks: int = 5
+    mask_only_iterations: int = 1
+    click_mode: str = "random"
+    loss: str | None = None
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    gate_cost: float = 0.0
+    amp: bool = True
+    grad_checkpointing: bool = False
+    val_every: int = 1
+    val_clicks: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        look_up_option(self.schedule, SCHEDULES, what="schedule")
+        look_up_option(self.click_mode, CLICK_MODES, what="click mode")
+        look_up_option(self.device, ("auto", "cpu", "cuda"), what="device")
+        for name in ("epochs", "batch_size", "accumulate", "num_clicks", "val_every", "val_clicks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.mask_only_iterations < self.num_clicks:
+            raise ValueError(
+                f"train.mask_only_iterations must be in [0, num_clicks) = [0, {self.num_clicks}), "
+                f"got {self.mask_only_iterations}"
+            )
+        if self.lr <= 0 or self.weight_decay < 0 or self.gate_cost < 0:
+            raise ValueError("train.lr must be > 0 and train.weight_decay, train.gate_cost >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; saved beside every checkpoint."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_run_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a run config YAML (or start from the defaults with ``path=None``) and apply ``key=value`` overrides.
+
+    Relative paths in ``data.root``, ``data.splits`` and ``model.checkpoint`` are resolved against the YAML's
+    folder when they come from the file, against the working directory when they come from an override.
+    """
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    if path is not None:
+        _resolve_paths(data, Path(path).resolve().parent)
+    apply_overrides(data, overrides)
+    _resolve_paths(data, Path.cwd())
+    return from_dict(RunConfig, data)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for section, key in (("data", "root"), ("data", "splits"), ("model", "checkpoint")):
+        sec = data.get(section)
+        value = sec.get(key) if isinstance(sec, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            sec[key] = str((base / value).resolve())

@@ -1,0 +1,564 @@
+"""One trainer for every method, with hooks: SAM-Med3D's interactive click training.
+
+Per crop (``TrainConfig`` names the knobs):
+
+1. the image is encoded **once** (``model.encode``: for SGP-SAM this also runs the gates);
+2. ``num_clicks`` decoder iterations follow: the first click falls inside the lesion, each later click is
+   sampled from the error region of the previous prediction (false negative → positive click, false
+   positive → negative click) and the previous low-res logits are fed back as a mask prompt; in
+   ``mask_only_iterations`` randomly chosen later iterations only the mask prompt is given (as SAM-Med3D);
+3. the loss (the method's default — DiceCE, Dice or Zoom — or ``train.loss``) of every iteration's full-res
+   logits is averaged and back-propagated through the decoder and the shared encoder pass.
+
+Hooks to override in a subclass (nnU-Net style): :meth:`build_model`, :meth:`build_loss`,
+:meth:`parameter_groups`, :meth:`build_optimizer`, :meth:`build_scheduler`, :meth:`build_datasets`,
+:meth:`click_simulator`. Callbacks (``callbacks=[fn(trainer, event, info)]``) see ``"step"`` and ``"epoch"``
+events.
+
+Exact resume: every epoch reseeds torch, NumPy and Python from ``(seed, epoch)`` and the sampler, click and
+crop generators from the same numbers, so a run resumed from ``last.pt`` (model, optimiser, scheduler, epoch,
+history) replays the interrupted epoch exactly and ends with the same weights as an uninterrupted run.
+
+Distributed: started by ``torchrun``, each process trains on its shard (``DistributedSampler``) and the
+interactive step runs inside a ``DistributedDataParallel`` module, so gradients are averaged across ranks
+(gloo on CPU, NCCL on GPUs); rank 0 validates and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from lesionsam.config import RunConfig
+from lesionsam.data.datasets import (
+    Case,
+    LesionCropDataset,
+    load_msd_cases,
+    load_sam_med3d_cases,
+    make_splits,
+    read_splits,
+    write_splits,
+)
+from lesionsam.data.prompts import ClickSimulator
+from lesionsam.data.transforms import PreprocessConfig, Preprocessor
+from lesionsam.losses import build_loss
+from lesionsam.models import Prompts, SegModel, build_model
+from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lesionsam.models.registry import method_spec
+from lesionsam.utils.dataclass_io import atomic_write_bytes, save_yaml, to_dict
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "lr", "seconds")
+Callback = Callable[["Trainer", str, dict[str, Any]], None]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a ``torchrun`` job (world size 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> DistContext:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed torch, NumPy and Python for one epoch of one process; returns the seed used."""
+    value = (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**31 - 1)
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+    return value
+
+
+def dice_score(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-sample Dice of two (B, 1, D, H, W) boolean masks (1 when both are empty)."""
+    pred, target = pred.flatten(1).float(), target.flatten(1).float()
+    inter = (pred * target).sum(1)
+    denom = pred.sum(1) + target.sum(1)
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-8), torch.ones_like(denom))
+
+
+class InteractiveStep(nn.Module):
+    """SAM-Med3D's interactive training step as one module (so ``DistributedDataParallel`` can wrap it).
+
+    ``forward(image, label, rng)`` → (loss, stats): one encoder pass, ``num_clicks`` decoder iterations with
+    simulated clicks and mask feedback, the mean loss over iterations (+ ``gate_cost`` × mean gate-open
+    probability when the model reports gates).
+    """
+
+    def __init__(
+        self,
+        model: SegModel,
+        loss_fn: nn.Module,
+        clicks: ClickSimulator,
+        *,
+        num_clicks: int,
+        mask_only_iterations: int,
+        gate_cost: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.clicks = clicks
+        self.num_clicks = num_clicks
+        self.mask_only = mask_only_iterations
+        self.gate_cost = gate_cost
+
+    def forward(self, image: Tensor, label: Tensor, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
+        """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample."""
+        gt = label > 0.5
+        encoded = self.model.encode(image)
+        later = list(range(1, self.num_clicks))
+        mask_only = set(rng.choice(later, size=self.mask_only, replace=False).tolist()) if self.mask_only else set()
+        points = labels = low = pred = None
+        total = image.new_zeros(())
+        gates: list[Tensor] = []
+        dice = None
+        for it in range(self.num_clicks):
+            if it == 0:
+                points, labels = self.clicks.first(gt, rng)
+                prompts = Prompts(points=points, labels=labels)
+            elif it in mask_only:
+                prompts = Prompts(mask=low)
+            else:
+                points, labels = self.clicks.next(pred, gt, points, labels, rng)
+                prompts = Prompts(points=points, labels=labels, mask=low)
+            out = self.model.decode(encoded, prompts)
+            total = total + self.loss_fn(out.logits.float(), label)
+            pred = out.logits.detach() > 0
+            low = out.low_res_logits.detach()
+            if "gate_probs" in out.extras:
+                gates.append(out.extras["gate_probs"])
+            dice = dice_score(pred, gt)
+        loss = total / self.num_clicks
+        stats = {"dice": float(dice.mean()) if dice is not None else float("nan")}
+        if gates:
+            probs = gates[-1]
+            if self.gate_cost:
+                loss = loss + self.gate_cost * probs.mean()
+            stats["gate_rate"] = float(probs.detach().float().mean())
+        return loss, stats
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    out_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_dice: float = float("nan")
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+
+
+class Trainer:
+    """Trains any registered method on a lesion data set (see the module docstring).
+
+    Args:
+        config: the run config.
+        out_dir: the run folder (``config.yaml``, ``splits.json``, ``train_log.csv``, ``last.pt``, ``best.pt``).
+        progress: show progress bars with an ETA.
+        callbacks: functions called as ``fn(trainer, event, info)`` after each step and epoch.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | os.PathLike[str],
+        *,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.cfg = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.dist = DistContext.from_env()
+        self.device = self._device()
+        self.model: SegModel | None = None
+        self.global_step = 0
+        self.epoch = 0
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def build_model(self) -> SegModel:
+        """The model to train (``build_model(config.model)``, official weights loaded if configured)."""
+        model = build_model(self.cfg.model)
+        encoder = getattr(model, "image_encoder", None)
+        if encoder is not None and hasattr(encoder, "grad_checkpointing"):
+            encoder.grad_checkpointing = self.cfg.train.grad_checkpointing
+        return model
+
+    def build_loss(self) -> nn.Module:
+        """``train.loss`` or the method's default loss, with ``train.loss_options``."""
+        name = self.cfg.train.loss or method_spec(self.cfg.model.method).loss
+        return build_loss(name, **self.cfg.train.loss_options)
+
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """AdamW groups by state-dict prefix: encoder, parts new to the backbone, prompt encoder + decoder.
+
+        A frozen encoder gets ``requires_grad=False`` and no group.
+        """
+        t = self.cfg.train
+        lr_enc = t.lr if t.lr_encoder is None else t.lr_encoder
+        lr_new = t.lr if t.lr_new is None else t.lr_new
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "new": [], "decoder": []}
+        for name, p in model.named_parameters():
+            if name.startswith("image_encoder."):
+                if t.freeze_encoder:
+                    p.requires_grad_(False)
+                    continue
+                groups["encoder"].append(p)
+            elif name.startswith(("prompt_encoder.", "mask_decoder.")):
+                groups["decoder"].append(p)
+            else:
+                groups["new"].append(p)
+        lrs = {"encoder": lr_enc, "new": lr_new, "decoder": t.lr}
+        return [{"params": ps, "lr": lrs[g], "name": g} for g, ps in groups.items() if ps]
+
+    def build_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
+
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """Linear warm-up then cosine decay to 0 (or constant) over ``total_steps`` optimiser steps."""
+        t = self.cfg.train
+        warm, total = t.warmup_steps, max(1, total_steps)
+
+        def factor(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            if t.schedule == "constant":
+                return 1.0
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def click_simulator(self) -> ClickSimulator:
+        return ClickSimulator(mode=self.cfg.train.click_mode)
+
+    def load_cases(self) -> list[Case]:
+        d = self.cfg.data
+        if not d.root:
+            raise ValueError("data.root is empty: set it in the config or with data.root=PATH")
+        cases = load_msd_cases(d.root) if d.layout == "msd" else load_sam_med3d_cases(d.root)
+        return cases
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        """Training and validation crop data sets from a seeded split (written to ``splits.json``).
+
+        Cases without any voxel of the target label are left out (a click needs a lesion); they are listed
+        in the log.
+        """
+        d = self.cfg.data
+        cases = self.load_cases()
+        with_target = [c for c in cases if _has_label(c, d.target_label)]
+        skipped = sorted({c.case_id for c in cases} - {c.case_id for c in with_target})
+        if skipped:
+            log.info("%d case(s) without label %d left out of training: %s", len(skipped), d.target_label, skipped[:5])
+        if not with_target:
+            raise ValueError(f"no case in {d.root} has label value {d.target_label} (data.target_label)")
+        if d.splits:
+            splits = read_splits(d.splits)
+        else:
+            splits = make_splits(with_target, seed=d.split_seed, val_fraction=d.val_fraction)
+        if self.dist.is_main:
+            write_splits(splits, self.out_dir / "splits.json")
+        by_id = {c.case_id: c for c in with_target}
+        train_cases = [by_id[i] for i in splits.get("train", []) if i in by_id]
+        val_cases = [by_id[i] for i in splits.get("val", []) if i in by_id]
+        if not train_cases:
+            raise ValueError("the split leaves no training case with the target label")
+        crop = self.cfg.model.backbone.img_size
+        pre = Preprocessor(PreprocessConfig(spacing=d.spacing, modality=d.modality, crop_size=crop))
+        common = {"target_label": d.target_label, "channel": d.channel, "cache": d.cache}
+        train = LesionCropDataset(train_cases, pre, **common)
+        val = LesionCropDataset(val_cases, pre, lesion="largest", jitter=0, **common) if val_cases else None
+        return train, val
+
+    # ------------------------------------------------------------------------------------------ loop
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train for ``train.epochs`` epochs (continuing from ``last.pt`` with ``resume``)."""
+        t = self.cfg.train
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.dist.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            save_yaml(self.cfg, self.out_dir / "config.yaml")
+        train_set, val_set = self.build_datasets()
+        seed_everything(t.seed, epoch=-1)  # the initial weights depend on the seed only
+        model = self.build_model().to(self.device)
+        self.model = model
+        groups = self.parameter_groups(model)
+        optimizer = self.build_optimizer(groups)
+        per_epoch = self._steps_per_epoch(train_set)
+        opt_steps = math.ceil(per_epoch / t.accumulate) * t.epochs
+        scheduler = self.build_scheduler(optimizer, opt_steps)
+        history: list[dict[str, Any]] = []
+        best = -math.inf
+        start = 0
+        if resume:
+            start, best, history = self._resume(model, optimizer, scheduler)
+        step_module: nn.Module = InteractiveStep(
+            model,
+            self.build_loss().to(self.device),
+            self.click_simulator(),
+            num_clicks=t.num_clicks,
+            mask_only_iterations=t.mask_only_iterations,
+            gate_cost=t.gate_cost,
+        )
+        if self.dist.enabled:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        result = TrainResult(out_dir=self.out_dir, history=history)
+        t_start = time.perf_counter()
+        for epoch in range(start, t.epochs):
+            self.epoch = epoch
+            row = self._train_epoch(step_module, model, optimizer, scheduler, train_set, epoch, t_start, start)
+            if val_set is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
+                row["val_dice"] = self.validate(model, val_set) if self.dist.is_main else float("nan")
+            history.append(row)
+            improved = self.dist.is_main and row.get("val_dice") is not None and row["val_dice"] > best
+            if improved:
+                best = row["val_dice"]
+            if self.dist.is_main:
+                self._write_log(history)
+                extra = {"best_val_dice": best, "global_step": self.global_step, "history": history}
+                last = self._save(self.out_dir / "last.pt", model, optimizer, scheduler, epoch + 1, row, extra)
+                result.last_checkpoint = last
+                if improved or val_set is None:
+                    result.best_checkpoint = self._save(
+                        self.out_dir / "best.pt", model, optimizer, scheduler, epoch + 1, row, extra
+                    )
+            if self.dist.enabled:
+                dist.barrier()
+            self._emit("epoch", {"epoch": epoch, **row})
+        result.best_val_dice = best if best > -math.inf else float("nan")
+        if result.best_checkpoint is None and (self.out_dir / "best.pt").exists():
+            result.best_checkpoint = self.out_dir / "best.pt"
+        if result.last_checkpoint is None and (self.out_dir / "last.pt").exists():
+            result.last_checkpoint = self.out_dir / "last.pt"
+        return result
+
+    def _train_epoch(
+        self,
+        step_module: nn.Module,
+        model: SegModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        train_set: Dataset,
+        epoch: int,
+        t_start: float,
+        start_epoch: int,
+    ) -> dict[str, Any]:
+        t = self.cfg.train
+        seed = seed_everything(t.seed, epoch, self.dist.rank)
+        rng = np.random.default_rng(seed)
+        if self.dist.enabled:
+            sampler = DistributedSampler(
+                train_set, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=t.seed
+            )
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(
+            train_set,
+            batch_size=t.batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(seed),
+            collate_fn=_collate,
+        )
+        per_epoch = self._steps_per_epoch(train_set)
+        model.train()
+        losses: list[float] = []
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=per_epoch,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            unit="step",
+            disable=not (self.progress and self.dist.is_main),
+            leave=False,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        for step, batch in enumerate(loader):
+            if step >= per_epoch:
+                break
+            image = batch["image"].to(self.device)
+            label = batch["label"].to(self.device)
+            last_micro = (step + 1) % t.accumulate == 0 or step + 1 == per_epoch
+            sync = nullcontext() if (last_micro or not self.dist.enabled) else step_module.no_sync()
+            with sync:
+                with self._autocast():
+                    loss, stats = step_module(image, label, rng)
+                (loss / t.accumulate).backward()
+            if last_micro:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", dice=f"{stats['dice']:.3f}")
+            self._emit("step", {"epoch": epoch, "step": step, "loss": losses[-1], **stats})
+        bar.close()
+        seconds = time.perf_counter() - t0
+        done = epoch + 1 - start_epoch
+        eta = (time.perf_counter() - t_start) / done * (t.epochs - epoch - 1)
+        if self.dist.is_main:
+            log.info("epoch %d/%d: loss %.4f, %.1f s, ETA %.0f s", epoch + 1, t.epochs, np.mean(losses), seconds, eta)
+        return {
+            "epoch": epoch + 1,
+            "step": self.global_step,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_dice": None,
+            "lr": float(optimizer.param_groups[-1]["lr"]),
+            "seconds": round(seconds, 3),
+        }
+
+    @torch.no_grad()
+    def validate(self, model: SegModel, val_set: Dataset) -> float:
+        """Mean Dice over validation crops, ``train.val_clicks`` deterministic centre clicks each."""
+        clicks = ClickSimulator(mode="center")
+        model.eval()
+        scores = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for idx in range(len(val_set)):
+                item = val_set[idx]
+                image = item["image"][None].to(self.device)
+                gt = item["label"][None].to(self.device) > 0.5
+                points = labels = low = pred = None
+                with self._autocast():
+                    encoded = model.encode(image)
+                    for it in range(self.cfg.train.val_clicks):
+                        if it == 0:
+                            points, labels = clicks.first(gt)
+                        else:
+                            points, labels = clicks.next(pred, gt, points, labels)
+                        out = model.decode(encoded, Prompts(points=points, labels=labels, mask=low))
+                        pred, low = out.logits > 0, out.low_res_logits
+                scores.append(float(dice_score(pred, gt).mean()))
+        model.train()
+        return float(np.mean(scores)) if scores else float("nan")
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _device(self) -> torch.device:
+        want = self.cfg.train.device
+        if want == "cuda" and not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA GPU is available; use train.device=cpu")
+        if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        return torch.device("cuda", self.dist.local_rank)
+
+    def _autocast(self) -> Any:
+        if self.device.type == "cuda" and self.cfg.train.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _steps_per_epoch(self, train_set: Dataset) -> int:
+        t = self.cfg.train
+        per_rank = math.ceil(len(train_set) / self.dist.world_size)  # type: ignore[arg-type]
+        steps = math.ceil(per_rank / t.batch_size)
+        return min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch else steps
+
+    def _emit(self, event: str, info: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb(self, event, info)
+
+    def _save(self, path: Path, model, optimizer, scheduler, epoch: int, row: dict, extra: dict) -> Path:
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
+        return save_checkpoint(
+            path,
+            model=model,
+            config=self.cfg,
+            method=self.cfg.model.method,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epoch=epoch,
+            metrics=metrics,
+            extra=extra,
+        )
+
+    def _resume(self, model: nn.Module, optimizer, scheduler) -> tuple[int, float, list[dict[str, Any]]]:
+        path = self.out_dir / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no {path}; start without --resume")
+        ckpt = load_checkpoint(path)
+        saved, now = ckpt["config"], to_dict(self.cfg)
+        saved_train = {k: v for k, v in saved.get("train", {}).items() if k != "epochs"}
+        now_train = {k: v for k, v in now["train"].items() if k != "epochs"}
+        for section in ("model", "data"):
+            if saved.get(section) != now[section]:
+                raise CheckpointError(f"--resume: the {section} config differs from the run in {self.out_dir}")
+        if saved_train != now_train:
+            diff = sorted(k for k in now_train if saved_train.get(k) != now_train[k])
+            raise CheckpointError(f"--resume: train settings differ from the saved run ({', '.join(diff)})")
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        extra = ckpt.get("extra") or {}
+        self.global_step = int(extra.get("global_step", 0))
+        log.info("resumed %s at epoch %d", path, ckpt["epoch"])
+        return int(ckpt["epoch"]), float(extra.get("best_val_dice", -math.inf)), list(extra.get("history", []))
+
+    def _write_log(self, history: list[dict[str, Any]]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
+        atomic_write_bytes(self.out_dir / "train_log.csv", buf.getvalue().encode())
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([i["image"] for i in items]),
+        "label": torch.stack([i["label"] for i in items]),
+        "case_id": [i["case_id"] for i in items],
+    }
+
+
+def _has_label(case: Case, value: int) -> bool:
+    return bool((np.asarray(case.read_label().array) == value).any())

@@ -1,0 +1,152 @@
+"""The trainer: a run folder a researcher can trust, exact resume, frozen groups, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from lesionsam.config import RunConfig, load_run_config
+from lesionsam.data.synthetic import write_synthetic_dataset
+from lesionsam.models.checkpoint import CheckpointError, load_checkpoint
+from lesionsam.training.trainer import Trainer, seed_everything
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "ds"
+    write_synthetic_dataset(root, cases=5, size=40, seed=3)
+    return root
+
+
+def _config(root: Path, *extra: str) -> RunConfig:
+    base = [
+        f"data.root={root}",
+        "data.spacing=[1.0,1.0,1.0]",
+        "model.preset=tiny",
+        "model.method=finetune",
+        "train.epochs=2",
+        "train.batch_size=2",
+        "train.num_clicks=2",
+        "train.mask_only_iterations=1",
+        "train.device=cpu",
+        "train.deterministic=true",
+        "train.lr=1e-3",
+    ]
+    return load_run_config(None, [*base, *extra])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_run_folder_holds_config_splits_log_and_checkpoints(dataset: Path, tmp_path: Path) -> None:
+    result = Trainer(_config(dataset), tmp_path / "run", progress=False).fit()
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["best.pt", "config.yaml", "last.pt", "splits.json", "train_log.csv"]
+    rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(float(r["train_loss"]) > 0 for r in rows) and rows[-1]["val_dice"] != ""
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt["epoch"] == 2 and ckpt["method"] == "finetune"
+    assert ckpt["config"]["model"]["backbone"]["img_size"] == 64
+    assert ckpt["optimizer"] is not None and ckpt["scheduler"] is not None
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_killed_mid_epoch_and_resumed_gives_the_same_weights(dataset: Path, tmp_path: Path) -> None:
+    cfg = _config(dataset, "train.epochs=3", "train.batch_size=1")
+    Trainer(cfg, tmp_path / "straight", progress=False).fit()
+
+    def kill(trainer: Trainer, event: str, info: dict) -> None:
+        if event == "step" and info["epoch"] == 1 and info["step"] == 1:
+            raise _Kill  # dies in the middle of the second epoch, after one optimiser step of it
+
+    with pytest.raises(_Kill):
+        Trainer(cfg, tmp_path / "resumed", progress=False, callbacks=[kill]).fit()
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    Trainer(cfg, tmp_path / "resumed", progress=False).fit(resume=True)
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = list(csv.DictReader((tmp_path / "resumed" / "train_log.csv").open()))
+    assert [r["epoch"] for r in log] == ["1", "2", "3"]
+
+
+def test_resume_with_other_settings_is_refused(dataset: Path, tmp_path: Path) -> None:
+    Trainer(_config(dataset, "train.epochs=1"), tmp_path / "run", progress=False).fit()
+    with pytest.raises(CheckpointError, match=r"train settings differ .*lr"):
+        Trainer(_config(dataset, "train.epochs=2", "train.lr=5e-4"), tmp_path / "run", progress=False).fit(resume=True)
+    with pytest.raises(FileNotFoundError, match="no .*last.pt"):
+        Trainer(_config(dataset), tmp_path / "other", progress=False).fit(resume=True)
+
+
+def test_frozen_encoder_stays_bit_identical(dataset: Path, tmp_path: Path) -> None:
+    cfg = _config(dataset, "train.epochs=1", "train.freeze_encoder=true")
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    seed_everything(cfg.train.seed, epoch=-1)  # as fit() does before building the model
+    before = {k: v.clone() for k, v in trainer.build_model().state_dict().items()}
+    trainer.fit()
+    after = _weights(tmp_path / "run" / "last.pt")
+    enc = [k for k in before if k.startswith("image_encoder.")]
+    dec = [k for k in before if k.startswith("mask_decoder.") and k.endswith("weight")]
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+
+
+def test_target_label_absent_everywhere_is_a_clear_error(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no case .* has label value 7"):
+        Trainer(_config(dataset, "data.target_label=7"), tmp_path / "run", progress=False).fit()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_keeps_ranks_identical(dataset: Path, tmp_path: Path) -> None:
+    """torchrun, 2 processes, gloo on CPU: after a step both ranks hold the same weights."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, torch
+            from lesionsam.config import load_run_config
+            from lesionsam.training.trainer import Trainer, seed_everything
+            cfg = load_run_config(None, [
+                "data.root={dataset}", "data.spacing=[1.0,1.0,1.0]", "model.preset=tiny", "model.method=finetune",
+                "train.epochs=1", "train.batch_size=1", "train.max_steps_per_epoch=1", "train.num_clicks=2",
+                "train.device=cpu", "train.lr=1e-2",
+            ])
+            def save(trainer, event, info):
+                if event == "epoch":
+                    torch.save(trainer.model.state_dict(), "{tmp_path}/rank%s.pt" % os.environ["RANK"])
+            before = None
+            Trainer(cfg, "{tmp_path}/run", progress=False, callbacks=[save]).fit()
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    proc = subprocess.run([*cmd, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    init = Trainer(load_run_config(None, ["model.preset=tiny", "model.method=finetune"]), tmp_path).build_model()
+    changed = 0
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+        changed += int(not torch.equal(r0[key], init.state_dict()[key]))
+    assert changed > 0  # a real step happened
