@@ -44,9 +44,18 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
     p.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--modality", default="CT", choices=["CT", "MRI"], help="intensity normalisation (default CT)")
     p.add_argument(
-        "--spacing", type=float, default=1.5, metavar="MM", help="isotropic model spacing in mm (default 1.5)"
+        "--modality",
+        default=None,
+        choices=["CT", "MRI"],
+        help="intensity normalisation (default: the checkpoint's training setting, else CT)",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="isotropic model spacing in mm (default: the checkpoint's training setting, else 1.5)",
     )
     p.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
 
@@ -69,7 +78,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             binary=a.binary,
             device=a.device,
             modality=a.modality,
-            spacing=(a.spacing,) * 3,
+            spacing=(a.spacing,) * 3 if a.spacing else None,
             max_windows=a.max_windows,
             progress=sys.stderr.isatty(),
         )

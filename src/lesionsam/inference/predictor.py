@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ import torch
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
 from lesionsam.data.transforms import CropBox, PreprocessConfig, Preprocessed, Preprocessor, crop_box, crop_or_pad
 from lesionsam.models import ModelConfig, Prompts, SegModel, build_model
-from lesionsam.models.checkpoint import FORMAT, load_model, read_weights_file
+from lesionsam.models.checkpoint import FORMAT, load_model, load_sam_med3d_weights, read_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,22 @@ class Predictor:
         *,
         preset: str | None = None,
         device: str | torch.device = "cpu",
-        **kwargs: object,
+        modality: str | None = None,
+        spacing: tuple[float, float, float] | None = None,
+        **kwargs: Any,
     ) -> Predictor:
         """A predictor from a lesionsam checkpoint, or an official SAM-Med3D file plus a preset.
 
         Args:
-            checkpoint: path to a lesionsam checkpoint (method and sizes are stored in it) or an official
-                SAM-Med3D / SAM-Med3D-turbo file; None builds randomly initialised weights (for smoke tests:
-                the masks are meaningless, and a warning says so).
+            checkpoint: path to a lesionsam checkpoint (method, sizes and the training run's preprocessing are
+                stored in it) or an official SAM-Med3D / SAM-Med3D-turbo file; None builds randomly initialised
+                weights (for smoke tests: the masks are meaningless, and a warning says so).
             preset: backbone preset for official files or random weights (default ``sam_med3d_vit_b``).
+            modality, spacing: intensity normalisation and model voxel size; None takes them from the lesionsam
+                checkpoint's training config, else CT and 1.5 mm (SAM-Med3D's).
+            kwargs: passed to :class:`Predictor` (``threshold``, ``max_windows``).
         """
+        data: dict[str, Any] = {}
         if checkpoint is None:
             warnings.warn("no checkpoint given: random weights, the masks are meaningless", stacklevel=2)
             model = build_model(ModelConfig.from_preset(preset or "sam_med3d_vit_b"))
@@ -163,14 +170,16 @@ class Predictor:
             if isinstance(obj, dict) and obj.get("format") == FORMAT:
                 if preset:
                     log.info("--preset %s ignored: the lesionsam checkpoint stores its own sizes", preset)
-                model, _ = load_model(checkpoint)
+                model, ckpt = load_model(checkpoint)
+                data = dict((ckpt.get("config") or {}).get("data") or {})
             else:
-                cfg = ModelConfig.from_preset(preset or "sam_med3d_vit_b")
-                model = build_model(cfg)
-                from lesionsam.models.checkpoint import load_sam_med3d_weights
-
+                model = build_model(ModelConfig.from_preset(preset or "sam_med3d_vit_b"))
                 load_sam_med3d_weights(model, obj if isinstance(obj, dict) else checkpoint)
-        return cls(model, device=device, **kwargs)  # type: ignore[arg-type]
+        pre = PreprocessConfig(
+            modality=modality or data.get("modality") or "CT",
+            spacing=tuple(spacing or data.get("spacing") or (1.5, 1.5, 1.5)),  # type: ignore[arg-type]
+        )
+        return cls(model, device=device, preprocess=pre, **kwargs)
 
     # ------------------------------------------------------------------------------------------ image
     def set_image(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:

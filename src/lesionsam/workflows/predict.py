@@ -21,7 +21,6 @@ from lesionsam.data.io import (
     read_image,
     write_image,
 )
-from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import LesionClicks, Prediction, Predictor, write_prediction
 from lesionsam.inference.prompts_io import clicks_from_args, clicks_from_label, read_prompt_file
 
@@ -67,8 +66,8 @@ def predict(
     probabilities: str | os.PathLike[str] | None = None,
     binary: bool = False,
     device: str = "cpu",
-    modality: str = "CT",
-    spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5),
+    modality: str | None = None,
+    spacing: tuple[float, float, float] | None = None,
     max_windows: int = 8,
     predictor: Predictor | None = None,
     progress: bool = True,
@@ -87,6 +86,8 @@ def predict(
         world: ``points``/``negatives`` are LPS mm instead of voxel indices.
         probabilities: also write lesion probabilities (a file for one image, a folder for a folder).
         channel: for multi-channel images (4D NIfTI), the channel to segment.
+        modality, spacing: intensity normalisation and model voxel size (None: the lesionsam checkpoint's
+            training settings, else CT and 1.5 mm).
         binary: write 0/1 instead of one value per lesion.
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
 
@@ -154,7 +155,8 @@ def predict(
                 checkpoint,
                 preset=preset,
                 device=device,
-                preprocess=PreprocessConfig(modality=modality, spacing=spacing),
+                modality=modality,
+                spacing=spacing,
                 max_windows=max_windows,
             )
         predictor.set_image(volume)
