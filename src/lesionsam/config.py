@@ -36,6 +36,8 @@ class DataConfig:
             the SAM-Med3D layout.
         layout: ``"msd"`` (also nnU-Net) or ``"sam_med3d"``.
         target_label: the lesion's label value (MSD liver tumour = 2, MSD brain enhancing tumour = 3).
+        target_labels: several label values to train on at once, each crop targeting one of them (e.g. the
+            anatomy for pretraining); when given, ``target_label`` is not used.
         channel: the image channel of multi-channel MRI (MSD brain: 0 FLAIR, 1 T1w, 2 T1gd, 3 T2w).
         modality: ``"CT"`` (window clip + z-score over the body) or ``"MRI"`` (z-score over non-zero voxels).
         spacing: model voxel size in mm (SAM-Med3D: 1.5 isotropic).
@@ -49,6 +51,7 @@ class DataConfig:
     root: str = ""
     layout: str = "msd"
     target_label: int = 2
+    target_labels: tuple[int, ...] = ()
     channel: int | None = None
     modality: str = "CT"
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
@@ -61,8 +64,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         look_up_option(self.layout, ("msd", "sam_med3d"), what="data layout")
         look_up_option(self.modality, ("CT", "MRI"), what="modality")
-        if self.target_label < 1:
-            raise ValueError(f"data.target_label must be a lesion label value >= 1, got {self.target_label}")
+        object.__setattr__(self, "target_labels", tuple(int(v) for v in self.target_labels))
+        for value in (self.target_label, *self.target_labels):
+            if value < 1:
+                raise ValueError(f"data.target_label(s) must be label values >= 1 (0 is background), got {value}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 

@@ -17,9 +17,10 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "target",
-        choices=["backbone", "predict"],
-        help="'backbone': the image encoder, fast vs naive attention; 'predict': lesionsam predict end to end "
-        "on a synthetic 512x512x120 int16 CT (NRRD) with one click",
+        choices=["backbone", "sgp", "predict"],
+        help="'backbone': the image encoder, fast vs naive attention; 'sgp': SGP-SAM's encoder with gates closed "
+        "and open vs the plain backbone; 'predict': lesionsam predict end to end on a synthetic 512x512x120 int16 "
+        "CT (NRRD) with one click",
     )
     p.add_argument("--preset", default=None, help="backbone preset (default: tiny for backbone, full for predict)")
     p.add_argument("--checkpoint", default=None, help="predict: weights to load (default: random weights)")
@@ -34,6 +35,22 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> int:
         from lesionsam.workflows.bench import bench_backbone, bench_predict, format_predict_table, format_table
 
+        if a.target == "sgp":
+            from lesionsam.workflows.bench_sgp import bench_sgp, format_sgp_table
+
+            sgp = bench_sgp(
+                preset=a.preset or "sam_med3d_vit_b",
+                batch=a.batch,
+                device=a.device,
+                dtype=a.dtype,
+                repeats=max(a.repeats, 7),
+                threads=a.threads,
+                progress=True,
+            )
+            print(format_sgp_table(sgp))
+            if a.json:
+                sgp.write_json(a.json)
+            return 0
         if a.target == "predict":
             res = bench_predict(
                 preset=a.preset or "sam_med3d_vit_b",

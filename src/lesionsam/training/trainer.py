@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -287,13 +287,16 @@ class Trainer:
         in the log.
         """
         d = self.cfg.data
+        targets = d.target_labels or (d.target_label,)
         cases = self.load_cases()
-        with_target = [c for c in cases if _has_label(c, d.target_label)]
-        skipped = sorted({c.case_id for c in cases} - {c.case_id for c in with_target})
+        present = {c.case_id: _labels_present(c, targets) for c in cases}
+        with_target = [c for c in cases if present[c.case_id]]
+        skipped = sorted(c.case_id for c in cases if not present[c.case_id])
         if skipped:
-            log.info("%d case(s) without label %d left out of training: %s", len(skipped), d.target_label, skipped[:5])
+            log.info("%d case(s) without label %s left out of training: %s", len(skipped), targets, skipped[:5])
         if not with_target:
-            raise ValueError(f"no case in {d.root} has label value {d.target_label} (data.target_label)")
+            what = f"label value {targets[0]}" if len(targets) == 1 else f"any of the label values {list(targets)}"
+            raise ValueError(f"no case in {d.root} has {what} (data.target_label)")
         if d.splits:
             splits = read_splits(d.splits)
         else:
@@ -307,10 +310,18 @@ class Trainer:
             raise ValueError("the split leaves no training case with the target label")
         crop = self.cfg.model.backbone.img_size
         pre = Preprocessor(PreprocessConfig(spacing=d.spacing, modality=d.modality, crop_size=crop))
-        common = {"target_label": d.target_label, "channel": d.channel, "cache": d.cache}
-        train = LesionCropDataset(train_cases, pre, **common)
-        val = LesionCropDataset(val_cases, pre, lesion="largest", jitter=0, **common) if val_cases else None
-        return train, val
+
+        def crops(chosen: list[Case], **kw: Any) -> Dataset | None:
+            parts = [
+                LesionCropDataset(subset, pre, target_label=t, channel=d.channel, cache=d.cache, **kw)
+                for t in targets
+                if (subset := [c for c in chosen if t in present[c.case_id]])
+            ]
+            return None if not parts else parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+        train = crops(train_cases)
+        assert train is not None
+        return train, crops(val_cases, lesion="largest", jitter=0)
 
     # ------------------------------------------------------------------------------------------ loop
     def fit(self, *, resume: bool = False) -> TrainResult:
@@ -560,5 +571,7 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _has_label(case: Case, value: int) -> bool:
-    return bool((np.asarray(case.read_label().array) == value).any())
+def _labels_present(case: Case, values: Sequence[int]) -> set[int]:
+    """Which of ``values`` occur in the case's label map."""
+    arr = np.asarray(case.read_label().array)
+    return {v for v in values if (arr == v).any()}
