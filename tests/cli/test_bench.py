@@ -34,3 +34,16 @@ def test_bench_without_gpu_says_so(capsys: pytest.CaptureFixture) -> None:
 def test_unknown_preset_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "backbone", "--preset", "tinyy"]) == 2
     assert "Did you mean 'tiny'" in capsys.readouterr().err
+
+
+def test_bench_sgp_compares_gates_closed_and_open_with_the_backbone(capsys: pytest.CaptureFixture) -> None:
+    from lesionsam.workflows.bench_sgp import bench_sgp, format_sgp_table
+
+    result = bench_sgp(preset="tiny", repeats=1, warmup=0)
+    table = format_sgp_table(result)
+    assert "backbone" in table
+    closed = next(r for r in result.rows if r.gate_mode == "off")
+    opened = next(r for r in result.rows if r.gate_mode == "on")
+    assert closed.max_abs_diff == 0.0  # closed gates: exactly the backbone
+    plain = next(r for r in result.rows if r.gate_mode is None)
+    assert opened.params == closed.params > plain.params

@@ -74,12 +74,12 @@ class DemoSettings:
             test_cases=8,
             size=96,
             spacing=1.0,
-            pretrain_epochs=12,
-            transfer_epochs=30,
+            pretrain_epochs=30,
+            transfer_epochs=60,
             batch_size=2,
             num_clicks=3,
-            lr=3e-4,
-            expected_minutes=12,
+            lr=1e-3,
+            expected_minutes=8,
         )
 
     @classmethod
@@ -93,7 +93,7 @@ class DemoSettings:
             transfer_epochs=1,
             batch_size=2,
             num_clicks=2,
-            lr=3e-4,
+            lr=1e-3,
             expected_minutes=1,
         )
 

@@ -1,0 +1,40 @@
+"""``lesionsam demo --quick``: the main job end to end; the report's numbers come from the evaluator's files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lesionsam.cli.main import main
+
+
+def test_quick_demo_writes_a_report_built_from_the_evaluator_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("LESIONSAM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "expected: under" in err  # says how long it takes at the start
+    report = (out / "report" / "report.md").read_text()
+    for method in ("finetune", "sgp_sam"):
+        metrics = json.loads((out / method / "test_metrics" / "metrics.json").read_text())
+        dice = metrics["summary"]["dice"]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {method} |"))
+        assert f"{dice['mean']:.3f} ± {dice['std']:.3f}" in row
+        assert (out / method / "best.pt").is_file() and (out / method / "train_log.csv").is_file()
+    gates = (out / "sgp_sam" / "gates.csv").read_text().splitlines()
+    assert gates[0] == "case,lesion,volume_ml,size_bin,gate_rate" and len(gates) > 1
+    for link in re.findall(r"\]\((figures/[^)]+\.png)\)", report):
+        assert (out / "report" / link).stat().st_size > 1000
+    # The pretrained anatomy model is cached and reused by the next run.
+    assert main(["demo", "--quick", "--out", str(tmp_path / "again")]) == 0
+    assert "found in the cache" in capsys.readouterr().err
+
+
+def test_ablate_rejects_unknown_methods(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ablate", "--methods", "finetune,sgp_sm", "--quick"]) == 2
+    assert "Did you mean 'sgp_sam'" in capsys.readouterr().err
