@@ -66,6 +66,7 @@ class DemoSettings:
     num_clicks: int
     lr: float
     expected_minutes: float
+    minutes_per_transfer: float
 
     @classmethod
     def full(cls) -> DemoSettings:
@@ -80,6 +81,7 @@ class DemoSettings:
             num_clicks=3,
             lr=1e-3,
             expected_minutes=8,
+            minutes_per_transfer=1.7,
         )
 
     @classmethod
@@ -95,6 +97,7 @@ class DemoSettings:
             num_clicks=2,
             lr=1e-3,
             expected_minutes=1,
+            minutes_per_transfer=0.1,
         )
 
 
@@ -303,7 +306,7 @@ def ablate(
     root = Path(out)
     _say(
         f"lesionsam ablate: {len(methods)} methods × {len(seeds)} seeds, about "
-        f"{s.expected_minutes * len(methods) * len(seeds) / 2:.0f} min on a 2-core CPU"
+        f"{2 + s.minutes_per_transfer * len(methods) * len(seeds):.0f} min on a 2-core CPU"
     )
     train_root, test_root = prepare_data(root, s, seed=0)
     pretrained = pretrain(train_root, s, seed=0, progress=progress)

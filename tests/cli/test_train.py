@@ -1,0 +1,45 @@
+"""``lesionsam train`` with a packaged preset and overrides."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lesionsam.cli.main import main
+from lesionsam.config import load_run_config
+from lesionsam.configs import preset_names, resolve_config
+from lesionsam.data.synthetic import write_synthetic_dataset
+from lesionsam.models.checkpoint import load_checkpoint
+
+
+def test_packaged_presets_load() -> None:
+    assert {"demo", "liver_sgp_sam", "brats_sgp_sam"} <= set(preset_names())
+    liver = load_run_config(resolve_config("liver_sgp_sam"))
+    assert (liver.data.target_label, liver.data.modality, liver.model.backbone.img_size) == (2, "CT", 128)
+    brats = load_run_config(resolve_config("brats_sgp_sam"))
+    assert (brats.data.target_label, brats.data.modality, brats.data.channel) == (3, "MRI", 2)
+    assert brats.data.spacing == (1.5, 1.5, 1.5) and brats.model.method == "sgp_sam"
+
+
+def test_train_command_with_overrides_and_accumulation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_synthetic_dataset(tmp_path / "ds", cases=4, size=40, seed=1)
+    args = ["train", "demo", f"data.root={tmp_path / 'ds'}", "train.epochs=1", "train.batch_size=1"]
+    args += ["train.accumulate=2", "train.num_clicks=2", "model.method=finetune", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "best validation Dice" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["config"]["train"]["accumulate"] == 2
+    n_train = len(json.loads((tmp_path / "run" / "splits.json").read_text())["train"])
+    assert ckpt["extra"]["global_step"] == math.ceil(n_train / 2)  # batch 1, two micro-steps per optimiser step
+
+
+def test_train_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "demo", "train.epoch=3"]) == 2
+    assert "Did you mean 'epochs'" in capsys.readouterr().err
+    assert main(["train", "nope.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train", "demo"]) == 2
+    assert "data.root" in capsys.readouterr().err
