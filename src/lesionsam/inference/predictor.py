@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
 from lesionsam.data.transforms import CropBox, PreprocessConfig, Preprocessed, Preprocessor, crop_box, crop_or_pad
@@ -322,7 +323,7 @@ class Predictor:
             counts[les.lesion_id] = len(windows)
             for box, logits in windows:
                 vol_sl, crop_sl = box.overlap()
-                prob = 1.0 / (1.0 + np.exp(-logits[crop_sl]))
+                prob = expit(logits[crop_sl])
                 region = best[vol_sl]
                 better = prob > region
                 region[better] = prob[better]
