@@ -40,7 +40,7 @@ from lesionsam.evaluation.metrics import volume_bin
 from lesionsam.evaluation.report import AblationEntry, MethodRun, write_ablation, write_report
 from lesionsam.inference.predictor import Predictor
 from lesionsam.models import ModelConfig, Prompts
-from lesionsam.models.checkpoint import load_model
+from lesionsam.models.checkpoint import load_checkpoint, load_model
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.evaluate import evaluate
@@ -151,11 +151,14 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
         json.dumps({"v": __version__, "settings": asdict(s), "seed": seed, "model": "tiny"}, sort_keys=True).encode()
     ).hexdigest()[:16]
     cached = cache_dir() / f"demo_pretrain_{key}" / "last.pt"
-    if cached.is_file():
+    resume = cached.is_file()
+    if resume and load_checkpoint(cached)["epoch"] >= s.pretrain_epochs:
         _say(f"  pretrained anatomy model found in the cache: {cached}")
         return cached
+    if resume:
+        _say(f"  resuming an interrupted pretraining in {cached.parent}")
     t0 = time.perf_counter()
-    result = Trainer(cfg, cached.parent, progress=progress).fit()
+    result = Trainer(cfg, cached.parent, progress=progress).fit(resume=resume)
     _say(f"  pretrained on anatomy in {time.perf_counter() - t0:.0f} s (cached in {cached.parent})")
     assert result.last_checkpoint is not None
     return result.last_checkpoint
