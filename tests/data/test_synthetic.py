@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from lesionsam.data.io import read_image
 from lesionsam.data.synthetic import (
+    CYST,
     LABELS,
     LESION,
     ORGAN,
@@ -148,6 +149,7 @@ def test_dataset_json_is_msd_and_lists_existing_files(dataset: Path) -> None:
     assert sorted(meta["lesion_volumes_mm3"]) == ["case_000", "case_001", "case_002"]
     assert meta["lesion_volumes_mm3"]["case_002"] == []  # the last case has no lesion
     assert all(meta["lesion_volumes_mm3"][c] for c in ("case_000", "case_001"))
+    assert "cyst_volumes_mm3" not in meta and "lesion_classes" not in meta["synthetic"]  # nothing new by default
 
 
 def test_dataset_files_match_make_case(dataset: Path) -> None:
@@ -227,3 +229,121 @@ def test_workflow_synth(tmp_path: Path) -> None:
 
     out = synth(tmp_path / "wf", cases=1, size=32, progress=False)
     assert (out / "dataset.json").is_file() and (out / "labelsTr" / "case_000.nii.gz").is_file()
+
+
+# ------------------------------------------------------------------------------------- second lesion class
+CYST_SEEDS = (1, 2, 4, 5)  # with cysts at size 48 (0 and 3 draw none)
+
+
+@pytest.fixture(scope="module")
+def two_class_cases() -> list[SyntheticCase]:
+    return [make_case(size=48, seed=s, lesion_classes=2) for s in CYST_SEEDS]
+
+
+def test_default_equals_one_class() -> None:
+    """``lesion_classes`` left at its default gives exactly the one-class output, with no cyst."""
+    for seed in (0, 11):
+        a, b = make_case(size=40, seed=seed), make_case(size=40, seed=seed, lesion_classes=1)
+        assert np.array_equal(a.image.array, b.image.array) and np.array_equal(a.label.array, b.label.array)
+        assert a.cyst_volumes_mm3 == () and CYST not in a.label.array
+
+
+def test_default_dataset_json_is_pinned(tmp_path: Path) -> None:
+    meta = json.loads((write_synthetic_dataset(tmp_path / "ds", cases=2, seed=5, size=32) / "dataset.json").read_text())
+    assert list(meta) == [
+        "name", "description", "reference", "release", "tensorImageSize", "modality", "labels",
+        "numTraining", "numTest", "training", "test", "lesion_volumes_mm3", "synthetic",
+    ]  # fmt: skip
+    assert meta["labels"] == {str(k): v for k, v in LABELS.items()}
+    assert len(meta["lesion_volumes_mm3"]["case_000"]) >= 1 and meta["lesion_volumes_mm3"]["case_001"] == []
+    assert meta["synthetic"] == {"seed": 5, "size": 32, "format": "nii.gz", "cases": 2}
+
+
+def test_cysts_leave_everything_else_untouched(two_class_cases: list[SyntheticCase]) -> None:
+    for seed, case in zip(CYST_SEEDS, two_class_cases, strict=True):
+        default = make_case(size=48, seed=seed)
+        cyst = case.label.array == CYST
+        assert cyst.any()
+        np.testing.assert_array_equal(case.label.array[~cyst], default.label.array[~cyst])
+        far = ~ndimage.binary_dilation(cyst, CUBE, iterations=3)  # beyond the blur's reach
+        np.testing.assert_array_equal(case.image.array[far], default.image.array[far])
+        assert case.lesion_volumes_mm3 == default.lesion_volumes_mm3
+        assert case.image.spacing == default.image.spacing and case.image.origin == default.image.origin
+
+
+def test_two_classes_labels_and_cysts(two_class_cases: list[SyntheticCase]) -> None:
+    present: set[int] = set()
+    cyst_hu, tumour_hu = [], []
+    for case in two_class_cases:
+        image, label = case.image.array, case.label.array
+        present |= set(np.unique(label).tolist())
+        assert set(np.unique(label).tolist()) <= {0, 1, 2, 3, 4}
+        cyst = label == CYST
+        assert 1 <= case.n_cysts <= 3
+        # Each cyst is one connected component, inside the organ, touching neither tumours nor other cysts.
+        components, n = ndimage.label(cyst, CUBE)
+        assert n == case.n_cysts
+        voxel_mm3 = float(np.prod(case.image.spacing))
+        measured = sorted(float(c) * voxel_mm3 for c in np.bincount(components.ravel())[1:])
+        np.testing.assert_allclose(measured, sorted(case.cyst_volumes_mm3))
+        grown = ndimage.binary_dilation(cyst, CUBE)
+        assert not (grown & ((label == 0) | (label == LESION))).any()
+        cyst_hu.append(image[cyst])
+        tumour_hu.append(image[label == LESION])
+    assert {LESION, CYST} <= present
+    assert np.concatenate(cyst_hu).mean() < np.concatenate(tumour_hu).mean() - 10
+
+
+def test_no_lesion_case_has_no_cyst() -> None:
+    case = make_case(size=48, seed=1, n_lesions=0, lesion_classes=2)
+    assert case.lesion_volumes_mm3 == case.cyst_volumes_mm3 == ()
+    assert LESION not in case.label.array and CYST not in case.label.array
+
+
+def test_two_class_dataset(tmp_path: Path) -> None:
+    out = write_synthetic_dataset(tmp_path / "ds2", cases=3, seed=5, size=48, lesion_classes=2)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"]["4"] == "cyst" and meta["labels"]["2"] == "tumour"
+    assert meta["synthetic"]["lesion_classes"] == 2
+    assert sorted(meta["cyst_volumes_mm3"]) == ["case_000", "case_001", "case_002"]
+    assert meta["cyst_volumes_mm3"]["case_002"] == [] and meta["lesion_volumes_mm3"]["case_002"] == []
+    assert meta["cyst_volumes_mm3"]["case_000"]  # seed 5 gives case 0 cysts
+    for c, item in enumerate(meta["training"]):
+        label = read_image(out / item["label"])
+        expected = make_case(size=48, seed=case_seed(5, c), n_lesions=0 if c == 2 else None, lesion_classes=2)
+        np.testing.assert_array_equal(label.array, expected.label.array)
+        volumes = meta["cyst_volumes_mm3"][f"case_00{c}"]
+        np.testing.assert_allclose(volumes, expected.cyst_volumes_mm3, rtol=1e-5)
+        voxel_mm3 = float(np.prod(label.spacing))
+        assert (label.array == CYST).sum() * voxel_mm3 == pytest.approx(sum(volumes), rel=1e-4, abs=1e-6)
+
+
+def test_bad_lesion_classes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lesion_classes must be 1 .* or 2 .*got 3"):
+        make_case(size=32, lesion_classes=3)
+    with pytest.raises(ValueError, match="lesion_classes must be 1"):
+        write_synthetic_dataset(tmp_path / "ds", cases=1, size=32, lesion_classes=3)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_cli_synth_lesion_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import lesionsam.cli.synth  # noqa: F401  (registers the sub-command)
+    from lesionsam.cli.main import main
+
+    out = tmp_path / "cli2"
+    assert main(["synth", str(out), "--cases", "2", "--size", "32", "--seed", "1", "--lesion-classes", "2"]) == 0
+    assert "cyst(s)" in capsys.readouterr().out
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"]["4"] == "cyst" and "cyst_volumes_mm3" in meta
+    with pytest.raises(SystemExit):
+        main(["synth", str(tmp_path / "bad"), "--cases", "1", "--lesion-classes", "3"])
+    assert "--lesion-classes" in capsys.readouterr().err
+
+
+def test_workflow_synth_lesion_classes(tmp_path: Path) -> None:
+    from lesionsam.workflows.synth import synth
+
+    meta = json.loads(
+        (synth(tmp_path / "wf2", cases=1, size=32, progress=False, lesion_classes=2) / "dataset.json").read_text()
+    )
+    assert meta["labels"]["4"] == "cyst"

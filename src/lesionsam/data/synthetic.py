@@ -10,6 +10,10 @@ The generator serves the demo and the tests: no test downloads anything. Each ca
 * hypodense lesions ("tumour", about +20..35 HU) inside the organ, irregular (a perturbed, rotated ellipsoid,
   the larger ones with one or two satellite blobs) and of widely varying size, from tens of voxels to several
   cm³; lesions never touch each other (so each is one connected component) nor the organ's border;
+* optionally (``lesion_classes=2``) a second lesion class, "cyst": 1..3 per case (some cases none), round and
+  smooth (a near-spherical ellipsoid), sharply bounded and water-like (about 0..10 HU, no texture), of similarly
+  wide sizes, inside the organ and touching neither tumours nor each other. Cysts are drawn from a separate
+  generator (``np.random.default_rng([seed, 2])``), so everything else is bit-identical to ``lesion_classes=1``;
 * a mild blur (partial volume), a smooth low-frequency texture and Gaussian noise (10..20 HU), stored as int16.
 
 Geometry is anisotropic (in-plane 0.7..0.9 mm, slices 1.5..3 mm, drawn per case) with a non-zero origin and
@@ -17,7 +21,8 @@ an identity direction. Arrays are in SimpleITK's NumPy order (D, H, W) = (k, j, 
 ITK's (i, j, k) order, mm, LPS (see :mod:`lesionsam.data.io`).
 
 Label values (uint8): 0 background, 1 liver (organ), 2 tumour (lesion), 3 vessel; a lesion wins where it
-overlaps organ or vessel, so the MSD liver-tumour target label 2 applies.
+overlaps organ or vessel, so the MSD liver-tumour target label 2 applies. With ``lesion_classes=2``, label 4
+is a cyst (it too wins over organ and vessel); see :data:`LABELS_WITH_CYST`.
 
 Example:
     >>> case = make_case(size=48, seed=1, n_lesions=2)
@@ -44,9 +49,13 @@ from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.utils.options import look_up_option
 
 # ------------------------------------------------------------------------------------------------ labels
-BACKGROUND, ORGAN, LESION, VESSEL = 0, 1, 2, 3
-#: Label values and names, as written to ``dataset.json``.
+BACKGROUND, ORGAN, LESION, VESSEL, CYST = 0, 1, 2, 3, 4
+#: Label values and names, as written to ``dataset.json`` (one lesion class, the default).
 LABELS: dict[int, str] = {BACKGROUND: "background", ORGAN: "liver", LESION: "tumour", VESSEL: "vessel"}
+#: Label values and names with the second lesion class (``lesion_classes=2``).
+LABELS_WITH_CYST: dict[int, str] = {**LABELS, CYST: "cyst"}
+#: Accepted values of ``lesion_classes``: 1 (tumours only) or 2 (tumours and cysts).
+LESION_CLASSES = (1, 2)
 
 #: Output formats of :func:`write_synthetic_dataset` and their file endings.
 FORMATS: dict[str, str] = {"nii.gz": ".nii.gz", "nrrd": ".nrrd"}
@@ -63,6 +72,7 @@ SOFT_TISSUE_HU = 40.0
 ORGAN_HU = 60.0
 VESSEL_HU_RANGE = (150.0, 200.0)
 LESION_HU_RANGE = (20.0, 35.0)
+CYST_HU_RANGE = (0.0, 10.0)
 NOISE_SD_RANGE = (10.0, 20.0)
 TEXTURE_SD_HU = 5.0
 HU_CLIP = (-1024, 3071)
@@ -88,6 +98,11 @@ LESION_MAX_ORGAN_FRACTION = 0.06
 #: Largest fraction of the organ all targets together may take (shrinks the largest target for many lesions).
 LESION_TOTAL_ORGAN_FRACTION = 0.25
 _PLACEMENT_TRIES = 12
+#: Most cysts per case (``lesion_classes=2``) and the probability that a case has none.
+MAX_CYSTS = 3
+CYST_NONE_PROBABILITY = 0.15
+#: Largest relative deviation of a cyst's semi-axes from a sphere (log-normal sd).
+CYST_ASPECT_SD = 0.08
 _PLACEMENT_ROUNDS = 16
 
 
@@ -100,16 +115,24 @@ class SyntheticCase:
         label: label map on the image's exact grid, ``array`` (D, H, W) uint8 with values in :data:`LABELS`.
         lesion_volumes_mm3: physical volume (mm³, from the spacing) of each lesion, in placement order (largest
             target first); each lesion is one connected component of label 2. Empty for a case without lesion.
+        cyst_volumes_mm3: physical volume (mm³) of each cyst (label 4, ``lesion_classes=2`` only), largest
+            target first; each cyst is one connected component. Empty without cysts.
     """
 
     image: Volume
     label: Volume
     lesion_volumes_mm3: tuple[float, ...]
+    cyst_volumes_mm3: tuple[float, ...] = ()
 
     @property
     def n_lesions(self) -> int:
-        """Number of lesions in the case."""
+        """Number of lesions (tumours, label 2) in the case."""
         return len(self.lesion_volumes_mm3)
+
+    @property
+    def n_cysts(self) -> int:
+        """Number of cysts (label 4) in the case."""
+        return len(self.cyst_volumes_mm3)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -119,6 +142,12 @@ def _check_int(value: object, name: str, *, minimum: int, maximum: int | None = 
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def _check_lesion_classes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) not in LESION_CLASSES:
+        raise ValueError(f"lesion_classes must be 1 (tumours only) or 2 (tumours and cysts, label 4), got {value!r}")
     return int(value)
 
 
@@ -323,6 +352,66 @@ def _place_lesions(
     return lesions
 
 
+def _place_cysts(
+    rng: np.random.Generator, organ: np.ndarray, tumours: np.ndarray, n_cysts: int, spacing_kji: np.ndarray
+) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+    """Up to ``n_cysts`` round, non-touching cysts inside ``organ``, away from ``tumours`` (both (D, H, W) bool).
+
+    Sizes are stratified log-uniform over the tumours' range; a cyst that does not fit is shrunk, and skipped
+    (with the rest) when no cyst of at least :data:`LESION_KEEP_MIN_VOXELS` voxels fits any more.
+
+    Returns:
+        One ``(slices, mask)`` per cyst, as :func:`_place_lesions`: each mask one connected component, at least
+        one voxel away from the organ's border, from every tumour and from every other cyst (26-neighbourhood).
+    """
+    if n_cysts == 0 or not organ.any():
+        return []
+    # Work in the organ's bounding box (much faster distance transforms); shift the slices back at the end.
+    crop = ndimage.find_objects(organ.astype(np.uint8))[0]
+    organ, tumours = organ[crop], tumours[crop]
+    voxel_mm3 = float(spacing_kji.prod())
+    cube = np.ones((3, 3, 3), bool)
+    free = ndimage.binary_erosion(organ, cube) & ~ndimage.binary_dilation(tumours, cube)
+    lo = LESION_MIN_VOXELS * voxel_mm3
+    organ_mm3 = float(organ.sum()) * voxel_mm3
+    hi = min(LESION_MAX_MM3, LESION_MAX_ORGAN_FRACTION * organ_mm3, LESION_TOTAL_ORGAN_FRACTION * organ_mm3 / n_cysts)
+    hi = max(hi, 4.0 * lo)
+    cysts: list[tuple[tuple[slice, ...], np.ndarray]] = []
+    for target in _target_volumes(rng, n_cysts, lo, hi):
+        if not free.any():
+            break
+        # Distance (mm) from each free voxel to the nearest blocked one: a ball of smaller radius fits there.
+        depth = ndimage.distance_transform_edt(free, sampling=spacing_kji)
+        aspect = np.exp(rng.normal(0.0, CYST_ASPECT_SD, 3))
+        aspect /= np.cbrt(aspect.prod())
+        radius = float(np.cbrt(3.0 * target / (4.0 * np.pi)))
+        radius = min(radius, 0.9 * float(depth.max()) / float(aspect.max()))
+        if 4.0 / 3.0 * np.pi * radius**3 < LESION_KEEP_MIN_VOXELS * voxel_mm3:
+            break
+        candidates = np.argwhere(depth > radius * aspect.max())
+        centre = candidates[rng.integers(len(candidates))]
+        half = np.ceil(radius * aspect.max() / spacing_kji).astype(int) + 1
+        axes = [(np.arange(-h, h + 1) * s).astype(np.float32) for h, s in zip(half, spacing_kji, strict=True)]
+        pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1) @ _random_rotation(rng).astype(np.float32)
+        ball = (((pts / (radius * aspect).astype(np.float32)) ** 2).sum(-1)) < 1.0
+        vol_sl, loc_sl = _box(centre, half, organ.shape)
+        mask = ball[loc_sl] & free[vol_sl]
+        if not mask.any():
+            continue
+        mask = _largest_component(mask)
+        if mask.sum() < LESION_KEEP_MIN_VOXELS:
+            continue
+        cysts.append((vol_sl, mask))
+        sl = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(vol_sl, organ.shape, strict=True))
+        grown = np.zeros(tuple(s.stop - s.start for s in sl), bool)
+        grown[tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(vol_sl, sl, strict=True))] = mask
+        free[sl] &= ~ndimage.binary_dilation(grown, cube)
+    return [
+        (tuple(slice(s.start + c.start, s.stop + c.start) for s, c in zip(sl, crop, strict=True)), mask)
+        for sl, mask in cysts
+    ]
+
+
 # ------------------------------------------------------------------------------------------------------ cases
 def _random_spacing(rng: np.random.Generator) -> tuple[float, float, float]:
     inplane = round(float(rng.uniform(*INPLANE_SPACING_RANGE)), 3)
@@ -335,6 +424,7 @@ def make_case(
     seed: int = 0,
     spacing: Sequence[float] | None = None,
     n_lesions: int | None = None,
+    lesion_classes: int = 1,
 ) -> SyntheticCase:
     """Generate one CT-like case with an organ, vessels and irregular lesions (see the module docstring).
 
@@ -345,19 +435,24 @@ def make_case(
         spacing: voxel size (i, j, k) in mm; None draws in-plane 0.7..0.9 mm (i = j) and slices 1.5..3 mm.
         n_lesions: number of lesions (0..:data:`MAX_LESIONS`); None draws 1..4 (fewer, but at least one, where
             a small organ cannot hold them).
+        lesion_classes: 1 (tumours only, the default) or 2 (also 0..3 cysts, label 4, drawn from
+            ``np.random.default_rng([seed, 2])``: everything else stays bit-identical to 1). An explicit
+            ``n_lesions=0`` gives a lesion-free case: no cysts either.
 
     Returns:
-        A :class:`SyntheticCase`: image (D, H, W) int16 HU, label (D, H, W) uint8 with values 0..3 on the same
-        grid, and each lesion's volume in mm³.
+        A :class:`SyntheticCase`: image (D, H, W) int16 HU, label (D, H, W) uint8 with values 0..3 (0..4 with
+        cysts) on the same grid, and each lesion's (and cyst's) volume in mm³.
 
     Raises:
-        ValueError: a size out of range, a negative seed, a non-positive spacing, or a number of
-            lesions out of range or more than fit in the organ (possible for large counts in small volumes).
+        ValueError: a size out of range, a negative seed, a non-positive spacing, a number of lesions out of
+            range or more than fit in the organ (possible for large counts in small volumes), or
+            ``lesion_classes`` other than 1 or 2.
         TypeError: a seed or n_lesions that is not an integer.
     """
     shape = _check_size(size)
     seed = _check_int(seed, "seed", minimum=0)
     spacing_ijk = _check_spacing(spacing)
+    lesion_classes = _check_lesion_classes(lesion_classes)
     rng = np.random.default_rng(seed)
     strict = n_lesions is not None
     if n_lesions is None:
@@ -405,6 +500,16 @@ def make_case(
     vessel = (np.abs(vessel_fields[0]) < thickness) & (np.abs(vessel_fields[1]) < thickness) & organ
 
     lesions = _place_lesions(rng, organ, n_lesions, spacing_kji, strict=strict)
+    cysts: list[tuple[tuple[slice, ...], np.ndarray]] = []
+    cyst_hu: list[float] = []
+    if lesion_classes == 2 and n_lesions > 0:
+        cyst_rng = np.random.default_rng([seed, 2])  # separate stream: class-1 content is untouched
+        n_cysts = 0 if cyst_rng.uniform() < CYST_NONE_PROBABILITY else int(cyst_rng.integers(1, MAX_CYSTS + 1))
+        tumours = np.zeros(shape, bool)
+        for sl, mask in lesions:
+            tumours[sl] |= mask
+        cysts = _place_cysts(cyst_rng, organ, tumours, n_cysts, spacing_kji)
+        cyst_hu = [float(cyst_rng.uniform(*CYST_HU_RANGE)) for _ in cysts]
 
     image = np.full(shape, AIR_HU, dtype=np.float32)
     image[body] = SOFT_TISSUE_HU
@@ -419,6 +524,9 @@ def make_case(
         patch = image[sl]
         patch[mask] = rng.uniform(*LESION_HU_RANGE) + 0.5 * TEXTURE_SD_HU * texture[sl][mask]
         label[sl][mask] = LESION
+    for (sl, mask), hu in zip(cysts, cyst_hu, strict=True):
+        image[sl][mask] = hu  # water-like and homogeneous: no texture, sharp border (before the blur)
+        label[sl][mask] = CYST
     image = ndimage.gaussian_filter(image, BLUR_SIGMA_VOXELS, mode="nearest")
     image += rng.uniform(*NOISE_SD_RANGE) * rng.standard_normal(shape, dtype=np.float32)
     image = np.clip(np.rint(image), *HU_CLIP).astype(np.int16)
@@ -433,6 +541,7 @@ def make_case(
         image=Volume(array=image, **geometry),
         label=Volume(array=label, **geometry),
         lesion_volumes_mm3=tuple(float(mask.sum()) * voxel_mm3 for _, mask in lesions),
+        cyst_volumes_mm3=tuple(float(mask.sum()) * voxel_mm3 for _, mask in cysts),
     )
 
 
@@ -461,6 +570,7 @@ def write_synthetic_dataset(
     size: int = 96,
     fmt: str = "nii.gz",
     progress: bool = False,
+    lesion_classes: int = 1,
 ) -> Path:
     """Write a synthetic CT data set in the Medical Segmentation Decathlon (MSD) layout.
 
@@ -472,8 +582,11 @@ def write_synthetic_dataset(
 
     ``dataset.json`` is MSD's (name, description, tensorImageSize, modality, labels, numTraining, numTest,
     training, test) plus ``lesion_volumes_mm3`` (case name → each lesion's volume in mm³) and ``synthetic``
-    (the generator's arguments). Case ``c`` is ``make_case(size=size, seed=case_seed(seed, c))``, except that
-    the last case has no lesion when ``cases >= 2``. Every file is written atomically.
+    (the generator's arguments). Case ``c`` is ``make_case(size=size, seed=case_seed(seed, c),
+    lesion_classes=lesion_classes)``, except that the last case has no lesion (of either class) when
+    ``cases >= 2``. With ``lesion_classes=2``, labels also list ``"4": "cyst"``, ``cyst_volumes_mm3`` (case name
+    → each cyst's volume in mm³) is added and ``synthetic`` records ``lesion_classes``; with the default 1 the
+    output is exactly that of earlier versions. Every file is written atomically.
 
     Args:
         out: the data set's folder (created if missing).
@@ -482,6 +595,7 @@ def write_synthetic_dataset(
         size: edge length of every (cubic) volume in voxels ([:data:`MIN_SIZE`, :data:`MAX_SIZE`]).
         fmt: "nii.gz" or "nrrd".
         progress: show a progress bar (stderr).
+        lesion_classes: 1 (tumours, label 2) or 2 (tumours and cysts, label 4).
 
     Returns:
         ``out`` as a Path.
@@ -495,6 +609,7 @@ def write_synthetic_dataset(
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size must be one integer (the edge length of the cubic volumes), got {size!r}")
     size = _check_size(size)[0]
+    lesion_classes = _check_lesion_classes(lesion_classes)
     suffix = FORMATS[look_up_option(fmt, FORMATS, what="format")]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -508,30 +623,37 @@ def write_synthetic_dataset(
             f"(e.g. {stale[0].relative_to(out)}); choose an empty folder or delete them"
         )
 
-    training, volumes = [], {}
+    training, volumes, cyst_volumes = [], {}, {}
     for c, name in enumerate(tqdm(names, desc="synth", unit="case", disable=not progress)):
         n_lesions = 0 if cases >= 2 and c == cases - 1 else None
-        case = make_case(size=size, seed=case_seed(seed, c), n_lesions=n_lesions)
+        case = make_case(size=size, seed=case_seed(seed, c), n_lesions=n_lesions, lesion_classes=lesion_classes)
         image_rel, label_rel = f"imagesTr/{name}{suffix}", f"labelsTr/{name}{suffix}"
         write_image(case.image.array, out / image_rel, reference=case.image)
         write_image(case.label.array, out / label_rel, reference=case.label)
         training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
         volumes[name] = [round(v, 3) for v in case.lesion_volumes_mm3]
+        cyst_volumes[name] = [round(v, 3) for v in case.cyst_volumes_mm3]
 
-    dataset = {
+    labels = LABELS_WITH_CYST if lesion_classes == 2 else LABELS
+    synthetic: dict[str, object] = {"seed": seed, "size": size, "format": fmt, "cases": cases}
+    if lesion_classes == 2:
+        synthetic["lesion_classes"] = lesion_classes
+    dataset: dict[str, object] = {
         "name": "LesionSAMSynthetic",
         "description": "Synthetic CT-like volumes with a liver-like organ, vessels and small irregular lesions",
         "reference": f"generated by lesionsam {__version__} (lesionsam synth, seed {seed})",
         "release": __version__,
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
-        "labels": {str(k): v for k, v in LABELS.items()},
+        "labels": {str(k): v for k, v in labels.items()},
         "numTraining": cases,
         "numTest": 0,
         "training": training,
         "test": [],
         "lesion_volumes_mm3": volumes,
-        "synthetic": {"seed": seed, "size": size, "format": fmt, "cases": cases},
+        "synthetic": synthetic,
     }
+    if lesion_classes == 2:  # nothing new with the default: dataset.json stays exactly as before
+        dataset["cyst_volumes_mm3"] = cyst_volumes
     atomic_write_bytes(out / "dataset.json", (json.dumps(dataset, indent=2) + "\n").encode())
     return out
