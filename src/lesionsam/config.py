@@ -38,6 +38,9 @@ class DataConfig:
         target_label: the lesion's label value (MSD liver tumour = 2, MSD brain enhancing tumour = 3).
         target_labels: several label values to train on at once, each crop targeting one of them (e.g. the
             anatomy for pretraining); when given, ``target_label`` is not used.
+        label_texts: text prompts per label value for text-referred methods (RefSAM3D), e.g.
+            ``{"2": ["liver tumour", "hepatic tumor"], "4": ["liver cyst"]}``; one is drawn per crop. Empty: the
+            label names of ``dataset.json``.
         channel: the image channel of multi-channel MRI (MSD brain: 0 FLAIR, 1 T1w, 2 T1gd, 3 T2w).
         modality: ``"CT"`` (window clip + z-score over the body) or ``"MRI"`` (z-score over non-zero voxels).
         spacing: model voxel size in mm (SAM-Med3D: 1.5 isotropic).
@@ -52,6 +55,7 @@ class DataConfig:
     layout: str = "msd"
     target_label: int = 2
     target_labels: tuple[int, ...] = ()
+    label_texts: dict[str, list[str]] = field(default_factory=dict)
     channel: int | None = None
     modality: str = "CT"
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)

@@ -51,9 +51,11 @@ from lesionsam.config import RunConfig
 from lesionsam.data.datasets import (
     Case,
     LesionCropDataset,
+    dataset_labels,
     load_msd_cases,
     load_sam_med3d_cases,
     make_splits,
+    read_dataset_json,
     read_splits,
     write_splits,
 )
@@ -130,8 +132,10 @@ class InteractiveStep(nn.Module):
         num_clicks: int,
         mask_only_iterations: int,
         gate_cost: float = 0.0,
+        texts: dict[int, list[str]] | None = None,
     ) -> None:
         super().__init__()
+        self.texts = texts or {}
         self.model = model
         self.loss_fn = loss_fn
         self.clicks = clicks
@@ -139,9 +143,20 @@ class InteractiveStep(nn.Module):
         self.mask_only = mask_only_iterations
         self.gate_cost = gate_cost
 
-    def forward(self, image: Tensor, label: Tensor, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
-        """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample."""
+    def forward(
+        self, image: Tensor, label: Tensor, rng: np.random.Generator, target: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample.
+
+        For text-referred methods, ``target`` (B,) holds each crop's label value; a text prompt for it is drawn
+        from ``texts`` and given in every iteration, and the first iteration has the text alone (no click).
+        """
         gt = label > 0.5
+        text = None
+        if self.texts:
+            if target is None:
+                raise ValueError("a text-referred method needs each crop's target label value")
+            text = [str(rng.choice(self.texts[int(t)])) for t in target.tolist()]
         encoded = self.model.encode(image)
         later = list(range(1, self.num_clicks))
         mask_only = set(rng.choice(later, size=self.mask_only, replace=False).tolist()) if self.mask_only else set()
@@ -150,14 +165,19 @@ class InteractiveStep(nn.Module):
         gates: list[Tensor] = []
         dice = None
         for it in range(self.num_clicks):
-            if it == 0:
+            if it == 0 and text is not None:
+                prompts = Prompts(text=text)
+            elif it == 0:
                 points, labels = self.clicks.first(gt, rng)
                 prompts = Prompts(points=points, labels=labels)
             elif it in mask_only:
-                prompts = Prompts(mask=low)
+                prompts = Prompts(mask=low, text=text)
+            elif points is None:
+                points, labels = self.clicks.first(gt, rng)
+                prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             else:
                 points, labels = self.clicks.next(pred, gt, points, labels, rng)
-                prompts = Prompts(points=points, labels=labels, mask=low)
+                prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             out = self.model.decode(encoded, prompts)
             total = total + self.loss_fn(out.logits.float(), label)
             pred = out.logits.detach() > 0
@@ -273,6 +293,22 @@ class Trainer:
     def click_simulator(self) -> ClickSimulator:
         return ClickSimulator(mode=self.cfg.train.click_mode)
 
+    def label_texts(self) -> dict[int, list[str]]:
+        """Text prompts per target label (``data.label_texts``, else the ``dataset.json`` label names)."""
+        d = self.cfg.data
+        targets = d.target_labels or (d.target_label,)
+        given = {int(k): [str(t) for t in v] for k, v in d.label_texts.items()}
+        if not given:
+            names = dataset_labels(read_dataset_json(d.root)) or {}
+            given = {int(k): [str(v)] for k, v in names.items()}
+        missing = [t for t in targets if not given.get(t)]
+        if missing:
+            raise ValueError(
+                f"no text prompt for label value(s) {missing}: set data.label_texts (e.g. "
+                '{"2": ["liver tumour"]}) or name the labels in dataset.json'
+            )
+        return {t: given[t] for t in targets}
+
     def load_cases(self) -> list[Case]:
         d = self.cfg.data
         if not d.root:
@@ -313,7 +349,7 @@ class Trainer:
 
         def crops(chosen: list[Case], **kw: Any) -> Dataset | None:
             parts = [
-                LesionCropDataset(subset, pre, target_label=t, channel=d.channel, cache=d.cache, **kw)
+                _Targeted(LesionCropDataset(subset, pre, target_label=t, channel=d.channel, cache=d.cache, **kw), t)
                 for t in targets
                 if (subset := [c for c in chosen if t in present[c.case_id]])
             ]
@@ -355,6 +391,7 @@ class Trainer:
             num_clicks=t.num_clicks,
             mask_only_iterations=t.mask_only_iterations,
             gate_cost=t.gate_cost,
+            texts=self.label_texts() if "text" in model.required_prompts else None,
         )
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
@@ -438,11 +475,12 @@ class Trainer:
                 break
             image = batch["image"].to(self.device)
             label = batch["label"].to(self.device)
+            target = batch["target"]
             last_micro = (step + 1) % t.accumulate == 0 or step + 1 == per_epoch
             sync = nullcontext() if (last_micro or not self.dist.enabled) else step_module.no_sync()
             with sync:
                 with self._autocast():
-                    loss, stats = step_module(image, label, rng)
+                    loss, stats = step_module(image, label, rng, target)
                 (loss / t.accumulate).backward()
             if last_micro:
                 optimizer.step()
@@ -470,8 +508,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model: SegModel, val_set: Dataset) -> float:
-        """Mean Dice over validation crops, ``train.val_clicks`` deterministic centre clicks each."""
+        """Mean Dice over validation crops: ``train.val_clicks`` deterministic centre clicks each, or, for a
+        text-referred method, the label's first text prompt (alone, then with centre clicks)."""
         clicks = ClickSimulator(mode="center")
+        texts = self.label_texts() if "text" in model.required_prompts else None
         model.eval()
         scores = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -480,15 +520,20 @@ class Trainer:
                 item = val_set[idx]
                 image = item["image"][None].to(self.device)
                 gt = item["label"][None].to(self.device) > 0.5
+                text = [texts[int(item["target"])][0]] if texts else None
                 points = labels = low = pred = None
                 with self._autocast():
                     encoded = model.encode(image)
                     for it in range(self.cfg.train.val_clicks):
-                        if it == 0:
-                            points, labels = clicks.first(gt)
+                        if it == 0 and text is not None:
+                            prompts = Prompts(text=text)
                         else:
-                            points, labels = clicks.next(pred, gt, points, labels)
-                        out = model.decode(encoded, Prompts(points=points, labels=labels, mask=low))
+                            if points is None:
+                                points, labels = clicks.first(gt)
+                            else:
+                                points, labels = clicks.next(pred, gt, points, labels)
+                            prompts = Prompts(points=points, labels=labels, mask=low, text=text)
+                        out = model.decode(encoded, prompts)
                         pred, low = out.logits > 0, out.low_res_logits
                 scores.append(float(dice_score(pred, gt).mean()))
         model.train()
@@ -563,10 +608,24 @@ class Trainer:
         atomic_write_bytes(self.out_dir / "train_log.csv", buf.getvalue().encode())
 
 
+class _Targeted(Dataset):
+    """A crop data set whose items also say which label value they target (for text prompts)."""
+
+    def __init__(self, dataset: LesionCropDataset, target: int) -> None:
+        self.dataset, self.target = dataset, int(target)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[index], "target": self.target}
+
+
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "image": torch.stack([i["image"] for i in items]),
         "label": torch.stack([i["label"] for i in items]),
+        "target": torch.tensor([i["target"] for i in items]),
         "case_id": [i["case_id"] for i in items],
     }
 
