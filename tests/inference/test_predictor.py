@@ -240,3 +240,46 @@ def test_real_tiny_model_runs_end_to_end(tmp_path: Path) -> None:
         pred = Predictor.from_checkpoint(None, preset="tiny", max_windows=2)
     predict(img, tmp_path / "m.nii.gz", clicks_from=lab, label=2, predictor=pred)
     assert read_image(tmp_path / "m.nii.gz").same_geometry(read_image(img), atol=1e-6)
+
+
+class TextModel(ThresholdModel):
+    """Stand-in text-referred model: "bright ..." segments voxels above 1, "dark ..." voxels in (-30, -1)."""
+
+    required_prompts = frozenset({"text"})
+    accepted_prompts = frozenset({"text", "points", "mask"})
+
+    def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
+        self.calls += 1
+        bright = torch.tensor([t.startswith("bright") for t in prompts.text])[:, None, None, None, None]
+        keep = torch.where(bright, image > 1.0, (image < -1.0) & (image > -30.0))
+        logits = torch.where(keep, 10.0, -10.0)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
+
+
+def test_text_alone_searches_the_whole_volume_and_selects_by_text(tmp_path: Path) -> None:
+    image, _ = _oblique_volume(shape=(40, 80, 70), blobs=((12, 25, 20, 6), (28, 55, 50, 7)))
+    arr = image.array.copy()
+    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in arr.shape), indexing="ij")
+    dark = ((dd - 28) * 2.0) ** 2 + ((hh - 55) * 0.9) ** 2 + ((ww - 50) * 0.8) ** 2 < 7.0**2
+    arr[dark] = -200.0  # the second blob becomes dark
+    image = image.with_array(arr)
+    bright = image.with_array(((dd - 12) * 2.0) ** 2 + ((hh - 25) * 0.9) ** 2 + ((ww - 20) * 0.8) ** 2 < 6.0**2)
+    model = TextModel()
+    pred = Predictor(model, preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)))
+    pred.set_image(image)
+    out_bright = pred.predict_text("bright lesion")
+    out_dark = pred.predict_text("dark lesion")
+    assert _dice(out_bright.labels, bright.array) > 0.85 and _dice(out_dark.labels, dark) > 0.85
+    assert set(np.unique(out_bright.labels)) == {0, 1}
+    with pytest.raises(ValueError, match="needs a text prompt"):
+        pred.predict([LesionClicks(points=[[20, 25, 12]], labels=[1])])
+    img = write_image(arr, tmp_path / "img.nii.gz", reference=image)
+    predict(img, tmp_path / "m.nii.gz", text="dark lesion", predictor=pred)
+    assert _dice(read_image(tmp_path / "m.nii.gz").array, dark) > 0.85
+    with pytest.raises(ValueError, match="exactly one of"):
+        predict(img, tmp_path / "n.nii.gz", predictor=pred)
+    with pytest.raises(ValueError, match="does not take text"):
+        plain = _predictor()
+        plain.set_image(image)
+        plain.predict([LesionClicks(points=[[20, 25, 12]], labels=[1])], text="bright")

@@ -18,7 +18,8 @@ the input's exact size, spacing, origin and direction: one value per lesion (1, 
 
 Clicks come from exactly one of: --point/--negative (one lesion), --prompts FILE.json (several lesions, see
 the README), --clicks-from LABELS (one centre click per connected lesion of --label in a label map; the
-standard first-click benchmark).
+standard first-click benchmark). A text-referred model (RefSAM3D) takes --text "liver tumour", alone (the
+whole volume is searched with sliding windows; each connected component becomes one lesion) or with clicks.
 """
 
 
@@ -39,6 +40,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world", action="store_true", help="--point/--negative are LPS millimetres, not voxel indices")
     p.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
     p.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
+    p.add_argument("--text", default=None, help='text prompt for a text-referred model (RefSAM3D), e.g. "liver tumour"')
     p.add_argument("--label", type=int, default=1, metavar="N", help="lesion value for --clicks-from (default 1)")
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
     p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
@@ -72,6 +74,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             world=a.world,
             prompts=a.prompts,
             clicks_from=a.clicks_from,
+            text=a.text,
             label=a.label,
             channel=a.channel,
             probabilities=a.probabilities,

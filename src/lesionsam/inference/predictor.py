@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
@@ -122,8 +123,9 @@ class Predictor:
         threshold: float = 0.5,
         max_windows: int = 8,
     ) -> None:
-        if "points" not in (model.accepted_prompts | model.required_prompts):
-            raise ValueError(f"{type(model).__name__} does not take clicks; use its own prompt mode (text or --auto)")
+        kinds = model.accepted_prompts | model.required_prompts
+        if not kinds & {"points", "text"}:
+            raise ValueError(f"{type(model).__name__} takes neither clicks nor text; use its own mode (--auto)")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
         if max_windows < 1:
@@ -217,7 +219,14 @@ class Predictor:
         return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
 
     # ------------------------------------------------------------------------------------------ model
-    def _run_window(self, box: CropBox, clicks: np.ndarray, labels: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    def _run_window(
+        self,
+        box: CropBox,
+        clicks: np.ndarray,
+        labels: np.ndarray,
+        prior: np.ndarray | None,
+        text: str | None = None,
+    ) -> np.ndarray:
         """Logits (S, S, S) of one window, prompted by crop-space clicks and optional prior logits."""
         pre = self.preprocessed
         center = np.asarray(box.start) + np.asarray(box.size) // 2
@@ -234,12 +243,15 @@ class Predictor:
             for n in range(1, len(clicks) + 1):
                 pts = torch.as_tensor(clicks[None, :n], dtype=torch.float32, device=self.device)
                 lab = torch.as_tensor(labels[None, :n], dtype=torch.int64, device=self.device)
-                out = self.model.decode(embedding, Prompts(points=pts, labels=lab, mask=low))
+                prompts = Prompts(points=pts, labels=lab, mask=low, text=[text] if text is not None else None)
+                out = self.model.decode(embedding, prompts)
                 low = out.low_res_logits[:, :1]
         assert out is not None
         return out.logits[0, 0].float().cpu().numpy()
 
-    def _segment_lesion(self, dhw: np.ndarray, labels: np.ndarray) -> list[tuple[CropBox, np.ndarray]]:
+    def _segment_lesion(
+        self, dhw: np.ndarray, labels: np.ndarray, text: str | None = None
+    ) -> list[tuple[CropBox, np.ndarray]]:
         """All windows (box, logits) of one lesion, growing while the mask touches an inner crop face."""
         shape = self.preprocessed.grid.spatial_shape
         positives = dhw[labels == 1]
@@ -269,7 +281,7 @@ class Predictor:
                 clicks = np.concatenate([peak[None], extra])
                 labs = np.concatenate([[1], labels[inside]]).astype(np.int64)
             clicks = np.clip(clicks, 0, self.crop - 1)
-            logits = self._run_window(box, clicks, labs, prior)
+            logits = self._run_window(box, clicks, labs, prior, text)
             windows.append((box, logits))
             for axis, side in _faces_touched(logits > 0):
                 at_border = box.start[axis] <= 0 if side < 0 else box.stop[axis] >= shape[axis]
@@ -293,9 +305,64 @@ class Predictor:
             out[dst] = np.maximum(out[dst], logits[src])
         return out
 
+    def _check_text(self, text: str | None) -> None:
+        kinds = self.model.accepted_prompts | self.model.required_prompts
+        if text is not None and "text" not in kinds:
+            raise ValueError(f"{type(self.model).__name__} does not take text prompts; give clicks instead")
+        if text is None and "text" in self.model.required_prompts:
+            raise ValueError(f'{type(self.model).__name__} needs a text prompt (--text "liver tumour")')
+        if text is not None and not text.strip():
+            raise ValueError("the text prompt is empty")
+
+    def predict_text(
+        self, text: str, *, probabilities: bool = False, overlap: float = 0.25, batch_size: int = 1
+    ) -> Prediction:
+        """Segment everything the text refers to, with no click: sliding windows over the whole volume.
+
+        Windows of the model's crop size cover the canonical grid with ``overlap`` and Gaussian blending
+        (MONAI's ``sliding_window_inference``); each connected component of the thresholded result becomes one
+        lesion (ids 1, 2, ... by decreasing size).
+        """
+        from monai.inferers import sliding_window_inference
+
+        t0 = time.perf_counter()
+        self._check_text(text)
+        pre = self.preprocessed
+        image = torch.from_numpy(np.ascontiguousarray(pre.image))[None, None].to(self.device)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return self.model(x, Prompts(text=[text] * x.shape[0])).logits[:, :1]
+
+        with torch.inference_mode():
+            logits = sliding_window_inference(
+                image,
+                roi_size=(self.crop,) * 3,
+                sw_batch_size=batch_size,
+                predictor=run,
+                overlap=overlap,
+                mode="gaussian",
+                padding_mode="constant",
+                cval=float(pre.background),
+            )
+        prob = expit(logits[0, 0].float().cpu().numpy())
+        prob_orig = self.preprocessor.invert(prob.astype(np.float32), pre, interpolation="linear")
+        labels = _components(prob_orig > self.threshold)
+        return Prediction(
+            labels=labels,
+            probabilities=prob_orig.astype(np.float32) if probabilities else None,
+            reference=pre.source,
+            windows={},
+            seconds=time.perf_counter() - t0,
+        )
+
     # ------------------------------------------------------------------------------------------ public
     def predict(
-        self, lesions: Sequence[LesionClicks], *, world: bool = False, probabilities: bool = False
+        self,
+        lesions: Sequence[LesionClicks],
+        *,
+        world: bool = False,
+        probabilities: bool = False,
+        text: str | None = None,
     ) -> Prediction:
         """Segment every lesion of the current image from its clicks.
 
@@ -303,6 +370,7 @@ class Predictor:
             lesions: one :class:`LesionClicks` per lesion (ids must be distinct).
             world: the clicks are LPS mm (True) rather than ITK voxel indices (i, j, k) of the image.
             probabilities: also return the lesion probability map on the original grid.
+            text: a text prompt given with every lesion's clicks (text-referred methods).
 
         Returns:
             :class:`Prediction` on the input's grid.
@@ -311,6 +379,7 @@ class Predictor:
         pre = self.preprocessed
         if not lesions:
             raise ValueError("no lesion to segment: give at least one click")
+        self._check_text(text)
         ids = [int(les.lesion_id) for les in lesions]
         if len(set(ids)) != len(ids):
             raise ValueError(f"lesion ids must be distinct, got {ids}")
@@ -319,7 +388,7 @@ class Predictor:
         owner = np.zeros(pre.grid.spatial_shape, dtype=np.uint16)
         counts: dict[int, int] = {}
         for les, dhw in zip(lesions, canonical, strict=True):
-            windows = self._segment_lesion(dhw, les.labels)
+            windows = self._segment_lesion(dhw, les.labels, text)
             counts[les.lesion_id] = len(windows)
             for box, logits in windows:
                 vol_sl, crop_sl = box.overlap()
@@ -338,6 +407,17 @@ class Predictor:
             windows=counts,
             seconds=time.perf_counter() - t0,
         )
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """26-connected components of a boolean (D, H, W) mask, numbered 1.. by decreasing size (uint16)."""
+    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return comps.astype(np.uint16)
+    sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
+    rank = np.zeros(n + 1, dtype=np.uint16)
+    rank[1 + np.argsort(-sizes, kind="stable")] = np.arange(1, n + 1, dtype=np.uint16)
+    return rank[comps]
 
 
 def write_prediction(

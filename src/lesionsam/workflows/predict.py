@@ -61,6 +61,7 @@ def predict(
     world: bool = False,
     prompts: str | os.PathLike[str] | None = None,
     clicks_from: str | os.PathLike[str] | None = None,
+    text: str | None = None,
     label: int = 1,
     channel: int | None = None,
     probabilities: str | os.PathLike[str] | None = None,
@@ -74,7 +75,8 @@ def predict(
 ) -> list[PredictedCase]:
     """Segment lesions in one image (``input`` a file, ``out`` a file) or a folder (both folders).
 
-    Exactly one source of clicks:
+    Exactly one source of clicks, or none with ``text`` (a text-referred method then searches the whole volume
+    with sliding windows); ``text`` also goes with clicks:
         * ``points``/``negatives``: ``"i,j,k"`` strings for one lesion (one image only);
         * ``prompts``: a JSON file (see :mod:`lesionsam.inference.prompts_io`);
         * ``clicks_from``: a label map (or a folder of them, paired by case id): one centre click per
@@ -98,8 +100,11 @@ def predict(
     if not src.exists():
         raise FileNotFoundError(f"input not found: {src}")
     sources = [s for s in (bool(points), prompts is not None, clicks_from is not None) if s]
-    if len(sources) != 1:
-        raise ValueError("give exactly one of --point (with optional --negative), --prompts FILE or --clicks-from")
+    if len(sources) > 1 or (not sources and text is None):
+        raise ValueError(
+            "give exactly one of --point (with optional --negative), --prompts FILE or --clicks-from "
+            "(or --text alone, for a text-referred method)"
+        )
     if negatives and not points:
         raise ValueError("--negative clicks need at least one positive --point")
     folder = src.is_dir() and not any(p.suffix == ".dcm" for p in src.iterdir())
@@ -136,7 +141,9 @@ def predict(
                 f"{image_path}: {volume.array.shape[0]} channels; choose one with --channel (e.g. the MRI sequence)"
             )
         is_world = world
-        if points:
+        if not sources:
+            lesions = []  # text alone: the whole volume is searched
+        elif points:
             lesions = clicks_from_args(points, negatives)
         elif table is not None:
             if cid not in table and folder:
@@ -160,7 +167,11 @@ def predict(
                 max_windows=max_windows,
             )
         predictor.set_image(volume)
-        pred: Prediction = predictor.predict(lesions, world=is_world, probabilities=probabilities is not None)
+        want_prob = probabilities is not None
+        if lesions:
+            pred: Prediction = predictor.predict(lesions, world=is_world, probabilities=want_prob, text=text)
+        else:
+            pred = predictor.predict_text(text, probabilities=want_prob)  # type: ignore[arg-type]
         prob_path = None
         if probabilities is not None:
             prob_path = (prob_dir / f"{cid}{image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
