@@ -1,0 +1,615 @@
+"""RefSAM3D: SAM-Med3D adapted to text-referred 3D segmentation.
+
+Gao & Lu, 2024, "RefSAM3D: Adapting SAM with Cross-modal Reference for 3D Medical Image Segmentation". The
+official SAM-Med3D parts are passed in unchanged (keys ``image_encoder.*``, ``prompt_encoder.*``,
+``mask_decoder.*``); the new parts live under their own prefixes:
+
+* ``adapters.<i>`` -- a 3D adapter per encoder block ``i`` (:class:`Adapter3D`): pointwise down-projection
+  C → C/r, depthwise 3×3×3 convolution over the (D, H, W) token grid, GELU, pointwise up-projection back to C
+  (weight and bias zero-initialised), added as a residual. **Placement:** the adapter sits *after* block ``i``,
+  as a residual on the block's output (``tokens = tokens + adapter(tokens)``), applied through the encoder's
+  ``block_hook``; the encoder is not copied. Zero-initialised, a fresh model's image embedding is exactly the
+  backbone's.
+* ``text.*`` -- the text encoder ``build_text_encoder(options.text_encoder)`` (``lesionsam.models.text``).
+* ``text_projector.*`` -- the cross-modal MLP projector (:class:`TextProjector`): the text tokens (B, T, D_text)
+  and the pooled sentence embedding (B, D_text) become T + 1 prompt tokens of width E (the prompt embed dim).
+* ``cross_attn.<k>`` -- hierarchical cross-attention (:class:`TextImageCrossAttention`), one per encoder stage
+  ``k`` (default: after blocks depth/4·(1..4) − 1, i.e. 2, 5, 8, 11 for ViT-B and 0, 1, 2, 3 for the tiny
+  preset). **Direction:** the text prompt tokens are the queries and attend to the stage's image tokens
+  (projected C → E, plus the prompt encoder's grid positional encoding on the keys); each stage refines the
+  text prompt tokens of the previous one (pre-norm attention + MLP, both residual). The refined tokens are
+  appended to the sparse prompt embeddings of the SAM-Med3D mask decoder, after the click embeddings when
+  clicks are given too.
+* ``ref_decoder.*`` -- the 3D mask decoder with multi-level aggregation (:class:`MultiLevelMaskDecoder3D`):
+  U-shaped, from the G³ image embedding up to the S³ crop with transposed convolutions, skip-adding the stage
+  features (projected to the decoder's channels and resized) and the SAM decoder's low-res logits, then the
+  crop itself is concatenated and a final 3D convolution gives a residual on the trilinearly upsampled low-res
+  logits. Its last layer is zero-initialised, so a fresh decoder returns exactly ``Sam3D.upsample(low_res)``.
+
+Outputs: ``SegOutput.low_res_logits`` are the SAM decoder's (B, 1, 4G, 4G, 4G), ``logits`` the aggregated
+full-resolution (B, 1, S, S, S) ones, ``extras["text_tokens"]`` the refined prompt tokens (B, T + 1, E) and
+``extras["text_mask"]`` (B, T + 1) bool.
+
+**What equals the backbone.** Adapters start at zero, so ``encode(image).embedding`` equals ``Sam3D.encode(image)``
+bit for bit, and :meth:`RefSAM3D.decode_sam` without text tokens equals ``Sam3D.decode`` for the same clicks. The
+full :meth:`RefSAM3D.decode` always adds the text tokens to the decoder's prompts, so its low-res logits differ
+from plain SAM-Med3D's from the start (text is the required prompt).
+
+**Freezing** (``options.freeze_backbone``, default True): the builder sets ``requires_grad=False`` on every
+backbone parameter except the encoder blocks' LayerNorms (``image_encoder.blocks.<i>.norm1/norm2``): the patch
+embedding, positions, attention, MLPs and neck, the prompt encoder and the SAM mask decoder stay fixed; adapters,
+norms and all new parts train. The text encoder keeps its own setting (the built-in one trains, a Hugging Face
+CLIP model is frozen by default). :meth:`RefSAM3D.trainable_parameter_names` lists what trains;
+:meth:`RefSAM3D.freeze_backbone_` applies the policy again (e.g. after ``requires_grad_(True)``). A trainer with
+``freeze_encoder`` additionally freezes the whole ``image_encoder.*`` (norms included; the adapters are not in it).
+
+Padding: texts of different token counts in one batch are padded by the text encoder; the padded prompt
+positions are replaced by the prompt encoder's ``not_a_point_embed`` (as SAM-Med3D pads clicks), so they still
+take part in the decoder's attention, exactly as padding clicks do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lesionsam.models.backbone import Sam3D, Sam3DConfig, build_sam3d
+from lesionsam.models.backbone.common import MLPBlock
+from lesionsam.models.backbone.image_encoder import ImageEncoderViT3D
+from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
+from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
+from lesionsam.models.checkpoint import BACKBONE_PREFIXES
+from lesionsam.models.config import ModelConfig
+from lesionsam.models.interface import Prompts, SegOutput
+from lesionsam.models.registry import register_method
+from lesionsam.models.text import TextEncoder, build_text_encoder
+
+#: State-dict prefixes of the parts RefSAM3D adds to the backbone.
+NEW_PREFIXES = ("adapters.", "text.", "text_projector.", "cross_attn.", "ref_decoder.")
+
+#: Number of encoder stages of the default hierarchy.
+DEFAULT_NUM_STAGES = 4
+
+
+@dataclass(frozen=True)
+class RefSAM3DOptions:
+    """Options of RefSAM3D (``model.options`` of the ``refsam3d`` method).
+
+    Attributes:
+        text_encoder: ``"builtin"`` (small trainable encoder, no files) or a local directory holding a Hugging
+            Face CLIP text model / open_clip checkpoint (see ``lesionsam.models.text.build_text_encoder``).
+        adapter_reduction: channel reduction r of the 3D adapters (C → C/r → C).
+        stages: encoder block indices whose outputs form the hierarchy, shallow to deep; None: four evenly spaced
+            stages ending at the last block (depth/4·(1..4) − 1). At most log2(patch_size) stages (the number of
+            ×2 upsampling levels of the decoder). Checked against the encoder depth when the model is built.
+        decoder_channels: channels of the multi-level mask decoder (small: it runs at the crop's resolution).
+        freeze_backbone: freeze the backbone except the encoder blocks' LayerNorms (adapters and new parts train).
+    """
+
+    text_encoder: str = "builtin"
+    adapter_reduction: int = 4
+    stages: tuple[int, ...] | None = None
+    decoder_channels: int = 16
+    freeze_backbone: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text_encoder, str) or not self.text_encoder.strip():
+            raise ValueError(
+                f"RefSAM3DOptions.text_encoder must be 'builtin' or a directory path, got {self.text_encoder!r}"
+            )
+        if int(self.adapter_reduction) < 1:
+            raise ValueError(f"RefSAM3DOptions.adapter_reduction must be an integer >= 1, got {self.adapter_reduction}")
+        if int(self.decoder_channels) < 1:
+            raise ValueError(f"RefSAM3DOptions.decoder_channels must be an integer >= 1, got {self.decoder_channels}")
+        if self.stages is not None:
+            stages = tuple(int(s) for s in self.stages)
+            if not stages:
+                raise ValueError("RefSAM3DOptions.stages is empty: give at least one block index, or null for default")
+            if any(s < 0 for s in stages) or len(set(stages)) != len(stages):
+                raise ValueError(f"RefSAM3DOptions.stages must be distinct non-negative block indices, got {stages}")
+            object.__setattr__(self, "stages", tuple(sorted(stages)))
+
+    def resolve_stages(self, config: Sam3DConfig) -> tuple[int, ...]:
+        """The stage block indices for a backbone of these sizes (``ValueError`` if they do not fit it)."""
+        depth = config.encoder_depth
+        if self.stages is None:
+            if depth < DEFAULT_NUM_STAGES:
+                raise ValueError(
+                    f"RefSAM3D needs an encoder of depth >= {DEFAULT_NUM_STAGES} for its default four stages, got "
+                    f"depth {depth}; set model.options.stages to fewer block indices"
+                )
+            step = depth // DEFAULT_NUM_STAGES
+            stages = tuple(step * (k + 1) - 1 for k in range(DEFAULT_NUM_STAGES - 1)) + (depth - 1,)
+        else:
+            stages = self.stages
+        bad = [s for s in stages if not 0 <= s < depth]
+        if bad:
+            raise ValueError(
+                f"RefSAM3DOptions.stages {bad} are not blocks of the image encoder (depth {depth}: indices "
+                f"0..{depth - 1})"
+            )
+        levels = _num_levels(config)
+        if len(stages) > levels:
+            raise ValueError(
+                f"RefSAM3D aggregates at most {levels} stages for patch size {config.patch_size} (one per ×2 "
+                f"upsampling level), got {len(stages)}: {list(stages)}"
+            )
+        return stages
+
+
+def _num_levels(config: Sam3DConfig) -> int:
+    """Number of ×2 upsampling steps from the G³ token grid to the S³ crop: log2(patch_size)."""
+    levels = int(round(math.log2(config.patch_size)))
+    if 2**levels != config.patch_size or levels < 2:
+        raise ValueError(
+            f"RefSAM3D's multi-level decoder needs a power-of-two patch size >= 4 (token grid → crop by ×2 "
+            f"steps, through the 4G³ low-res logits), got patch_size {config.patch_size}"
+        )
+    return levels
+
+
+class Adapter3D(nn.Module):
+    """3D adapter on the channels-last token grid: (B, G, G, G, C) → (B, G, G, G, C), residual.
+
+    ``x + up(GELU(dwconv(down(x))))`` with ``down`` C → hidden and ``up`` hidden → C pointwise (``nn.Linear`` over
+    channels) and ``dwconv`` a depthwise ``kernel_size``³ convolution (zero "same" padding). ``up`` starts at zero:
+    a fresh adapter is the identity.
+    """
+
+    def __init__(self, *, dim: int, hidden: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv3d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden)
+        self.act = nn.GELU()
+        self.up = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, G, G, G, C) tokens, axes (D, H, W) → adapted tokens, same shape."""
+        y = self.dwconv(self.down(x).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+        return x + self.up(self.act(y))
+
+
+class TextProjector(nn.Module):
+    """Cross-modal MLP projector: text embeddings (width D_text) → prompt tokens (width E).
+
+    The pooled sentence embedding becomes one extra token placed first (it gets a learned type embedding
+    ``sentence_embed`` so the decoder can tell it from the word tokens); all tokens share one MLP
+    (LayerNorm, Linear D_text → E, GELU, Linear E → E).
+    """
+
+    def __init__(self, *, text_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(text_dim), nn.Linear(text_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim)
+        )
+        self.sentence_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        nn.init.normal_(self.sentence_embed, std=0.02)
+
+    def forward(self, tokens: Tensor, mask: Tensor, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """Project.
+
+        Args:
+            tokens: (B, T, D_text) float word/token embeddings (padding anywhere ``mask`` is False).
+            mask: (B, T) bool, True for a real token.
+            pooled: (B, D_text) float sentence embedding.
+
+        Returns:
+            ``(prompt_tokens, prompt_mask)``: (B, T + 1, E) float with the sentence token first, (B, T + 1) bool.
+        """
+        x = torch.cat([pooled.unsqueeze(1), tokens], dim=1)
+        out = self.mlp(x)
+        out = torch.cat([out[:, :1] + self.sentence_embed.to(out.dtype), out[:, 1:]], dim=1)
+        return out, torch.cat([mask.new_ones(mask.shape[0], 1), mask.bool()], dim=1)
+
+
+class TextImageCrossAttention(nn.Module):
+    """One stage of the hierarchical cross-attention: text prompt tokens attend to the stage's image tokens.
+
+    Pre-norm: ``t = t + proj(attn(q(LN(t)), k(LN(x)) + pe, v(LN(x))))`` then ``t = t + MLP(LN(t))``, where the
+    image tokens ``x`` (width C) are projected to the prompt width E by ``k``/``v`` and ``pe`` is the grid's
+    positional encoding (width E) added to the keys.
+
+    Args:
+        dim: prompt width E.
+        image_dim: encoder token width C.
+        num_heads: attention heads (must divide E).
+        mlp_ratio: MLP hidden width = ``mlp_ratio * E``.
+    """
+
+    def __init__(self, *, dim: int, image_dim: int, num_heads: int, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cross-attention heads {num_heads} must divide the prompt width {dim}")
+        self.num_heads = num_heads
+        self.norm_text = nn.LayerNorm(dim)
+        self.norm_image = nn.LayerNorm(image_dim)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(image_dim, dim)
+        self.v = nn.Linear(image_dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, text: Tensor, image: Tensor, image_pe: Tensor) -> Tensor:
+        """Refine text prompt tokens with one stage.
+
+        Args:
+            text: (B, T, E) prompt tokens.
+            image: (B, G, G, G, C) stage tokens, axes (D, H, W).
+            image_pe: (1, E, G, G, G) positional encoding of the grid.
+
+        Returns:
+            (B, T, E) refined prompt tokens.
+        """
+        b, t, e = text.shape
+        kv = self.norm_image(image.flatten(1, 3))  # (B, G³, C)
+        pe = image_pe.flatten(2).transpose(1, 2).to(kv.dtype)  # (1, G³, E)
+        q = self._heads(self.q(self.norm_text(text)))
+        k = self._heads(self.k(kv) + pe)
+        v = self._heads(self.v(kv))
+        att = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, e)
+        text = text + self.proj(att)
+        return text + self.mlp(self.norm_mlp(text))
+
+
+class MultiLevelMaskDecoder3D(nn.Module):
+    """3D mask decoder with multi-level aggregation: image embedding + stage features + SAM low-res logits →
+    full-resolution logits.
+
+    U-shaped over levels ``l = 0..L`` of side ``G·2^l`` (L = log2(patch size), so level L is the crop):
+
+    * level 0: ``x = stem(embedding)`` (pointwise E → ch);
+    * stage features, deepest first: stage ``j`` (tokens (B, G, G, G, C)) is projected C → ch (pointwise),
+      resized trilinearly to level ``j`` and added there;
+    * between levels: ``x = GELU(ConvTranspose3d(ch, ch, 2, stride 2)(x))``;
+    * at level 2 (side 4G) the SAM decoder's low-res logits are added through a pointwise 1 → ch projection;
+    * at level L the crop (B, in_chans, S, S, S) is concatenated and ``head`` gives a residual on the trilinearly
+      upsampled low-res logits. The head is a separable 3D convolution (pointwise (ch + in_chans) → ch, GELU,
+      depthwise 3×3×3, GELU, pointwise ch → 1, the last zero-initialised): at S³ a dense 3×3×3 convolution would
+      cost ten times more and dominate the model's CPU time.
+
+    Args:
+        embed_dim: image embedding width E.
+        image_dim: encoder token width C.
+        in_chans: crop channels.
+        num_stages: number of stage features (<= L).
+        levels: L = log2(patch size).
+        channels: ch.
+    """
+
+    def __init__(
+        self, *, embed_dim: int, image_dim: int, in_chans: int, num_stages: int, levels: int, channels: int
+    ) -> None:
+        super().__init__()
+        if num_stages > levels:
+            raise ValueError(f"at most {levels} stage features fit {levels} levels, got {num_stages}")
+        self.levels = levels
+        self.stem = nn.Conv3d(embed_dim, channels, kernel_size=1)
+        self.stage_proj = nn.ModuleList(nn.Linear(image_dim, channels) for _ in range(num_stages))
+        self.ups = nn.ModuleList(nn.ConvTranspose3d(channels, channels, kernel_size=2, stride=2) for _ in range(levels))
+        self.act = nn.GELU()
+        self.logit_proj = nn.Conv3d(1, channels, kernel_size=1)
+        self.head = nn.Sequential(
+            nn.Conv3d(channels + in_chans, channels, kernel_size=1),
+            nn.GELU(),
+            nn.Conv3d(channels, channels, kernel_size=3, padding=1, groups=channels),
+            nn.GELU(),
+            nn.Conv3d(channels, 1, kernel_size=1),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, embedding: Tensor, stages: Sequence[Tensor], low_res_logits: Tensor, image: Tensor) -> Tensor:
+        """Aggregate.
+
+        Args:
+            embedding: (B, E, G, G, G) image embedding.
+            stages: stage tokens (B, G, G, G, C), shallow to deep (as :attr:`RefSAM3D.stages`).
+            low_res_logits: (B, 1, 4G, 4G, 4G) SAM decoder logits.
+            image: (B, in_chans, S, S, S) crop, S = G·2^L.
+
+        Returns:
+            (B, 1, S, S, S) float full-resolution logits.
+        """
+        if len(stages) != len(self.stage_proj):
+            raise ValueError(f"expected {len(self.stage_proj)} stage features, got {len(stages)}")
+        deep_first = list(reversed(stages))
+        x = self.stem(embedding)
+        for level in range(self.levels + 1):
+            if level > 0:
+                x = self.act(self.ups[level - 1](x))
+            if level < len(deep_first):
+                skip = self.stage_proj[level](deep_first[level]).permute(0, 4, 1, 2, 3)
+                if skip.shape[2:] != x.shape[2:]:
+                    skip = F.interpolate(skip, size=x.shape[2:], mode="trilinear", align_corners=False)
+                x = x + skip
+            if level == 2:
+                x = x + self.logit_proj(low_res_logits.to(x.dtype))
+        if x.shape[2:] != image.shape[2:]:
+            raise ValueError(f"decoder reached {tuple(x.shape[2:])} but the crop is {tuple(image.shape[2:])}")
+        base = F.interpolate(low_res_logits, size=image.shape[2:], mode="trilinear", align_corners=False)
+        return base + self.head(torch.cat([x, image.to(x.dtype)], dim=1))
+
+
+@dataclass
+class RefEncodedImage:
+    """What :meth:`RefSAM3D.encode` returns (cache it to decode many prompts).
+
+    Attributes:
+        embedding: (B, E, G, G, G) float image embedding (adapted encoder), axes (D, H, W).
+        stages: per stage, (B, G, G, G, C) float tokens after that block and its adapter, shallow to deep.
+        image: (B, in_chans, S, S, S) the crop itself (the multi-level decoder concatenates it).
+    """
+
+    embedding: Tensor
+    stages: tuple[Tensor, ...]
+    image: Tensor
+
+
+class RefSAM3D(Sam3D):
+    """RefSAM3D (Gao & Lu, 2024, "RefSAM3D: Adapting SAM with Cross-modal Reference for 3D Medical Image
+    Segmentation"): SAM-Med3D with 3D adapters, a text prompt, hierarchical text-image cross-attention and a
+    multi-level 3D mask decoder (see the module docstring for every part and decision).
+
+    Prompts: ``text`` (B strings) is required; clicks and a previous low-res mask are optional.
+
+    Args:
+        image_encoder, prompt_encoder, mask_decoder: the SAM-Med3D parts (official keys unchanged).
+        config: the sizes the parts were built with.
+        options: :class:`RefSAM3DOptions`. The constructor does not change ``requires_grad``;
+            :func:`build_refsam3d` applies ``freeze_backbone``.
+
+    Raises:
+        ValueError: stages that do not fit the encoder or the decoder levels.
+    """
+
+    required_prompts = frozenset({"text"})
+    accepted_prompts = frozenset({"text", "points", "mask"})
+
+    def __init__(
+        self,
+        *,
+        image_encoder: ImageEncoderViT3D,
+        prompt_encoder: PromptEncoder3D,
+        mask_decoder: MaskDecoder3D,
+        config: Sam3DConfig,
+        options: RefSAM3DOptions | None = None,
+    ) -> None:
+        super().__init__(
+            image_encoder=image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, config=config
+        )
+        opts = options or RefSAM3DOptions()
+        stages = opts.resolve_stages(config)
+        self.options = replace(opts, stages=stages)
+        dim, embed = config.encoder_embed_dim, config.prompt_embed_dim
+        hidden = max(1, dim // opts.adapter_reduction)
+        self.adapters = nn.ModuleList(Adapter3D(dim=dim, hidden=hidden) for _ in range(config.encoder_depth))
+        self.text: TextEncoder = build_text_encoder(opts.text_encoder)
+        self.text_projector = TextProjector(text_dim=self.text.dim, embed_dim=embed)
+        heads = config.decoder_num_heads if embed % config.decoder_num_heads == 0 else 1
+        self.cross_attn = nn.ModuleList(
+            TextImageCrossAttention(dim=embed, image_dim=dim, num_heads=heads) for _ in stages
+        )
+        self.ref_decoder = MultiLevelMaskDecoder3D(
+            embed_dim=embed,
+            image_dim=dim,
+            in_chans=config.in_chans,
+            num_stages=len(stages),
+            levels=_num_levels(config),
+            channels=opts.decoder_channels,
+        )
+
+    @classmethod
+    def from_sam3d(cls, sam: Sam3D, options: RefSAM3DOptions | None = None) -> RefSAM3D:
+        """RefSAM3D sharing the parts (the same module objects, not copies) of a built :class:`Sam3D`."""
+        return cls(
+            image_encoder=sam.image_encoder,
+            prompt_encoder=sam.prompt_encoder,
+            mask_decoder=sam.mask_decoder,
+            config=sam.config,
+            options=options,
+        )
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """Encoder block indices of the hierarchy's stages, shallow to deep."""
+        assert self.options.stages is not None
+        return self.options.stages
+
+    # ---------------------------------------------------------------------------------------------- freezing
+    @staticmethod
+    def _is_block_norm(name: str) -> bool:
+        parts = name.split(".")
+        return len(parts) >= 4 and parts[:2] == ["image_encoder", "blocks"] and parts[3] in ("norm1", "norm2")
+
+    def frozen_parameter_names(self) -> list[str]:
+        """Backbone parameters the ``freeze_backbone`` policy freezes (all but the encoder blocks' LayerNorms)."""
+        if not self.options.freeze_backbone:
+            return []
+        return [n for n, _ in self.named_parameters() if n.startswith(BACKBONE_PREFIXES) and not self._is_block_norm(n)]
+
+    def trainable_parameter_names(self) -> list[str]:
+        """Parameters that train under the options: adapters, encoder block norms and the new parts (all of the
+        backbone too without ``freeze_backbone``), minus any the text encoder froze itself."""
+        frozen = set(self.frozen_parameter_names())
+        text_frozen = {f"text.{n}" for n, p in self.text.named_parameters() if not p.requires_grad}
+        return [n for n, _ in self.named_parameters() if n not in frozen and n not in text_frozen]
+
+    def freeze_backbone_(self) -> RefSAM3D:
+        """Set ``requires_grad`` by the policy: False on :meth:`frozen_parameter_names`, True on the other
+        backbone parameters, adapters and new parts except the text encoder (which keeps its own setting)."""
+        frozen = set(self.frozen_parameter_names())
+        for name, p in self.named_parameters():
+            if not name.startswith("text."):
+                p.requires_grad_(name not in frozen)
+        return self
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def encode(self, image: Tensor) -> RefEncodedImage:  # type: ignore[override]
+        """(B, C, S, S, S) normalised crops, axes (D, H, W) → :class:`RefEncodedImage` (adapted embedding,
+        stage tokens and the crop)."""
+        stage_set = set(self.stages)
+        stage_tokens: list[Tensor] = []
+
+        def hook(index: int, tokens: Tensor) -> Tensor:
+            tokens = self.adapters[index](tokens)
+            if index in stage_set:
+                stage_tokens.append(tokens)
+            return tokens
+
+        embedding = self.image_encoder(image, block_hook=hook)
+        return RefEncodedImage(embedding=embedding, stages=tuple(stage_tokens), image=image)
+
+    def encode_text(self, texts: Sequence[str], stages: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Text prompts → refined prompt tokens.
+
+        Args:
+            texts: B strings.
+            stages: stage tokens (B, G, G, G, C), shallow to deep.
+
+        Returns:
+            ``(tokens, mask)``: (B, T + 1, E) float prompt tokens (sentence token first; padded positions hold
+            ``prompt_encoder.not_a_point_embed``) and (B, T + 1) bool, True for real tokens.
+        """
+        emb = self.text(list(texts))
+        device = stages[0].device if stages else self.prompt_encoder.no_mask_embed.weight.device
+        tokens, mask = self.text_projector(emb.tokens.to(device), emb.mask.to(device), emb.pooled.to(device))
+        pe = self.prompt_encoder.get_dense_pe()
+        for attn, stage in zip(self.cross_attn, stages, strict=True):
+            tokens = attn(tokens, stage, pe)
+        pad = self.prompt_encoder.not_a_point_embed.weight.to(tokens.dtype)
+        return torch.where(mask.unsqueeze(-1), tokens, pad), mask
+
+    def decode_sam(
+        self,
+        embedding: Tensor,
+        prompts: Prompts,
+        prompt_tokens: Tensor | None = None,
+        *,
+        multimask_output: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """The SAM-Med3D decoder on an embedding with clicks / mask and extra sparse prompt tokens.
+
+        With ``prompt_tokens=None`` this is exactly ``Sam3D.decode``'s low-res logits and IoU (no prompt check).
+
+        Args:
+            embedding: (B, E, G, G, G).
+            prompts: clicks and/or a low-res mask (text is ignored here).
+            prompt_tokens: (B, T, E) tokens appended after the click embeddings, or None.
+            multimask_output: return the ambiguity masks.
+
+        Returns:
+            low-res logits (B, M, 4G, 4G, 4G) and IoU (B, M).
+        """
+        batch = embedding.shape[0]
+        points = (prompts.points, prompts.labels) if prompts.points is not None else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=prompts.boxes, masks=prompts.mask)
+        if sparse.shape[0] != batch:
+            sparse = sparse.expand(batch, -1, -1)
+        if dense.shape[0] != batch:
+            dense = dense.expand(batch, -1, -1, -1, -1)
+        if prompt_tokens is not None:
+            sparse = torch.cat([sparse.to(prompt_tokens.dtype), prompt_tokens], dim=1)
+        return self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def decode(  # type: ignore[override]
+        self, encoded: RefEncodedImage, prompts: Prompts, *, multimask_output: bool = False
+    ) -> SegOutput:
+        """Decode a text prompt (and optional clicks / mask) against a cached :class:`RefEncodedImage`.
+
+        Args:
+            encoded: from :meth:`encode`.
+            prompts: ``text`` (B strings, required), optional clicks and low-res mask.
+            multimask_output: must be False: RefSAM3D predicts one mask per text.
+
+        Returns:
+            :class:`SegOutput`: low-res (B, 1, 4G³) SAM decoder logits, full-res (B, 1, S³) aggregated logits,
+            IoU (B, 1), ``extras["text_tokens"]`` (B, T + 1, E) and ``extras["text_mask"]`` (B, T + 1).
+
+        Raises:
+            TypeError: ``encoded`` is not a :class:`RefEncodedImage`.
+            ValueError: missing text, a text count that is not B, or ``multimask_output=True``.
+        """
+        if not isinstance(encoded, RefEncodedImage):
+            raise TypeError(
+                f"RefSAM3D.decode expects the RefEncodedImage returned by RefSAM3D.encode, got "
+                f"{type(encoded).__name__}; call model.decode(model.encode(image), prompts)"
+            )
+        self.check_prompts(prompts)
+        if multimask_output:
+            raise ValueError("RefSAM3D predicts one mask per text prompt; call it with multimask_output=False")
+        batch = encoded.embedding.shape[0]
+        texts = prompts.text or []
+        if isinstance(texts, str) or len(texts) != batch:
+            got = "a single string" if isinstance(texts, str) else f"{len(texts)} text(s)"
+            raise ValueError(
+                f"RefSAM3D needs one text prompt per crop: the batch has {batch} crop(s) but prompts.text has {got}; "
+                "pass Prompts(text=[...]) with B strings"
+            )
+        tokens, mask = self.encode_text(texts, encoded.stages)
+        low, iou = self.decode_sam(encoded.embedding, prompts, tokens)
+        logits = self.ref_decoder(encoded.embedding, encoded.stages, low, encoded.image)
+        return SegOutput(low_res_logits=low, logits=logits, iou=iou, extras={"text_tokens": tokens, "text_mask": mask})
+
+
+def refsam3d_overhead(model: RefSAM3D) -> dict[str, float]:
+    """Parameter counts of the new parts against the backbone.
+
+    Returns:
+        ``backbone`` (the SAM-Med3D parameters), one entry per new part (``adapters``, ``text``,
+        ``text_projector``, ``cross_attn``, ``ref_decoder``), ``new`` (their sum), ``ratio`` (new / backbone) and
+        ``trainable`` (parameters of :meth:`RefSAM3D.trainable_parameter_names`).
+    """
+    counts = {"backbone": 0} | {p.rstrip("."): 0 for p in NEW_PREFIXES}
+    sizes = dict(model.named_parameters())
+    for name, p in sizes.items():
+        key = "backbone" if name.startswith(BACKBONE_PREFIXES) else name.split(".", 1)[0]
+        counts[key] += p.numel()
+    new = sum(v for k, v in counts.items() if k != "backbone")
+    out: dict[str, float] = dict(counts)
+    out["new"] = new
+    out["ratio"] = new / max(1, counts["backbone"])
+    out["trainable"] = sum(sizes[n].numel() for n in model.trainable_parameter_names())
+    return out
+
+
+def build_refsam3d(
+    config: Sam3DConfig | None = None, options: RefSAM3DOptions | None = None, *, attn_impl: str = "fast"
+) -> RefSAM3D:
+    """Build a randomly initialised RefSAM3D (zero-initialised adapters and decoder head) and apply
+    ``options.freeze_backbone``.
+
+    Example:
+        >>> from lesionsam.models.backbone import get_preset
+        >>> model = build_refsam3d(get_preset("tiny"))
+    """
+    model = RefSAM3D.from_sam3d(build_sam3d(config, attn_impl=attn_impl), options)
+    if model.options.freeze_backbone:
+        model.freeze_backbone_()
+    return model
+
+
+def _build(config: ModelConfig, options: RefSAM3DOptions | None) -> RefSAM3D:
+    return build_refsam3d(config.backbone, options, attn_impl=config.attention)
+
+
+register_method(
+    "refsam3d", options=RefSAM3DOptions, description="RefSAM3D: text-referred 3D segmentation", loss="dice_ce"
+)(_build)

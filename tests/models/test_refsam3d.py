@@ -1,0 +1,238 @@
+"""RefSAM3D: adapters, text prompts, hierarchical cross-attention and the multi-level decoder (tiny preset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from lesionsam.models import ModelConfig, Prompts, build_model
+from lesionsam.models.backbone import Sam3D, build_sam3d, get_preset
+from lesionsam.models.checkpoint import BACKBONE_PREFIXES, extract_state_dict, read_weights_file
+from lesionsam.models.methods.refsam3d import (
+    NEW_PREFIXES,
+    RefEncodedImage,
+    RefSAM3D,
+    RefSAM3DOptions,
+    build_refsam3d,
+    refsam3d_overhead,
+)
+from lesionsam.models.registry import method_spec
+
+TINY = get_preset("tiny")
+TEXTS = ["liver tumour", "enhancing brain tumour in the left lobe"]
+
+
+def _pair(seed: int = 0) -> tuple[Sam3D, RefSAM3D]:
+    """A seeded plain SAM-Med3D and a RefSAM3D sharing its parts (the same weights), both in eval mode."""
+    torch.manual_seed(seed)
+    sam = build_sam3d(TINY).eval()
+    with torch.no_grad():  # non-zero positions and qkv biases, as real weights
+        for name, p in sam.image_encoder.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name or name.endswith("qkv.bias"):
+                p.normal_(0.0, 0.3)
+    return sam, RefSAM3D.from_sam3d(sam).eval()
+
+
+def _perturb_new_parts(model: RefSAM3D, seed: int = 1, head: bool = True) -> None:
+    """Random values for the zero-initialised layers (adapter up-projections and, if ``head``, the decoder head's
+    weight; its bias stays 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in model.adapters:
+            for p in adapter.up.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        if head:
+            last = model.ref_decoder.head[-1]
+            last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.05)
+
+
+def _inputs(batch: int = 2, seed: int = 2) -> tuple[Tensor, Prompts]:
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, 1, TINY.img_size, TINY.img_size, TINY.img_size, generator=gen)
+    points = torch.rand(batch, 2, 3, generator=gen) * (TINY.img_size - 1)
+    labels = torch.tensor([[1, 0]] * batch)
+    return image, Prompts(points=points, labels=labels)
+
+
+# ----------------------------------------------------------------------------------------------- equal to backbone
+def test_fresh_model_encoder_and_sam_decoder_equal_the_backbone() -> None:
+    """Zero-initialised adapters: the adapted embedding and the SAM decoding of clicks are SAM-Med3D's exactly;
+    the zero-initialised decoder head makes the full-res logits the trilinear upsampling of the low-res ones."""
+    sam, ref = _pair()
+    image, clicks = _inputs()
+    with torch.no_grad():
+        enc = ref.encode(image)
+        want_embedding = sam.encode(image)
+        assert isinstance(enc, RefEncodedImage)
+        assert torch.equal(enc.embedding, want_embedding)
+        assert len(enc.stages) == 4 and all(s.shape == (2, 4, 4, 4, TINY.encoder_embed_dim) for s in enc.stages)
+        low, iou = ref.decode_sam(enc.embedding, clicks)
+        want = sam.decode(want_embedding, clicks)
+        assert torch.equal(low, want.low_res_logits) and torch.equal(iou, want.iou)
+        out = ref.decode(enc, Prompts(points=clicks.points, labels=clicks.labels, text=TEXTS))
+        assert torch.equal(out.logits, ref.upsample(out.low_res_logits))
+
+
+def test_official_fixture_loads_and_sam_decoding_matches_the_official_output(official_ckpt: Path, official_io) -> None:
+    model = build_model(ModelConfig.from_preset("tiny", method="refsam3d", checkpoint=str(official_ckpt))).eval()
+    assert isinstance(model, RefSAM3D)
+    file_sd = extract_state_dict(read_weights_file(official_ckpt))
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in file_sd.items())
+    assert torch.equal(model.adapters[0].up.weight, torch.zeros_like(model.adapters[0].up.weight))
+    prompts = Prompts(points=official_io["points"], labels=official_io["labels"], mask=official_io["mask_input"])
+    with torch.no_grad():
+        enc = model.encode(official_io["image"])
+        low, _ = model.decode_sam(enc.embedding, prompts)
+        out = model.decode(enc, Prompts(text=["liver tumour"] * 2, mask=official_io["mask_input"]))
+    scale = official_io["low_res"].abs().max()
+    torch.testing.assert_close(low / scale, official_io["low_res"] / scale, atol=1e-4, rtol=1e-4)
+    assert out.logits.shape == (2, 1, 64, 64, 64)
+    # the builder's freezing policy survives loading
+    assert not model.image_encoder.patch_embed.proj.weight.requires_grad
+    assert model.adapters[0].up.weight.requires_grad
+
+
+# ----------------------------------------------------------------------------------------------- text prompts
+def test_different_text_gives_a_different_mask() -> None:
+    _, ref = _pair()
+    _perturb_new_parts(ref)
+    image, _ = _inputs(batch=1)
+    with torch.no_grad():
+        enc = ref.encode(image)
+        a = ref.decode(enc, Prompts(text=["liver tumour"]))
+        b = ref.decode(enc, Prompts(text=["enhancing brain tumour"]))
+        again = ref.decode(enc, Prompts(text=["liver tumour"]))
+    assert torch.equal(a.logits, again.logits)
+    assert not torch.allclose(a.low_res_logits, b.low_res_logits)
+    assert not torch.allclose(a.logits, b.logits)
+    assert bool(((a.logits > 0) != (b.logits > 0)).any())
+
+
+def test_text_only_and_text_with_clicks_and_mask_run_with_the_right_shapes() -> None:
+    _, ref = _pair()
+    image, clicks = _inputs()
+    low_side, side = TINY.low_res_size, TINY.img_size
+    with torch.no_grad():
+        enc = ref.encode(image)
+        text_only = ref.decode(enc, Prompts(text=TEXTS))
+        both = ref(image, Prompts(points=clicks.points, labels=clicks.labels, text=TEXTS))
+        with_mask = ref.decode(enc, Prompts(text=TEXTS, mask=both.low_res_logits))
+    for out in (text_only, both, with_mask):
+        assert out.low_res_logits.shape == (2, 1, low_side, low_side, low_side)
+        assert out.logits.shape == (2, 1, side, side, side)
+        assert out.iou.shape == (2, 1)
+        assert torch.isfinite(out.logits).all()
+    tokens, mask = text_only.extras["text_tokens"], text_only.extras["text_mask"]
+    assert tokens.shape[:2] == mask.shape and tokens.shape[0] == 2 and tokens.shape[2] == TINY.prompt_embed_dim
+    assert mask[:, 0].all() and mask.sum(1)[0] < mask.sum(1)[1]  # sentence token first; the short text is padded
+    assert not torch.allclose(text_only.low_res_logits, both.low_res_logits)  # clicks change the result
+    with torch.no_grad():
+        again = ref.decode(enc, Prompts(text=TEXTS))
+    assert torch.equal(again.logits, text_only.logits)  # decode is repeatable
+
+
+def test_prompt_errors() -> None:
+    _, ref = _pair()
+    image, clicks = _inputs()
+    enc = ref.encode(image)
+    with pytest.raises(ValueError, match="text"):
+        ref.decode(enc, clicks)  # missing text (check_prompts)
+    with pytest.raises(ValueError, match="one text prompt per crop"):
+        ref.decode(enc, Prompts(text=["liver tumour"]))
+    with pytest.raises(ValueError, match="boxes"):
+        ref.decode(enc, Prompts(text=TEXTS, boxes=torch.zeros(2, 6)))
+    with pytest.raises(ValueError, match="one mask"):
+        ref.decode(enc, Prompts(text=TEXTS), multimask_output=True)
+    with pytest.raises(TypeError, match="RefEncodedImage"):
+        ref.decode(enc.embedding, Prompts(text=TEXTS))
+
+
+# ----------------------------------------------------------------------------------------------- training, freezing
+def test_training_step_changes_only_the_trainable_parts() -> None:
+    torch.manual_seed(0)
+    model = build_refsam3d(TINY).train()
+    trainable = set(model.trainable_parameter_names())
+    params = dict(model.named_parameters())
+    assert {n for n, p in params.items() if p.requires_grad} == trainable
+    assert all(n.startswith(NEW_PREFIXES) or ".norm1." in n or ".norm2." in n for n in trainable)
+    assert any(n.startswith("image_encoder.blocks.0.norm1.") for n in trainable)
+    assert all(n in trainable for n in params if n.startswith(NEW_PREFIXES))
+
+    before = {n: p.detach().clone() for n, p in params.items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    image, clicks = _inputs(batch=1)
+    target = (torch.rand(1, 1, TINY.img_size, TINY.img_size, TINY.img_size) > 0.9).float()
+    out = model(image, Prompts(points=clicks.points, labels=clicks.labels, text=["liver tumour"]))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, target)
+    loss.backward()
+    opt.step()
+
+    for name, p in params.items():
+        if name not in trainable:
+            assert torch.equal(p, before[name]), f"frozen {name} changed"
+    changed = {n for n in trainable if not torch.equal(params[n], before[n])}
+    for prefix in (*NEW_PREFIXES, "image_encoder.blocks."):
+        assert any(n.startswith(prefix) for n in changed), f"nothing under {prefix} changed"
+    assert "adapters.0.up.weight" in changed and "ref_decoder.head.4.weight" in changed
+
+
+def test_freeze_backbone_false_trains_everything() -> None:
+    model = build_refsam3d(TINY, RefSAM3DOptions(freeze_backbone=False))
+    assert model.frozen_parameter_names() == []
+    assert all(p.requires_grad for p in model.parameters())
+    assert set(model.trainable_parameter_names()) == {n for n, _ in model.named_parameters()}
+
+
+# ---------------------------------------------------------------------------------------------- keys, overhead, options
+def test_state_dict_keys_are_the_backbone_keys_plus_new_prefixes(official_ckpt: Path) -> None:
+    model = build_refsam3d(TINY)
+    keys = set(model.state_dict())
+    official = set(extract_state_dict(read_weights_file(official_ckpt)))
+    backbone = {k for k in keys if k.startswith(BACKBONE_PREFIXES)}
+    assert backbone == official == set(build_sam3d(TINY).state_dict())
+    assert all(k.startswith(NEW_PREFIXES) for k in keys - backbone)
+    for prefix in NEW_PREFIXES:
+        assert any(k.startswith(prefix) for k in keys), prefix
+    assert {k.split(".")[1] for k in keys if k.startswith("cross_attn.")} == {"0", "1", "2", "3"}
+    assert {k.split(".")[1] for k in keys if k.startswith("adapters.")} == {str(i) for i in range(TINY.encoder_depth)}
+
+
+def test_overhead_helper_counts_every_parameter() -> None:
+    model = build_refsam3d(TINY)
+    info = refsam3d_overhead(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert info["backbone"] + info["new"] == total
+    assert info["backbone"] == sum(p.numel() for p in build_sam3d(TINY).parameters())
+    assert info["new"] == sum(info[p.rstrip(".")] for p in NEW_PREFIXES)
+    assert 0 < info["ratio"] < 1 and info["new"] < info["trainable"] < total
+
+
+def test_stages_default_and_validation() -> None:
+    assert RefSAM3DOptions().resolve_stages(get_preset("sam_med3d_vit_b")) == (2, 5, 8, 11)
+    assert RefSAM3DOptions().resolve_stages(TINY) == (0, 1, 2, 3)
+    assert RefSAM3DOptions(stages=[3, 1]).resolve_stages(TINY) == (1, 3)
+    with pytest.raises(ValueError, match="not blocks"):
+        RefSAM3DOptions(stages=(1, 4)).resolve_stages(TINY)
+    with pytest.raises(ValueError, match="at most 4"):
+        RefSAM3DOptions(stages=(0, 1, 2, 3, 4)).resolve_stages(get_preset("sam_med3d_vit_b"))
+    with pytest.raises(ValueError, match="distinct"):
+        RefSAM3DOptions(stages=(1, 1))
+    with pytest.raises(ValueError, match="adapter_reduction"):
+        RefSAM3DOptions(adapter_reduction=0)
+    two = build_refsam3d(TINY, RefSAM3DOptions(stages=(1, 3), decoder_channels=8))
+    image, _ = _inputs(batch=1)
+    with torch.no_grad():
+        out = two.eval()(image, Prompts(text=["liver tumour"]))
+    assert len(two.cross_attn) == 2 and out.logits.shape == (1, 1, 64, 64, 64)
+
+
+def test_registered_with_options_and_loss() -> None:
+    spec = method_spec("refsam3d")
+    assert spec.options is RefSAM3DOptions and spec.loss == "dice_ce"
+    model = build_model(ModelConfig.from_preset("tiny", method="refsam3d", options={"stages": [0, 3]}))
+    assert isinstance(model, RefSAM3D) and model.stages == (0, 3)
+    assert model.required_prompts == {"text"} and model.accepted_prompts == {"text", "points", "mask"}
