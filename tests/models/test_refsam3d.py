@@ -139,8 +139,11 @@ def test_prompt_errors() -> None:
     _, ref = _pair()
     image, clicks = _inputs()
     enc = ref.encode(image)
-    with pytest.raises(ValueError, match="text"):
-        ref.decode(enc, clicks)  # missing text (check_prompts)
+    with pytest.raises(ValueError, match="needs a text prompt .* or clicks"):
+        ref.decode(enc, Prompts())  # neither text nor clicks
+    with torch.no_grad():
+        clicks_only = ref.decode(enc, clicks)  # clicks without text: the SAM decoder alone + multi-level decoder
+    assert clicks_only.logits.shape == (2, 1, TINY.img_size, TINY.img_size, TINY.img_size)
     with pytest.raises(ValueError, match="one text prompt per crop"):
         ref.decode(enc, Prompts(text=["liver tumour"]))
     with pytest.raises(ValueError, match="boxes"):
@@ -235,4 +238,4 @@ def test_registered_with_options_and_loss() -> None:
     assert spec.options is RefSAM3DOptions and spec.loss == "dice_ce"
     model = build_model(ModelConfig.from_preset("tiny", method="refsam3d", options={"stages": [0, 3]}))
     assert isinstance(model, RefSAM3D) and model.stages == (0, 3)
-    assert model.required_prompts == {"text"} and model.accepted_prompts == {"text", "points", "mask"}
+    assert model.required_prompts == set() and model.accepted_prompts == {"text", "points", "mask"}

@@ -149,7 +149,8 @@ class InteractiveStep(nn.Module):
         """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample.
 
         For text-referred methods, ``target`` (B,) holds each crop's label value; a text prompt for it is drawn
-        from ``texts`` and given in every iteration, and the first iteration has the text alone (no click).
+        from ``texts`` and given in every iteration, and the first iteration has the text alone (no click). When
+        the model also works without text, one batch in four gets no text (clicks only), so both uses train.
         """
         gt = label > 0.5
         text = None
@@ -157,6 +158,8 @@ class InteractiveStep(nn.Module):
             if target is None:
                 raise ValueError("a text-referred method needs each crop's target label value")
             text = [str(rng.choice(self.texts[int(t)])) for t in target.tolist()]
+            if "text" not in self.model.required_prompts and rng.random() < 0.25:
+                text = None
         encoded = self.model.encode(image)
         later = list(range(1, self.num_clicks))
         mask_only = set(rng.choice(later, size=self.mask_only, replace=False).tolist()) if self.mask_only else set()
@@ -391,7 +394,7 @@ class Trainer:
             num_clicks=t.num_clicks,
             mask_only_iterations=t.mask_only_iterations,
             gate_cost=t.gate_cost,
-            texts=self.label_texts() if "text" in model.required_prompts else None,
+            texts=self.label_texts() if "text" in model.required_prompts | model.accepted_prompts else None,
         )
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
@@ -511,7 +514,7 @@ class Trainer:
         """Mean Dice over validation crops: ``train.val_clicks`` deterministic centre clicks each, or, for a
         text-referred method, the label's first text prompt (alone, then with centre clicks)."""
         clicks = ClickSimulator(mode="center")
-        texts = self.label_texts() if "text" in model.required_prompts else None
+        texts = self.label_texts() if "text" in model.required_prompts | model.accepted_prompts else None
         model.eval()
         scores = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):

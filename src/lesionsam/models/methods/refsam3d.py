@@ -374,7 +374,7 @@ class RefSAM3D(Sam3D):
         ValueError: stages that do not fit the encoder or the decoder levels.
     """
 
-    required_prompts = frozenset({"text"})
+    required_prompts = frozenset()
     accepted_prompts = frozenset({"text", "points", "mask"})
 
     def __init__(
@@ -556,7 +556,14 @@ class RefSAM3D(Sam3D):
         if multimask_output:
             raise ValueError("RefSAM3D predicts one mask per text prompt; call it with multimask_output=False")
         batch = encoded.embedding.shape[0]
-        texts = prompts.text or []
+        if prompts.text is None:
+            # Clicks (and/or a mask) without text: the SAM decoder alone, then the multi-level decoder.
+            if prompts.points is None and prompts.mask is None:
+                raise ValueError('RefSAM3D needs a text prompt (Prompts(text=["liver tumour"])) or clicks')
+            low, iou = self.decode_sam(encoded.embedding, prompts)
+            logits = self.ref_decoder(encoded.embedding, encoded.stages, low, encoded.image)
+            return SegOutput(low_res_logits=low, logits=logits, iou=iou)
+        texts = prompts.text
         if isinstance(texts, str) or len(texts) != batch:
             got = "a single string" if isinstance(texts, str) else f"{len(texts)} text(s)"
             raise ValueError(
