@@ -47,3 +47,9 @@ def test_bench_sgp_compares_gates_closed_and_open_with_the_backbone(capsys: pyte
     assert closed.max_abs_diff == 0.0  # closed gates: exactly the backbone
     plain = next(r for r in result.rows if r.gate_mode is None)
     assert opened.params == closed.params > plain.params
+
+
+def test_bench_refsam3d_reports_time_and_new_parameters(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "refsam3d", "--preset", "tiny", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "RefSAM3D" in out and "adapters" in out and "backbone 1,462,714" in out

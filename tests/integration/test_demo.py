@@ -38,3 +38,21 @@ def test_quick_demo_writes_a_report_built_from_the_evaluator_files(
 def test_ablate_rejects_unknown_methods(capsys: pytest.CaptureFixture) -> None:
     assert main(["ablate", "--methods", "finetune,sgp_sm", "--quick"]) == 2
     assert "Did you mean 'sgp_sam'" in capsys.readouterr().err
+
+
+def test_quick_text_study_reports_per_class_dice_from_evaluator_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONSAM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ts"
+    assert main(["text-study", "--quick", "--out", str(out)]) == 0
+    rows = json.loads((out / "text_study.json").read_text())
+    assert {(r["class"], r["prompt"]) for r in rows} == {
+        (c, p) for c in ("tumour", "cyst") for p in ("text", "clicks", "both")
+    }
+    table = (out / "text_study.md").read_text()
+    for r in rows:
+        metrics = json.loads((out / r["source"]).read_text())
+        assert metrics["summary"]["dice"]["mean"] == r["dice_mean"]
+        assert metrics["settings"]["label"] == r["label"]
+        assert f"{r['dice_mean']:.3f} ± {r['dice_sd']:.3f}" in table

@@ -17,10 +17,10 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "target",
-        choices=["backbone", "sgp", "predict"],
+        choices=["backbone", "sgp", "refsam3d", "predict"],
         help="'backbone': the image encoder, fast vs naive attention; 'sgp': SGP-SAM's encoder with gates closed "
-        "and open vs the plain backbone; 'predict': lesionsam predict end to end on a synthetic 512x512x120 int16 "
-        "CT (NRRD) with one click",
+        "and open vs the plain backbone; 'refsam3d': RefSAM3D's encoder time and parameters vs the backbone; "
+        "'predict': lesionsam predict end to end on a synthetic 512x512x120 int16 CT (NRRD) with one click",
     )
     p.add_argument("--preset", default=None, help="backbone preset (default: tiny for backbone, full for predict)")
     p.add_argument("--checkpoint", default=None, help="predict: weights to load (default: random weights)")
@@ -50,6 +50,20 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
             print(format_sgp_table(sgp))
             if a.json:
                 sgp.write_json(a.json)
+            return 0
+        if a.target == "refsam3d":
+            from lesionsam.workflows.bench import bench_refsam3d, format_refsam3d_table
+
+            ref = bench_refsam3d(
+                preset=a.preset or "sam_med3d_vit_b",
+                batch=a.batch,
+                device=a.device,
+                repeats=a.repeats,
+                threads=a.threads,
+            )
+            print(format_refsam3d_table(ref))
+            if a.json:
+                ref.write_json(a.json)
             return 0
         if a.target == "predict":
             res = bench_predict(
