@@ -330,3 +330,25 @@ def test_hf_clip_unfrozen_is_trainable(tiny_clip_dir: Path) -> None:
     assert enc.training and not enc.frozen
     enc(["liver tumour"]).pooled.sum().backward()
     assert any(p.grad is not None for p in enc.parameters())
+
+
+def test_refsam3d_runs_on_a_local_hf_clip_text_model(tiny_clip_dir: Path) -> None:
+    """RefSAM3D with ``model.options.text_encoder=DIR``: built through the registry, texts select different masks."""
+    from lesionsam.models import ModelConfig, Prompts, build_model
+
+    model = build_model(
+        ModelConfig.from_preset("tiny", method="refsam3d", options={"text_encoder": str(tiny_clip_dir)})
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("adapters.", "ref_decoder.", "cross_attn.", "text_projector.")):
+                p.normal_(0, 0.1)
+    model.eval()
+    image = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        enc = model.encode(image)
+        a = model.decode(enc, Prompts(text=["liver tumour"])).logits
+        b = model.decode(enc, Prompts(text=["kidney"])).logits
+    assert a.shape == (1, 1, 64, 64, 64) and not torch.allclose(a, b)
+    assert not any(p.requires_grad for p in model.text.parameters())  # the CLIP text model stays frozen
