@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -48,6 +50,18 @@ class Sam3D(SegModel):
     @property
     def img_size(self) -> int:
         return self.config.img_size
+
+    @classmethod
+    def sharing_parts_of(cls, sam: Sam3D, **kwargs: Any) -> Sam3D:
+        """A model of this class built on the parts (the same module objects, not copies) of ``sam``; methods
+        that add parts (SGP-SAM, RefSAM3D) pass their own keyword arguments through ``kwargs``."""
+        return cls(
+            image_encoder=sam.image_encoder,
+            prompt_encoder=sam.prompt_encoder,
+            mask_decoder=sam.mask_decoder,
+            config=sam.config,
+            **kwargs,
+        )
 
     def encode(self, image: Tensor) -> Tensor:
         """(B, C, S, S, S) normalised crop → (B, E, G, G, G) image embedding (cache it for many prompts)."""

@@ -313,13 +313,7 @@ class SGPSam(Sam3D):
     @classmethod
     def from_sam3d(cls, sam: Sam3D, options: SGPOptions | None = None) -> SGPSam:
         """SGP-SAM sharing the parts (the same module objects, not copies) of a built :class:`Sam3D`."""
-        return cls(
-            image_encoder=sam.image_encoder,
-            prompt_encoder=sam.prompt_encoder,
-            mask_decoder=sam.mask_decoder,
-            config=sam.config,
-            options=options,
-        )
+        return cls.sharing_parts_of(sam, options=options)  # type: ignore[return-value]
 
     @property
     def sgpm_blocks(self) -> tuple[int, ...]:
