@@ -29,7 +29,8 @@ def test_train_command_with_overrides_and_accumulation(tmp_path: Path, capsys: p
     args = ["train", "demo", f"data.root={tmp_path / 'ds'}", "train.epochs=1", "train.batch_size=1"]
     args += ["train.accumulate=2", "train.num_clicks=2", "model.method=finetune", "--out", str(tmp_path / "run")]
     assert main(args) == 0
-    assert "best validation Dice" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "best validation Dice" in captured.out
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["config"]["train"]["accumulate"] == 2
     n_train = len(json.loads((tmp_path / "run" / "splits.json").read_text())["train"])

@@ -27,7 +27,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue exactly from <out>/last.pt")
 
     def run(a: argparse.Namespace) -> int:
+        import logging
+
         from lesionsam.configs import resolve_config
+
+        # One line per epoch (loss, time, ETA) even when stderr is not a terminal (logs, batch jobs).
+        logging.getLogger("lesionsam.training").setLevel(logging.INFO)
         from lesionsam.workflows.train import train
 
         result = train(

@@ -332,7 +332,12 @@ class Trainer:
         with_target = [c for c in cases if present[c.case_id]]
         skipped = sorted(c.case_id for c in cases if not present[c.case_id])
         if skipped:
-            log.info("%d case(s) without label %s left out of training: %s", len(skipped), targets, skipped[:5])
+            log.info(
+                "%d case(s) without label %s left out of training: %s",
+                len(skipped),
+                " or ".join(map(str, targets)),
+                ", ".join(skipped[:5]),
+            )
         if not with_target:
             what = f"label value {targets[0]}" if len(targets) == 1 else f"any of the label values {list(targets)}"
             raise ValueError(f"no case in {d.root} has {what} (data.target_label)")
