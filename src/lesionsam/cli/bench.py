@@ -33,61 +33,32 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
 
     def run(a: argparse.Namespace) -> int:
-        from lesionsam.workflows.bench import bench_backbone, bench_predict, format_predict_table, format_table
+        from lesionsam.workflows import bench as wb
 
-        if a.target == "sgp":
+        full = a.preset or "sam_med3d_vit_b"
+        if a.target == "backbone":
+            impls = tuple(s.strip() for s in a.impls.split(",") if s.strip())
+            common = {"batch": a.batch, "device": a.device, "dtype": a.dtype, "threads": a.threads}
+            result = wb.bench_backbone(
+                preset=a.preset or "tiny", repeats=a.repeats, impls=impls, progress=True, **common
+            )
+            table = wb.format_table(result)
+        elif a.target == "sgp":
             from lesionsam.workflows.bench_sgp import bench_sgp, format_sgp_table
 
-            sgp = bench_sgp(
-                preset=a.preset or "sam_med3d_vit_b",
-                batch=a.batch,
-                device=a.device,
-                dtype=a.dtype,
-                repeats=max(a.repeats, 7),
-                threads=a.threads,
-                progress=True,
+            result = bench_sgp(preset=full, repeats=max(a.repeats, 7), progress=True, **common)
+            table = format_sgp_table(result)
+        elif a.target == "refsam3d":
+            result = wb.bench_refsam3d(
+                preset=full, batch=a.batch, device=a.device, repeats=a.repeats, threads=a.threads
             )
-            print(format_sgp_table(sgp))
-            if a.json:
-                sgp.write_json(a.json)
-            return 0
-        if a.target == "refsam3d":
-            from lesionsam.workflows.bench import bench_refsam3d, format_refsam3d_table
-
-            ref = bench_refsam3d(
-                preset=a.preset or "sam_med3d_vit_b",
-                batch=a.batch,
-                device=a.device,
-                repeats=a.repeats,
-                threads=a.threads,
+            table = wb.format_refsam3d_table(result)
+        else:
+            result = wb.bench_predict(
+                preset=full, checkpoint=a.checkpoint, device=a.device, threads=a.threads, progress=True
             )
-            print(format_refsam3d_table(ref))
-            if a.json:
-                ref.write_json(a.json)
-            return 0
-        if a.target == "predict":
-            res = bench_predict(
-                preset=a.preset or "sam_med3d_vit_b",
-                checkpoint=a.checkpoint,
-                device=a.device,
-                threads=a.threads,
-                progress=True,
-            )
-            print(format_predict_table(res))
-            if a.json:
-                res.write_json(a.json)
-            return 0
-        result = bench_backbone(
-            preset=a.preset or "tiny",
-            batch=a.batch,
-            device=a.device,
-            dtype=a.dtype,
-            repeats=a.repeats,
-            threads=a.threads,
-            impls=tuple(s.strip() for s in a.impls.split(",") if s.strip()),
-            progress=True,
-        )
-        print(format_table(result))
+            table = wb.format_predict_table(result)
+        print(table)
         if a.json:
             result.write_json(a.json)
         return 0
