@@ -63,4 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m lesionsam.cli.main`` (and ``torchrun -m lesionsam.cli.main``) runs this file as ``__main__``,
+    # while the command modules register into ``lesionsam.cli.main``: run that module's ``main``.
+    from lesionsam.cli.main import main as _main
+
+    sys.exit(_main())
