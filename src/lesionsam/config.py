@@ -49,6 +49,10 @@ class DataConfig:
         splits: a ``splits.json`` to use instead of making one.
         cache: keep preprocessed volumes in memory.
         num_workers: DataLoader worker processes.
+        negative_fraction: share of training crops centred away from their target label (on a lesion of another
+            target label, or anywhere in the volume), whose target is usually empty, so that a model prompted
+            without a click (text-referred) learns to find nothing where there is nothing; validation then adds
+            one such crop per case and label. Only for methods that take a text prompt (a click needs a lesion).
     """
 
     root: str = ""
@@ -64,6 +68,7 @@ class DataConfig:
     splits: str | None = None
     cache: bool = True
     num_workers: int = 0
+    negative_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         look_up_option(self.layout, ("msd", "sam_med3d"), what="data layout")
@@ -74,6 +79,8 @@ class DataConfig:
                 raise ValueError(f"data.target_label(s) must be label values >= 1 (0 is background), got {value}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.negative_fraction < 1.0:
+            raise ValueError(f"data.negative_fraction must be in [0, 1), got {self.negative_fraction}")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from lesionsam.data.datasets import (
     write_splits,
 )
 from lesionsam.data.io import Volume, write_image
-from lesionsam.data.transforms import PreprocessConfig, Preprocessor
+from lesionsam.data.transforms import PreprocessConfig, Preprocessor, crop_around_label, take
 
 SHAPE = (8, 12, 14)  # (D, H, W)
 GEOM = Volume(np.zeros(SHAPE, np.int16), (1.2, 1.0, 2.0), (5.0, -3.0, 10.0), tuple(np.eye(3).ravel()))
@@ -237,3 +237,46 @@ def test_lesion_crop_dataset(tmp_path):
         LesionCropDataset(cases, pre, target_label=0)
     with pytest.raises(ValueError, match="no label"):
         LesionCropDataset([Case("t", (root / "x.nii.gz",))], pre, target_label=2)
+
+
+def _two_class_case(root: Path) -> list[Case]:
+    """One 40³ CT case at 1 mm with a tumour (2) near a larger cyst (4), so a crop on the cyst cuts the tumour."""
+    shape = (40, 40, 40)
+    ref = Volume(np.zeros(shape, np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    rng = np.random.default_rng(0)
+    image = (np.full(shape, 40.0) + rng.normal(0, 10, shape)).astype(np.int16)
+    label = np.ones(shape, np.uint8)
+    label[8:16, 8:16, 8:16] = 2
+    label[18:26, 18:26, 18:26] = 4
+    write_image(image, root / "imagesTr" / "c_0.nii.gz", reference=ref)
+    write_image(label, root / "labelsTr" / "c_0.nii.gz", reference=ref)
+    meta = {"name": "two", "modality": {"0": "CT"}, "labels": {"0": "background", "2": "tumour", "4": "cyst"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return load_msd_cases(root)
+
+
+def test_negative_crops_centre_on_the_distractor_and_keep_the_target(tmp_path):
+    cases = _two_class_case(tmp_path / "two")
+    pre = Preprocessor(PreprocessConfig(spacing=(1.0, 1.0, 1.0), crop_size=16))
+    ds = LesionCropDataset(cases, pre, target_label=2, negatives=1.0, distractors=(2, 4), lesion="largest", jitter=0)
+    assert ds.distractors == (4,)  # the target itself is never a distractor
+    p = ds.preprocessed(0)
+    image, cyst, box = crop_around_label(p.image, p.label == 4, 16, rng=np.random.default_rng(0), lesion="largest")
+    item = ds[0]
+    # Centred on the (whole) cyst; the target is the tumour's part inside that crop, not the cyst.
+    assert cyst[4:12, 4:12, 4:12].all() and cyst.sum() == (p.label == 4).sum()
+    np.testing.assert_array_equal(item["image"][0].numpy(), image)
+    expected = take(p.label == 2, box)
+    assert 0 < expected.sum() < (p.label == 2).sum()
+    np.testing.assert_array_equal(item["label"][0].numpy(), expected.astype(np.float32))
+    # A share of 1/2 mixes whole-lesion positives with negatives (on the cyst or anywhere).
+    mixed = LesionCropDataset(cases, pre, target_label=2, negatives=0.5, distractors=(4,))
+    torch.manual_seed(0)
+    sums = [mixed[0]["label"].sum().item() for _ in range(40)]
+    whole = (p.label == 2).sum()
+    assert 10 < sum(s == whole for s in sums) < 30 and any(s < whole for s in sums)
+    # Without negatives nothing changes: every crop holds the whole tumour.
+    plain = LesionCropDataset(cases, pre, target_label=2, distractors=(4,))
+    assert all(plain[0]["label"].sum().item() == whole for _ in range(5))
+    with pytest.raises(ValueError, match=r"negatives must be a share in \[0, 1\]"):
+        LesionCropDataset(cases, pre, target_label=2, negatives=1.5)

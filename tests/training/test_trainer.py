@@ -150,3 +150,69 @@ def test_two_process_ddp_keeps_ranks_identical(dataset: Path, tmp_path: Path) ->
         assert torch.equal(r0[key], r1[key]), key
         changed += int(not torch.equal(r0[key], init.state_dict()[key]))
     assert changed > 0  # a real step happened
+
+
+def test_negative_crops_need_a_text_referred_method(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a method prompted without a click"):
+        Trainer(_config(dataset, "data.negative_fraction=0.5", "train.epochs=1"), tmp_path / "r", progress=False).fit()
+
+
+def test_text_step_trains_on_empty_crops_with_error_clicks() -> None:
+    """A crop without its target class (a negative crop) trains with text, then clicks on the false positives."""
+    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.losses import build_loss
+    from lesionsam.models.backbone import get_preset
+    from lesionsam.models.methods.refsam3d import build_refsam3d
+    from lesionsam.training.trainer import InteractiveStep
+
+    torch.manual_seed(0)
+    model = build_refsam3d(get_preset("tiny"))
+    with torch.no_grad():  # a model that predicts foreground somewhere, so there are errors to click on
+        model.mask_decoder.output_hypernetworks_mlps[0].layers[-1].bias.add_(1.0)
+    seen: list = []
+    original = model.decode
+
+    def spy(encoded, prompts, **kw):
+        seen.append(prompts)
+        return original(encoded, prompts, **kw)
+
+    model.decode = spy  # type: ignore[method-assign]
+    image = torch.randn(2, 1, 64, 64, 64)
+    empty = torch.zeros(2, 1, 64, 64, 64)
+    step = InteractiveStep(
+        model, build_loss("dice_ce"), ClickSimulator(), num_clicks=3, mask_only_iterations=0, texts={2: ["tumour"]}
+    )
+    rng = __import__("numpy").random.default_rng(0)
+    for _ in range(4):  # clicks-only batches would need a lesion: an empty batch always keeps its text
+        seen.clear()
+        loss, stats = step(image, empty, rng, torch.tensor([2, 2]))
+        assert torch.isfinite(loss) and all(p.text == ["tumour", "tumour"] for p in seen)
+        assert seen[0].points is None  # text alone first
+        assert seen[1].points.shape == (2, 1, 3) and set(seen[1].labels.flatten().tolist()) <= {0, -1}
+    loss.backward()
+    assert model.ref_decoder.head[-1].weight.grad is not None
+    no_text = InteractiveStep(model, build_loss("dice_ce"), ClickSimulator(), num_clicks=2, mask_only_iterations=0)
+    with pytest.raises(ValueError, match="no voxel of its target label"):
+        no_text(image, empty, rng, torch.tensor([2, 2]))
+
+
+def test_text_referred_training_with_negative_crops_validates_on_both(tmp_path: Path) -> None:
+    root = tmp_path / "two"
+    write_synthetic_dataset(root, cases=4, size=40, seed=5, lesion_classes=2)
+    cfg = _config(
+        root,
+        "model.method=refsam3d",
+        "data.target_labels=[2,4]",
+        "data.negative_fraction=0.5",
+        "data.val_fraction=0.5",
+        "train.epochs=1",
+    )
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    train_set, val_set = trainer.build_datasets()
+    # Validation: every positive crop (one per case and label present) has a negative twin.
+    assert val_set is not None and len(val_set) % 2 == 0
+    half = len(val_set) // 2
+    positives = [val_set[i]["label"].sum().item() for i in range(half)]
+    assert all(v > 0 for v in positives)
+    result = trainer.fit()
+    assert result.best_checkpoint is not None and 0.0 <= result.best_val_dice <= 1.0

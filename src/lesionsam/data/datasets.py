@@ -36,7 +36,7 @@ from lesionsam.data.io import (
     read_image,
 )
 from lesionsam.data.io import case_id as _stem
-from lesionsam.data.transforms import Preprocessed, Preprocessor, crop_around_label
+from lesionsam.data.transforms import Preprocessed, Preprocessor, crop_around_label, take
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -543,6 +543,12 @@ class LesionCropDataset(Dataset):
     with no target voxels gives a crop centred on a random voxel (an all-zero target mask: a negative example).
     The image is padded with the normalised background value, the mask with 0.
 
+    **Negative crops** (``negatives`` > 0, for methods prompted without a click: text-referred or automatic):
+    that share of items is centred away from the target: on a lesion of one of the ``distractors`` label values
+    (half of them, when the case has one; always with ``lesion="largest"``, then on the largest) or else on a
+    uniformly random voxel of the volume. Their target mask is still ``label == target_label`` inside the crop,
+    usually empty: the model learns to answer "nothing of this class here", which a whole-volume search needs.
+
     Randomness comes from torch's generator (one draw per item), so ``torch.manual_seed`` and DataLoader
     worker seeding make crops reproducible and differ between workers.
 
@@ -556,13 +562,15 @@ class LesionCropDataset(Dataset):
         cache: keep preprocessed volumes in memory after the first read (per DataLoader worker process).
         lesion: "random" (every lesion equally often) or "largest".
         jitter: maximum shift of the crop centre in voxels; None = crop_size // 8.
+        negatives: share of negative crops, in [0, 1] (1: every item is one, e.g. for validation).
+        distractors: label values whose lesions negative crops centre on (typically the other lesion classes).
 
     Items:
         ``{"image": (1, S, S, S) float32 tensor, "label": (1, S, S, S) float32 tensor of 0/1, "case_id": str}``,
         axes (D, H, W) of the canonical grid.
 
     Raises:
-        ValueError: no cases, cases without labels, or a target label < 1.
+        ValueError: no cases, cases without labels, a target label < 1, or ``negatives`` outside [0, 1].
     """
 
     def __init__(
@@ -576,9 +584,13 @@ class LesionCropDataset(Dataset):
         cache: bool = False,
         lesion: Literal["random", "largest"] = "random",
         jitter: int | None = None,
+        negatives: float = 0.0,
+        distractors: Sequence[int] = (),
     ) -> None:
         if not cases:
             raise ValueError("LesionCropDataset needs at least one case")
+        if not 0.0 <= float(negatives) <= 1.0:
+            raise ValueError(f"negatives must be a share in [0, 1], got {negatives!r}")
         unlabelled = [c.case_id for c in cases if c.label is None]
         if unlabelled:
             raise ValueError(f"{len(unlabelled)} case(s) have no label, needed for training: {_listing(unlabelled)}")
@@ -592,6 +604,8 @@ class LesionCropDataset(Dataset):
         self.lesion = lesion
         self.jitter = self.crop_size // 8 if jitter is None else int(jitter)
         self.cache = cache
+        self.negatives = float(negatives)
+        self.distractors = tuple(int(v) for v in distractors if int(v) != self.target_label)
         self._cache: dict[int, Preprocessed] = {}
 
     def __len__(self) -> int:
@@ -621,15 +635,22 @@ class LesionCropDataset(Dataset):
         assert pre.label is not None
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
         mask = pre.label == self.target_label
-        image, target, _ = crop_around_label(
+        centre_on = mask
+        if self.negatives and (self.negatives >= 1.0 or rng.random() < self.negatives):
+            others = np.isin(pre.label, self.distractors) if self.distractors else np.zeros_like(mask)
+            use_other = others.any() and (self.lesion == "largest" or rng.random() < 0.5)
+            centre_on = others if use_other else np.zeros_like(mask)
+        image, target, box = crop_around_label(
             pre.image,
-            mask,
+            centre_on,
             self.crop_size,
             rng=rng,
             lesion=self.lesion,
             jitter=self.jitter,
             pad_value=pre.background,
         )
+        if centre_on is not mask:
+            target = take(mask, box)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
             "label": torch.from_numpy(target.astype(np.float32))[None],

@@ -580,10 +580,18 @@ def crop_or_pad(
     if array.ndim not in (3, 4):
         raise ValueError(f"expected (D, H, W) or (C, D, H, W), got shape {array.shape}")
     box = crop_box(center_dhw, size, array.shape[-3:])
+    return take(array, box, pad_value=pad_value), box
+
+
+def take(array: np.ndarray, box: CropBox, *, pad_value: float = 0.0) -> np.ndarray:
+    """The window ``box`` of ``array`` ((D, H, W) or (C, D, H, W), the box's volume grid), padded with
+    ``pad_value`` where it leaves the volume; same dtype as ``array``."""
+    if tuple(array.shape[-3:]) != tuple(box.volume_shape):
+        raise ValueError(f"array {array.shape} is not on the box's volume grid {box.volume_shape}")
     out = np.full((*array.shape[:-3], *box.size), pad_value, dtype=array.dtype)
     vol_sl, crop_sl = box.overlap()
     out[(..., *crop_sl)] = array[(..., *vol_sl)]
-    return out, box
+    return out
 
 
 def paste(crop_values: np.ndarray, box: CropBox, out_array: np.ndarray) -> np.ndarray:

@@ -151,15 +151,25 @@ class InteractiveStep(nn.Module):
         For text-referred methods, ``target`` (B,) holds each crop's label value; a text prompt for it is drawn
         from ``texts`` and given in every iteration, and the first iteration has the text alone (no click). When
         the model also works without text, one batch in four gets no text (clicks only), so both uses train.
+
+        A crop may have an empty label (a negative crop, ``data.negative_fraction``) only when text is given: its
+        clicks then come from the error region of the text-only prediction (a negative click on what was found,
+        or a padding click when nothing was), the same rule for the whole batch.
         """
         gt = label > 0.5
+        has_lesion = bool(gt.flatten(1).any(1).all())
         text = None
         if self.texts:
             if target is None:
                 raise ValueError("a text-referred method needs each crop's target label value")
             text = [str(rng.choice(self.texts[int(t)])) for t in target.tolist()]
-            if "text" not in self.model.required_prompts and rng.random() < 0.25:
+            if "text" not in self.model.required_prompts and rng.random() < 0.25 and has_lesion:
                 text = None
+        if text is None and not has_lesion:
+            raise ValueError(
+                "a training crop has no voxel of its target label, so there is no lesion for the first click; "
+                "negative crops (data.negative_fraction) need a text-referred method"
+            )
         encoded = self.model.encode(image)
         later = list(range(1, self.num_clicks))
         mask_only = set(rng.choice(later, size=self.mask_only, replace=False).tolist()) if self.mask_only else set()
@@ -176,7 +186,9 @@ class InteractiveStep(nn.Module):
             elif it in mask_only:
                 prompts = Prompts(mask=low, text=text)
             elif points is None:
-                points, labels = self.clicks.first(gt, rng)
+                points, labels = (
+                    self.clicks.first(gt, rng) if has_lesion else self.clicks.next(pred, gt, None, None, rng)
+                )
                 prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             else:
                 points, labels = self.clicks.next(pred, gt, points, labels, rng)
@@ -323,7 +335,10 @@ class Trainer:
         """Training and validation crop data sets from a seeded split (written to ``splits.json``).
 
         Cases without any voxel of the target label are left out (a click needs a lesion); they are listed
-        in the log.
+        in the log. With ``data.negative_fraction`` that share of training crops is centred away from the target
+        (see :class:`LesionCropDataset`), and the validation set adds one negative crop per case and target label
+        (on the largest lesion of another target label, else a seeded random place), scored as Dice 1 when
+        nothing is predicted there and 0 otherwise.
         """
         d = self.cfg.data
         targets = d.target_labels or (d.target_label,)
@@ -355,17 +370,27 @@ class Trainer:
         crop = self.cfg.model.backbone.img_size
         pre = Preprocessor(PreprocessConfig(spacing=d.spacing, modality=d.modality, crop_size=crop))
 
-        def crops(chosen: list[Case], **kw: Any) -> Dataset | None:
-            parts = [
-                _Targeted(LesionCropDataset(subset, pre, target_label=t, channel=d.channel, cache=d.cache, **kw), t)
+        def crops(chosen: list[Case], **kw: Any) -> list[Dataset]:
+            return [
+                _Targeted(
+                    LesionCropDataset(
+                        subset, pre, target_label=t, channel=d.channel, cache=d.cache, distractors=targets, **kw
+                    ),
+                    t,
+                )
                 for t in targets
                 if (subset := [c for c in chosen if t in present[c.case_id]])
             ]
+
+        def joined(parts: list[Dataset]) -> Dataset | None:
             return None if not parts else parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
-        train = crops(train_cases)
+        train = joined(crops(train_cases, negatives=d.negative_fraction))
         assert train is not None
-        return train, crops(val_cases, lesion="largest", jitter=0)
+        val = crops(val_cases, lesion="largest", jitter=0)
+        if d.negative_fraction and val:
+            val += crops(val_cases, lesion="largest", jitter=0, negatives=1.0)
+        return train, joined(val)
 
     # ------------------------------------------------------------------------------------------ loop
     def fit(self, *, resume: bool = False) -> TrainResult:
@@ -382,6 +407,12 @@ class Trainer:
         seed_everything(t.seed, epoch=-1)  # the initial weights depend on the seed only
         model = self.build_model().to(self.device)
         self.model = model
+        if self.cfg.data.negative_fraction and not _takes_text(model):
+            raise ValueError(
+                f"data.negative_fraction={self.cfg.data.negative_fraction} needs a method prompted without a click "
+                f"(text-referred, e.g. refsam3d); {self.cfg.model.method!r} starts from a click inside the lesion. "
+                "Set data.negative_fraction=0"
+            )
         groups = self.parameter_groups(model)
         optimizer = self.build_optimizer(groups)
         per_epoch = self._steps_per_epoch(train_set)
@@ -399,7 +430,7 @@ class Trainer:
             num_clicks=t.num_clicks,
             mask_only_iterations=t.mask_only_iterations,
             gate_cost=t.gate_cost,
-            texts=self.label_texts() if "text" in model.required_prompts | model.accepted_prompts else None,
+            texts=self.label_texts() if _takes_text(model) else None,
         )
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
@@ -519,7 +550,7 @@ class Trainer:
         """Mean Dice over validation crops: ``train.val_clicks`` deterministic centre clicks each, or, for a
         text-referred method, the label's first text prompt (alone, then with centre clicks)."""
         clicks = ClickSimulator(mode="center")
-        texts = self.label_texts() if "text" in model.required_prompts | model.accepted_prompts else None
+        texts = self.label_texts() if _takes_text(model) else None
         model.eval()
         scores = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -536,9 +567,9 @@ class Trainer:
                         if it == 0 and text is not None:
                             prompts = Prompts(text=text)
                         else:
-                            if points is None:
+                            if points is None and bool(gt.any()):
                                 points, labels = clicks.first(gt)
-                            else:
+                            else:  # after a text-only prediction of a negative crop: click on its errors
                                 points, labels = clicks.next(pred, gt, points, labels)
                             prompts = Prompts(points=points, labels=labels, mask=low, text=text)
                         out = model.decode(encoded, prompts)
@@ -636,6 +667,10 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "target": torch.tensor([i["target"] for i in items]),
         "case_id": [i["case_id"] for i in items],
     }
+
+
+def _takes_text(model: SegModel) -> bool:
+    return "text" in model.required_prompts | model.accepted_prompts
 
 
 def _labels_present(case: Case, values: Sequence[int]) -> set[int]:

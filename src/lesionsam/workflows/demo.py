@@ -333,6 +333,11 @@ TEXT_PROMPTS: dict[int, list[str]] = {
 }
 
 
+#: Share of RefSAM3D's training crops centred away from the referred class (on the other class or anywhere): text
+#: alone searches whole volumes, so the model must learn to find nothing where the referred class is absent.
+TEXT_NEGATIVE_FRACTION = 0.5
+
+
 def text_study(
     out: str | os.PathLike[str] = "runs/text_study",
     *,
@@ -366,6 +371,7 @@ def text_study(
             s,
             target_labels=(LESION, CYST),
             label_texts={str(k): v for k, v in TEXT_PROMPTS.items()},
+            negative_fraction=TEXT_NEGATIVE_FRACTION,
         ),
         train=replace(_train_config(s, epochs=s.transfer_epochs, seed=seed), lr_new=s.lr),
     )
