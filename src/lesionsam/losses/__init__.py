@@ -5,18 +5,21 @@ Every loss is called as ``loss(logits, target)`` with raw logits and a same-shap
 Example:
     >>> from lesionsam.losses import build_loss, known_losses
     >>> known_losses()
-    ['dice', 'dice_ce', 'focal_balanced', 'zoom']
+    ['dice', 'dice_ce', 'focal_balanced', 'hsam', 'zoom']
     >>> loss = build_loss("zoom", lambda_focal=1.0, gamma=2.0)
 """
 
 from __future__ import annotations
 
+from lesionsam.losses.hierarchical import SoftmaxDiceCE, StagedLoss
 from lesionsam.losses.registry import SigmoidLoss, build_loss, known_losses, loss_options, register_loss
 from lesionsam.losses.zoom import BalancedFocalLoss, ZoomLoss, check_binary_inputs, voxel_focal_terms
 
 __all__ = [
     "BalancedFocalLoss",
     "SigmoidLoss",
+    "SoftmaxDiceCE",
+    "StagedLoss",
     "ZoomLoss",
     "build_loss",
     "check_binary_inputs",

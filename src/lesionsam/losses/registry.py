@@ -1,9 +1,11 @@
 """One registry of training losses: ``build_loss(name, **options)``, every loss called as ``loss(logits, target)``.
 
-Every loss built here takes raw logits and a mask of the same shape ``(B, C, D, H, W)`` (lesionsam: ``C == 1``),
+Every binary loss built here takes raw logits and a mask of the same shape ``(B, C, D, H, W)`` (``C == 1``),
 applies a sigmoid itself, checks its inputs (same shape, mask values in ``[0, 1]``) and returns a scalar (or, with
 ``reduction="none"`` where allowed, one value per sample, shape ``(B,)``). Dice terms are per sample (MONAI's
-``batch=False``) in every loss, so the ablations differ only by the term added to the Dice.
+``batch=False``) in every loss, so the ablations differ only by the term added to the Dice. The multi-class loss of
+prompt-free methods (``"hsam"``, :mod:`lesionsam.losses.hierarchical`) takes ``(B, K+1, D, H, W)`` logits and
+``(B, 1, D, H, W)`` class indices, plus the stage-1 logits and the training progress.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from lesionsam.losses.hierarchical import SoftmaxDiceCE, StagedLoss
 from lesionsam.losses.zoom import BalancedFocalLoss, ZoomLoss, check_binary_inputs, check_number
 from lesionsam.utils.options import look_up_option
 
@@ -169,6 +172,19 @@ def _build_zoom(
 @register_loss("focal_balanced", description="voxel-balanced focal alone (the Zoom Loss's second term)")
 def _build_focal_balanced(*, gamma: float = 2.0, reduction: str = "mean") -> nn.Module:
     return BalancedFocalLoss(gamma=gamma, reduction=reduction)
+
+
+@register_loss(
+    "hsam",
+    description="H-SAM: (1-w)*L(stage 1) + w*L(stage 2), L = (1-d)*CE + d*Dice over K+1 softmax channels, w rising",
+)
+def _build_hsam(
+    *, dice_weight: float = 0.8, w_start: float = 0.2, w_end: float = 0.8, include_background: bool = False
+) -> nn.Module:
+    stage = SoftmaxDiceCE(
+        dice_weight=dice_weight, include_background=_flag(include_background, "include_background", "loss 'hsam'")
+    )
+    return StagedLoss(stage, w_start=w_start, w_end=w_end)
 
 
 def known_losses() -> list[str]:
