@@ -12,6 +12,7 @@ import torch
 
 from lesionsam.data.datasets import (
     Case,
+    ClassCropDataset,
     LesionCropDataset,
     dataset_labels,
     load_msd_cases,
@@ -280,3 +281,31 @@ def test_negative_crops_centre_on_the_distractor_and_keep_the_target(tmp_path):
     assert all(plain[0]["label"].sum().item() == whole for _ in range(5))
     with pytest.raises(ValueError, match=r"negatives must be a share in \[0, 1\]"):
         LesionCropDataset(cases, pre, target_label=2, negatives=1.5)
+
+
+def test_class_crops_map_label_values_to_class_indices_and_sample_both_classes(tmp_path):
+    cases = _two_class_case(tmp_path / "two")
+    pre = Preprocessor(PreprocessConfig(spacing=(1.0, 1.0, 1.0), crop_size=16))
+    ds = ClassCropDataset(cases, pre, classes=(4, 2), foreground=1.0, lesion="largest", jitter=0)
+    p = ds.preprocessed(0)
+    item = ds[0]
+    assert item["label"].dtype == torch.int64 and item["label"].shape == (1, 16, 16, 16)
+    # Centred on the cyst (the first class): all of it is class 1; the tumour's part inside is class 2; liver is 0.
+    image, _, box = crop_around_label(p.image, p.label == 4, 16, rng=np.random.default_rng(0), lesion="largest")
+    np.testing.assert_array_equal(item["image"][0].numpy(), image)
+    lab = item["label"][0].numpy()
+    assert (lab == 1).sum() == (p.label == 4).sum()
+    np.testing.assert_array_equal(lab == 2, take(p.label == 2, box))
+    assert set(np.unique(lab)) == {0, 1, 2}
+    # Random lesion crops centre on either class about equally often; foreground=0 gives uniform random crops.
+    mixed = ClassCropDataset(cases, pre, classes=(2, 4), foreground=1.0)
+    torch.manual_seed(0)
+    whole_tumour = sum((mixed[0]["label"] == 1).sum().item() == (p.label == 2).sum() for _ in range(30))
+    assert 5 < whole_tumour < 30
+    anywhere = ClassCropDataset(cases, pre, classes=(2, 4), foreground=0.0)
+    torch.manual_seed(1)
+    assert any(anywhere[0]["label"].max().item() == 0 for _ in range(20))
+    with pytest.raises(ValueError, match="distinct positive label values"):
+        ClassCropDataset(cases, pre, classes=(2, 2))
+    with pytest.raises(ValueError, match=r"foreground must be a probability in \[0, 1\]"):
+        ClassCropDataset(cases, pre, classes=(2,), foreground=2.0)

@@ -534,7 +534,52 @@ def verify_dataset(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class LesionCropDataset(Dataset):
+class _PreprocessedCases(Dataset):
+    """Labelled cases, preprocessed on first use (kept in memory with ``cache``), one item per case."""
+
+    def __init__(
+        self, cases: Sequence[Case], preprocessor: Preprocessor, *, channel: int | None, cache: bool, owner: str
+    ) -> None:
+        if not cases:
+            raise ValueError(f"{owner} needs at least one case")
+        unlabelled = [c.case_id for c in cases if c.label is None]
+        if unlabelled:
+            raise ValueError(f"{len(unlabelled)} case(s) have no label, needed for training: {_listing(unlabelled)}")
+        self.cases = list(cases)
+        self.preprocessor = preprocessor
+        self.channel = channel
+        self.cache = cache
+        self._cache: dict[int, Preprocessed] = {}
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def preprocessed(self, index: int) -> Preprocessed:
+        """The preprocessed case ``index`` (from the cache when ``cache=True``)."""
+        if index in self._cache:
+            return self._cache[index]
+        case = self.cases[index]
+        image = case.read_image(self.channel)
+        if image.array.ndim == 4:
+            raise ValueError(
+                f"case {case.case_id} has {image.array.shape[0]} channels; pass channel= to {type(self).__name__} "
+                "(MSD brain tumour: 0 FLAIR, 1 T1w, 2 T1gd, 3 T2w)"
+            )
+        try:
+            pre = self.preprocessor(image, case.read_label())
+        except ValueError as exc:
+            raise ValueError(f"case {case.case_id}: {exc}") from exc
+        if self.cache:
+            self._cache[index] = pre
+        return pre
+
+    @staticmethod
+    def _item_rng() -> np.random.Generator:
+        """One draw from torch's generator seeds the item's randomness (reproducible, distinct per worker)."""
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+class LesionCropDataset(_PreprocessedCases):
     """Cubic training crops around a target lesion label, on the canonical (preprocessed) grid.
 
     Each item reads the case (or takes it from the in-memory cache), preprocesses it with ``preprocessor``,
@@ -587,53 +632,20 @@ class LesionCropDataset(Dataset):
         negatives: float = 0.0,
         distractors: Sequence[int] = (),
     ) -> None:
-        if not cases:
-            raise ValueError("LesionCropDataset needs at least one case")
+        super().__init__(cases, preprocessor, channel=channel, cache=cache, owner="LesionCropDataset")
         if not 0.0 <= float(negatives) <= 1.0:
             raise ValueError(f"negatives must be a share in [0, 1], got {negatives!r}")
-        unlabelled = [c.case_id for c in cases if c.label is None]
-        if unlabelled:
-            raise ValueError(f"{len(unlabelled)} case(s) have no label, needed for training: {_listing(unlabelled)}")
-        if isinstance(target_label, bool) or not isinstance(target_label, int | np.integer) or target_label < 1:
-            raise ValueError(f"target_label must be a positive label value (0 is background), got {target_label!r}")
-        self.cases = list(cases)
-        self.preprocessor = preprocessor
-        self.target_label = int(target_label)
-        self.channel = channel
+        self.target_label = _label_value(target_label)
         self.crop_size = int(crop_size if crop_size is not None else preprocessor.config.crop_size)
         self.lesion = lesion
         self.jitter = self.crop_size // 8 if jitter is None else int(jitter)
-        self.cache = cache
         self.negatives = float(negatives)
         self.distractors = tuple(int(v) for v in distractors if int(v) != self.target_label)
-        self._cache: dict[int, Preprocessed] = {}
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def preprocessed(self, index: int) -> Preprocessed:
-        """The preprocessed case ``index`` (from the cache when ``cache=True``)."""
-        if index in self._cache:
-            return self._cache[index]
-        case = self.cases[index]
-        image = case.read_image(self.channel)
-        if image.array.ndim == 4:
-            raise ValueError(
-                f"case {case.case_id} has {image.array.shape[0]} channels; pass channel= to LesionCropDataset "
-                "(MSD brain tumour: 0 FLAIR, 1 T1w, 2 T1gd, 3 T2w)"
-            )
-        try:
-            pre = self.preprocessor(image, case.read_label())
-        except ValueError as exc:
-            raise ValueError(f"case {case.case_id}: {exc}") from exc
-        if self.cache:
-            self._cache[index] = pre
-        return pre
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pre = self.preprocessed(index)
         assert pre.label is not None
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        rng = self._item_rng()
         mask = pre.label == self.target_label
         centre_on = mask
         if self.negatives and (self.negatives >= 1.0 or rng.random() < self.negatives):
@@ -654,5 +666,96 @@ class LesionCropDataset(Dataset):
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
             "label": torch.from_numpy(target.astype(np.float32))[None],
+            "case_id": self.cases[index].case_id,
+        }
+
+
+def _label_value(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"target_label must be a positive label value (0 is background), got {value!r}")
+    return int(value)
+
+
+class ClassCropDataset(_PreprocessedCases):
+    """Multi-class training crops over whole volumes, for prompt-free methods (no click to centre on).
+
+    Each item is a cubic crop of the canonical grid with a class-index target: 0 background (everything that is not
+    one of ``classes``), ``i + 1`` for label value ``classes[i]``. Sampling is foreground-biased, like sliding
+    windows with nnU-Net-style oversampling: with probability ``foreground`` the crop is centred on a lesion (a
+    class drawn uniformly among those present in the case, so a rare class is seen as often as a common one, then
+    a random lesion of it, shifted by up to ``jitter`` voxels); otherwise it is centred on a uniformly random voxel
+    of the volume. Cases without any lesion give random crops only. With ``lesion="largest"`` (validation) the
+    lesion crops are centred on the largest lesion of the case's first present class, without randomness.
+
+    Args:
+        cases: labelled cases (lesion-free ones included).
+        preprocessor: the :class:`~lesionsam.data.transforms.Preprocessor`.
+        classes: the label values of the K lesion classes, in output-channel order (e.g. ``(2, 4)``).
+        channel: the image channel of multi-channel cases.
+        crop_size: crop side in canonical voxels (None: ``preprocessor.config.crop_size``).
+        cache: keep preprocessed volumes in memory.
+        foreground: probability in [0, 1] of a lesion-centred crop.
+        lesion: "random" or "largest".
+        jitter: maximum shift of a lesion-centred crop, voxels (None: crop_size // 4).
+
+    Items:
+        ``{"image": (1, S, S, S) float32, "label": (1, S, S, S) int64 class indices in [0, K], "case_id": str}``,
+        axes (D, H, W) of the canonical grid.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        preprocessor: Preprocessor,
+        *,
+        classes: Sequence[int],
+        channel: int | None = None,
+        crop_size: int | None = None,
+        cache: bool = False,
+        foreground: float = 0.67,
+        lesion: Literal["random", "largest"] = "random",
+        jitter: int | None = None,
+    ) -> None:
+        super().__init__(cases, preprocessor, channel=channel, cache=cache, owner="ClassCropDataset")
+        values = tuple(_label_value(v) for v in classes)
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"classes must be distinct positive label values, got {list(classes)}")
+        if not 0.0 <= float(foreground) <= 1.0:
+            raise ValueError(f"foreground must be a probability in [0, 1], got {foreground!r}")
+        self.classes = values
+        self.crop_size = int(crop_size if crop_size is not None else preprocessor.config.crop_size)
+        self.foreground = float(foreground)
+        self.lesion = lesion
+        self.jitter = self.crop_size // 4 if jitter is None else int(jitter)
+
+    def class_map(self, label: np.ndarray) -> np.ndarray:
+        """(D, H, W) label values → int64 class indices (0 background, i + 1 for ``classes[i]``)."""
+        lut = np.zeros(max(int(label.max(initial=0)), *self.classes) + 1, dtype=np.int64)
+        for i, value in enumerate(self.classes):
+            lut[value] = i + 1
+        return lut[label.astype(np.int64, copy=False)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pre = self.preprocessed(index)
+        assert pre.label is not None
+        rng = self._item_rng()
+        present = [v for v in self.classes if (pre.label == v).any()]
+        centre_on = np.zeros(pre.label.shape, dtype=bool)
+        if present and (self.foreground >= 1.0 or rng.random() < self.foreground):
+            value = present[0] if self.lesion == "largest" else present[int(rng.integers(len(present)))]
+            centre_on = pre.label == value
+        image, _, box = crop_around_label(
+            pre.image,
+            centre_on,
+            self.crop_size,
+            rng=rng,
+            lesion=self.lesion,
+            jitter=self.jitter,
+            pad_value=pre.background,
+        )
+        target = take(self.class_map(pre.label), box)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            "label": torch.from_numpy(target)[None],
             "case_id": self.cases[index].case_id,
         }
