@@ -41,6 +41,8 @@ def test_bench_sgp_compares_gates_closed_and_open_with_the_backbone(capsys: pyte
 
     result = bench_sgp(preset="tiny", repeats=1, warmup=0)
     table = format_sgp_table(result)
+    assert main(["bench", "sgp", "--preset", "tiny", "--repeats", "1"]) == 0  # the command runs too
+    assert "backbone" in capsys.readouterr().out
     assert "backbone" in table
     closed = next(r for r in result.rows if r.gate_mode == "off")
     opened = next(r for r in result.rows if r.gate_mode == "on")

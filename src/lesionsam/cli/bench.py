@@ -17,10 +17,12 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "target",
-        choices=["backbone", "sgp", "refsam3d", "predict"],
+        choices=["backbone", "sgp", "refsam3d", "predict", "auto"],
         help="'backbone': the image encoder, fast vs naive attention; 'sgp': SGP-SAM's encoder with gates closed "
         "and open vs the plain backbone; 'refsam3d': RefSAM3D's encoder time and parameters vs the backbone; "
-        "'predict': lesionsam predict end to end on a synthetic 512x512x120 int16 CT (NRRD) with one click",
+        "'predict': lesionsam predict end to end on a synthetic 512x512x120 int16 CT (NRRD) with one click; "
+        "'auto': H-SAM's prompt-free whole-volume inference of that CT (--preset, default tiny) and the time of "
+        "one window of the full preset",
     )
     p.add_argument("--preset", default=None, help="backbone preset (default: tiny for backbone, full for predict)")
     p.add_argument("--checkpoint", default=None, help="predict: weights to load (default: random weights)")
@@ -36,9 +38,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         from lesionsam.workflows import bench as wb
 
         full = a.preset or "sam_med3d_vit_b"
+        common = {"batch": a.batch, "device": a.device, "dtype": a.dtype, "threads": a.threads}
         if a.target == "backbone":
             impls = tuple(s.strip() for s in a.impls.split(",") if s.strip())
-            common = {"batch": a.batch, "device": a.device, "dtype": a.dtype, "threads": a.threads}
             result = wb.bench_backbone(
                 preset=a.preset or "tiny", repeats=a.repeats, impls=impls, progress=True, **common
             )
@@ -53,6 +55,16 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                 preset=full, batch=a.batch, device=a.device, repeats=a.repeats, threads=a.threads
             )
             table = wb.format_refsam3d_table(result)
+        elif a.target == "auto":
+            result = wb.bench_auto(
+                preset=a.preset or "tiny",
+                batch=max(a.batch, 2),
+                device=a.device,
+                repeats=a.repeats,
+                threads=a.threads,
+                progress=True,
+            )
+            table = wb.format_auto_table(result)
         else:
             result = wb.bench_predict(
                 preset=full, checkpoint=a.checkpoint, device=a.device, threads=a.threads, progress=True
