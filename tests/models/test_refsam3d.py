@@ -161,7 +161,11 @@ def test_training_step_changes_only_the_trainable_parts() -> None:
     trainable = set(model.trainable_parameter_names())
     params = dict(model.named_parameters())
     assert {n for n, p in params.items() if p.requires_grad} == trainable
-    assert all(n.startswith(NEW_PREFIXES) or ".norm1." in n or ".norm2." in n for n in trainable)
+    assert all(n.startswith((*NEW_PREFIXES, "mask_decoder.")) or ".norm1." in n or ".norm2." in n for n in trainable)
+    assert all(n in trainable for n in params if n.startswith("mask_decoder."))
+    assert not any(
+        n.startswith(("prompt_encoder.", "image_encoder.patch_embed", "image_encoder.neck")) for n in trainable
+    )
     assert any(n.startswith("image_encoder.blocks.0.norm1.") for n in trainable)
     assert all(n in trainable for n in params if n.startswith(NEW_PREFIXES))
 
@@ -181,6 +185,13 @@ def test_training_step_changes_only_the_trainable_parts() -> None:
     for prefix in (*NEW_PREFIXES, "image_encoder.blocks."):
         assert any(n.startswith(prefix) for n in changed), f"nothing under {prefix} changed"
     assert "adapters.0.up.weight" in changed and "ref_decoder.head.4.weight" in changed
+
+
+def test_frozen_mask_decoder_option() -> None:
+    model = build_refsam3d(TINY, RefSAM3DOptions(train_mask_decoder=False))
+    frozen = set(model.frozen_parameter_names())
+    assert {n for n, _ in model.named_parameters() if n.startswith("mask_decoder.")} <= frozen
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("mask_decoder."))
 
 
 def test_freeze_backbone_false_trains_everything() -> None:
