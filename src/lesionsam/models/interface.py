@@ -80,6 +80,9 @@ class SegModel(nn.Module):
     required_prompts: ClassVar[frozenset[str]] = frozenset()
     #: Prompt kinds that may be present (others raise).
     accepted_prompts: ClassVar[frozenset[str]] = frozenset()
+    #: True: the method segments without any prompt; the trainer trains it on whole-volume sliding-window crops
+    #: and the predictor's ``--auto`` mode uses it.
+    prompt_free: ClassVar[bool] = False
 
     def check_prompts(self, prompts: Prompts) -> None:
         """Raise ``ValueError`` if a required prompt kind is missing or an unsupported one is given."""
