@@ -53,6 +53,9 @@ class DataConfig:
             target label, or anywhere in the volume), whose target is usually empty, so that a model prompted
             without a click (text-referred) learns to find nothing where there is nothing; validation then adds
             one such crop per case and label. Only for methods that take a text prompt (a click needs a lesion).
+        foreground_fraction: for prompt-free methods (H-SAM), the probability that a training crop is centred on
+            a lesion (of a class drawn uniformly among those in the case); the others are centred anywhere in the
+            volume, as sliding windows at inference are.
     """
 
     root: str = ""
@@ -69,6 +72,7 @@ class DataConfig:
     cache: bool = True
     num_workers: int = 0
     negative_fraction: float = 0.0
+    foreground_fraction: float = 0.67
 
     def __post_init__(self) -> None:
         look_up_option(self.layout, ("msd", "sam_med3d"), what="data layout")
@@ -79,6 +83,8 @@ class DataConfig:
                 raise ValueError(f"data.target_label(s) must be label values >= 1 (0 is background), got {value}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ValueError(f"data.foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
         if not 0.0 <= self.negative_fraction < 1.0:
             raise ValueError(f"data.negative_fraction must be in [0, 1), got {self.negative_fraction}")
 

@@ -55,3 +55,13 @@ def test_bench_refsam3d_reports_time_and_new_parameters(capsys: pytest.CaptureFi
     assert main(["bench", "refsam3d", "--preset", "tiny", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "RefSAM3D" in out and "adapters" in out and "backbone 1,462,714" in out
+
+
+def test_bench_auto_times_whole_volume_inference_and_one_window(capsys: pytest.CaptureFixture) -> None:
+    from lesionsam.workflows.bench import bench_auto, format_auto_table
+
+    result = bench_auto(preset="tiny", window_preset="tiny", shape_ijk=(96, 96, 40), repeats=1)
+    # 96×96×40 voxels of 0.7×0.7×2.5 mm → 45×45×67 at 1.5 mm: 64³ windows with overlap 0.25 → 1×1×2 windows.
+    assert result.windows == 2 and len(result.window_seconds_all) == 1
+    table = format_auto_table(result)
+    assert "windows=2" in table and "one window of tiny" in table

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lesionsam.cli.main import main
@@ -44,3 +45,29 @@ def test_train_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "config file not found" in capsys.readouterr().err
     assert main(["train", "demo"]) == 2
     assert "data.root" in capsys.readouterr().err
+
+
+def test_hsam_trains_from_its_preset_and_predicts_automatically(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    liver = load_run_config(resolve_config("liver_hsam"))
+    assert (liver.model.method, liver.model.options["num_classes"], liver.data.target_labels) == ("hsam", 2, (1, 2))
+    assert liver.train.loss == "hsam" and liver.model.backbone.img_size == 128
+    data = tmp_path / "ds"
+    write_synthetic_dataset(data, cases=4, size=40, seed=2, lesion_classes=2)
+    common = ["train", "liver_hsam", f"data.root={data}", "model.preset=tiny", "data.spacing=[1.0,1.0,1.0]"]
+    common += ["train.epochs=1", "train.device=cpu", "train.warmup_steps=0"]
+    assert main([*common, "data.target_labels=[2]", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "segments 2 lesion class(es) but the data name 1 target label(s)" in err and err.count("\n") == 1
+    assert main([*common, "data.target_labels=[2,4]", "--out", str(tmp_path / "run")]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["method"] == "hsam" and any(k.startswith("lora.") for k in ckpt["state_dict"])
+    image = sorted((data / "imagesTr").iterdir())[0]
+    out = tmp_path / "auto.nii.gz"
+    assert (
+        main(["predict", str(image), "--out", str(out), "--checkpoint", str(tmp_path / "run" / "best.pt"), "--auto"])
+        == 0
+    )
+    from lesionsam.data.io import read_image
+
+    mask, img = read_image(out), read_image(image)
+    assert mask.same_geometry(img) and set(np.unique(mask.array)) <= {0, 2, 4}

@@ -283,3 +283,97 @@ def test_text_alone_searches_the_whole_volume_and_selects_by_text(tmp_path: Path
         plain = _predictor()
         plain.set_image(image)
         plain.predict([LesionClicks(points=[[20, 25, 12]], labels=[1])], text="bright")
+
+
+class AutoModel(SegModel):
+    """A prompt-free stand-in with known behaviour: class 1 = voxels brighter than 1, class 2 = darker than −1
+    (normalised units), as (B, 3, S³) logits."""
+
+    prompt_free = True
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        self._size = size
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def img_size(self) -> int:
+        return self._size
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def forward(self, image: torch.Tensor, prompts: Prompts | None = None) -> SegOutput:
+        self.check_prompts(prompts or Prompts())
+        bright, dark = (image > 1.0).float(), (image < -1.0).float()
+        logits = 10.0 * torch.cat([1 - bright - dark, bright, dark], dim=1)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 3))
+
+
+def _bright_and_dark() -> tuple[Volume, np.ndarray, np.ndarray]:
+    image, _ = _oblique_volume(shape=(40, 80, 70), blobs=((12, 25, 20, 6), (28, 55, 50, 7)))
+    arr = image.array.copy()
+    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in arr.shape), indexing="ij")
+    dark = ((dd - 28) * 2.0) ** 2 + ((hh - 55) * 0.9) ** 2 + ((ww - 50) * 0.8) ** 2 < 7.0**2
+    bright = ((dd - 12) * 2.0) ** 2 + ((hh - 25) * 0.9) ** 2 + ((ww - 20) * 0.8) ** 2 < 6.0**2
+    arr[dark] = -200.0
+    return image.with_array(arr), bright, dark
+
+
+def test_auto_finds_every_class_with_its_label_value_on_the_input_grid(tmp_path: Path) -> None:
+    image, bright, dark = _bright_and_dark()
+    pred = Predictor(AutoModel(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_values=(2, 4))
+    pred.set_image(image)
+    out = pred.predict_auto(probabilities=True, batch_size=3)
+    assert out.labels.shape == image.array.shape and set(np.unique(out.labels)) == {0, 2, 4}
+    assert _dice(out.labels == 2, bright) > 0.85 and _dice(out.labels == 4, dark) > 0.85
+    assert out.probabilities is not None and out.probabilities[bright].mean() > 0.9
+    assert out.probabilities[~(bright | dark)].mean() < 0.05
+    # Through the workflow: the file has the input's exact geometry and the class values.
+    img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
+    cases = predict(img, tmp_path / "auto.nii.gz", auto=True, predictor=pred)
+    written = read_image(tmp_path / "auto.nii.gz")
+    assert written.same_geometry(read_image(img)) and cases[0].lesions == 2
+    assert _dice(written.array == 2, bright) > 0.85 and _dice(written.array == 4, dark) > 0.85
+    # Prompt-free models take no prompt, and --auto needs one.
+    with pytest.raises(ValueError, match="is prompt-free"):
+        pred.predict([LesionClicks(points=[[20, 25, 12]], labels=[1])])
+    with pytest.raises(ValueError, match="is prompt-free"):
+        pred.predict_text("bright")
+    clicky = _predictor()
+    clicky.set_image(image)
+    with pytest.raises(ValueError, match="needs prompts; --auto needs the checkpoint of a prompt-free method"):
+        clicky.predict_auto()
+    with pytest.raises(ValueError, match="class_values must be 2 distinct label values"):
+        Predictor(AutoModel(), class_values=(2, 2))
+
+
+def test_auto_with_clicks_replaces_the_clicked_lesion_by_the_promptable_model(tmp_path: Path) -> None:
+    image, bright, dark = _bright_and_dark()
+    img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
+    auto = Predictor(AutoModel(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_values=(2, 4))
+    refine = tmp_path / "refine.json"
+    centre = np.argwhere(bright).mean(axis=0)[::-1].round().astype(int)  # (i, j, k) of the bright blob
+    refine.write_text(json.dumps({"lesions": [{"id": 1, "points": [centre.tolist()]}]}))
+    # The refined lesion replaces the automatic one with the class --auto gave it; an empty refinement removes it.
+    from lesionsam.workflows.predict import refine_auto
+
+    auto.set_image(image)
+    first = auto.predict_auto()
+    refiner = _predictor()
+    refiner.set_image(image)
+    refined = refiner.predict([LesionClicks(points=[centre], labels=[1])])
+    merged = refine_auto(first, refined, [LesionClicks(points=[centre], labels=[1])], (2, 4), refiner, world=False)
+    assert _dice(merged.labels == 2, refined.labels > 0) == 1.0 and _dice(merged.labels == 4, dark) > 0.85
+    empty = type(refined)(np.zeros_like(refined.labels), None, refined.reference)
+    gone = refine_auto(first, empty, [LesionClicks(points=[centre], labels=[1])], (2, 4), refiner, world=False)
+    assert not (gone.labels == 2).any()
+    assert (gone.labels == 4).sum() == (first.labels == 4).sum()
+    with pytest.raises(ValueError, match="give --refine-checkpoint"):
+        predict(img, tmp_path / "x.nii.gz", auto=True, prompts=refine, predictor=auto)
+    with pytest.raises(ValueError, match="--refine-checkpoint goes with --auto and clicks"):
+        predict(img, tmp_path / "x.nii.gz", auto=True, refine_checkpoint="r.pt", predictor=auto)
+    with pytest.raises(ValueError, match="--auto and --text exclude each other"):
+        predict(img, tmp_path / "x.nii.gz", auto=True, text="lesion", predictor=auto)

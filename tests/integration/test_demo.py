@@ -56,3 +56,28 @@ def test_quick_text_study_reports_per_class_dice_from_evaluator_files(
         assert metrics["summary"]["dice"]["mean"] == r["dice_mean"]
         assert metrics["settings"]["label"] == r["label"]
         assert f"{r['dice_mean']:.3f} ± {r['dice_sd']:.3f}" in table
+
+
+def test_quick_auto_study_compares_hsam_auto_with_one_click_per_lesion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONSAM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "auto"
+    assert main(["auto-study", "--quick", "--out", str(out)]) == 0
+    rows = json.loads((out / "auto_study.json").read_text())
+    assert {(r["class"], r["method"]) for r in rows} == {
+        (c, m) for c in ("tumour", "cyst") for m in ("hsam", "finetune")
+    }
+    table = (out / "auto_study.md").read_text()
+    for r in rows:
+        metrics = json.loads((out / r["source"]).read_text())
+        assert metrics["summary"]["lesion_detection"]["f1"] == r["lesion_f1"]
+        assert metrics["settings"]["label"] == r["label"]
+        if r["method"] == "hsam":  # the automatic label map holds each class's own value
+            assert metrics["settings"]["pred_label"] == r["label"]
+        assert f"{r['dice_mean']:.3f} ± {r['dice_sd']:.3f} | {r['lesion_f1']:.3f}" in table
+    # H-SAM and the baseline trained under the same budget.
+    logs = {m: (out / m / "train_log.csv").read_text().splitlines() for m in ("hsam", "finetune")}
+    assert len(logs["hsam"]) == len(logs["finetune"])
+    steps = {m: int(lines[-1].split(",")[1]) for m, lines in logs.items()}
+    assert steps["hsam"] == steps["finetune"]

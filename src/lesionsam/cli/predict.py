@@ -20,6 +20,11 @@ Clicks come from exactly one of: --point/--negative (one lesion), --prompts FILE
 the README), --clicks-from LABELS (one centre click per connected lesion of --label in a label map; the
 standard first-click benchmark). A text-referred model (RefSAM3D) takes --text "liver tumour", alone (the
 whole volume is searched with sliding windows; each connected component becomes one lesion) or with clicks.
+
+--auto needs no prompt: a prompt-free model (H-SAM, method hsam) segments every lesion class it was trained on
+in the whole volume (sliding windows, Gaussian blending); the mask holds the classes' label values (e.g. 2
+tumour, 4 cyst), each connected component one lesion. --auto with clicks and --refine-checkpoint CKPT
+re-segments the clicked lesions with that promptable model and puts them in place of what --auto found there.
 """
 
 
@@ -27,7 +32,7 @@ whole volume is searched with sliding windows; each connected component becomes 
 def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="segment lesions from clicks (one image or a folder)",
+        help="segment lesions from clicks, text or nothing (--auto); one image or a folder",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,6 +46,13 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
     p.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
     p.add_argument("--text", default=None, help='text prompt for a text-referred model (RefSAM3D), e.g. "liver tumour"')
+    p.add_argument("--auto", action="store_true", help="no prompt: a prompt-free model (hsam) finds every lesion")
+    p.add_argument(
+        "--refine-checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="with --auto and clicks: promptable checkpoint that re-segments the clicked lesions",
+    )
     p.add_argument("--label", type=int, default=1, metavar="N", help="lesion value for --clicks-from (default 1)")
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
     p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
@@ -75,6 +87,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             prompts=a.prompts,
             clicks_from=a.clicks_from,
             text=a.text,
+            auto=a.auto,
+            refine_checkpoint=a.refine_checkpoint,
             label=a.label,
             channel=a.channel,
             probabilities=a.probabilities,

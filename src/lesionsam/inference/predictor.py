@@ -15,6 +15,13 @@ segments any number of lesions, each from its own clicks:
    lesion), resampled linearly onto the original grid and thresholded at ``threshold``.
 
 The result is a label map on the input's exact grid: one value per lesion (1, 2, ...) or a binary mask.
+
+Without clicks, a text-referred method searches the whole volume for what the text names
+(:meth:`Predictor.predict_text`), and a prompt-free method (``model.prompt_free``, H-SAM) segments every lesion
+class it was trained on (:meth:`Predictor.predict_auto`): overlapping windows of side S cover the canonical grid
+(MONAI's ``sliding_window_inference``, Gaussian blending of the per-class softmax probabilities, several windows
+per batch), the K + 1 class probabilities are resampled linearly onto the original grid and the arg-max gives a
+label map holding the data set's label values (e.g. 2 tumour, 4 cyst); each connected component is one lesion.
 """
 
 from __future__ import annotations
@@ -74,7 +81,8 @@ class Prediction:
     """A prediction on the original image grid.
 
     Attributes:
-        labels: (D, H, W) uint16 label map on the input's grid (0 background, lesion ids elsewhere).
+        labels: (D, H, W) uint16 label map on the input's grid: 0 background, elsewhere lesion ids (clicks, text)
+            or the classes' label values (:meth:`Predictor.predict_auto`).
         probabilities: (D, H, W) float32 lesion probability on the input's grid (max over lesions), or None.
         reference: the input's geometry (use it to write the arrays).
         windows: number of model crops run per lesion id.
@@ -107,6 +115,8 @@ class Predictor:
         device: torch device for the model.
         threshold: probability above which a voxel belongs to a lesion.
         max_windows: most model crops per lesion (1 disables growing beyond the first crop).
+        class_values: for a prompt-free model, the label value written for each of its K lesion classes (default
+            1..K; :meth:`from_checkpoint` takes the training run's ``data.target_labels``).
 
     Example:
         >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
@@ -122,10 +132,11 @@ class Predictor:
         device: str | torch.device = "cpu",
         threshold: float = 0.5,
         max_windows: int = 8,
+        class_values: Sequence[int] | None = None,
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
-        if not kinds & {"points", "text"}:
-            raise ValueError(f"{type(model).__name__} takes neither clicks nor text; use its own mode (--auto)")
+        if not kinds & {"points", "text"} and not model.prompt_free:
+            raise ValueError(f"{type(model).__name__} takes neither clicks nor text and is not prompt-free")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
         if max_windows < 1:
@@ -139,7 +150,18 @@ class Predictor:
         self.preprocessor = Preprocessor(cfg)
         self.threshold = threshold
         self.max_windows = max_windows
+        self.class_values = self._class_values(model, class_values)
         self._pre: Preprocessed | None = None
+
+    @staticmethod
+    def _class_values(model: SegModel, given: Sequence[int] | None) -> tuple[int, ...]:
+        if not model.prompt_free:
+            return ()
+        k = int(getattr(model, "num_classes", 1))
+        values = tuple(int(v) for v in given) if given else tuple(range(1, k + 1))
+        if len(values) != k or len(set(values)) != k or min(values) < 1 or max(values) > 65535:
+            raise ValueError(f"class_values must be {k} distinct label values in 1..65535 (one per class), got {given}")
+        return values
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -175,6 +197,8 @@ class Predictor:
                     log.info("--preset %s ignored: the lesionsam checkpoint stores its own sizes", preset)
                 model, ckpt = load_model(checkpoint)
                 data = dict((ckpt.get("config") or {}).get("data") or {})
+                if model.prompt_free and "class_values" not in kwargs:
+                    kwargs["class_values"] = data.get("target_labels") or [data.get("target_label", 1)]
             else:
                 model = build_model(ModelConfig.from_preset(preset or "sam_med3d_vit_b"))
                 load_sam_med3d_weights(model, obj if isinstance(obj, dict) else checkpoint)
@@ -306,6 +330,11 @@ class Predictor:
         return out
 
     def _check_text(self, text: str | None) -> None:
+        if self.model.prompt_free:
+            raise ValueError(
+                f"{type(self.model).__name__} is prompt-free: it takes no clicks or text; use --auto "
+                "(Predictor.predict_auto), or refine with a promptable checkpoint"
+            )
         kinds = self.model.accepted_prompts | self.model.required_prompts
         if text is not None and "text" not in kinds:
             raise ValueError(f"{type(self.model).__name__} does not take text prompts; give clicks instead")
@@ -323,18 +352,39 @@ class Predictor:
         (MONAI's ``sliding_window_inference``); each connected component of the thresholded result becomes one
         lesion (ids 1, 2, ... by decreasing size).
         """
-        from monai.inferers import sliding_window_inference
-
         t0 = time.perf_counter()
         self._check_text(text)
         pre = self.preprocessed
-        image = torch.from_numpy(np.ascontiguousarray(pre.image))[None, None].to(self.device)
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return self.model(x, Prompts(text=[text] * x.shape[0])).logits[:, :1]
+            return self.model(x, Prompts(text=[text] * x.shape[0])).logits[:, :1].float()
 
+        logits = self._sliding_windows(run, overlap=overlap, batch_size=batch_size)
+        prob = expit(logits[0])
+        prob_orig = self.preprocessor.invert(prob.astype(np.float32), pre, interpolation="linear")
+        labels = _components(prob_orig > self.threshold)
+        return Prediction(
+            labels=labels,
+            probabilities=prob_orig.astype(np.float32) if probabilities else None,
+            reference=pre.source,
+            windows={},
+            seconds=time.perf_counter() - t0,
+        )
+
+    def _sliding_windows(self, run: Any, *, overlap: float, batch_size: int, progress: bool = False) -> np.ndarray:
+        """``run`` ((n, 1, S, S, S) crops → (n, C, S, S, S) float) over the whole canonical grid with MONAI's
+        ``sliding_window_inference`` (Gaussian blending, ``batch_size`` windows per call; windows run on the
+        model's device, the blended result is kept on the CPU). Returns (C, D, H, W) float32."""
+        from monai.inferers import sliding_window_inference
+
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pre = self.preprocessed
+        image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))[None, None]
         with torch.inference_mode():
-            logits = sliding_window_inference(
+            out = sliding_window_inference(
                 image,
                 roi_size=(self.crop,) * 3,
                 sw_batch_size=batch_size,
@@ -343,13 +393,53 @@ class Predictor:
                 mode="gaussian",
                 padding_mode="constant",
                 cval=float(pre.background),
+                sw_device=self.device,
+                device=torch.device("cpu"),
+                progress=progress,
             )
-        prob = expit(logits[0, 0].float().cpu().numpy())
-        prob_orig = self.preprocessor.invert(prob.astype(np.float32), pre, interpolation="linear")
-        labels = _components(prob_orig > self.threshold)
+        return out[0].float().numpy()
+
+    def predict_auto(
+        self,
+        *,
+        probabilities: bool = False,
+        overlap: float = 0.25,
+        batch_size: int = 2,
+        progress: bool = False,
+    ) -> Prediction:
+        """Segment every lesion class of a prompt-free model in the whole volume, with no prompt at all.
+
+        Sliding windows (``overlap``, Gaussian blending of the softmax probabilities, ``batch_size`` windows per
+        forward pass) cover the canonical grid; the K + 1 class probabilities are resampled linearly onto the
+        input's grid and their arg-max is written as :attr:`class_values` (0 background). Each connected component
+        of a class is one lesion.
+
+        Args:
+            probabilities: also return the lesion probability (1 − background probability) on the input grid.
+            overlap: window overlap in [0, 1).
+            batch_size: windows per forward pass.
+            progress: show MONAI's progress bar over the window batches.
+
+        Raises:
+            ValueError: the model needs prompts (``--auto`` needs a prompt-free method such as ``hsam``).
+        """
+        t0 = time.perf_counter()
+        if not self.model.prompt_free:
+            raise ValueError(
+                f"{type(self.model).__name__} needs prompts; --auto needs the checkpoint of a prompt-free method (hsam)"
+            )
+        pre = self.preprocessed
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return self.model(x).logits.float().softmax(1)
+
+        prob = self._sliding_windows(run, overlap=overlap, batch_size=batch_size, progress=progress)
+        back = np.stack([self.preprocessor.invert(np.ascontiguousarray(c), pre, interpolation="linear") for c in prob])
+        lut = np.asarray((0, *self.class_values), dtype=np.uint16)
+        labels = lut[np.argmax(back, axis=0)]
         return Prediction(
             labels=labels,
-            probabilities=prob_orig.astype(np.float32) if probabilities else None,
+            probabilities=(1.0 - back[0]).astype(np.float32) if probabilities else None,
             reference=pre.source,
             windows={},
             seconds=time.perf_counter() - t0,

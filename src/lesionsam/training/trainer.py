@@ -15,6 +15,11 @@ Hooks to override in a subclass (nnU-Net style): :meth:`build_model`, :meth:`bui
 :meth:`click_simulator`. Callbacks (``callbacks=[fn(trainer, event, info)]``) see ``"step"`` and ``"epoch"``
 events.
 
+Prompt-free methods (``model.prompt_free``, e.g. H-SAM) have no click to simulate: they train on foreground-biased
+multi-class crops over whole volumes (:class:`~lesionsam.data.datasets.ClassCropDataset`, lesion-free cases
+included), one forward pass per crop (:class:`AutomaticStep`) and a staged loss that also sees the method's stage-1
+logits and the training progress (``"hsam"``).
+
 Exact resume: every epoch reseeds torch, NumPy and Python from ``(seed, epoch)`` and the sampler, click and
 crop generators from the same numbers, so a run resumed from ``last.pt`` (model, optimiser, scheduler, epoch,
 history) replays the interrupted epoch exactly and ends with the same weights as an uninterrupted run.
@@ -50,6 +55,7 @@ from tqdm import tqdm
 from lesionsam.config import RunConfig
 from lesionsam.data.datasets import (
     Case,
+    ClassCropDataset,
     LesionCropDataset,
     dataset_labels,
     load_msd_cases,
@@ -144,9 +150,15 @@ class InteractiveStep(nn.Module):
         self.gate_cost = gate_cost
 
     def forward(
-        self, image: Tensor, label: Tensor, rng: np.random.Generator, target: Tensor | None = None
+        self,
+        image: Tensor,
+        label: Tensor,
+        rng: np.random.Generator,
+        target: Tensor | None = None,
+        progress: float = 1.0,
     ) -> tuple[Tensor, dict[str, float]]:
-        """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample.
+        """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample
+        (``progress``, the share of training done, is not used by the interactive step).
 
         For text-referred methods, ``target`` (B,) holds each crop's label value; a text prompt for it is drawn
         from ``texts`` and given in every iteration, and the first iteration has the text alone (no click). When
@@ -208,6 +220,60 @@ class InteractiveStep(nn.Module):
                 loss = loss + self.gate_cost * probs.mean()
             stats["gate_rate"] = float(probs.detach().float().mean())
         return loss, stats
+
+
+class AutomaticStep(nn.Module):
+    """The training step of a prompt-free method as one module (for ``DistributedDataParallel``).
+
+    ``forward(image, label, rng, target, progress)`` → (loss, stats): one forward pass with no prompt; the loss gets
+    the (B, K+1, S³) logits, the (B, 1, S³) class-index label and, when it is a staged loss (``loss.staged``), the
+    method's ``extras["stage1_logits"]`` and the training progress in [0, 1]. ``stats["dice"]`` is the mean
+    foreground Dice of the arg-max prediction (:func:`class_dice`).
+    """
+
+    def __init__(self, model: SegModel, loss_fn: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(
+        self,
+        image: Tensor,
+        label: Tensor,
+        rng: np.random.Generator | None = None,
+        target: Tensor | None = None,
+        progress: float = 1.0,
+    ) -> tuple[Tensor, dict[str, float]]:
+        out = self.model.decode(self.model.encode(image), Prompts())
+        if getattr(self.loss_fn, "staged", False):
+            loss = self.loss_fn(
+                out.logits.float(), label, stage1_logits=_float(out.extras.get("stage1_logits")), progress=progress
+            )
+        else:
+            loss = self.loss_fn(out.logits.float(), label)
+        dice = class_dice(out.logits.detach().argmax(1, keepdim=True), label, out.logits.shape[1] - 1)
+        return loss, {"dice": float(dice.mean())}
+
+
+def _float(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
+
+
+def class_dice(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Per-sample mean foreground Dice of two (B, 1, D, H, W) class-index maps over classes 1..K.
+
+    A class absent from both prediction and target is left out of that sample's mean; a sample with no class in
+    either scores 1 (nothing to find, nothing found).
+    """
+    scores = []
+    for c in range(1, num_classes + 1):
+        p, t = (pred == c).flatten(1).float(), (target == c).flatten(1).float()
+        denom = p.sum(1) + t.sum(1)
+        scores.append(torch.where(denom > 0, 2 * (p * t).sum(1) / denom.clamp_min(1e-8), torch.nan))
+    stacked = torch.stack(scores, 1)
+    valid = ~torch.isnan(stacked)
+    mean = torch.where(valid, stacked, 0.0).sum(1) / valid.sum(1).clamp_min(1)
+    return torch.where(valid.any(1), mean, torch.ones_like(mean))
 
 
 @dataclass
@@ -343,6 +409,8 @@ class Trainer:
         d = self.cfg.data
         targets = d.target_labels or (d.target_label,)
         cases = self.load_cases()
+        if self.model is not None and self.model.prompt_free:
+            return self._class_datasets(cases, targets)
         present = {c.case_id: _labels_present(c, targets) for c in cases}
         with_target = [c for c in cases if present[c.case_id]]
         skipped = sorted(c.case_id for c in cases if not present[c.case_id])
@@ -392,6 +460,47 @@ class Trainer:
             val += crops(val_cases, lesion="largest", jitter=0, negatives=1.0)
         return train, joined(val)
 
+    def _class_datasets(self, cases: list[Case], targets: tuple[int, ...]) -> tuple[Dataset, Dataset | None]:
+        """Prompt-free methods: foreground-biased multi-class crops of every case (lesion-free ones too); the
+        validation set has, per case, a crop on its largest lesion and a seeded random crop."""
+        d = self.cfg.data
+        model = self.model
+        assert model is not None
+        classes = getattr(model, "num_classes", len(targets))
+        if classes != len(targets):
+            raise ValueError(
+                f"the model segments {classes} lesion class(es) but the data name {len(targets)} target label(s) "
+                f"{list(targets)}: set model.options.num_classes={len(targets)}"
+            )
+        present = {c.case_id: _labels_present(c, targets) for c in cases}
+        if not any(present.values()):
+            raise ValueError(f"no case in {d.root} has any of the label values {list(targets)} (data.target_labels)")
+        if d.splits:
+            splits = read_splits(d.splits)
+        else:
+            splits = make_splits(cases, seed=d.split_seed, val_fraction=d.val_fraction)
+        if self.dist.is_main:
+            write_splits(splits, self.out_dir / "splits.json")
+        by_id = {c.case_id: c for c in cases}
+        train_cases = [by_id[i] for i in splits.get("train", []) if i in by_id]
+        val_cases = [by_id[i] for i in splits.get("val", []) if i in by_id]
+        if not train_cases:
+            raise ValueError("the split leaves no training case")
+        pre = Preprocessor(
+            PreprocessConfig(spacing=d.spacing, modality=d.modality, crop_size=self.cfg.model.backbone.img_size)
+        )
+        kw = {"classes": targets, "channel": d.channel, "cache": d.cache}
+        train = _Targeted(ClassCropDataset(train_cases, pre, foreground=d.foreground_fraction, **kw), 0)
+        if not val_cases:
+            return train, None
+        val = ConcatDataset(
+            [
+                _Targeted(ClassCropDataset(val_cases, pre, foreground=1.0, lesion="largest", jitter=0, **kw), 0),
+                _Targeted(ClassCropDataset(val_cases, pre, foreground=0.0, **kw), 0),
+            ]
+        )
+        return train, val
+
     # ------------------------------------------------------------------------------------------ loop
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Train for ``train.epochs`` epochs (continuing from ``last.pt`` with ``resume``)."""
@@ -403,10 +512,10 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             save_yaml(self.cfg, self.out_dir / "config.yaml")
-        train_set, val_set = self.build_datasets()
         seed_everything(t.seed, epoch=-1)  # the initial weights depend on the seed only
         model = self.build_model().to(self.device)
         self.model = model
+        train_set, val_set = self.build_datasets()  # after the model: a prompt-free one trains on other crops
         if self.cfg.data.negative_fraction and not _takes_text(model):
             raise ValueError(
                 f"data.negative_fraction={self.cfg.data.negative_fraction} needs a method prompted without a click "
@@ -423,15 +532,20 @@ class Trainer:
         start = 0
         if resume:
             start, best, history = self._resume(model, optimizer, scheduler)
-        step_module: nn.Module = InteractiveStep(
-            model,
-            self.build_loss().to(self.device),
-            self.click_simulator(),
-            num_clicks=t.num_clicks,
-            mask_only_iterations=t.mask_only_iterations,
-            gate_cost=t.gate_cost,
-            texts=self.label_texts() if _takes_text(model) else None,
-        )
+        loss_fn = self.build_loss().to(self.device)
+        step_module: nn.Module
+        if model.prompt_free:
+            step_module = AutomaticStep(model, loss_fn)
+        else:
+            step_module = InteractiveStep(
+                model,
+                loss_fn,
+                self.click_simulator(),
+                num_clicks=t.num_clicks,
+                mask_only_iterations=t.mask_only_iterations,
+                gate_cost=t.gate_cost,
+                texts=self.label_texts() if _takes_text(model) else None,
+            )
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module,
@@ -519,7 +633,8 @@ class Trainer:
             sync = nullcontext() if (last_micro or not self.dist.enabled) else step_module.no_sync()
             with sync:
                 with self._autocast():
-                    loss, stats = step_module(image, label, rng, target)
+                    progress = (epoch + step / per_epoch) / t.epochs
+                    loss, stats = step_module(image, label, rng, target, progress)
                 (loss / t.accumulate).backward()
             if last_micro:
                 optimizer.step()
@@ -549,6 +664,8 @@ class Trainer:
     def validate(self, model: SegModel, val_set: Dataset) -> float:
         """Mean Dice over validation crops: ``train.val_clicks`` deterministic centre clicks each, or, for a
         text-referred method, the label's first text prompt (alone, then with centre clicks)."""
+        if model.prompt_free:
+            return self._validate_automatic(model, val_set)
         clicks = ClickSimulator(mode="center")
         texts = self.label_texts() if _takes_text(model) else None
         model.eval()
@@ -575,6 +692,22 @@ class Trainer:
                         out = model.decode(encoded, prompts)
                         pred, low = out.logits > 0, out.low_res_logits
                 scores.append(float(dice_score(pred, gt).mean()))
+        model.train()
+        return float(np.mean(scores)) if scores else float("nan")
+
+    def _validate_automatic(self, model: SegModel, val_set: Dataset) -> float:
+        """Mean foreground Dice (:func:`class_dice`) of a prompt-free method's arg-max over the validation crops."""
+        model.eval()
+        scores = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for idx in range(len(val_set)):
+                item = val_set[idx]
+                with self._autocast():
+                    out = model(item["image"][None].to(self.device))
+                pred = out.logits.argmax(1, keepdim=True)
+                label = item["label"][None].to(self.device)
+                scores.append(float(class_dice(pred, label, out.logits.shape[1] - 1).mean()))
         model.train()
         return float(np.mean(scores)) if scores else float("nan")
 

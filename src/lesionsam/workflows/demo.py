@@ -139,6 +139,14 @@ def prepare_data(out: Path, s: DemoSettings, *, seed: int) -> tuple[Path, Path]:
     return train_root, test_root
 
 
+def prepare_two_class_data(out: Path, s: DemoSettings, *, seed: int) -> tuple[Path, Path]:
+    """Training and test sets with two lesion classes (tumours = 2, cysts = 4) in ``out/data``; returns their roots."""
+    train_root, test_root = out / "data" / "train", out / "data" / "test"
+    write_synthetic_dataset(train_root, cases=s.train_cases, seed=seed, size=s.size, lesion_classes=2)
+    write_synthetic_dataset(test_root, cases=s.test_cases, seed=seed + 10_000, size=s.size, lesion_classes=2)
+    return train_root, test_root
+
+
 def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) -> Path:
     """Pretrain a tiny SAM-Med3D on liver and vessel crops (cached); returns its checkpoint."""
     cfg = RunConfig(
@@ -360,9 +368,7 @@ def text_study(
     t0 = time.perf_counter()
     anatomy_root, _ = prepare_data(root / "anatomy", s, seed=seed)
     pretrained = pretrain(anatomy_root, s, seed=seed, progress=progress)
-    train_root, test_root = root / "data" / "train", root / "data" / "test"
-    write_synthetic_dataset(train_root, cases=s.train_cases, seed=seed, size=s.size, lesion_classes=2)
-    write_synthetic_dataset(test_root, cases=s.test_cases, seed=seed + 10_000, size=s.size, lesion_classes=2)
+    train_root, test_root = prepare_two_class_data(root, s, seed=seed)
     cfg = RunConfig(
         name="refsam3d",
         model=ModelConfig.from_preset("tiny", method="refsam3d", checkpoint=str(pretrained)),

@@ -62,6 +62,8 @@ def predict(
     prompts: str | os.PathLike[str] | None = None,
     clicks_from: str | os.PathLike[str] | None = None,
     text: str | None = None,
+    auto: bool = False,
+    refine_checkpoint: str | os.PathLike[str] | None = None,
     label: int = 1,
     channel: int | None = None,
     probabilities: str | os.PathLike[str] | None = None,
@@ -76,7 +78,10 @@ def predict(
     """Segment lesions in one image (``input`` a file, ``out`` a file) or a folder (both folders).
 
     Exactly one source of clicks, or none with ``text`` (a text-referred method then searches the whole volume
-    with sliding windows); ``text`` also goes with clicks:
+    with sliding windows) or with ``auto`` (a prompt-free method, H-SAM, segments every lesion class it knows
+    in the whole volume; the mask holds the classes' label values). ``text`` also goes with clicks, and so does
+    ``auto`` with ``refine_checkpoint``: the clicked lesions are then segmented again by that promptable model
+    and replace what the automatic pass found there:
         * ``points``/``negatives``: ``"i,j,k"`` strings for one lesion (one image only);
         * ``prompts``: a JSON file (see :mod:`lesionsam.inference.prompts_io`);
         * ``clicks_from``: a label map (or a folder of them, paired by case id): one centre click per
@@ -90,7 +95,10 @@ def predict(
         channel: for multi-channel images (4D NIfTI), the channel to segment.
         modality, spacing: intensity normalisation and model voxel size (None: the lesionsam checkpoint's
             training settings, else CT and 1.5 mm).
-        binary: write 0/1 instead of one value per lesion.
+        binary: write 0/1 instead of one value per lesion (or per class, with ``auto``).
+        auto: prompt-free whole-volume segmentation (``checkpoint`` of a prompt-free method such as ``hsam``).
+        refine_checkpoint: with ``auto`` and clicks, the promptable checkpoint that re-segments the clicked lesions
+            (each takes the class the automatic pass gave its first positive click, else the first class).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
 
     Returns:
@@ -100,11 +108,20 @@ def predict(
     if not src.exists():
         raise FileNotFoundError(f"input not found: {src}")
     sources = [s for s in (bool(points), prompts is not None, clicks_from is not None) if s]
-    if len(sources) > 1 or (not sources and text is None):
+    if len(sources) > 1 or (not sources and text is None and not auto):
         raise ValueError(
             "give exactly one of --point (with optional --negative), --prompts FILE or --clicks-from "
-            "(or --text alone, for a text-referred method)"
+            "(or --text alone, for a text-referred method, or --auto, for a prompt-free one)"
         )
+    if auto and text is not None:
+        raise ValueError("--auto and --text exclude each other: --auto needs a prompt-free method, --text a text one")
+    if auto and sources and refine_checkpoint is None:
+        raise ValueError(
+            "--auto with clicks refines the clicked lesions with a promptable model: give --refine-checkpoint CKPT "
+            "(or drop the clicks)"
+        )
+    if refine_checkpoint is not None and not (auto and sources):
+        raise ValueError("--refine-checkpoint goes with --auto and clicks (--point, --prompts or --clicks-from)")
     if negatives and not points:
         raise ValueError("--negative clicks need at least one positive --point")
     folder = src.is_dir() and not any(p.suffix == ".dcm" for p in src.iterdir())
@@ -132,6 +149,7 @@ def predict(
             raise ValueError(f"{prompts}: holds several cases; for one image give {{'lesions': [...]}}")
         table = {None: next(iter(table.values()))}
     results = []
+    refiner: Predictor | None = None
     bar = tqdm(jobs, desc="predict", unit="image", disable=not (progress and folder))
     for image_path, mask_path in bar:
         cid = case_id(image_path)
@@ -142,7 +160,7 @@ def predict(
             )
         is_world = world
         if not sources:
-            lesions = []  # text alone: the whole volume is searched
+            lesions = []  # text alone or --auto: the whole volume is searched
         elif points:
             lesions = clicks_from_args(points, negatives)
         elif table is not None:
@@ -153,7 +171,7 @@ def predict(
         else:
             lesions = _clicks_from_label_for(volume, cid, Path(clicks_from), folder, label)  # type: ignore[arg-type]
             is_world = False
-            if not lesions:  # a case without lesions in a folder: an empty mask, as the label says
+            if not lesions and not auto:  # a case without lesions in a folder: an empty mask, as the label says
                 write_image(np.zeros(volume.spatial_shape, np.uint8), mask_path, reference=volume)
                 results.append(PredictedCase(image_path, mask_path, 0, 0, 0.0))
                 continue
@@ -168,18 +186,77 @@ def predict(
             )
         predictor.set_image(volume)
         want_prob = probabilities is not None
-        if lesions:
-            pred: Prediction = predictor.predict(lesions, world=is_world, probabilities=want_prob, text=text)
+        if auto:
+            pred: Prediction = predictor.predict_auto(probabilities=want_prob)
+            if lesions:
+                if refiner is None:
+                    refiner = Predictor.from_checkpoint(
+                        refine_checkpoint, device=device, modality=modality, spacing=spacing, max_windows=max_windows
+                    )
+                refiner.set_image(volume)
+                refined = refiner.predict(lesions, world=is_world, probabilities=want_prob)
+                pred = refine_auto(pred, refined, lesions, predictor.class_values, refiner, world=is_world)
+        elif lesions:
+            pred = predictor.predict(lesions, world=is_world, probabilities=want_prob, text=text)
         else:
             pred = predictor.predict_text(text, probabilities=want_prob)  # type: ignore[arg-type]
         prob_path = None
         if probabilities is not None:
             prob_path = (prob_dir / f"{cid}{image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
         write_prediction(pred, mask_path, binary=binary, probabilities_path=prob_path)
-        results.append(
-            PredictedCase(image_path, mask_path, len(lesions), sum(pred.windows.values()), round(pred.seconds, 3))
-        )
+        found = _count_lesions(pred.labels) if auto else len(lesions)
+        results.append(PredictedCase(image_path, mask_path, found, sum(pred.windows.values()), round(pred.seconds, 3)))
     return results
+
+
+def _count_lesions(labels: np.ndarray) -> int:
+    """Connected components (26-neighbourhood) of each non-zero value of a label map, added up."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3, 3), dtype=bool)
+    return sum(int(ndimage.label(labels == v, structure=structure)[1]) for v in np.unique(labels) if v)
+
+
+def refine_auto(
+    auto: Prediction,
+    refined: Prediction,
+    lesions: Sequence[LesionClicks],
+    class_values: Sequence[int],
+    refiner: Predictor,
+    *,
+    world: bool,
+) -> Prediction:
+    """Merge a click-refined prediction into an automatic one (both on the input grid).
+
+    Each clicked lesion's automatic component (the 26-connected component of the automatic label map under any of
+    its positive clicks) is removed, and the refined mask of that lesion is written with the class the automatic
+    pass gave its first positive click (the first class where that click fell on background).
+    """
+    from scipy import ndimage
+
+    labels = auto.labels.copy()
+    comps, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    for les in lesions:
+        ijk = les.points[les.labels == 1]
+        if world:
+            ijk = refiner.preprocessed.source.world_to_index(ijk)
+        kji = np.clip(np.round(ijk[:, ::-1]).astype(int), 0, np.asarray(labels.shape) - 1)
+        under = [int(comps[tuple(v)]) for v in kji]
+        first = int(auto.labels[tuple(kji[0])])
+        value = first if first else int(class_values[0]) if class_values else 1
+        for c in set(under) - {0}:
+            labels[comps == c] = 0
+        labels[refined.labels == les.lesion_id] = value
+    probs = auto.probabilities
+    if probs is not None and refined.probabilities is not None:
+        probs = np.where(refined.labels > 0, refined.probabilities, probs).astype(np.float32)
+    return Prediction(
+        labels=labels,
+        probabilities=probs,
+        reference=auto.reference,
+        windows=refined.windows,
+        seconds=auto.seconds + refined.seconds,
+    )
 
 
 def _clicks_from_label_for(volume, cid: str, source: Path, folder: bool, label: int) -> list[LesionClicks]:
