@@ -36,7 +36,7 @@ from lesionsam.data.io import (
     read_image,
 )
 from lesionsam.data.io import case_id as _stem
-from lesionsam.data.transforms import Preprocessed, Preprocessor, crop_around_label, take
+from lesionsam.data.transforms import CropBox, Preprocessed, Preprocessor, crop_around_label, take
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -578,6 +578,28 @@ class _PreprocessedCases(Dataset):
         """One draw from torch's generator seeds the item's randomness (reproducible, distinct per worker)."""
         return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
+    def _crop(
+        self, pre: Preprocessed, centre_on: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, CropBox]:
+        """A ``crop_size``³ crop around a lesion of ``centre_on`` (``lesion``, ``jitter``; anywhere if it is empty),
+        padded with the normalised background."""
+        return crop_around_label(
+            pre.image,
+            centre_on,
+            self.crop_size,  # type: ignore[attr-defined]
+            rng=rng,
+            lesion=self.lesion,  # type: ignore[attr-defined]
+            jitter=self.jitter,  # type: ignore[attr-defined]
+            pad_value=pre.background,
+        )
+
+    def _item(self, image: np.ndarray, target: np.ndarray, index: int) -> dict[str, Any]:
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            "label": torch.from_numpy(target)[None],
+            "case_id": self.cases[index].case_id,
+        }
+
 
 class LesionCropDataset(_PreprocessedCases):
     """Cubic training crops around a target lesion label, on the canonical (preprocessed) grid.
@@ -652,22 +674,10 @@ class LesionCropDataset(_PreprocessedCases):
             others = np.isin(pre.label, self.distractors) if self.distractors else np.zeros_like(mask)
             use_other = others.any() and (self.lesion == "largest" or rng.random() < 0.5)
             centre_on = others if use_other else np.zeros_like(mask)
-        image, target, box = crop_around_label(
-            pre.image,
-            centre_on,
-            self.crop_size,
-            rng=rng,
-            lesion=self.lesion,
-            jitter=self.jitter,
-            pad_value=pre.background,
-        )
+        image, target, box = self._crop(pre, centre_on, rng)
         if centre_on is not mask:
             target = take(mask, box)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
-            "label": torch.from_numpy(target.astype(np.float32))[None],
-            "case_id": self.cases[index].case_id,
-        }
+        return self._item(image, target.astype(np.float32), index)
 
 
 def _label_value(value: object) -> int:
@@ -744,18 +754,5 @@ class ClassCropDataset(_PreprocessedCases):
         if present and (self.foreground >= 1.0 or rng.random() < self.foreground):
             value = present[0] if self.lesion == "largest" else present[int(rng.integers(len(present)))]
             centre_on = pre.label == value
-        image, _, box = crop_around_label(
-            pre.image,
-            centre_on,
-            self.crop_size,
-            rng=rng,
-            lesion=self.lesion,
-            jitter=self.jitter,
-            pad_value=pre.background,
-        )
-        target = take(self.class_map(pre.label), box)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
-            "label": torch.from_numpy(target)[None],
-            "case_id": self.cases[index].case_id,
-        }
+        image, _, box = self._crop(pre, centre_on, rng)
+        return self._item(image, take(self.class_map(pre.label), box), index)

@@ -424,17 +424,7 @@ class Trainer:
         if not with_target:
             what = f"label value {targets[0]}" if len(targets) == 1 else f"any of the label values {list(targets)}"
             raise ValueError(f"no case in {d.root} has {what} (data.target_label)")
-        if d.splits:
-            splits = read_splits(d.splits)
-        else:
-            splits = make_splits(with_target, seed=d.split_seed, val_fraction=d.val_fraction)
-        if self.dist.is_main:
-            write_splits(splits, self.out_dir / "splits.json")
-        by_id = {c.case_id: c for c in with_target}
-        train_cases = [by_id[i] for i in splits.get("train", []) if i in by_id]
-        val_cases = [by_id[i] for i in splits.get("val", []) if i in by_id]
-        if not train_cases:
-            raise ValueError("the split leaves no training case with the target label")
+        train_cases, val_cases = self._split(with_target, "with the target label")
         crop = self.cfg.model.backbone.img_size
         pre = Preprocessor(PreprocessConfig(spacing=d.spacing, modality=d.modality, crop_size=crop))
 
@@ -460,6 +450,22 @@ class Trainer:
             val += crops(val_cases, lesion="largest", jitter=0, negatives=1.0)
         return train, joined(val)
 
+    def _split(self, cases: list[Case], what: str) -> tuple[list[Case], list[Case]]:
+        """Training and validation cases: ``data.splits``, or a seeded split of ``cases`` (``splits.json``)."""
+        d = self.cfg.data
+        if d.splits:
+            splits = read_splits(d.splits)
+        else:
+            splits = make_splits(cases, seed=d.split_seed, val_fraction=d.val_fraction)
+        if self.dist.is_main:
+            write_splits(splits, self.out_dir / "splits.json")
+        by_id = {c.case_id: c for c in cases}
+        train_cases = [by_id[i] for i in splits.get("train", []) if i in by_id]
+        val_cases = [by_id[i] for i in splits.get("val", []) if i in by_id]
+        if not train_cases:
+            raise ValueError(f"the split leaves no training case {what}".rstrip())
+        return train_cases, val_cases
+
     def _class_datasets(self, cases: list[Case], targets: tuple[int, ...]) -> tuple[Dataset, Dataset | None]:
         """Prompt-free methods: foreground-biased multi-class crops of every case (lesion-free ones too); the
         validation set has, per case, a crop on its largest lesion and a seeded random crop."""
@@ -475,17 +481,7 @@ class Trainer:
         present = {c.case_id: _labels_present(c, targets) for c in cases}
         if not any(present.values()):
             raise ValueError(f"no case in {d.root} has any of the label values {list(targets)} (data.target_labels)")
-        if d.splits:
-            splits = read_splits(d.splits)
-        else:
-            splits = make_splits(cases, seed=d.split_seed, val_fraction=d.val_fraction)
-        if self.dist.is_main:
-            write_splits(splits, self.out_dir / "splits.json")
-        by_id = {c.case_id: c for c in cases}
-        train_cases = [by_id[i] for i in splits.get("train", []) if i in by_id]
-        val_cases = [by_id[i] for i in splits.get("val", []) if i in by_id]
-        if not train_cases:
-            raise ValueError("the split leaves no training case")
+        train_cases, val_cases = self._split(cases, "")
         pre = Preprocessor(
             PreprocessConfig(spacing=d.spacing, modality=d.modality, crop_size=self.cfg.model.backbone.img_size)
         )

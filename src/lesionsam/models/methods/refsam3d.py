@@ -73,6 +73,7 @@ from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.checkpoint import BACKBONE_PREFIXES
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
+from lesionsam.models.methods.common import parameter_overhead
 from lesionsam.models.registry import register_method
 from lesionsam.models.text import TextEncoder, build_text_encoder
 
@@ -607,17 +608,7 @@ def refsam3d_overhead(model: RefSAM3D) -> dict[str, float]:
         ``text_projector``, ``cross_attn``, ``ref_decoder``), ``new`` (their sum), ``ratio`` (new / backbone) and
         ``trainable`` (parameters of :meth:`RefSAM3D.trainable_parameter_names`).
     """
-    counts = {"backbone": 0} | {p.rstrip("."): 0 for p in NEW_PREFIXES}
-    sizes = dict(model.named_parameters())
-    for name, p in sizes.items():
-        key = "backbone" if name.startswith(BACKBONE_PREFIXES) else name.split(".", 1)[0]
-        counts[key] += p.numel()
-    new = sum(v for k, v in counts.items() if k != "backbone")
-    out: dict[str, float] = dict(counts)
-    out["new"] = new
-    out["ratio"] = new / max(1, counts["backbone"])
-    out["trainable"] = sum(sizes[n].numel() for n in model.trainable_parameter_names())
-    return out
+    return parameter_overhead(model, NEW_PREFIXES, model.trainable_parameter_names())
 
 
 def build_refsam3d(
