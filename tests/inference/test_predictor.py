@@ -377,3 +377,25 @@ def test_auto_with_clicks_replaces_the_clicked_lesion_by_the_promptable_model(tm
         predict(img, tmp_path / "x.nii.gz", auto=True, refine_checkpoint="r.pt", predictor=auto)
     with pytest.raises(ValueError, match="--auto and --text exclude each other"):
         predict(img, tmp_path / "x.nii.gz", auto=True, text="lesion", predictor=auto)
+
+
+def test_small_components_are_dropped_by_volume_in_mm3() -> None:
+    from lesionsam.inference.predictor import drop_small_components
+
+    mask = np.zeros((10, 10, 10), bool)
+    mask[0:2, 0:2, 0:2] = True  # 8 voxels
+    mask[5:9, 5:9, 5:9] = True  # 64 voxels
+    spacing = (0.5, 1.0, 2.0)  # 1 mm³ per voxel
+    assert drop_small_components(mask, spacing, 0).sum() == 72
+    kept = drop_small_components(mask, spacing, 10.0)
+    assert kept.sum() == 64 and kept[6, 6, 6] and not kept[0, 0, 0]
+    assert drop_small_components(mask, spacing, 64.0).sum() == 64  # a component of exactly the volume stays
+    with pytest.raises(ValueError, match=">= 0 mm³"):
+        drop_small_components(mask, spacing, -1)
+    # In automatic mode the filter works per class, on the input grid.
+    image, bright, dark = _bright_and_dark()
+    pred = Predictor(AutoModel(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_values=(2, 4))
+    pred.set_image(image)
+    bright_mm3 = bright.sum() * float(np.prod(image.spacing))
+    out = pred.predict_auto(min_lesion_mm3=bright_mm3 * 1.3)  # the dark blob (7 mm radius) is 1.6× the bright (6 mm)
+    assert not (out.labels == 2).any() and _dice(out.labels == 4, dark) > 0.85

@@ -56,6 +56,9 @@ def test_quick_text_study_reports_per_class_dice_from_evaluator_files(
         assert metrics["summary"]["dice"]["mean"] == r["dice_mean"]
         assert metrics["settings"]["label"] == r["label"]
         assert f"{r['dice_mean']:.3f} ± {r['dice_sd']:.3f}" in table
+        cross = json.loads((out / r["source"].replace("metrics/", "metrics_other_class/")).read_text())
+        assert cross["settings"]["label"] == ({2, 4} - {r["label"]}).pop()
+        assert cross["summary"]["dice"]["mean"] == r["dice_other_class"]
 
 
 def test_quick_auto_study_compares_hsam_auto_with_one_click_per_lesion(
@@ -68,6 +71,7 @@ def test_quick_auto_study_compares_hsam_auto_with_one_click_per_lesion(
     assert {(r["class"], r["method"]) for r in rows} == {
         (c, m) for c in ("tumour", "cyst") for m in ("hsam", "finetune")
     }
+    assert len(rows) == 6  # per class: H-SAM as it comes and with small components dropped, and the baseline
     table = (out / "auto_study.md").read_text()
     for r in rows:
         metrics = json.loads((out / r["source"]).read_text())

@@ -53,6 +53,13 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         metavar="CKPT",
         help="with --auto and clicks: promptable checkpoint that re-segments the clicked lesions",
     )
+    p.add_argument(
+        "--min-lesion-mm3",
+        type=float,
+        default=0.0,
+        metavar="V",
+        help="--auto / --text alone: drop found components under V mm³ (default 0: keep all)",
+    )
     p.add_argument("--label", type=int, default=1, metavar="N", help="lesion value for --clicks-from (default 1)")
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
     p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
@@ -89,6 +96,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             text=a.text,
             auto=a.auto,
             refine_checkpoint=a.refine_checkpoint,
+            min_lesion_mm3=a.min_lesion_mm3,
             label=a.label,
             channel=a.channel,
             probabilities=a.probabilities,

@@ -344,13 +344,19 @@ class Predictor:
             raise ValueError("the text prompt is empty")
 
     def predict_text(
-        self, text: str, *, probabilities: bool = False, overlap: float = 0.25, batch_size: int = 1
+        self,
+        text: str,
+        *,
+        probabilities: bool = False,
+        overlap: float = 0.25,
+        batch_size: int = 1,
+        min_lesion_mm3: float = 0.0,
     ) -> Prediction:
         """Segment everything the text refers to, with no click: sliding windows over the whole volume.
 
         Windows of the model's crop size cover the canonical grid with ``overlap`` and Gaussian blending
         (MONAI's ``sliding_window_inference``); each connected component of the thresholded result becomes one
-        lesion (ids 1, 2, ... by decreasing size).
+        lesion (ids 1, 2, ... by decreasing size); components under ``min_lesion_mm3`` are dropped.
         """
         t0 = time.perf_counter()
         self._check_text(text)
@@ -362,7 +368,8 @@ class Predictor:
         logits = self._sliding_windows(run, overlap=overlap, batch_size=batch_size)
         prob = expit(logits[0])
         prob_orig = self.preprocessor.invert(prob.astype(np.float32), pre, interpolation="linear")
-        labels = _components(prob_orig > self.threshold)
+        fg = drop_small_components(prob_orig > self.threshold, pre.source.spacing, min_lesion_mm3)
+        labels = _components(fg)
         return Prediction(
             labels=labels,
             probabilities=prob_orig.astype(np.float32) if probabilities else None,
@@ -406,6 +413,7 @@ class Predictor:
         overlap: float = 0.25,
         batch_size: int = 2,
         progress: bool = False,
+        min_lesion_mm3: float = 0.0,
     ) -> Prediction:
         """Segment every lesion class of a prompt-free model in the whole volume, with no prompt at all.
 
@@ -419,6 +427,7 @@ class Predictor:
             overlap: window overlap in [0, 1).
             batch_size: windows per forward pass.
             progress: show MONAI's progress bar over the window batches.
+            min_lesion_mm3: drop connected components (of each class) smaller than this volume, mm³.
 
         Raises:
             ValueError: the model needs prompts (``--auto`` needs a prompt-free method such as ``hsam``).
@@ -437,6 +446,10 @@ class Predictor:
         back = np.stack([self.preprocessor.invert(np.ascontiguousarray(c), pre, interpolation="linear") for c in prob])
         lut = np.asarray((0, *self.class_values), dtype=np.uint16)
         labels = lut[np.argmax(back, axis=0)]
+        if min_lesion_mm3 > 0:
+            for value in self.class_values:
+                small = (labels == value) & ~drop_small_components(labels == value, pre.source.spacing, min_lesion_mm3)
+                labels[small] = 0
         return Prediction(
             labels=labels,
             probabilities=(1.0 - back[0]).astype(np.float32) if probabilities else None,
@@ -497,6 +510,20 @@ class Predictor:
             windows=counts,
             seconds=time.perf_counter() - t0,
         )
+
+
+def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_mm3: float) -> np.ndarray:
+    """``mask`` (D, H, W bool) without its 26-connected components smaller than ``min_mm3`` (voxel volume from
+    ``spacing``, mm); ``min_mm3 <= 0`` keeps everything."""
+    if min_mm3 < 0:
+        raise ValueError(f"the smallest lesion volume must be >= 0 mm³, got {min_mm3}")
+    if min_mm3 == 0 or not mask.any():
+        return mask
+    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    voxels = np.bincount(comps.ravel(), minlength=n + 1)
+    keep = voxels * float(np.prod(spacing)) >= min_mm3
+    keep[0] = False
+    return keep[comps]
 
 
 def _components(mask: np.ndarray) -> np.ndarray:

@@ -64,6 +64,7 @@ def predict(
     text: str | None = None,
     auto: bool = False,
     refine_checkpoint: str | os.PathLike[str] | None = None,
+    min_lesion_mm3: float = 0.0,
     label: int = 1,
     channel: int | None = None,
     probabilities: str | os.PathLike[str] | None = None,
@@ -97,6 +98,7 @@ def predict(
             training settings, else CT and 1.5 mm).
         binary: write 0/1 instead of one value per lesion (or per class, with ``auto``).
         auto: prompt-free whole-volume segmentation (``checkpoint`` of a prompt-free method such as ``hsam``).
+        min_lesion_mm3: with ``auto`` or ``text`` alone, drop found components smaller than this (mm³).
         refine_checkpoint: with ``auto`` and clicks, the promptable checkpoint that re-segments the clicked lesions
             (each takes the class the automatic pass gave its first positive click, else the first class).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
@@ -187,7 +189,7 @@ def predict(
         predictor.set_image(volume)
         want_prob = probabilities is not None
         if auto:
-            pred: Prediction = predictor.predict_auto(probabilities=want_prob)
+            pred: Prediction = predictor.predict_auto(probabilities=want_prob, min_lesion_mm3=min_lesion_mm3)
             if lesions:
                 if refiner is None:
                     refiner = Predictor.from_checkpoint(
@@ -199,7 +201,7 @@ def predict(
         elif lesions:
             pred = predictor.predict(lesions, world=is_world, probabilities=want_prob, text=text)
         else:
-            pred = predictor.predict_text(text, probabilities=want_prob)  # type: ignore[arg-type]
+            pred = predictor.predict_text(text, probabilities=want_prob, min_lesion_mm3=min_lesion_mm3)  # type: ignore[arg-type]
         prob_path = None
         if probabilities is not None:
             prob_path = (prob_dir / f"{cid}{image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
