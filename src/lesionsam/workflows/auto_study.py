@@ -44,7 +44,7 @@ from lesionsam.workflows.predict import predict
 #: The lesion classes of the study: label value → name.
 CLASSES: dict[int, str] = {LESION: "tumour", CYST: "cyst"}
 #: Measured wall time of the full study on a 2-core CPU (pretrained model cached).
-AUTO_STUDY_MINUTES = 15
+AUTO_STUDY_MINUTES = 12
 #: The second H-SAM row drops found components under this volume (``predict --min-lesion-mm3``); fixed beforehand
 #: (a sphere of 2.7 mm diameter, below the synthetic set's smallest lesions), not tuned on the test set.
 AUTO_MIN_LESION_MM3 = 10.0

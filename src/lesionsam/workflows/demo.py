@@ -344,8 +344,8 @@ TEXT_PROMPTS: dict[int, list[str]] = {
 #: Share of RefSAM3D's training crops centred away from the referred class (on the other class or anywhere): text
 #: alone searches whole volumes, so the model must learn to find nothing where the referred class is absent.
 TEXT_NEGATIVE_FRACTION = 0.5
-#: Measured wall time of the full ``text-study`` on a 2-core CPU (pretrained model cached): 21 min.
-TEXT_STUDY_MINUTES = 21
+#: Measured wall time of the full ``text-study`` on a 2-core CPU (pretrained model cached): 16 min.
+TEXT_STUDY_MINUTES = 16
 
 
 def text_study(
