@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import nn
 
+from lesionsam.models.backbone import Sam3DConfig
 from lesionsam.models.checkpoint import BACKBONE_PREFIXES
+
+
+def upsampling_levels(config: Sam3DConfig, *, owner: str) -> int:
+    """Number L of ×2 upsampling steps from the G³ token grid to the S³ crop, log2(patch_size), for a decoder
+    that climbs back to the crop through the 4G³ low-res grid (``ValueError`` naming ``owner`` otherwise)."""
+    levels = int(round(math.log2(config.patch_size)))
+    if 2**levels != config.patch_size or levels < 2:
+        raise ValueError(
+            f"{owner} needs a power-of-two patch size >= 4 (token grid → crop by ×2 steps, through the 4G³ low-res "
+            f"grid), got patch_size {config.patch_size}"
+        )
+    return levels
 
 
 def parameter_overhead(model: nn.Module, new_prefixes: Sequence[str], trainable: Sequence[str]) -> dict[str, float]:

@@ -110,7 +110,7 @@ from lesionsam.models.backbone.mask_decoder import MaskDecoder3D, TokenAttention
 from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
-from lesionsam.models.methods.common import parameter_overhead
+from lesionsam.models.methods.common import parameter_overhead, upsampling_levels
 from lesionsam.models.registry import register_method
 from lesionsam.utils.options import look_up_option
 
@@ -194,14 +194,7 @@ class HSAMOptions:
 
 
 def _num_levels(config: Sam3DConfig) -> int:
-    """Number of ×2 upsampling steps from the G³ token grid to the S³ crop: log2(patch_size)."""
-    levels = int(round(math.log2(config.patch_size)))
-    if 2**levels != config.patch_size or levels < 2:
-        raise ValueError(
-            f"H-SAM's hierarchical pixel decoder needs a power-of-two patch size >= 4 (token grid → crop by ×2 "
-            f"steps, through the 4G³ low-res grid), got patch_size {config.patch_size}"
-        )
-    return levels
+    return upsampling_levels(config, owner="H-SAM's hierarchical pixel decoder")
 
 
 # ---------------------------------------------------------------------------------------------------- LoRA

@@ -57,7 +57,6 @@ take part in the decoder's attention, exactly as padding clicks do.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -73,7 +72,7 @@ from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.checkpoint import BACKBONE_PREFIXES
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
-from lesionsam.models.methods.common import parameter_overhead
+from lesionsam.models.methods.common import parameter_overhead, upsampling_levels
 from lesionsam.models.registry import register_method
 from lesionsam.models.text import TextEncoder, build_text_encoder
 
@@ -154,14 +153,7 @@ class RefSAM3DOptions:
 
 
 def _num_levels(config: Sam3DConfig) -> int:
-    """Number of ×2 upsampling steps from the G³ token grid to the S³ crop: log2(patch_size)."""
-    levels = int(round(math.log2(config.patch_size)))
-    if 2**levels != config.patch_size or levels < 2:
-        raise ValueError(
-            f"RefSAM3D's multi-level decoder needs a power-of-two patch size >= 4 (token grid → crop by ×2 "
-            f"steps, through the 4G³ low-res logits), got patch_size {config.patch_size}"
-        )
-    return levels
+    return upsampling_levels(config, owner="RefSAM3D's multi-level decoder")
 
 
 class Adapter3D(nn.Module):
