@@ -659,53 +659,51 @@ class Trainer:
     @torch.no_grad()
     def validate(self, model: SegModel, val_set: Dataset) -> float:
         """Mean Dice over validation crops: ``train.val_clicks`` deterministic centre clicks each, or, for a
-        text-referred method, the label's first text prompt (alone, then with centre clicks)."""
+        text-referred method, the label's first text prompt (alone, then with centre clicks); for a prompt-free
+        method the mean foreground Dice of its arg-max (:func:`class_dice`)."""
         if model.prompt_free:
-            return self._validate_automatic(model, val_set)
+            return self._mean_over(val_set, model, lambda item: self._score_automatic(model, item))
         clicks = ClickSimulator(mode="center")
         texts = self.label_texts() if _takes_text(model) else None
+        return self._mean_over(val_set, model, lambda item: self._score_interactive(model, item, clicks, texts))
+
+    def _mean_over(self, val_set: Dataset, model: SegModel, score: Callable[[dict[str, Any]], float]) -> float:
+        """``score`` of every validation item, averaged, in eval mode and with torch's RNG forked and seeded."""
         model.eval()
         scores = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(0)
             for idx in range(len(val_set)):
-                item = val_set[idx]
-                image = item["image"][None].to(self.device)
-                gt = item["label"][None].to(self.device) > 0.5
-                text = [texts[int(item["target"])][0]] if texts else None
-                points = labels = low = pred = None
                 with self._autocast():
-                    encoded = model.encode(image)
-                    for it in range(self.cfg.train.val_clicks):
-                        if it == 0 and text is not None:
-                            prompts = Prompts(text=text)
-                        else:
-                            if points is None and bool(gt.any()):
-                                points, labels = clicks.first(gt)
-                            else:  # after a text-only prediction of a negative crop: click on its errors
-                                points, labels = clicks.next(pred, gt, points, labels)
-                            prompts = Prompts(points=points, labels=labels, mask=low, text=text)
-                        out = model.decode(encoded, prompts)
-                        pred, low = out.logits > 0, out.low_res_logits
-                scores.append(float(dice_score(pred, gt).mean()))
+                    scores.append(score(val_set[idx]))
         model.train()
         return float(np.mean(scores)) if scores else float("nan")
 
-    def _validate_automatic(self, model: SegModel, val_set: Dataset) -> float:
-        """Mean foreground Dice (:func:`class_dice`) of a prompt-free method's arg-max over the validation crops."""
-        model.eval()
-        scores = []
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(0)
-            for idx in range(len(val_set)):
-                item = val_set[idx]
-                with self._autocast():
-                    out = model(item["image"][None].to(self.device))
-                pred = out.logits.argmax(1, keepdim=True)
-                label = item["label"][None].to(self.device)
-                scores.append(float(class_dice(pred, label, out.logits.shape[1] - 1).mean()))
-        model.train()
-        return float(np.mean(scores)) if scores else float("nan")
+    def _score_interactive(
+        self, model: SegModel, item: dict[str, Any], clicks: ClickSimulator, texts: dict[int, list[str]] | None
+    ) -> float:
+        image = item["image"][None].to(self.device)
+        gt = item["label"][None].to(self.device) > 0.5
+        text = [texts[int(item["target"])][0]] if texts else None
+        points = labels = low = pred = None
+        encoded = model.encode(image)
+        for it in range(self.cfg.train.val_clicks):
+            if it == 0 and text is not None:
+                prompts = Prompts(text=text)
+            else:
+                if points is None and bool(gt.any()):
+                    points, labels = clicks.first(gt)
+                else:  # after a text-only prediction of a negative crop: click on its errors
+                    points, labels = clicks.next(pred, gt, points, labels)
+                prompts = Prompts(points=points, labels=labels, mask=low, text=text)
+            out = model.decode(encoded, prompts)
+            pred, low = out.logits > 0, out.low_res_logits
+        return float(dice_score(pred, gt).mean())
+
+    def _score_automatic(self, model: SegModel, item: dict[str, Any]) -> float:
+        out = model(item["image"][None].to(self.device))
+        label = item["label"][None].to(self.device)
+        return float(class_dice(out.logits.argmax(1, keepdim=True), label, out.logits.shape[1] - 1).mean())
 
     # ------------------------------------------------------------------------------------------ internals
     def _device(self) -> torch.device:
