@@ -112,6 +112,9 @@ class TrainConfig:
         loss: training loss name (None: the method's default, e.g. DiceCE for ``finetune``, Zoom for ``sgp_sam``).
         loss_options: keyword options of the loss (e.g. ``{lambda_focal: 1.0, gamma: 2.0}``).
         gate_cost: weight of the mean gate-open probability added to the loss (SGP-SAM; 0 = none).
+        text_pairs: text-referred methods with several target labels: every crop trained with its class's text is
+            also trained, in the same batch, with another target label's text and that label's voxels of the same
+            crop as target (a contrastive pair: same image, other text, other mask).
         amp: bfloat16 autocast on CUDA (ignored on CPU).
         grad_checkpointing: recompute encoder activations in the backward pass (less memory).
         val_every: validate every N epochs (and after the last).
@@ -139,6 +142,7 @@ class TrainConfig:
     loss: str | None = None
     loss_options: dict[str, Any] = field(default_factory=dict)
     gate_cost: float = 0.0
+    text_pairs: bool = False
     amp: bool = True
     grad_checkpointing: bool = False
     val_every: int = 1

@@ -216,3 +216,47 @@ def test_text_referred_training_with_negative_crops_validates_on_both(tmp_path: 
     assert all(v > 0 for v in positives)
     result = trainer.fit()
     assert result.best_checkpoint is not None and 0.0 <= result.best_val_dice <= 1.0
+
+
+def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
+    """With train.text_pairs a text batch doubles: the same crop again, with another class's text and mask."""
+    import numpy as np
+
+    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.losses import build_loss
+    from lesionsam.models.backbone import get_preset
+    from lesionsam.models.methods.refsam3d import build_refsam3d
+    from lesionsam.training.trainer import InteractiveStep
+
+    torch.manual_seed(0)
+    model = build_refsam3d(get_preset("tiny"))
+    seen: dict[str, list] = {"text": [], "images": [], "targets": []}
+    decode, encode = model.decode, model.encode
+    model.decode = lambda enc, prompts, **kw: (seen["text"].append(prompts.text), decode(enc, prompts, **kw))[1]  # type: ignore[method-assign]
+    model.encode = lambda image: (seen["images"].append(image), encode(image))[1]  # type: ignore[method-assign]
+    dice_ce = build_loss("dice_ce")
+
+    def loss(logits, target):
+        seen["targets"].append(target)
+        return dice_ce(logits, target)
+
+    values = torch.zeros(1, 1, 64, 64, 64, dtype=torch.int64)
+    values[0, 0, 20:30, 20:30, 20:30] = 2
+    values[0, 0, 40:44, 40:44, 40:44] = 4
+    image = torch.randn(1, 1, 64, 64, 64)
+    texts = {2: ["liver tumour"], 4: ["liver cyst"]}
+    step = InteractiveStep(
+        model, loss, ClickSimulator(), num_clicks=2, mask_only_iterations=0, texts=texts, text_pairs=True
+    )
+    rng = np.random.default_rng(1)
+    for _ in range(8):  # a clicks-only batch (one in four) is not paired; a text batch always is
+        for v in seen.values():
+            v.clear()
+        out, _ = step(image, (values == 2).float(), rng, torch.tensor([2]), 1.0, values)
+        assert torch.isfinite(out)
+        if seen["text"][0] is not None:
+            break
+    assert seen["text"][0] == ["liver tumour", "liver cyst"]
+    assert torch.equal(seen["images"][0], torch.cat([image, image]))
+    torch.testing.assert_close(seen["targets"][0][1], (values[0] == 4).float())
+    torch.testing.assert_close(seen["targets"][0][0], (values[0] == 2).float())

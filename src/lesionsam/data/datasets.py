@@ -634,7 +634,8 @@ class LesionCropDataset(_PreprocessedCases):
 
     Items:
         ``{"image": (1, S, S, S) float32 tensor, "label": (1, S, S, S) float32 tensor of 0/1, "case_id": str}``,
-        axes (D, H, W) of the canonical grid.
+        axes (D, H, W) of the canonical grid; with ``distractors`` also ``"label_values"``: (1, S, S, S) int64, the
+        crop's voxels of the target and distractor label values (0 elsewhere).
 
     Raises:
         ValueError: no cases, cases without labels, a target label < 1, or ``negatives`` outside [0, 1].
@@ -677,7 +678,11 @@ class LesionCropDataset(_PreprocessedCases):
         image, target, box = self._crop(pre, centre_on, rng)
         if centre_on is not mask:
             target = take(mask, box)
-        return self._item(image, target.astype(np.float32), index)
+        item = self._item(image, target.astype(np.float32), index)
+        if self.distractors:  # the crop's lesion classes, for training another class's text on the same crop
+            values = np.where(np.isin(pre.label, (self.target_label, *self.distractors)), pre.label, 0)
+            item["label_values"] = torch.from_numpy(take(values.astype(np.int64), box))[None]
+        return item
 
 
 def _label_value(value: object) -> int:

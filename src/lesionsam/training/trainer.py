@@ -139,9 +139,11 @@ class InteractiveStep(nn.Module):
         mask_only_iterations: int,
         gate_cost: float = 0.0,
         texts: dict[int, list[str]] | None = None,
+        text_pairs: bool = False,
     ) -> None:
         super().__init__()
         self.texts = texts or {}
+        self.text_pairs = text_pairs and len(self.texts) > 1
         self.model = model
         self.loss_fn = loss_fn
         self.clicks = clicks
@@ -156,6 +158,7 @@ class InteractiveStep(nn.Module):
         rng: np.random.Generator,
         target: Tensor | None = None,
         progress: float = 1.0,
+        label_values: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample
         (``progress``, the share of training done, is not used by the interactive step).
@@ -163,6 +166,9 @@ class InteractiveStep(nn.Module):
         For text-referred methods, ``target`` (B,) holds each crop's label value; a text prompt for it is drawn
         from ``texts`` and given in every iteration, and the first iteration has the text alone (no click). When
         the model also works without text, one batch in four gets no text (clicks only), so both uses train.
+
+        With ``text_pairs`` (and ``label_values``, the crops' label values (B, 1, S, S, S)), a text batch doubles:
+        each crop comes again with another target label's text and that label's voxels as target.
 
         A crop may have an empty label (a negative crop, ``data.negative_fraction``) only when text is given: its
         clicks then come from the error region of the text-only prediction (a negative click on what was found,
@@ -177,6 +183,13 @@ class InteractiveStep(nn.Module):
             text = [str(rng.choice(self.texts[int(t)])) for t in target.tolist()]
             if "text" not in self.model.required_prompts and rng.random() < 0.25 and has_lesion:
                 text = None
+        if text is not None and self.text_pairs and label_values is not None and target is not None:
+            others = [int(rng.choice([v for v in self.texts if v != int(t)])) for t in target.tolist()]
+            text = text + [str(rng.choice(self.texts[v])) for v in others]
+            other_label = torch.stack([label_values[i] == v for i, v in enumerate(others)]).to(label.dtype)
+            image, label = torch.cat([image, image]), torch.cat([label, other_label])
+            gt = label > 0.5
+            has_lesion = bool(gt.flatten(1).any(1).all())
         if text is None and not has_lesion:
             raise ValueError(
                 "a training crop has no voxel of its target label, so there is no lesion for the first click; "
@@ -541,6 +554,7 @@ class Trainer:
                 mask_only_iterations=t.mask_only_iterations,
                 gate_cost=t.gate_cost,
                 texts=self.label_texts() if _takes_text(model) else None,
+                text_pairs=t.text_pairs,
             )
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
@@ -630,7 +644,11 @@ class Trainer:
             with sync:
                 with self._autocast():
                     progress = (epoch + step / per_epoch) / t.epochs
-                    loss, stats = step_module(image, label, rng, target, progress)
+                    values = batch.get("label_values")
+                    if values is not None:
+                        loss, stats = step_module(image, label, rng, target, progress, values.to(self.device))
+                    else:
+                        loss, stats = step_module(image, label, rng, target, progress)
                 (loss / t.accumulate).backward()
             if last_micro:
                 optimizer.step()
@@ -788,12 +806,15 @@ class _Targeted(Dataset):
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    batch = {
         "image": torch.stack([i["image"] for i in items]),
         "label": torch.stack([i["label"] for i in items]),
         "target": torch.tensor([i["target"] for i in items]),
         "case_id": [i["case_id"] for i in items],
     }
+    if all("label_values" in i for i in items):
+        batch["label_values"] = torch.stack([i["label_values"] for i in items])
+    return batch
 
 
 def _takes_text(model: SegModel) -> bool:
