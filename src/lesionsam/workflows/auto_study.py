@@ -34,9 +34,7 @@ from lesionsam.workflows.demo import (
     _data_config,
     _say,
     _train_config,
-    prepare_data,
-    prepare_two_class_data,
-    pretrain,
+    two_class_setup,
 )
 from lesionsam.workflows.evaluate import evaluate
 from lesionsam.workflows.predict import predict
@@ -94,9 +92,7 @@ def auto_study(
         f"same budget; about {2 if quick else AUTO_STUDY_MINUTES:.0f} min on a 2-core CPU"
     )
     t_all = time.perf_counter()
-    anatomy_root, _ = prepare_data(root / "anatomy", s, seed=seed)
-    pretrained = pretrain(anatomy_root, s, seed=seed, progress=progress)
-    train_root, test_root = prepare_two_class_data(root, s, seed=seed)
+    pretrained, train_root, test_root = two_class_setup(root, s, seed=seed, progress=progress)
     data = _data_config(train_root, s, target_labels=tuple(CLASSES))
     # Same budget: H-SAM takes one crop per training case per epoch; the baseline's crops (one per case and
     # class present) are capped at the same number of steps.

@@ -147,6 +147,15 @@ def prepare_two_class_data(out: Path, s: DemoSettings, *, seed: int) -> tuple[Pa
     return train_root, test_root
 
 
+def two_class_setup(root: Path, s: DemoSettings, *, seed: int, progress: bool) -> tuple[Path, Path, Path]:
+    """What the two-class studies start from: the anatomy-pretrained tiny model (cached) and the tumour + cyst
+    training and test sets; returns (pretrained checkpoint, train root, test root)."""
+    anatomy_root, _ = prepare_data(root / "anatomy", s, seed=seed)
+    pretrained = pretrain(anatomy_root, s, seed=seed, progress=progress)
+    train_root, test_root = prepare_two_class_data(root, s, seed=seed)
+    return pretrained, train_root, test_root
+
+
 def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) -> Path:
     """Pretrain a tiny SAM-Med3D on liver and vessel crops (cached); returns its checkpoint."""
     cfg = RunConfig(
@@ -368,9 +377,7 @@ def text_study(
         f"clicks and both; about {1 if quick else TEXT_STUDY_MINUTES:.0f} min on a 2-core CPU"
     )
     t0 = time.perf_counter()
-    anatomy_root, _ = prepare_data(root / "anatomy", s, seed=seed)
-    pretrained = pretrain(anatomy_root, s, seed=seed, progress=progress)
-    train_root, test_root = prepare_two_class_data(root, s, seed=seed)
+    pretrained, train_root, test_root = two_class_setup(root, s, seed=seed, progress=progress)
     cfg = RunConfig(
         name="refsam3d",
         model=ModelConfig.from_preset("tiny", method="refsam3d", checkpoint=str(pretrained)),
