@@ -112,6 +112,29 @@ def test_different_text_gives_a_different_mask() -> None:
     assert bool(((a.logits > 0) != (b.logits > 0)).any())
 
 
+def test_text_condition_reaches_the_full_resolution_decoder() -> None:
+    """FiLM: fresh (zero-initialised) modulations ignore the condition; trained ones change the full-resolution
+    logits for the same SAM low-res logits, and a condition of None is no modulation."""
+    _, ref = _pair()
+    _perturb_new_parts(ref)
+    image, _ = _inputs(batch=1)
+    dec = ref.ref_decoder
+    gen = torch.Generator().manual_seed(5)
+    cond_a, cond_b = torch.randn(2, 1, TINY.prompt_embed_dim, generator=gen)
+    with torch.no_grad():
+        enc = ref.encode(image)
+        low, _ = ref.decode_sam(enc.embedding, Prompts(points=torch.full((1, 1, 3), 30.0), labels=torch.ones(1, 1)))
+        args = (enc.embedding, enc.stages, low, enc.image)
+        plain = dec(*args)
+        assert torch.equal(dec(*args, condition=cond_a), plain)
+        dec.film.weight.copy_(torch.randn(dec.film.weight.shape, generator=gen) * 0.1)
+        a, b = dec(*args, condition=cond_a), dec(*args, condition=cond_b)
+        assert torch.equal(dec(*args), plain)
+    scale = float(plain.std())
+    assert float((a - b).abs().max()) > 1e-2 * scale
+    assert float((a - plain).abs().max()) > 1e-2 * scale
+
+
 def test_text_only_and_text_with_clicks_and_mask_run_with_the_right_shapes() -> None:
     _, ref = _pair()
     image, clicks = _inputs()

@@ -25,9 +25,18 @@ official SAM-Med3D parts are passed in unchanged (keys ``image_encoder.*``, ``pr
   clicks are given too.
 * ``ref_decoder.*`` -- the 3D mask decoder with multi-level aggregation (:class:`MultiLevelMaskDecoder3D`):
   U-shaped, from the G³ image embedding up to the S³ crop with transposed convolutions, skip-adding the stage
-  features (projected to the decoder's channels and resized) and the SAM decoder's low-res logits, then the
-  crop itself is concatenated and a final 3D convolution gives a residual on the trilinearly upsampled low-res
-  logits. Its last layer is zero-initialised, so a fresh decoder returns exactly ``Sam3D.upsample(low_res)``.
+  features (projected to the decoder's channels and resized), the SAM decoder's low-res logits and a small
+  convolutional path's features of the crop itself at S/2 and S/4, then the crop is concatenated and a final
+  3D convolution gives a residual on the trilinearly upsampled low-res logits. Its last layer is
+  zero-initialised, so a fresh decoder returns exactly ``Sam3D.upsample(low_res)``.
+  **Text-conditioned (FiLM):** with a text prompt, every level's features and the full-resolution head's hidden
+  features are scaled and shifted per channel by a linear map of the refined sentence token (zero-initialised:
+  a fresh decoder ignores the text; clicks without text get no modulation). **Why:** without it the text reaches
+  the mask only through the SAM decoder's 4G³ logits, whose image features come from G³ tokens of patch-size
+  voxels; the two synthetic lesion classes differ by about 20 HU and texture over a few voxels, which only the
+  decoder's finer levels (the convolutional image path and the crop itself) can resolve. Measured on the
+  two-class ``lesionsam text-study`` (same budget), text-alone Dice tumour / cyst: 0.331 / 0.350 before, 0.227 /
+  0.289 with FiLM alone, 0.455 / 0.438 with FiLM and the image path.
 
 Outputs: ``SegOutput.low_res_logits`` are the SAM decoder's (B, 1, 4G, 4G, 4G), ``logits`` the aggregated
 full-resolution (B, 1, S, S, S) ones, ``extras["text_tokens"]`` the refined prompt tokens (B, T + 1, E) and
@@ -278,6 +287,12 @@ class MultiLevelMaskDecoder3D(nn.Module):
       resized trilinearly to level ``j`` and added there;
     * between levels: ``x = GELU(ConvTranspose3d(ch, ch, 2, stride 2)(x))``;
     * at level 2 (side 4G) the SAM decoder's low-res logits are added through a pointwise 1 → ch projection;
+    * a convolutional image path gives the crop's own features at levels L − 1 (S/2) and L − 2 (S/4): two blocks
+      of (3×3×3 stride-2 convolution, GELU, 3×3×3 convolution, GELU), in_chans → ch/2 → ch, each projected
+      pointwise and added at its level. **Why:** every encoder stage lives on the G³ token grid (one token per
+      patch-size cube), so without it nothing between the tokens and the crop's voxels sees the image; this path
+      sees a lesion-sized neighbourhood (receptive field about 23 voxels at S/4) and can measure a lesion's own
+      contrast, border and texture, what tells the lesion classes apart (as UNETR's convolutional skips do);
     * the last transposed convolution (level L − 1 → L) narrows ch → ch_L = max(4, ch // 2);
     * at level L the crop (B, in_chans, S, S, S) is concatenated and ``head`` gives a residual on the trilinearly
       upsampled low-res logits: pointwise (ch_L + in_chans) → ch_L, GELU, a dense 3×3×3 convolution ch_L → ch_L,
@@ -286,6 +301,9 @@ class MultiLevelMaskDecoder3D(nn.Module):
       2-core CPU (64³, batch 2, forward + backward) this level takes 0.12 s, against 0.97 s for a 16-channel head
       with a depthwise 3×3×3 convolution in the default layout (depthwise 3D convolutions are slow on CPU; a dense
       one at 8 channels is faster and mixes channels too).
+    * FiLM text conditioning (``condition`` (B, E), the refined sentence token): after each level (once its skips
+      are added) and after the head's 3×3×3 convolution, ``x = x·(1 + γ) + β`` with per-channel ``(γ, β)`` from
+      one zero-initialised ``Linear(E → 2·Σ widths)``; ``condition=None`` skips it.
 
     Args:
         embed_dim: image embedding width E.
@@ -312,6 +330,28 @@ class MultiLevelMaskDecoder3D(nn.Module):
         )
         self.act = nn.GELU()
         self.logit_proj = nn.Conv3d(1, widths[2], kernel_size=1)  # level 2 (side 4G) may be the last level
+        # Convolutional image path: the crop's own features at S/2 and S/4 (levels L − 1 and L − 2).
+        half = max(4, channels // 2)
+        self.image_path = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv3d(in_chans, half, kernel_size=3, stride=2, padding=1),
+                    nn.GELU(),
+                    nn.Conv3d(half, half, kernel_size=3, padding=1),
+                    nn.GELU(),
+                ),
+                nn.Sequential(
+                    nn.Conv3d(half, channels, kernel_size=3, stride=2, padding=1),
+                    nn.GELU(),
+                    nn.Conv3d(channels, channels, kernel_size=3, padding=1),
+                    nn.GELU(),
+                ),
+            ][: max(0, levels - 1)]
+        )
+        self.image_proj = nn.ModuleList(
+            nn.Conv3d(half if i == 0 else channels, widths[levels - 1 - i], kernel_size=1)
+            for i in range(len(self.image_path))
+        )
         self.head = nn.Sequential(
             nn.Conv3d(full + in_chans, full, kernel_size=1),
             nn.GELU(),
@@ -322,8 +362,32 @@ class MultiLevelMaskDecoder3D(nn.Module):
         self.head.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        # Text conditioning (FiLM): per level and after the head's 3×3×3 convolution, a scale and a shift per
+        # channel from the text condition; zero-initialised, so a fresh decoder ignores the text.
+        self.film_widths = (*widths, full)
+        self.film = nn.Linear(embed_dim, 2 * sum(self.film_widths))
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
 
-    def forward(self, embedding: Tensor, stages: Sequence[Tensor], low_res_logits: Tensor, image: Tensor) -> Tensor:
+    def _modulations(self, condition: Tensor | None) -> list[tuple[Tensor, Tensor]] | None:
+        if condition is None:
+            return None
+        b = condition.shape[0]
+        params = self.film(condition).split([2 * w for w in self.film_widths], dim=1)
+        out = []
+        for w, p in zip(self.film_widths, params, strict=True):
+            scale, shift = p.reshape(b, 2, w, 1, 1, 1).unbind(1)
+            out.append((1 + scale, shift))
+        return out
+
+    def forward(
+        self,
+        embedding: Tensor,
+        stages: Sequence[Tensor],
+        low_res_logits: Tensor,
+        image: Tensor,
+        condition: Tensor | None = None,
+    ) -> Tensor:
         """Aggregate.
 
         Args:
@@ -331,6 +395,8 @@ class MultiLevelMaskDecoder3D(nn.Module):
             stages: stage tokens (B, G, G, G, C), shallow to deep (as :attr:`RefSAM3D.stages`).
             low_res_logits: (B, 1, 4G, 4G, 4G) SAM decoder logits.
             image: (B, in_chans, S, S, S) crop, S = G·2^L.
+            condition: (B, E) text condition (the refined sentence token) for the FiLM modulations, or None
+                (clicks without text: no modulation).
 
         Returns:
             (B, 1, S, S, S) float full-resolution logits.
@@ -338,6 +404,12 @@ class MultiLevelMaskDecoder3D(nn.Module):
         if len(stages) != len(self.stage_proj):
             raise ValueError(f"expected {len(self.stage_proj)} stage features, got {len(stages)}")
         deep_first = list(reversed(stages))
+        films = self._modulations(condition)
+        image_skips: dict[int, Tensor] = {}  # level → features of the crop itself
+        y = image.to(embedding.dtype)
+        for i, (path, proj) in enumerate(zip(self.image_path, self.image_proj, strict=True)):
+            y = path(y)
+            image_skips[self.levels - 1 - i] = proj(y)
         x = self.stem(embedding)
         for level in range(self.levels + 1):
             if level == self.levels:
@@ -351,11 +423,20 @@ class MultiLevelMaskDecoder3D(nn.Module):
                 x = x + skip
             if level == 2:
                 x = x + self.logit_proj(low_res_logits.to(x.dtype))
+            if level in image_skips:
+                x = x + image_skips[level].to(x.dtype)
+            if films is not None:
+                scale, shift = films[level]
+                x = x * scale.to(x.dtype) + shift.to(x.dtype)
         if x.shape[2:] != image.shape[2:]:
             raise ValueError(f"decoder reached {tuple(x.shape[2:])} but the crop is {tuple(image.shape[2:])}")
         base = F.interpolate(low_res_logits, size=image.shape[2:], mode="trilinear", align_corners=False)
         fused = torch.cat([x, image.to(x.dtype)], dim=1).contiguous(memory_format=torch.channels_last_3d)
-        return base + self.head(fused).contiguous()
+        h = self.head[2](self.head[1](self.head[0](fused)))
+        if films is not None:
+            scale, shift = films[-1]
+            h = h * scale.to(h.dtype) + shift.to(h.dtype)
+        return base + self.head[4](self.head[3](h)).contiguous()
 
 
 @dataclass
@@ -588,7 +669,7 @@ class RefSAM3D(Sam3D):
             )
         tokens, mask = self.encode_text(texts, encoded.stages)
         low, iou = self.decode_sam(encoded.embedding, prompts, tokens)
-        logits = self.ref_decoder(encoded.embedding, encoded.stages, low, encoded.image)
+        logits = self.ref_decoder(encoded.embedding, encoded.stages, low, encoded.image, condition=tokens[:, 0])
         return SegOutput(low_res_logits=low, logits=logits, iou=iou, extras={"text_tokens": tokens, "text_mask": mask})
 
 
