@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lesionsam.cli.main import main
+from lesionsam.data.io import Volume, write_image
+from lesionsam.workflows.demo import class_coverage
 
 
 def test_quick_demo_writes_a_report_built_from_the_evaluator_files(
@@ -56,9 +60,41 @@ def test_quick_text_study_reports_per_class_dice_from_evaluator_files(
         assert metrics["summary"]["dice"]["mean"] == r["dice_mean"]
         assert metrics["settings"]["label"] == r["label"]
         assert f"{r['dice_mean']:.3f} ± {r['dice_sd']:.3f}" in table
+        other_label = ({2, 4} - {r["label"]}).pop()
         cross = json.loads((out / r["source"].replace("metrics/", "metrics_other_class/")).read_text())
-        assert cross["settings"]["label"] == ({2, 4} - {r["label"]}).pop()
+        assert cross["settings"]["label"] == other_label
         assert cross["summary"]["dice"]["mean"] == r["dice_other_class"]
+        own, other = class_coverage(
+            out / Path(r["source"]).parent.parent, out / "data" / "test" / "labelsTr", (r["label"], other_label)
+        ).values()
+        assert (own, other) == (r["covers_own_class"], r["covers_other_class"])
+        assert f"| {own:.0%} | {other:.0%} |" in table
+
+
+def test_class_coverage_pools_voxels_over_cases(tmp_path: Path) -> None:
+    """Known overlaps: case a covers 2 of 4 class-2 voxels and 1 of 2 class-4 voxels, case b 0 of 4 and 2 of 2."""
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    labels.mkdir()
+    preds.mkdir()
+    ref = Volume(
+        array=np.zeros((4, 4, 4), np.uint8),
+        spacing=(1.0, 1.0, 2.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
+    label = np.zeros((4, 4, 4), np.uint8)
+    label[0, 0, :] = 2
+    label[1, 0, :2] = 4
+    pred_a, pred_b = np.zeros_like(label), np.zeros_like(label)
+    pred_a[0, 0, :2] = 2  # 2 of the 4 class-2 voxels
+    pred_a[1, 0, 0] = 2  # 1 of the 2 class-4 voxels
+    pred_a[3, 3, :] = 1  # outside both classes
+    pred_b[1, 0, :] = 4  # both class-4 voxels, no class-2 voxel
+    for case, pred in (("a", pred_a), ("b", pred_b)):
+        write_image(label, labels / f"case_{case}.nii.gz", reference=ref)
+        write_image(pred, preds / f"case_{case}.nii.gz", reference=ref)
+    got = class_coverage(preds, labels, (2, 4, 7))
+    assert got[2] == pytest.approx(2 / 8) and got[4] == pytest.approx(3 / 4) and math.isnan(got[7])
 
 
 def test_quick_auto_study_compares_hsam_auto_with_one_click_per_lesion(
