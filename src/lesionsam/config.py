@@ -115,6 +115,10 @@ class TrainConfig:
         text_pairs: text-referred methods with several target labels: every crop trained with its class's text is
             also trained, in the same batch, with another target label's text and that label's voxels of the same
             crop as target (a contrastive pair: same image, other text, other mask).
+        text_contrast: with ``text_pairs``, weight of a per-voxel margin term between the two texts of a pair on
+            their text-only predictions: on the voxels of either text's class, that text's logit must exceed the
+            other's (``softplus(l_other - l_own)``, mean over those voxels). The image-only parts of the logits
+            cancel in the difference, so the term trains only what makes the texts differ (0 = none).
         amp: bfloat16 autocast on CUDA (ignored on CPU).
         grad_checkpointing: recompute encoder activations in the backward pass (less memory).
         val_every: validate every N epochs (and after the last).
@@ -143,6 +147,7 @@ class TrainConfig:
     loss_options: dict[str, Any] = field(default_factory=dict)
     gate_cost: float = 0.0
     text_pairs: bool = False
+    text_contrast: float = 0.0
     amp: bool = True
     grad_checkpointing: bool = False
     val_every: int = 1
@@ -163,8 +168,10 @@ class TrainConfig:
                 f"train.mask_only_iterations must be in [0, num_clicks) = [0, {self.num_clicks}), "
                 f"got {self.mask_only_iterations}"
             )
-        if self.lr <= 0 or self.weight_decay < 0 or self.gate_cost < 0:
-            raise ValueError("train.lr must be > 0 and train.weight_decay, train.gate_cost >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.gate_cost < 0 or self.text_contrast < 0:
+            raise ValueError("train.lr must be > 0 and train.weight_decay, train.gate_cost, train.text_contrast >= 0")
+        if self.text_contrast > 0 and not self.text_pairs:
+            raise ValueError("train.text_contrast compares the two texts of a pair: set train.text_pairs: true too")
 
 
 @dataclass(frozen=True)

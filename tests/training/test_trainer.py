@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from lesionsam.config import RunConfig, load_run_config
 from lesionsam.data.synthetic import write_synthetic_dataset
@@ -260,3 +262,84 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     assert torch.equal(seen["images"][0], torch.cat([image, image]))
     torch.testing.assert_close(seen["targets"][0][1], (values[0] == 4).float())
     torch.testing.assert_close(seen["targets"][0][0], (values[0] == 2).float())
+
+
+def test_text_margin_loss_matches_a_voxel_by_voxel_reference() -> None:
+    from lesionsam.training.trainer import text_margin_loss
+
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 2, 1, 4, 4, 4, generator=gen) * 3
+    values = torch.randint(0, 3, (2, 1, 4, 4, 4), generator=gen)
+    mask_a, mask_b = values == 1, values == 2
+    terms = []
+    for la, lb, v in zip(a.flatten().tolist(), b.flatten().tolist(), values.flatten().tolist(), strict=True):
+        if v == 1:
+            terms.append(math.log1p(math.exp(lb - la)))
+        elif v == 2:
+            terms.append(math.log1p(math.exp(la - lb)))
+    want = sum(terms) / len(terms)
+    assert float(text_margin_loss(a, b, mask_a, mask_b)) == pytest.approx(want, rel=1e-5)
+    # Swapping the texts swaps the roles: same value; the image-only part of the logits cancels.
+    assert float(text_margin_loss(b + 7.0, a + 7.0, mask_b, mask_a)) == pytest.approx(want, rel=1e-5)
+    empty = torch.zeros_like(mask_a)
+    assert float(text_margin_loss(a, b, empty, empty)) == 0.0
+
+
+def test_text_contrast_adds_the_margin_of_the_text_only_logits() -> None:
+    """The step's loss with text_contrast w is the loss without it plus w · margin of the first (text-only) logits
+    of the two halves of the paired batch."""
+    import numpy as np
+
+    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.losses import build_loss
+    from lesionsam.models.backbone import get_preset
+    from lesionsam.models.methods.refsam3d import build_refsam3d
+    from lesionsam.training.trainer import InteractiveStep, text_margin_loss
+
+    torch.manual_seed(0)
+    model = build_refsam3d(get_preset("tiny"))
+    with torch.no_grad():  # a text-dependent full-resolution decoder, as after training
+        model.ref_decoder.film.weight.normal_(0.0, 0.5)
+        model.ref_decoder.head[-1].weight.normal_(0.0, 0.5)
+    first: list[Tensor] = []
+    decode = model.decode
+
+    def spy(enc, prompts, **kw):
+        out = decode(enc, prompts, **kw)
+        if prompts.points is None and prompts.mask is None:
+            first.append(out.logits.detach())
+        return out
+
+    model.decode = spy  # type: ignore[method-assign]
+    values = torch.zeros(1, 1, 64, 64, 64, dtype=torch.int64)
+    values[0, 0, 20:30, 20:30, 20:30] = 2
+    values[0, 0, 40:44, 40:44, 40:44] = 4
+    image = torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(4))
+    texts = {2: ["liver tumour"], 4: ["liver cyst"]}
+    losses = {}
+    for weight in (0.0, 0.5):
+        step = InteractiveStep(
+            model,
+            build_loss("dice_ce"),
+            ClickSimulator(),
+            num_clicks=2,
+            mask_only_iterations=0,
+            texts=texts,
+            text_pairs=True,
+            text_contrast=weight,
+        )
+        first.clear()
+        rng = np.random.default_rng(2)  # a seed whose first batch has text (one in four has none)
+        with torch.no_grad():
+            losses[weight], _ = step(image, (values == 2).float(), rng, torch.tensor([2]), 1.0, values)
+        assert len(first) == 1 and first[0].shape[0] == 2
+    margin = text_margin_loss(first[0][:1], first[0][1:], values == 2, values == 4)
+    assert float(margin) > 0.05
+    assert float(losses[0.5] - losses[0.0]) == pytest.approx(0.5 * float(margin), rel=1e-4, abs=1e-6)
+
+
+def test_text_contrast_needs_text_pairs() -> None:
+    with pytest.raises(ValueError, match="set train.text_pairs: true too"):
+        load_run_config(None, ["train.text_contrast=1.0"])
+    with pytest.raises(ValueError, match="train.text_contrast >= 0"):
+        load_run_config(None, ["train.text_contrast=-1", "train.text_pairs=true"])

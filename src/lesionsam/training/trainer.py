@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -140,10 +141,12 @@ class InteractiveStep(nn.Module):
         gate_cost: float = 0.0,
         texts: dict[int, list[str]] | None = None,
         text_pairs: bool = False,
+        text_contrast: float = 0.0,
     ) -> None:
         super().__init__()
         self.texts = texts or {}
         self.text_pairs = text_pairs and len(self.texts) > 1
+        self.text_contrast = text_contrast
         self.model = model
         self.loss_fn = loss_fn
         self.clicks = clicks
@@ -168,7 +171,8 @@ class InteractiveStep(nn.Module):
         the model also works without text, one batch in four gets no text (clicks only), so both uses train.
 
         With ``text_pairs`` (and ``label_values``, the crops' label values (B, 1, S, S, S)), a text batch doubles:
-        each crop comes again with another target label's text and that label's voxels as target.
+        each crop comes again with another target label's text and that label's voxels as target; with
+        ``text_contrast`` the text-only logits of the two halves also get :func:`text_margin_loss`.
 
         A crop may have an empty label (a negative crop, ``data.negative_fraction``) only when text is given: its
         clicks then come from the error region of the text-only prediction (a negative click on what was found,
@@ -183,7 +187,9 @@ class InteractiveStep(nn.Module):
             text = [str(rng.choice(self.texts[int(t)])) for t in target.tolist()]
             if "text" not in self.model.required_prompts and rng.random() < 0.25 and has_lesion:
                 text = None
+        paired = False
         if text is not None and self.text_pairs and label_values is not None and target is not None:
+            paired = True
             others = [int(rng.choice([v for v in self.texts if v != int(t)])) for t in target.tolist()]
             text = text + [str(rng.choice(self.texts[v])) for v in others]
             other_label = torch.stack([label_values[i] == v for i, v in enumerate(others)]).to(label.dtype)
@@ -220,6 +226,11 @@ class InteractiveStep(nn.Module):
                 prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             out = self.model.decode(encoded, prompts)
             total = total + self.loss_fn(out.logits.float(), label)
+            if it == 0 and paired and self.text_contrast:
+                half = label.shape[0] // 2
+                logits = out.logits.float()
+                margin = text_margin_loss(logits[:half], logits[half:], label[:half] > 0.5, label[half:] > 0.5)
+                total = total + self.num_clicks * self.text_contrast * margin
             pred = out.logits.detach() > 0
             low = out.low_res_logits.detach()
             if "gate_probs" in out.extras:
@@ -233,6 +244,22 @@ class InteractiveStep(nn.Module):
                 loss = loss + self.gate_cost * probs.mean()
             stats["gate_rate"] = float(probs.detach().float().mean())
         return loss, stats
+
+
+def text_margin_loss(logits_a: Tensor, logits_b: Tensor, mask_a: Tensor, mask_b: Tensor) -> Tensor:
+    """Per-voxel margin between two texts' logits on the same crops.
+
+    On the voxels of text a's class (``mask_a``) ``softplus(l_b - l_a)``, on those of text b's class
+    ``softplus(l_a - l_b)``: each text must score its own class's voxels above the other text. Mean over those
+    voxels of the batch; 0 when neither class has a voxel (the term then adds nothing).
+
+    Args:
+        logits_a, logits_b: (B, 1, S, S, S) float logits for texts a and b.
+        mask_a, mask_b: (B, 1, S, S, S) bool voxels of each text's class (disjoint).
+    """
+    diff = logits_a - logits_b
+    terms = torch.cat([F.softplus(-diff[mask_a]), F.softplus(diff[mask_b])])
+    return terms.mean() if terms.numel() else logits_a.new_zeros(())
 
 
 class AutomaticStep(nn.Module):
@@ -555,6 +582,7 @@ class Trainer:
                 gate_cost=t.gate_cost,
                 texts=self.label_texts() if _takes_text(model) else None,
                 text_pairs=t.text_pairs,
+                text_contrast=t.text_contrast,
             )
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
