@@ -127,6 +127,10 @@ def test_text_condition_reaches_the_full_resolution_decoder() -> None:
         args = (enc.embedding, enc.stages, low, enc.image)
         plain = dec(*args)
         assert torch.equal(dec(*args, condition=cond_a), plain)
+        # encode computes the image path once; decoding with it equals computing it in the decoder
+        clicks = Prompts(points=torch.full((1, 1, 3), 30.0), labels=torch.ones(1, 1))
+        assert enc.image_features is not None and len(enc.image_features) == 2
+        assert torch.equal(ref.decode(enc, clicks).logits, plain)
         dec.film.weight.copy_(torch.randn(dec.film.weight.shape, generator=gen) * 0.1)
         a, b = dec(*args, condition=cond_a), dec(*args, condition=cond_b)
         assert torch.equal(dec(*args), plain)

@@ -380,6 +380,16 @@ class MultiLevelMaskDecoder3D(nn.Module):
             out.append((1 + scale, shift))
         return out
 
+    def image_features(self, image: Tensor) -> tuple[Tensor, ...]:
+        """The convolutional image path: (B, in_chans, S, S, S) crop → its projected features at S/2, S/4 (as
+        many as the path has); they depend on the crop alone, so :meth:`RefSAM3D.encode` computes them once."""
+        features = []
+        y = image
+        for path, proj in zip(self.image_path, self.image_proj, strict=True):
+            y = path(y)
+            features.append(proj(y))
+        return tuple(features)
+
     def forward(
         self,
         embedding: Tensor,
@@ -387,6 +397,7 @@ class MultiLevelMaskDecoder3D(nn.Module):
         low_res_logits: Tensor,
         image: Tensor,
         condition: Tensor | None = None,
+        image_features: Sequence[Tensor] | None = None,
     ) -> Tensor:
         """Aggregate.
 
@@ -397,6 +408,7 @@ class MultiLevelMaskDecoder3D(nn.Module):
             image: (B, in_chans, S, S, S) crop, S = G·2^L.
             condition: (B, E) text condition (the refined sentence token) for the FiLM modulations, or None
                 (clicks without text: no modulation).
+            image_features: :meth:`image_features` of ``image`` when already computed (None: computed here).
 
         Returns:
             (B, 1, S, S, S) float full-resolution logits.
@@ -405,11 +417,8 @@ class MultiLevelMaskDecoder3D(nn.Module):
             raise ValueError(f"expected {len(self.stage_proj)} stage features, got {len(stages)}")
         deep_first = list(reversed(stages))
         films = self._modulations(condition)
-        image_skips: dict[int, Tensor] = {}  # level → features of the crop itself
-        y = image.to(embedding.dtype)
-        for i, (path, proj) in enumerate(zip(self.image_path, self.image_proj, strict=True)):
-            y = path(y)
-            image_skips[self.levels - 1 - i] = proj(y)
+        features = self.image_features(image.to(embedding.dtype)) if image_features is None else image_features
+        image_skips = {self.levels - 1 - i: f for i, f in enumerate(features)}  # level → the crop's own features
         x = self.stem(embedding)
         for level in range(self.levels + 1):
             if level == self.levels:
@@ -447,11 +456,14 @@ class RefEncodedImage:
         embedding: (B, E, G, G, G) float image embedding (adapted encoder), axes (D, H, W).
         stages: per stage, (B, G, G, G, C) float tokens after that block and its adapter, shallow to deep.
         image: (B, in_chans, S, S, S) the crop itself (the multi-level decoder concatenates it).
+        image_features: the decoder's convolutional image-path features of the crop (S/2 first), computed once
+            per crop and reused by every decode.
     """
 
     embedding: Tensor
     stages: tuple[Tensor, ...]
     image: Tensor
+    image_features: tuple[Tensor, ...] | None = None
 
 
 class RefSAM3D(Sam3D):
@@ -566,7 +578,12 @@ class RefSAM3D(Sam3D):
             return tokens
 
         embedding = self.image_encoder(image, block_hook=hook)
-        return RefEncodedImage(embedding=embedding, stages=tuple(stage_tokens), image=image)
+        return RefEncodedImage(
+            embedding=embedding,
+            stages=tuple(stage_tokens),
+            image=image,
+            image_features=self.ref_decoder.image_features(image.to(embedding.dtype)),
+        )
 
     def encode_text(self, texts: Sequence[str], stages: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Text prompts → refined prompt tokens.
@@ -658,7 +675,9 @@ class RefSAM3D(Sam3D):
             if prompts.points is None and prompts.mask is None:
                 raise ValueError('RefSAM3D needs a text prompt (Prompts(text=["liver tumour"])) or clicks')
             low, iou = self.decode_sam(encoded.embedding, prompts)
-            logits = self.ref_decoder(encoded.embedding, encoded.stages, low, encoded.image)
+            logits = self.ref_decoder(
+                encoded.embedding, encoded.stages, low, encoded.image, image_features=encoded.image_features
+            )
             return SegOutput(low_res_logits=low, logits=logits, iou=iou)
         texts = prompts.text
         if isinstance(texts, str) or len(texts) != batch:
@@ -669,7 +688,14 @@ class RefSAM3D(Sam3D):
             )
         tokens, mask = self.encode_text(texts, encoded.stages)
         low, iou = self.decode_sam(encoded.embedding, prompts, tokens)
-        logits = self.ref_decoder(encoded.embedding, encoded.stages, low, encoded.image, condition=tokens[:, 0])
+        logits = self.ref_decoder(
+            encoded.embedding,
+            encoded.stages,
+            low,
+            encoded.image,
+            condition=tokens[:, 0],
+            image_features=encoded.image_features,
+        )
         return SegOutput(low_res_logits=low, logits=logits, iou=iou, extras={"text_tokens": tokens, "text_mask": mask})
 
 
