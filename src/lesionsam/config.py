@@ -119,6 +119,15 @@ class TrainConfig:
             their text-only predictions: on the voxels of either text's class, that text's logit must exceed the
             other's (``softplus(l_other - l_own)``, mean over those voxels). The image-only parts of the logits
             cancel in the difference, so the term trains only what makes the texts differ (0 = none).
+        text_competition: with ``text_pairs``, weight of the training loss applied once more to the two texts'
+            *competing* logits on their text-only predictions (:func:`lesionsam.models.interface.competing_logits`:
+            each text against background and the other text, a 3-way softmax) — what text-alone prediction
+            thresholds when the checkpoint knows its class texts (0 = none).
+        region_classes: with ``text_pairs``, weight of a per-lesion class term: every lesion (connected component
+            of at least :data:`~lesionsam.training.trainer.REGION_MIN_VOXELS` voxels) of the two classes in a
+            paired crop is scored against the pair's two texts by the model's region classifier
+            (``RefSAM3D.region_scores``) with cross-entropy, mean over the lesions; text alone then decides each
+            found lesion's class with it (0 = none).
         amp: bfloat16 autocast on CUDA (ignored on CPU).
         grad_checkpointing: recompute encoder activations in the backward pass (less memory).
         val_every: validate every N epochs (and after the last).
@@ -148,6 +157,8 @@ class TrainConfig:
     gate_cost: float = 0.0
     text_pairs: bool = False
     text_contrast: float = 0.0
+    text_competition: float = 0.0
+    region_classes: float = 0.0
     amp: bool = True
     grad_checkpointing: bool = False
     val_every: int = 1
@@ -168,10 +179,14 @@ class TrainConfig:
                 f"train.mask_only_iterations must be in [0, num_clicks) = [0, {self.num_clicks}), "
                 f"got {self.mask_only_iterations}"
             )
-        if self.lr <= 0 or self.weight_decay < 0 or self.gate_cost < 0 or self.text_contrast < 0:
-            raise ValueError("train.lr must be > 0 and train.weight_decay, train.gate_cost, train.text_contrast >= 0")
-        if self.text_contrast > 0 and not self.text_pairs:
-            raise ValueError("train.text_contrast compares the two texts of a pair: set train.text_pairs: true too")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "gate_cost", "text_contrast", "text_competition", "region_classes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("text_contrast", "text_competition", "region_classes"):
+            if getattr(self, name) > 0 and not self.text_pairs:
+                raise ValueError(f"train.{name} compares the two texts of a pair: set train.text_pairs: true too")
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,100 @@ def test_text_alone_searches_the_whole_volume_and_selects_by_text(tmp_path: Path
         plain.predict([LesionClicks(points=[[20, 25, 12]], labels=[1])], text="bright")
 
 
+class OverlappingTextModel(TextModel):
+    """Stand-in whose "tumour" text also fires on the dark blob, weaker than "cyst" does: "...tumour" logits
+    +2 on bright voxels, +1 on dark ones; "...cyst" +3 on dark voxels; -10 elsewhere. Encoding is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encodes = 0
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        self.encodes += 1
+        return image
+
+    def decode(self, encoded: torch.Tensor, prompts: Prompts, *, multimask_output: bool = False) -> SegOutput:
+        self.calls += 1
+        bright, dark = encoded > 1.0, (encoded < -1.0) & (encoded > -30.0)
+        rows = []
+        for b, text in enumerate(prompts.text):
+            if text.endswith("tumour"):
+                rows.append(torch.where(bright[b], 2.0, torch.where(dark[b], 1.0, -10.0)))
+            else:
+                rows.append(torch.where(dark[b], 3.0, -10.0))
+        logits = torch.stack(rows)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(encoded.shape[0], 1))
+
+    def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
+        return self.decode(self.encode(image), prompts)
+
+
+def test_text_alone_naming_a_trained_class_is_decided_against_the_other_classes(tmp_path: Path) -> None:
+    """ "liver tumour" alone also fires (weaker) on cysts; decided against "liver cyst" it keeps only its class,
+    while a free text or compete=False (``--no-compete``) threshold the text's own logits."""
+    image, bright, dark = _bright_and_dark()
+    model = OverlappingTextModel()
+    texts = {2: ["liver tumour", "tumour"], 4: ["liver cyst", "hepatic cyst"]}
+    pred = Predictor(model, preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_texts=texts)
+    assert pred.competitors("Liver  TUMOUR") == ("liver cyst",)
+    assert pred.competitors("hepatic cyst") == ("liver tumour",)
+    assert pred.competitors("kidney tumour") == ()  # not a trained class: nothing to decide against
+    pred.set_image(image)
+    plain = pred.predict_text("liver tumour", compete=False)
+    assert plain.competitors == () and _dice(plain.labels, bright | dark) > 0.85
+    model.encodes = model.calls = 0
+    tumour = pred.predict_text("liver tumour")
+    assert tumour.competitors == ("liver cyst",)
+    assert model.calls == 2 * model.encodes  # each window encoded once, decoded with both texts
+    assert _dice(tumour.labels, bright) > 0.85 and not (tumour.labels[dark] > 0).any()
+    cyst = pred.predict_text("hepatic cyst")
+    assert _dice(cyst.labels, dark) > 0.85 and not (cyst.labels[bright] > 0).any()
+    free = pred.predict_text("kidney tumour")
+    assert free.competitors == () and np.array_equal(free.labels > 0, plain.labels > 0)
+    # Through the workflow: decided by default; compete=False thresholds the text's own mask.
+    img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
+    cases = predict(img, tmp_path / "t.nii.gz", text="liver tumour", predictor=pred)
+    assert cases[0].lesions == 1 and _dice(read_image(tmp_path / "t.nii.gz").array, bright) > 0.85
+    cases = predict(img, tmp_path / "p.nii.gz", text="liver tumour", compete=False, predictor=pred)
+    assert cases[0].lesions == 2 and _dice(read_image(tmp_path / "p.nii.gz").array, bright | dark) > 0.85
+
+
+class RegionTextModel(OverlappingTextModel):
+    """OverlappingTextModel with a region classifier: a region is "...tumour" when its mean (normalised)
+    intensity is positive, "...cyst" otherwise; it records the texts and region sizes it scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: list[tuple[list[str], int]] = []
+
+    def region_scores(self, encoded: torch.Tensor, crop: int, masks: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        m = masks[:, 0].float()
+        mean = (encoded[crop, 0] * m).sum((1, 2, 3)) / m.sum((1, 2, 3))
+        self.scored += [(list(texts), int(n)) for n in m.sum((1, 2, 3)).tolist()]
+        return torch.stack([mean if t.endswith("tumour") else -mean for t in texts], dim=1)
+
+
+def test_text_alone_with_a_region_classifier_decides_lesion_by_lesion() -> None:
+    """The text's own mask finds both blobs; each component is scored once, in a window centred on it, against
+    the text and its competitor, and only the ones its class wins are kept (probabilities too)."""
+    image, bright, dark = _bright_and_dark()
+    model = RegionTextModel()
+    texts = {2: ["liver tumour"], 4: ["liver cyst"]}
+    pred = Predictor(model, preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_texts=texts)
+    pred.set_image(image)
+    tumour = pred.predict_text("liver tumour", probabilities=True)
+    assert [t for t, _ in model.scored] == [["liver tumour", "liver cyst"]] * 2  # two components, one decision each
+    assert all(n > 50 for _, n in model.scored)
+    assert _dice(tumour.labels, bright) > 0.85 and not (tumour.labels[dark] > 0).any()
+    assert tumour.probabilities is not None and tumour.probabilities[dark].max() == 0.0
+    cyst = pred.predict_text("liver cyst")
+    assert _dice(cyst.labels, dark) > 0.85 and not (cyst.labels[bright] > 0).any()
+    model.scored.clear()
+    plain = pred.predict_text("liver tumour", compete=False)
+    assert model.scored == [] and _dice(plain.labels, bright | dark) > 0.85
+
+
 class AutoModel(SegModel):
     """A prompt-free stand-in with known behaviour: class 1 = voxels brighter than 1, class 2 = darker than −1
     (normalised units), as (B, 3, S³) logits."""

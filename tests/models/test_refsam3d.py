@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -200,8 +201,11 @@ def test_training_step_changes_only_the_trainable_parts() -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     image, clicks = _inputs(batch=1)
     target = (torch.rand(1, 1, TINY.img_size, TINY.img_size, TINY.img_size) > 0.9).float()
-    out = model(image, Prompts(points=clicks.points, labels=clicks.labels, text=["liver tumour"]))
+    encoded = model.encode(image)
+    out = model.decode(encoded, Prompts(points=clicks.points, labels=clicks.labels, text=["liver tumour"]))
+    region = model.region_scores(encoded, 0, target > 0.5, ["liver tumour", "liver cyst"])  # the class term
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, target)
+    loss = loss + torch.nn.functional.cross_entropy(region, torch.tensor([0]))
     loss.backward()
     opt.step()
 
@@ -277,3 +281,98 @@ def test_registered_with_options_and_loss() -> None:
     model = build_model(ModelConfig.from_preset("tiny", method="refsam3d", options={"stages": [0, 3]}))
     assert isinstance(model, RefSAM3D) and model.stages == (0, 3)
     assert model.required_prompts == set() and model.accepted_prompts == {"text", "points", "mask"}
+
+
+def test_competing_logits_are_the_log_odds_of_a_softmax_over_background_and_the_classes() -> None:
+    """Reference: a softmax over (background = 0, own, others...) computed directly; log p / (1 - p)."""
+    from lesionsam.models import competing_logits
+
+    g = torch.Generator().manual_seed(0)
+    own = 4 * torch.randn(2, 1, 3, 4, 5, generator=g)
+    others = 4 * torch.randn(2, 2, 3, 4, 5, generator=g)
+    probs = torch.softmax(torch.cat([torch.zeros_like(own), own, others], dim=1).double(), dim=1)[:, 1:2]
+    expected = torch.log(probs) - torch.log1p(-probs)
+    got = competing_logits(own, others)
+    assert got.shape == own.shape
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert bool((got <= own).all())  # competition only ever takes voxels away
+    # Negative wherever background or another class scores higher; positive where the class wins by more than
+    # log(1 + K) = log 3 (then even K equal rivals at the runner-up's score cannot outweigh it).
+    margin = own - torch.cat([torch.zeros_like(own), others], 1).max(1, keepdim=True).values
+    assert not bool((got > 0)[margin < 0].any())
+    assert bool((got > 0)[margin > math.log(3)].all()) and int((margin > math.log(3)).sum()) > 5
+    # No competitor: the text's own logits.
+    assert torch.equal(competing_logits(own, others[:, :0]), own)
+
+
+def test_region_pooling_matches_a_scipy_reference() -> None:
+    """Inside / shell / difference means of the region classifier against block means and scipy's max filter."""
+    import numpy as np
+    from scipy import ndimage
+
+    from lesionsam.models.methods.refsam3d import RegionClassifier
+
+    head = RegionClassifier(feature_channels=2, text_dim=4, shell=2)
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 2, 8, 8, 8, generator=g)
+    masks = torch.zeros(2, 1, 16, 16, 16, dtype=torch.bool)
+    masks[0, 0, 3:9, 4:10, 5:8] = True
+    masks[1, 0, 10:13, 1:4, 12:16] = True
+    got = head.pool(features, masks)
+    f = features[0].numpy().astype(np.float64)
+    for k in range(2):
+        m = masks[k, 0].numpy().astype(np.float64).reshape(8, 2, 8, 2, 8, 2).mean((1, 3, 5))
+        shell = np.clip(ndimage.maximum_filter(m, size=5, mode="constant", cval=0.0) - m, 0.0, None)
+        inside = (f * m).sum((1, 2, 3)) / m.sum()
+        around = (f * shell).sum((1, 2, 3)) / shell.sum()
+        expected = np.concatenate([inside, around, inside - around])
+        np.testing.assert_allclose(got[k].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_region_classifier_learns_lesion_classes_from_their_contrast_to_the_surroundings() -> None:
+    """Two lesion kinds whose absolute intensity overlaps across crops (a random offset per crop) but whose contrast
+    to the surrounding tissue differs: trained on the pair loss, the region scores classify held-out lesions."""
+    import numpy as np
+
+    from lesionsam.training.trainer import region_class_loss
+
+    torch.manual_seed(0)
+    model = build_refsam3d(TINY)
+    rng = np.random.default_rng(0)
+
+    def crop() -> tuple[Tensor, Tensor]:
+        image = torch.full((1, 1, 64, 64, 64), float(rng.uniform(-0.4, 0.4)))
+        labels = torch.zeros(2, 1, 64, 64, 64)
+        for j, contrast in enumerate((-0.3, -0.7)):  # "tumour" -0.3, "cyst" -0.7 below the tissue
+            c = rng.integers(14, 50, size=3)
+            r = int(rng.integers(4, 9))
+            sl = tuple(slice(int(x) - r, int(x) + r) for x in c)
+            if labels[(0, 0, *sl)].any() or labels[(1, 0, *sl)].any():
+                continue
+            image[(0, 0, *sl)] += contrast
+            labels[(j, 0, *sl)] = 1.0
+        image += 0.05 * torch.randn(image.shape, generator=torch.Generator().manual_seed(int(rng.integers(1e6))))
+        return image, labels
+
+    texts = ["liver tumour", "liver cyst"]
+    train = [crop() for _ in range(6)]
+    with torch.no_grad():
+        encoded = [model.encode(torch.cat([im, im])) for im, _ in train]
+    params = [p for n, p in model.named_parameters() if n.startswith(("region_head.", "text."))]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    for _ in range(60):
+        for enc, (_, lab) in zip(encoded, train, strict=True):
+            opt.zero_grad()
+            loss = region_class_loss(model, enc, lab, texts)
+            loss.backward()
+            opt.step()
+    right = total = 0
+    with torch.no_grad():
+        for im, lab in (crop() for _ in range(6)):
+            enc = model.encode(im)
+            for j in range(2):
+                if lab[j].any():
+                    scores = model.region_scores(enc, 0, lab[j : j + 1] > 0.5, texts)
+                    right += int(scores.argmax(1).item() == j)
+                    total += 1
+    assert total >= 8 and right == total

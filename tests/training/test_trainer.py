@@ -218,6 +218,13 @@ def test_text_referred_training_with_negative_crops_validates_on_both(tmp_path: 
     assert all(v > 0 for v in positives)
     result = trainer.fit()
     assert result.best_checkpoint is not None and 0.0 <= result.best_val_dice <= 1.0
+    # The checkpoint keeps the class texts it was trained on (here dataset.json's label names), so text alone
+    # can be decided against the other class.
+    from lesionsam.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(result.best_checkpoint)
+    assert predictor.class_texts == {2: ("tumour",), 4: ("cyst",)}
+    assert predictor.competitors("Tumour") == ("cyst",) and predictor.competitors("kidney tumour") == ()
 
 
 def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
@@ -285,16 +292,20 @@ def test_text_margin_loss_matches_a_voxel_by_voxel_reference() -> None:
     assert float(text_margin_loss(a, b, empty, empty)) == 0.0
 
 
-def test_text_contrast_adds_the_margin_of_the_text_only_logits() -> None:
-    """The step's loss with text_contrast w is the loss without it plus w · margin of the first (text-only) logits
-    of the two halves of the paired batch."""
+@pytest.mark.parametrize("term", ["text_contrast", "text_competition", "region_classes"])
+def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits(term: str) -> None:
+    """The step's loss with text_contrast (text_competition) w is the loss without it plus w · the margin (the
+    training loss of the competing logits: each half against background and the other half's text) of the first,
+    text-only logits of the two halves of the paired batch; with region_classes w, plus w · the per-lesion class
+    cross-entropy of both classes' lesions (one each here) against the pair's texts."""
     import numpy as np
 
     from lesionsam.data.prompts import ClickSimulator
     from lesionsam.losses import build_loss
+    from lesionsam.models import competing_logits
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
-    from lesionsam.training.trainer import InteractiveStep, text_margin_loss
+    from lesionsam.training.trainer import InteractiveStep, region_class_loss, text_margin_loss
 
     torch.manual_seed(0)
     model = build_refsam3d(get_preset("tiny"))
@@ -326,20 +337,76 @@ def test_text_contrast_adds_the_margin_of_the_text_only_logits() -> None:
             mask_only_iterations=0,
             texts=texts,
             text_pairs=True,
-            text_contrast=weight,
+            **{term: weight},
         )
         first.clear()
         rng = np.random.default_rng(2)  # a seed whose first batch has text (one in four has none)
         with torch.no_grad():
             losses[weight], _ = step(image, (values == 2).float(), rng, torch.tensor([2]), 1.0, values)
         assert len(first) == 1 and first[0].shape[0] == 2
-    margin = text_margin_loss(first[0][:1], first[0][1:], values == 2, values == 4)
-    assert float(margin) > 0.05
-    assert float(losses[0.5] - losses[0.0]) == pytest.approx(0.5 * float(margin), rel=1e-4, abs=1e-6)
+    a, b = first[0][:1], first[0][1:]
+    pair_label = torch.cat([values == 2, values == 4]).float()
+    if term == "text_contrast":
+        expected = text_margin_loss(a, b, values == 2, values == 4)
+    elif term == "region_classes":
+        with torch.no_grad():
+            encoded = model.encode(torch.cat([image, image]))
+            expected = region_class_loss(model, encoded, pair_label, ["liver tumour", "liver cyst"])
+            scores = model.region_scores(encoded, 0, pair_label.bool(), ["liver tumour", "liver cyst"])
+        reference = torch.nn.functional.cross_entropy(scores, torch.tensor([0, 1]))  # two lesions, their classes
+        assert float(expected) == pytest.approx(float(reference), rel=1e-5)
+    else:
+        competing = torch.cat([competing_logits(a, b), competing_logits(b, a)])
+        expected = build_loss("dice_ce")(competing, pair_label)
+    assert float(expected) > 0.05
+    assert float(losses[0.5] - losses[0.0]) == pytest.approx(0.5 * float(expected), rel=1e-4, abs=1e-6)
 
 
-def test_text_contrast_needs_text_pairs() -> None:
-    with pytest.raises(ValueError, match="set train.text_pairs: true too"):
-        load_run_config(None, ["train.text_contrast=1.0"])
-    with pytest.raises(ValueError, match="train.text_contrast >= 0"):
-        load_run_config(None, ["train.text_contrast=-1", "train.text_pairs=true"])
+@pytest.mark.parametrize("term", ["text_contrast", "text_competition", "region_classes"])
+def test_text_pair_terms_need_text_pairs_and_a_non_negative_weight(term: str) -> None:
+    with pytest.raises(ValueError, match=f"train.{term} compares the two texts of a pair: set train.text_pairs"):
+        load_run_config(None, [f"train.{term}=1.0"])
+    with pytest.raises(ValueError, match=f"train.{term} must be >= 0, got -1"):
+        load_run_config(None, [f"train.{term}=-1", "train.text_pairs=true"])
+
+
+def test_region_classes_need_a_region_classifier() -> None:
+    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.losses import build_loss
+    from lesionsam.models.backbone import build_sam3d, get_preset
+    from lesionsam.training.trainer import InteractiveStep
+
+    with pytest.raises(ValueError, match="train.region_classes needs a model with a region classifier"):
+        InteractiveStep(
+            build_sam3d(get_preset("tiny")),
+            build_loss("dice_ce"),
+            ClickSimulator(),
+            num_clicks=1,
+            mask_only_iterations=0,
+            region_classes=1.0,
+        )
+
+
+def test_regions_won_keeps_the_lesions_the_region_scores_give_to_the_first_text() -> None:
+    """A stand-in scorer: a region belongs to the first text when its mean image value is positive."""
+    from types import SimpleNamespace
+
+    from lesionsam.training.trainer import regions_won
+
+    image = torch.zeros(1, 1, 16, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16, 16, dtype=torch.bool)
+    mask[0, 0, 1:4, 1:4, 1:4] = mask[0, 0, 8:12, 8:12, 8:12] = True
+    mask[0, 0, 14, 14, 14] = True  # a one-voxel lesion is decided too
+    image[0, 0, 1:4, 1:4, 1:4], image[0, 0, 8:12, 8:12, 8:12], image[0, 0, 14, 14, 14] = 1.0, -1.0, 2.0
+
+    def region_scores(encoded, crop, masks, texts):
+        assert crop == 0 and texts == ["liver tumour", "liver cyst"]
+        mean = (encoded[crop, 0] * masks[:, 0]).sum((1, 2, 3)) / masks[:, 0].sum((1, 2, 3))
+        return torch.stack([mean, -mean], dim=1)
+
+    model = SimpleNamespace(region_scores=region_scores)
+    kept = regions_won(model, image, mask, ["liver tumour", "liver cyst"])
+    expected = torch.zeros_like(mask)
+    expected[0, 0, 1:4, 1:4, 1:4] = expected[0, 0, 14, 14, 14] = True
+    assert torch.equal(kept, expected)
+    assert not regions_won(model, image, torch.zeros_like(mask), ["liver tumour", "liver cyst"]).any()

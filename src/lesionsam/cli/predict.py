@@ -20,6 +20,8 @@ Clicks come from exactly one of: --point/--negative (one lesion), --prompts FILE
 the README), --clicks-from LABELS (one centre click per connected lesion of --label in a label map; the
 standard first-click benchmark). A text-referred model (RefSAM3D) takes --text "liver tumour", alone (the
 whole volume is searched with sliding windows; each connected component becomes one lesion) or with clicks.
+Text alone that names one of the classes the checkpoint was trained on is decided against the others (a voxel
+is the text's where its class beats background and every other class); --no-compete turns that off.
 
 --auto needs no prompt: a prompt-free model (H-SAM, method hsam) segments every lesion class it was trained on
 in the whole volume (sliding windows, Gaussian blending); the mask holds the classes' label values (e.g. 2
@@ -60,6 +62,12 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         metavar="V",
         help="--auto / --text alone: drop found components under V mm³ (default 0: keep all)",
     )
+    p.add_argument(
+        "--no-compete",
+        action="store_true",
+        help="--text alone: threshold the text's own mask instead of deciding it against the checkpoint's other "
+        "trained class texts",
+    )
     p.add_argument("--label", type=int, default=1, metavar="N", help="lesion value for --clicks-from (default 1)")
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
     p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
@@ -97,6 +105,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             auto=a.auto,
             refine_checkpoint=a.refine_checkpoint,
             min_lesion_mm3=a.min_lesion_mm3,
+            compete=not a.no_compete,
             label=a.label,
             channel=a.channel,
             probabilities=a.probabilities,

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,16 @@ from scipy import ndimage
 from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
-from lesionsam.data.transforms import CropBox, PreprocessConfig, Preprocessed, Preprocessor, crop_box, crop_or_pad
-from lesionsam.models import ModelConfig, Prompts, SegModel, build_model
+from lesionsam.data.transforms import (
+    CropBox,
+    PreprocessConfig,
+    Preprocessed,
+    Preprocessor,
+    crop_box,
+    crop_or_pad,
+    take,
+)
+from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import FORMAT, load_model, load_sam_med3d_weights, read_weights_file
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,8 @@ class Prediction:
         reference: the input's geometry (use it to write the arrays).
         windows: number of model crops run per lesion id.
         seconds: wall time of :meth:`Predictor.predict`.
+        competitors: text alone (:meth:`Predictor.predict_text`): the other class texts the text was decided
+            against (empty: the text's own logits were thresholded).
     """
 
     labels: np.ndarray
@@ -94,6 +104,12 @@ class Prediction:
     reference: Volume
     windows: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    competitors: tuple[str, ...] = ()
+
+
+def _text_key(text: str) -> str:
+    """A text prompt compared case- and spacing-insensitively ("Liver  Tumour" = "liver tumour")."""
+    return " ".join(text.lower().split())
 
 
 def _faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
@@ -104,6 +120,17 @@ def _faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
             if np.take(fg, idx, axis=axis).any():
                 faces.append((axis, side))
     return faces
+
+
+def _trained_class_texts(ckpt: Mapping[str, Any], data: Mapping[str, Any]) -> dict[int, list[str]]:
+    """The class texts a text-referred lesionsam checkpoint was trained on: what the trainer stored
+    (``extra.class_texts``), else the run's ``data.label_texts`` for its target labels (older checkpoints)."""
+    stored = (ckpt.get("extra") or {}).get("class_texts")
+    if stored:
+        return {int(k): [str(t) for t in v] for k, v in stored.items()}
+    given = {int(k): [str(t) for t in v] for k, v in (data.get("label_texts") or {}).items()}
+    targets = data.get("target_labels") or [data.get("target_label", 1)]
+    return {int(t): given[int(t)] for t in targets if given.get(int(t))}
 
 
 class Predictor:
@@ -117,6 +144,9 @@ class Predictor:
         max_windows: most model crops per lesion (1 disables growing beyond the first crop).
         class_values: for a prompt-free model, the label value written for each of its K lesion classes (default
             1..K; :meth:`from_checkpoint` takes the training run's ``data.target_labels``).
+        class_texts: for a text-referred model, the texts of each label value it was trained on
+            (:meth:`from_checkpoint` takes them from the checkpoint); text alone naming one of these classes is
+            decided against the others (:meth:`predict_text`).
 
     Example:
         >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
@@ -133,6 +163,7 @@ class Predictor:
         threshold: float = 0.5,
         max_windows: int = 8,
         class_values: Sequence[int] | None = None,
+        class_texts: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
@@ -151,6 +182,7 @@ class Predictor:
         self.threshold = threshold
         self.max_windows = max_windows
         self.class_values = self._class_values(model, class_values)
+        self.class_texts = {int(k): tuple(str(t) for t in v) for k, v in (class_texts or {}).items() if v}
         self._pre: Preprocessed | None = None
 
     @staticmethod
@@ -199,6 +231,8 @@ class Predictor:
                 data = dict((ckpt.get("config") or {}).get("data") or {})
                 if model.prompt_free and "class_values" not in kwargs:
                     kwargs["class_values"] = data.get("target_labels") or [data.get("target_label", 1)]
+                if "text" in model.accepted_prompts | model.required_prompts and "class_texts" not in kwargs:
+                    kwargs["class_texts"] = _trained_class_texts(ckpt, data)
             else:
                 model = build_model(ModelConfig.from_preset(preset or "sam_med3d_vit_b"))
                 load_sam_med3d_weights(model, obj if isinstance(obj, dict) else checkpoint)
@@ -343,6 +377,16 @@ class Predictor:
         if text is not None and not text.strip():
             raise ValueError("the text prompt is empty")
 
+    def competitors(self, text: str) -> tuple[str, ...]:
+        """The texts that text alone naming ``text`` is decided against: the first text of every other class the
+        model was trained on (:attr:`class_texts`), when ``text`` is one of exactly one class's texts (compared
+        case- and spacing-insensitively); otherwise none (a free text is not a known class)."""
+        key = _text_key(text)
+        own = [v for v, texts in self.class_texts.items() if key in {_text_key(t) for t in texts}]
+        if len(own) != 1:
+            return ()
+        return tuple(texts[0] for v, texts in self.class_texts.items() if v != own[0])
+
     def predict_text(
         self,
         text: str,
@@ -351,22 +395,45 @@ class Predictor:
         overlap: float = 0.25,
         batch_size: int = 1,
         min_lesion_mm3: float = 0.0,
+        compete: bool = True,
     ) -> Prediction:
         """Segment everything the text refers to, with no click: sliding windows over the whole volume.
 
         Windows of the model's crop size cover the canonical grid with ``overlap`` and Gaussian blending
         (MONAI's ``sliding_window_inference``); each connected component of the thresholded result becomes one
         lesion (ids 1, 2, ... by decreasing size); components under ``min_lesion_mm3`` are dropped.
+
+        With ``compete`` (the default), a text that names one of the classes the model was trained on is decided
+        against the others (:meth:`competitors`). A model with a region classifier (RefSAM3D's
+        ``region_scores``) decides lesion by lesion: every connected component of the text's own mask (on the
+        model's grid) is scored, in a window centred on it, against the text and its competitors, and is kept only
+        where the text wins (``train.region_classes`` trains that decision). Otherwise each window is decoded with
+        every class's text and a voxel is the text's where its class beats background and every other class in a
+        softmax over them (:func:`~lesionsam.models.competing_logits`; ``train.text_competition``). Without known
+        classes, or with ``compete=False``, the text's own logits are thresholded.
         """
         t0 = time.perf_counter()
         self._check_text(text)
         pre = self.preprocessed
+        rivals = self.competitors(text) if compete else ()
+        by_region = bool(rivals) and hasattr(self.model, "region_scores")
+        if rivals:
+            log.info('text "%s" is decided against the other trained class texts: %s', text, ", ".join(rivals))
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return self.model(x, Prompts(text=[text] * x.shape[0])).logits[:, :1].float()
+            n = x.shape[0]
+            if not rivals or by_region:
+                return self.model(x, Prompts(text=[text] * n)).logits[:, :1].float()
+            encoded = self.model.encode(x)
+            own, *others = (
+                self.model.decode(encoded, Prompts(text=[t] * n)).logits[:, :1].float() for t in (text, *rivals)
+            )
+            return competing_logits(own, torch.cat(others, dim=1))
 
         logits = self._sliding_windows(run, overlap=overlap, batch_size=batch_size)
         prob = expit(logits[0])
+        if by_region:
+            prob = np.where(self._regions_won(prob > self.threshold, (text, *rivals)), prob, 0.0)
         prob_orig = self.preprocessor.invert(prob.astype(np.float32), pre, interpolation="linear")
         fg = drop_small_components(prob_orig > self.threshold, pre.source.spacing, min_lesion_mm3)
         labels = _components(fg)
@@ -376,7 +443,27 @@ class Predictor:
             reference=pre.source,
             windows={},
             seconds=time.perf_counter() - t0,
+            competitors=rivals,
         )
+
+    def _regions_won(self, mask: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """The part of a canonical-grid mask whose connected components the model's region classifier gives to
+        ``texts[0]`` rather than to any other of ``texts``: each component is scored in a model window centred
+        on its centre of mass (the part of it inside that window)."""
+        pre = self.preprocessed
+        keep = np.zeros_like(mask)
+        comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        for c in range(1, n + 1):
+            component = comps == c
+            box = crop_box(ndimage.center_of_mass(component), self.crop, mask.shape)
+            window = take(pre.image.astype(np.float32, copy=False), box, pad_value=float(pre.background))
+            region = torch.from_numpy(take(component, box))[None, None]
+            with torch.inference_mode():
+                encoded = self.model.encode(torch.from_numpy(window)[None, None].to(self.device))
+                scores = self.model.region_scores(encoded, 0, region, list(texts))  # type: ignore[operator]
+            if int(scores[0].argmax()) == 0:
+                keep |= component
+        return keep
 
     def _sliding_windows(self, run: Any, *, overlap: float, batch_size: int, progress: bool = False) -> np.ndarray:
         """``run`` ((n, 1, S, S, S) crops → (n, C, S, S, S) float) over the whole canonical grid with MONAI's

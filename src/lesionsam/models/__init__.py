@@ -4,7 +4,16 @@
 """
 
 from lesionsam.models.config import ModelConfig
-from lesionsam.models.interface import Prompts, SegModel, SegOutput
+from lesionsam.models.interface import Prompts, SegModel, SegOutput, competing_logits
 from lesionsam.models.registry import build_model, known_methods, register_method
 
-__all__ = ["ModelConfig", "Prompts", "SegModel", "SegOutput", "build_model", "known_methods", "register_method"]
+__all__ = [
+    "ModelConfig",
+    "Prompts",
+    "SegModel",
+    "SegOutput",
+    "build_model",
+    "competing_logits",
+    "known_methods",
+    "register_method",
+]

@@ -70,6 +70,24 @@ class SegOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def competing_logits(own: Tensor, others: Tensor) -> Tensor:
+    """Log-odds of a text's class against background and every competing class, per voxel.
+
+    With per-text logits ``own`` (l₀) and ``others`` (l₁ … l_K) and the background's logit fixed at 0, a softmax
+    over {background, class 0, …, class K} gives class 0 the log-odds ``l₀ − log(1 + Σₖ exp lₖ)``: positive where
+    the text's class beats both background and every other class (probability above one half). With no
+    competitor this is ``l₀`` itself; it is never above ``l₀``.
+
+    Args:
+        own: (B, 1, ...) float logits of the referred text.
+        others: (B, K, ...) float logits of K competing texts on the same crops (K may be 0).
+    """
+    if others.shape[1] == 0:
+        return own
+    zero = others.new_zeros((others.shape[0], 1, *others.shape[2:]))
+    return own - torch.logsumexp(torch.cat([zero, others], dim=1), dim=1, keepdim=True)
+
+
 class SegModel(nn.Module):
     """Base class of every method. Subclasses set the prompt kinds they need and accept.
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -69,7 +70,7 @@ from lesionsam.data.datasets import (
 from lesionsam.data.prompts import ClickSimulator
 from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 from lesionsam.losses import build_loss
-from lesionsam.models import Prompts, SegModel, build_model
+from lesionsam.models import Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lesionsam.models.registry import method_spec
 from lesionsam.utils.dataclass_io import atomic_write_bytes, save_yaml, to_dict
@@ -142,11 +143,19 @@ class InteractiveStep(nn.Module):
         texts: dict[int, list[str]] | None = None,
         text_pairs: bool = False,
         text_contrast: float = 0.0,
+        text_competition: float = 0.0,
+        region_classes: float = 0.0,
     ) -> None:
         super().__init__()
+        if region_classes and not hasattr(model, "region_scores"):
+            raise ValueError(
+                f"train.region_classes needs a model with a region classifier (refsam3d), not {type(model).__name__}"
+            )
+        self.region_classes = region_classes
         self.texts = texts or {}
         self.text_pairs = text_pairs and len(self.texts) > 1
         self.text_contrast = text_contrast
+        self.text_competition = text_competition
         self.model = model
         self.loss_fn = loss_fn
         self.clicks = clicks
@@ -172,7 +181,11 @@ class InteractiveStep(nn.Module):
 
         With ``text_pairs`` (and ``label_values``, the crops' label values (B, 1, S, S, S)), a text batch doubles:
         each crop comes again with another target label's text and that label's voxels as target; with
-        ``text_contrast`` the text-only logits of the two halves also get :func:`text_margin_loss`.
+        ``text_contrast`` the text-only logits of the two halves also get :func:`text_margin_loss`, and with
+        ``text_competition`` the loss again on their competing logits (each half against background and the other
+        half's text, :func:`~lesionsam.models.interface.competing_logits`); with ``region_classes`` every lesion of
+        either class in a pair's crop is classified between the pair's two texts (:func:`region_class_loss`). All
+        three weights are effective: the returned loss grows by weight × term.
 
         A crop may have an empty label (a negative crop, ``data.negative_fraction``) only when text is given: its
         clicks then come from the error region of the text-only prediction (a negative click on what was found,
@@ -201,11 +214,14 @@ class InteractiveStep(nn.Module):
                 "a training crop has no voxel of its target label, so there is no lesion for the first click; "
                 "negative crops (data.negative_fraction) need a text-referred method"
             )
+        total = image.new_zeros(())
         encoded = self.model.encode(image)
+        if paired and self.region_classes:
+            region = region_class_loss(self.model, encoded, label, text)  # type: ignore[arg-type]
+            total = total + self.num_clicks * self.region_classes * region
         later = list(range(1, self.num_clicks))
         mask_only = set(rng.choice(later, size=self.mask_only, replace=False).tolist()) if self.mask_only else set()
         points = labels = low = pred = None
-        total = image.new_zeros(())
         gates: list[Tensor] = []
         dice = None
         for it in range(self.num_clicks):
@@ -226,11 +242,15 @@ class InteractiveStep(nn.Module):
                 prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             out = self.model.decode(encoded, prompts)
             total = total + self.loss_fn(out.logits.float(), label)
-            if it == 0 and paired and self.text_contrast:
+            if it == 0 and paired and (self.text_contrast or self.text_competition):
                 half = label.shape[0] // 2
-                logits = out.logits.float()
-                margin = text_margin_loss(logits[:half], logits[half:], label[:half] > 0.5, label[half:] > 0.5)
-                total = total + self.num_clicks * self.text_contrast * margin
+                a, b = out.logits[:half].float(), out.logits[half:].float()
+                if self.text_contrast:
+                    margin = text_margin_loss(a, b, label[:half] > 0.5, label[half:] > 0.5)
+                    total = total + self.num_clicks * self.text_contrast * margin
+                if self.text_competition:
+                    competing = torch.cat([competing_logits(a, b), competing_logits(b, a)])
+                    total = total + self.num_clicks * self.text_competition * self.loss_fn(competing, label)
             pred = out.logits.detach() > 0
             low = out.low_res_logits.detach()
             if "gate_probs" in out.extras:
@@ -244,6 +264,54 @@ class InteractiveStep(nn.Module):
                 loss = loss + self.gate_cost * probs.mean()
             stats["gate_rate"] = float(probs.detach().float().mean())
         return loss, stats
+
+
+#: Smallest lesion (connected component, voxels of the crop) the per-lesion class term and decision look at.
+REGION_MIN_VOXELS = 8
+
+
+def lesion_components(mask: np.ndarray, min_voxels: int = REGION_MIN_VOXELS) -> list[np.ndarray]:
+    """The 26-connected components of a boolean mask with at least ``min_voxels`` voxels, as boolean masks."""
+    comps, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    return [m for m in (comps == c for c in range(1, n + 1)) if int(m.sum()) >= min_voxels]
+
+
+def region_class_loss(model: Any, encoded: Any, label: Tensor, text: Sequence[str]) -> Tensor:
+    """Per-lesion class term of a paired text batch (``train.region_classes``).
+
+    The batch's first half holds the crops with their own class's voxels as ``label`` and texts, the second half
+    the same crops with the other class's; every lesion (:func:`lesion_components`) of either is scored against
+    its crop's two texts by ``model.region_scores`` and gets cross-entropy towards its class. Mean over the
+    lesions of the batch; 0 when there is none.
+    """
+    half = label.shape[0] // 2
+    total, count = label.new_zeros(()), 0
+    for b in range(half):
+        masks, targets = [], []
+        for j, lab in enumerate((label[b, 0], label[half + b, 0])):
+            for m in lesion_components(lab.detach().cpu().numpy() > 0.5):
+                masks.append(m)
+                targets.append(j)
+        if not masks:
+            continue
+        regions = torch.from_numpy(np.stack(masks))[:, None].to(label.device)
+        scores = model.region_scores(encoded, b, regions, [text[b], text[half + b]])
+        target = torch.tensor(targets, device=scores.device)
+        total = total + F.cross_entropy(scores.float(), target, reduction="sum")
+        count += len(targets)
+    return total / count if count else total
+
+
+def regions_won(model: Any, encoded: Any, mask: Tensor, texts: Sequence[str]) -> Tensor:
+    """The lesions of a (1, 1, S, S, S) bool mask on one crop that ``model.region_scores`` gives to ``texts[0]``
+    rather than to any other of ``texts`` (every connected component is decided; the rest is dropped)."""
+    regions = lesion_components(mask[0, 0].cpu().numpy(), min_voxels=1)
+    if not regions:
+        return mask
+    scores = model.region_scores(encoded, 0, torch.from_numpy(np.stack(regions))[:, None].to(mask.device), texts)
+    won = [r for r, s in zip(regions, scores.argmax(1).tolist(), strict=True) if s == 0]
+    keep = np.logical_or.reduce(won) if won else np.zeros_like(regions[0])
+    return torch.from_numpy(np.asarray(keep))[None, None].to(mask.device)
 
 
 def text_margin_loss(logits_a: Tensor, logits_b: Tensor, mask_a: Tensor, mask_b: Tensor) -> Tensor:
@@ -569,6 +637,7 @@ class Trainer:
         if resume:
             start, best, history = self._resume(model, optimizer, scheduler)
         loss_fn = self.build_loss().to(self.device)
+        texts = self.label_texts() if not model.prompt_free and _takes_text(model) else None
         step_module: nn.Module
         if model.prompt_free:
             step_module = AutomaticStep(model, loss_fn)
@@ -580,9 +649,11 @@ class Trainer:
                 num_clicks=t.num_clicks,
                 mask_only_iterations=t.mask_only_iterations,
                 gate_cost=t.gate_cost,
-                texts=self.label_texts() if _takes_text(model) else None,
+                texts=texts,
                 text_pairs=t.text_pairs,
                 text_contrast=t.text_contrast,
+                text_competition=t.text_competition,
+                region_classes=t.region_classes,
             )
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
@@ -604,6 +675,8 @@ class Trainer:
             if self.dist.is_main:
                 self._write_log(history)
                 extra = {"best_val_dice": best, "global_step": self.global_step, "history": history}
+                if texts:  # the class texts it was trained on: text-alone prediction decides between them
+                    extra["class_texts"] = {str(k): list(v) for k, v in texts.items()}
                 last = self._save(self.out_dir / "last.pt", model, optimizer, scheduler, epoch + 1, row, extra)
                 result.last_checkpoint = last
                 if improved or val_set is None:
@@ -705,8 +778,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self, model: SegModel, val_set: Dataset) -> float:
         """Mean Dice over validation crops: ``train.val_clicks`` deterministic centre clicks each, or, for a
-        text-referred method, the label's first text prompt (alone, then with centre clicks); for a prompt-free
-        method the mean foreground Dice of its arg-max (:func:`class_dice`)."""
+        text-referred method, the label's first text prompt (alone, then with centre clicks; with several target
+        labels the text alone is decided against the other labels' first texts, as
+        :meth:`~lesionsam.inference.predictor.Predictor.predict_text` does: lesion by lesion with a region
+        classifier (:func:`regions_won`), else voxel by voxel); for a prompt-free method the mean foreground Dice
+        of its arg-max (:func:`class_dice`)."""
         if model.prompt_free:
             return self._mean_over(val_set, model, lambda item: self._score_automatic(model, item))
         clicks = ClickSimulator(mode="center")
@@ -731,6 +807,7 @@ class Trainer:
         image = item["image"][None].to(self.device)
         gt = item["label"][None].to(self.device) > 0.5
         text = [texts[int(item["target"])][0]] if texts else None
+        rivals = [t[0] for v, t in (texts or {}).items() if v != int(item["target"])]
         points = labels = low = pred = None
         encoded = model.encode(image)
         for it in range(self.cfg.train.val_clicks):
@@ -744,6 +821,11 @@ class Trainer:
                 prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             out = model.decode(encoded, prompts)
             pred, low = out.logits > 0, out.low_res_logits
+            if it == 0 and text is not None and rivals and hasattr(model, "region_scores"):
+                pred = regions_won(model, encoded, pred, [*text, *rivals])
+            elif it == 0 and text is not None and rivals:
+                others = torch.cat([model.decode(encoded, Prompts(text=[r])).logits for r in rivals], dim=1)
+                pred = competing_logits(out.logits.float(), others.float()) > 0
         return float(dice_score(pred, gt).mean())
 
     def _score_automatic(self, model: SegModel, item: dict[str, Any]) -> float:

@@ -365,7 +365,10 @@ def format_refsam3d_table(r: RefSAM3DBench) -> str:
         f"{'SAM-Med3D':<22} {r.backbone_seconds:>9.3f} {1.0:>11.3f}x",
         f"{'RefSAM3D (adapters)':<22} {r.refsam3d_seconds:>9.3f} {r.refsam3d_seconds / r.backbone_seconds:>11.3f}x",
         f"parameters: backbone {int(p['backbone']):,}; new {int(p['new']):,} (+{100 * p['ratio']:.1f}%: "
-        + ", ".join(f"{k} {int(p[k]):,}" for k in ("adapters", "text", "text_projector", "cross_attn", "ref_decoder"))
+        + ", ".join(
+            f"{k} {int(p[k]):,}"
+            for k in ("adapters", "text", "text_projector", "cross_attn", "ref_decoder", "region_head")
+        )
         + f"); trainable {int(p['trainable']):,}",
     ]
     return "\n".join(lines)

@@ -65,6 +65,7 @@ def predict(
     auto: bool = False,
     refine_checkpoint: str | os.PathLike[str] | None = None,
     min_lesion_mm3: float = 0.0,
+    compete: bool = True,
     label: int = 1,
     channel: int | None = None,
     probabilities: str | os.PathLike[str] | None = None,
@@ -99,6 +100,8 @@ def predict(
         binary: write 0/1 instead of one value per lesion (or per class, with ``auto``).
         auto: prompt-free whole-volume segmentation (``checkpoint`` of a prompt-free method such as ``hsam``).
         min_lesion_mm3: with ``auto`` or ``text`` alone, drop found components smaller than this (mm³).
+        compete: with ``text`` alone, decide a text that names one of the checkpoint's trained classes against
+            the others (:meth:`Predictor.predict_text`); False thresholds the text's own logits.
         refine_checkpoint: with ``auto`` and clicks, the promptable checkpoint that re-segments the clicked lesions
             (each takes the class the automatic pass gave its first positive click, else the first class).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
@@ -201,12 +204,17 @@ def predict(
         elif lesions:
             pred = predictor.predict(lesions, world=is_world, probabilities=want_prob, text=text)
         else:
-            pred = predictor.predict_text(text, probabilities=want_prob, min_lesion_mm3=min_lesion_mm3)  # type: ignore[arg-type]
+            pred = predictor.predict_text(
+                text,  # type: ignore[arg-type]
+                probabilities=want_prob,
+                min_lesion_mm3=min_lesion_mm3,
+                compete=compete,
+            )
         prob_path = None
         if probabilities is not None:
             prob_path = (prob_dir / f"{cid}{image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
         write_prediction(pred, mask_path, binary=binary, probabilities_path=prob_path)
-        found = _count_lesions(pred.labels) if auto else len(lesions)
+        found = _count_lesions(pred.labels) if auto or not lesions else len(lesions)
         results.append(PredictedCase(image_path, mask_path, found, sum(pred.windows.values()), round(pred.seconds, 3)))
     return results
 

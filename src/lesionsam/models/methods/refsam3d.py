@@ -38,6 +38,10 @@ official SAM-Med3D parts are passed in unchanged (keys ``image_encoder.*``, ``pr
   two-class ``lesionsam text-study`` (same budget), text-alone Dice tumour / cyst: 0.331 / 0.350 before, 0.227 /
   0.289 with FiLM alone, 0.455 / 0.438 with FiLM and the image path.
 
+* ``region_head.*`` -- a region classifier (:class:`RegionClassifier`, :meth:`RefSAM3D.region_scores`): scores a
+  whole candidate lesion of a crop against texts from text-independent features pooled inside it and in a shell
+  around it; text alone uses it to decide, lesion by lesion, which of the trained classes a found lesion is.
+
 Outputs: ``SegOutput.low_res_logits`` are the SAM decoder's (B, 1, 4G, 4G, 4G), ``logits`` the aggregated
 full-resolution (B, 1, S, S, S) ones, ``extras["text_tokens"]`` the refined prompt tokens (B, T + 1, E) and
 ``extras["text_mask"]`` (B, T + 1) bool.
@@ -86,7 +90,7 @@ from lesionsam.models.registry import register_method
 from lesionsam.models.text import TextEncoder, build_text_encoder
 
 #: State-dict prefixes of the parts RefSAM3D adds to the backbone.
-NEW_PREFIXES = ("adapters.", "text.", "text_projector.", "cross_attn.", "ref_decoder.")
+NEW_PREFIXES = ("adapters.", "text.", "text_projector.", "cross_attn.", "ref_decoder.", "region_head.")
 
 #: Number of encoder stages of the default hierarchy.
 DEFAULT_NUM_STAGES = 4
@@ -448,6 +452,61 @@ class MultiLevelMaskDecoder3D(nn.Module):
         return base + self.head[4](self.head[3](h)).contiguous()
 
 
+class RegionClassifier(nn.Module):
+    """Scores whole regions of a crop (candidate lesions) against texts: which named class is this lesion?
+
+    A region's descriptor is pooled from text-independent features at S/2 — the crop itself (area-downsampled)
+    and the decoder's first image-path features — as the mean inside the region, the mean over a shell of
+    ``shell`` voxels (at S/2) around it, and their difference; an MLP maps it to ``dim``. A text's sentence
+    embedding is mapped linearly to ``dim``; the score is their dot product over ``sqrt(dim)``.
+
+    **Why:** the two synthetic classes differ by their contrast to the surrounding liver (tumours about −25 HU,
+    cysts about −45 HU, measured over the training lesions), while the per-volume z-score shifts every
+    intensity by up to a quarter of a unit between cases — as much as the classes differ in absolute terms. A
+    voxel's own logits cannot see the contrast inside a large lesion; a region compared with its surroundings
+    can, and one decision per lesion does not fragment it. Measured on the two-class ``lesionsam text-study``:
+    "liver tumour" alone covered 54% of the tumour voxels and 79% of the cyst voxels undecided, 49% and 12%
+    decided lesion by lesion ("liver cyst": 69% / 34% → 68% / 9%).
+
+    Args:
+        feature_channels: channels of the S/2 features (image path + crop channels).
+        text_dim: sentence-embedding width of the text encoder.
+        dim: descriptor width.
+        shell: shell thickness in S/2 voxels.
+    """
+
+    def __init__(self, *, feature_channels: int, text_dim: int, dim: int = 32, shell: int = 3) -> None:
+        super().__init__()
+        self.shell = shell
+        self.region = nn.Sequential(nn.Linear(3 * feature_channels, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.text = nn.Linear(text_dim, dim)
+        self.scale = dim**-0.5
+
+    def pool(self, features: Tensor, masks: Tensor) -> Tensor:
+        """(1, C, s, s, s) features and (K, 1, S, S, S) region masks (S a multiple of s) → (K, 3C): per region the
+        feature mean inside, over the shell around it and their difference.
+
+        The masks are area-downsampled to s (fractional weights); the shell is their ``shell``-voxel max-filter
+        dilation minus themselves; an empty weight gives zeros."""
+        m = F.adaptive_avg_pool3d(masks.to(features.dtype), features.shape[2:])
+        k = 2 * self.shell + 1
+        around = (F.max_pool3d(m, k, stride=1, padding=self.shell) - m).clamp_min(0.0)
+
+        def mean(w: Tensor) -> Tensor:
+            return (features * w).sum((2, 3, 4)) / w.sum((2, 3, 4)).clamp_min(1e-6)
+
+        inside, outside = mean(m), mean(around)
+        return torch.cat([inside, outside, inside - outside], dim=1)
+
+    def describe(self, features: Tensor, masks: Tensor) -> Tensor:
+        """(1, C, s, s, s) features and (K, 1, S, S, S) region masks → (K, dim) descriptors (:meth:`pool`, MLP)."""
+        return self.region(self.pool(features, masks))
+
+    def forward(self, descriptors: Tensor, sentences: Tensor) -> Tensor:
+        """(K, dim) region descriptors and (T, text_dim) sentence embeddings → (K, T) float scores."""
+        return descriptors @ self.text(sentences.to(descriptors.dtype)).T * self.scale
+
+
 @dataclass
 class RefEncodedImage:
     """What :meth:`RefSAM3D.encode` returns (cache it to decode many prompts).
@@ -518,6 +577,8 @@ class RefSAM3D(Sam3D):
             levels=_num_levels(config),
             channels=opts.decoder_channels,
         )
+        first_path = self.ref_decoder.image_proj[0].out_channels if len(self.ref_decoder.image_proj) else 0
+        self.region_head = RegionClassifier(feature_channels=first_path + config.in_chans, text_dim=self.text.dim)
 
     @classmethod
     def from_sam3d(cls, sam: Sam3D, options: RefSAM3DOptions | None = None) -> RefSAM3D:
@@ -697,6 +758,27 @@ class RefSAM3D(Sam3D):
             image_features=encoded.image_features,
         )
         return SegOutput(low_res_logits=low, logits=logits, iou=iou, extras={"text_tokens": tokens, "text_mask": mask})
+
+    def region_scores(self, encoded: RefEncodedImage, crop: int, masks: Tensor, texts: Sequence[str]) -> Tensor:
+        """How much each region of one crop looks like each text's class (:class:`RegionClassifier`).
+
+        Args:
+            encoded: from :meth:`encode` (any batch size).
+            crop: which crop of ``encoded`` the regions lie in.
+            masks: (K, 1, S, S, S) region masks (bool or float) on that crop.
+            texts: T text prompts.
+
+        Returns:
+            (K, T) float scores; a region belongs to the text with the highest score.
+        """
+        image = encoded.image[crop : crop + 1]
+        features = [F.avg_pool3d(image, 2)]
+        if encoded.image_features:
+            features.append(encoded.image_features[0][crop : crop + 1])
+        shape = features[-1].shape[2:]
+        fused = torch.cat([f if f.shape[2:] == shape else F.adaptive_avg_pool3d(f, shape) for f in features], dim=1)
+        sentences = self.text(list(texts)).pooled.to(fused.device)
+        return self.region_head(self.region_head.describe(fused.float(), masks.to(fused.device)), sentences.float())
 
 
 def refsam3d_overhead(model: RefSAM3D) -> dict[str, float]:
