@@ -52,7 +52,12 @@ def test_quick_text_study_reports_per_class_dice_from_evaluator_files(
     assert main(["text-study", "--quick", "--out", str(out)]) == 0
     rows = json.loads((out / "text_study.json").read_text())
     assert {(r["class"], r["prompt"]) for r in rows} == {
-        (c, p) for c in ("tumour", "cyst") for p in ("text", "clicks", "both")
+        (c, p) for c in ("tumour", "cyst") for p in ("text", "text_own", "clicks", "both")
+    }
+    # Text alone is decided against the other class's first text (the checkpoint knows both classes).
+    assert {r["class"]: r["competitors"] for r in rows if r["prompt"] == "text"} == {
+        "tumour": ["liver cyst"],
+        "cyst": ["liver tumour"],
     }
     table = (out / "text_study.md").read_text()
     for r in rows:

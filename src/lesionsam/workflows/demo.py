@@ -354,8 +354,14 @@ TEXT_PROMPTS: dict[int, list[str]] = {
 #: Share of RefSAM3D's training crops centred away from the referred class (on the other class or anywhere): text
 #: alone searches whole volumes, so the model must learn to find nothing where the referred class is absent.
 TEXT_NEGATIVE_FRACTION = 0.5
-#: Measured wall time of the full ``text-study`` on a 2-core CPU (pretrained model cached, text pairs): 39 min.
-TEXT_STUDY_MINUTES = 39
+#: Weight of the per-lesion class term (``train.region_classes``) in the text study: text alone decides each
+#: found lesion's class with RefSAM3D's region classifier, so training teaches it on every lesion of a crop.
+REGION_CLASSES = 0.5
+#: The prompts of the text study: text alone (decided against the other class), text alone thresholding its own
+#: mask, one centre click per lesion, and both.
+STUDY_PROMPTS = ("text", "text_own", "clicks", "both")
+#: Measured wall time of the full ``text-study`` on a 2-core CPU (pretrained model cached, text pairs): 42 min.
+TEXT_STUDY_MINUTES = 42
 
 
 def class_coverage(
@@ -417,6 +423,7 @@ def text_study(
             _train_config(s, epochs=s.transfer_epochs, seed=seed),
             lr_new=s.lr,
             text_pairs=True,
+            region_classes=REGION_CLASSES,
         ),
     )
     result = Trainer(cfg, root / "refsam3d", progress=progress).fit()
@@ -426,13 +433,15 @@ def text_study(
     rows = []
     for value, prompts in TEXT_PROMPTS.items():
         name = "tumour" if value == LESION else "cyst"
-        for mode in ("text", "clicks", "both"):
+        for mode in STUDY_PROMPTS:
             pred_dir = root / "predictions" / f"{name}_{mode}"
+            alone = mode.startswith("text")
             predict(
                 test_root / "imagesTr",
                 pred_dir,
-                clicks_from=test_root / "labelsTr" if mode != "text" else None,
+                clicks_from=None if alone else test_root / "labelsTr",
                 text=prompts[0] if mode != "clicks" else None,
+                compete=mode != "text_own",
                 label=value,
                 predictor=predictor,
                 progress=False,
@@ -451,6 +460,7 @@ def text_study(
                     "label": value,
                     "prompt": mode,
                     "text": prompts[0] if mode != "clicks" else None,
+                    "competitors": list(predictor.competitors(prompts[0])) if mode == "text" else [],
                     "dice_mean": summary["dice"]["mean"],
                     "dice_sd": summary["dice"]["std"],
                     "lesion_f1": summary["lesion_detection"]["f1"],
@@ -467,7 +477,9 @@ def text_study(
         f"Made by `lesionsam text-study{' --quick' if quick else ''}`: tiny RefSAM3D from the anatomy-pretrained tiny "
         f"SAM-Med3D, {s.transfer_epochs} epochs on {s.train_cases} cases with both classes, evaluated on "
         f"{s.test_cases} held-out cases with lesionsam evaluate (mean ± sd over cases). Text alone searches the whole "
-        "volume with sliding windows; clicks = one centre click per lesion of that class. *Dice vs the other class*: "
+        "volume with sliding windows and is decided against the other class's text (each found lesion is kept only "
+        "where RefSAM3D's region classifier gives it to the text's class); *own mask* is the text's own mask, "
+        "undecided (`--no-compete`). Clicks = one centre click per lesion of that class. *Dice vs the other class*: "
         "the same masks scored against the other class's labels — text selects its class only where it is well "
         "below the Dice. *Covers*: share of that class's voxels (all test cases pooled) inside the masks — a "
         "selective text covers much more of its own class than of the other.",
@@ -476,9 +488,12 @@ def text_study(
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        prompt = f'text "{r["text"]}"' if r["prompt"] == "text" else r["prompt"]
-        if r["prompt"] == "both":
-            prompt = f'clicks + "{r["text"]}"'
+        prompt = {
+            "text": f'text "{r["text"]}"',
+            "text_own": f'text "{r["text"]}", own mask',
+            "clicks": "clicks",
+            "both": f'clicks + "{r["text"]}"',
+        }[r["prompt"]]
         lines.append(
             f"| {r['class']} | {prompt} | {r['dice_mean']:.3f} ± {r['dice_sd']:.3f} | {r['lesion_f1']:.3f} | "
             f"{r['dice_other_class']:.3f} | {r['covers_own_class']:.0%} | {r['covers_other_class']:.0%} |"
