@@ -121,8 +121,9 @@ class TrainConfig:
             cancel in the difference, so the term trains only what makes the texts differ (0 = none).
         text_competition: with ``text_pairs``, weight of the training loss applied once more to the two texts'
             *competing* logits on their text-only predictions (:func:`lesionsam.models.interface.competing_logits`:
-            each text against background and the other text, a 3-way softmax) — what text-alone prediction
-            thresholds when the checkpoint knows its class texts (0 = none).
+            each text against background and the other text, a 3-way softmax) — the voxel-level decision text
+            alone uses for a model without a region classifier; RefSAM3D decides lesion by lesion instead
+            (``region_classes``), so for it this only shapes the logits (measured: no selectivity; 0 = none).
         region_classes: with ``text_pairs``, weight of a per-lesion class term: every lesion (connected component
             of at least :data:`~lesionsam.training.trainer.REGION_MIN_VOXELS` voxels) of the two classes in a
             paired crop is scored against the pair's two texts by the model's region classifier
