@@ -83,7 +83,7 @@ def _text_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
     def run(a: argparse.Namespace) -> int:
-        from lesionsam.workflows.demo import text_study
+        from lesionsam.workflows.text_study import text_study
 
         print(text_study(a.out, quick=a.quick, seed=a.seed, progress=sys.stderr.isatty()))
         return 0

@@ -18,7 +18,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFo
 _COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
 #: Modules under ``lesionsam.cli`` that define sub-commands with :func:`command` (in help order).
-COMMAND_MODULES = ("demo", "synth", "train", "predict", "evaluate", "bench")
+COMMAND_MODULES = ("demo", "sweep", "synth", "train", "predict", "evaluate", "bench")
 
 
 def command(name: str) -> Callable[[Callable[[argparse._SubParsersAction], None]], Callable]:

@@ -26,7 +26,6 @@ from typing import Any
 
 from lesionsam.config import RunConfig
 from lesionsam.data.synthetic import CYST, LESION
-from lesionsam.models import ModelConfig
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import (
@@ -84,7 +83,7 @@ def auto_study(
 ) -> Path:
     """Train H-SAM and a promptable baseline under one budget on two lesion classes; compare H-SAM ``--auto``
     with the baseline given one oracle click per lesion (see the module docstring). Returns ``auto_study.md``."""
-    s = DemoSettings.quick() if quick else DemoSettings.full()
+    s = DemoSettings.quick() if quick else DemoSettings.studies()
     root = Path(out)
     flag = " --quick" if quick else ""
     _say(
@@ -100,15 +99,13 @@ def auto_study(
     train = replace(_train_config(s, epochs=s.transfer_epochs, seed=seed), max_steps_per_epoch=steps, lr_new=s.lr)
     hsam_cfg = RunConfig(
         name="hsam",
-        model=ModelConfig.from_preset(
-            "tiny", method="hsam", checkpoint=str(pretrained), options={"num_classes": len(CLASSES)}
-        ),
+        model=s.model("hsam", checkpoint=pretrained, options={"num_classes": len(CLASSES)}),
         data=data,
         train=train,
     )
     base_cfg = RunConfig(
         name=baseline,
-        model=ModelConfig.from_preset("tiny", method=baseline, checkpoint=str(pretrained)),
+        model=s.model(baseline, checkpoint=pretrained),
         data=data,
         train=train,
     )

@@ -23,9 +23,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,16 +35,16 @@ from scipy import ndimage
 from lesionsam import __version__
 from lesionsam.config import DataConfig, RunConfig, TrainConfig
 from lesionsam.data.io import is_image_path, read_image
-from lesionsam.data.synthetic import CYST, LESION, ORGAN, VESSEL, write_synthetic_dataset
-from lesionsam.data.transforms import crop_or_pad
-from lesionsam.evaluation.evaluate import pair_cases
+from lesionsam.data.synthetic import LESION, ORGAN, VESSEL, write_synthetic_dataset
+from lesionsam.data.transforms import Preprocessed, crop_or_pad
 from lesionsam.evaluation.metrics import volume_bin
 from lesionsam.evaluation.report import AblationEntry, MethodRun, write_ablation, write_report
 from lesionsam.inference.predictor import Predictor
 from lesionsam.models import ModelConfig, Prompts
+from lesionsam.models.backbone import Sam3DConfig, get_preset
 from lesionsam.models.checkpoint import load_checkpoint, load_model
 from lesionsam.training.trainer import Trainer
-from lesionsam.utils.dataclass_io import atomic_write_bytes
+from lesionsam.utils.dataclass_io import apply_overrides, atomic_write_bytes, from_dict, to_dict
 from lesionsam.workflows.evaluate import evaluate
 from lesionsam.workflows.predict import case_id, predict
 
@@ -68,9 +69,33 @@ class DemoSettings:
     lr: float
     expected_minutes: float
     minutes_per_transfer: float
+    crop_size: int = 64
+    patch_size: int = 16
+    window_size: int = 3
+
+    def backbone(self) -> Sam3DConfig:
+        """The tiny SAM-Med3D sizes of this recipe (``tiny`` with this crop, patch and window size)."""
+        return replace(
+            get_preset("tiny"), img_size=self.crop_size, patch_size=self.patch_size, window_size=self.window_size
+        )
+
+    def model(self, method: str, *, checkpoint: str | os.PathLike[str] | None = None, **kw: Any) -> ModelConfig:
+        """The model section of a run of this recipe."""
+        return ModelConfig(
+            method=method,
+            preset="tiny",
+            backbone=self.backbone(),
+            checkpoint=str(checkpoint) if checkpoint is not None else None,
+            **kw,
+        )
 
     @classmethod
     def full(cls) -> DemoSettings:
+        return cls.studies()
+
+    @classmethod
+    def studies(cls) -> DemoSettings:
+        """The recipe of ``text-study`` and ``auto-study`` (their README tables were measured with it)."""
         return cls(
             train_cases=24,
             test_cases=8,
@@ -106,6 +131,31 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def epoch_lines(what: str, epochs: int, *, every: int = 10) -> Callable[[Any, str, dict[str, Any]], None]:
+    """A trainer callback that prints one line every ``every`` epochs (and at the last): what the progress bars
+    show on a terminal, for a log file or a pipe."""
+    t0 = time.perf_counter()
+    done = 0
+
+    def callback(trainer: Any, event: str, info: dict[str, Any]) -> None:
+        nonlocal done
+        if event != "epoch":
+            return
+        done += 1
+        epoch = int(info["epoch"])
+        if epoch % every and epoch != epochs:
+            return
+        elapsed = time.perf_counter() - t0
+        val = info.get("val_dice")
+        _say(
+            f"    {what}: epoch {epoch}/{epochs}, loss {info['train_loss']:.3f}"
+            + (f", validation Dice {val:.3f}" if val is not None else "")
+            + f", {elapsed:.0f} s, ETA {elapsed / done * (epochs - epoch):.0f} s"
+        )
+
+    return callback
+
+
 def cache_dir() -> Path:
     """Where pretrained demo models are kept (``$LESIONSAM_CACHE`` or ``~/.cache/lesionsam``)."""
     env = os.environ.get("LESIONSAM_CACHE")
@@ -132,11 +182,12 @@ def _train_config(s: DemoSettings, *, epochs: int, seed: int) -> TrainConfig:
     )
 
 
-def prepare_data(out: Path, s: DemoSettings, *, seed: int) -> tuple[Path, Path]:
-    """Write the training and test data sets; returns their roots."""
+def prepare_data(out: Path, s: DemoSettings, *, seed: int, test: bool = True) -> tuple[Path, Path]:
+    """Write the training and (unless ``test`` is False) the test data sets; returns their roots."""
     train_root, test_root = out / "data" / "train", out / "data" / "test"
     write_synthetic_dataset(train_root, cases=s.train_cases, seed=seed, size=s.size)
-    write_synthetic_dataset(test_root, cases=s.test_cases, seed=seed + 10_000, size=s.size)
+    if test:
+        write_synthetic_dataset(test_root, cases=s.test_cases, seed=seed + 10_000, size=s.size)
     return train_root, test_root
 
 
@@ -161,12 +212,15 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
     """Pretrain a tiny SAM-Med3D on liver and vessel crops (cached); returns its checkpoint."""
     cfg = RunConfig(
         name="pretrain_anatomy",
-        model=ModelConfig.from_preset("tiny", method="sam_med3d"),
+        model=s.model("sam_med3d"),
         data=_data_config(train_root, s, target_labels=(ORGAN, VESSEL)),
         train=_train_config(s, epochs=s.pretrain_epochs, seed=seed),
     )
+    settings = asdict(s)
+    if (s.crop_size, s.patch_size, s.window_size) == (64, 16, 3):  # the key from before these fields existed
+        del settings["crop_size"], settings["patch_size"], settings["window_size"]
     key = hashlib.sha256(
-        json.dumps({"v": __version__, "settings": asdict(s), "seed": seed, "model": "tiny"}, sort_keys=True).encode()
+        json.dumps({"v": __version__, "settings": settings, "seed": seed, "model": "tiny"}, sort_keys=True).encode()
     ).hexdigest()[:16]
     cached = cache_dir() / f"demo_pretrain_{key}" / "last.pt"
     resume = cached.is_file()
@@ -175,32 +229,54 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
         return cached
     if resume:
         _say(f"  resuming an interrupted pretraining in {cached.parent}")
+    _say(f"  pretraining a tiny SAM-Med3D on the anatomy: {s.pretrain_epochs} epochs (cached in {cached.parent})")
     t0 = time.perf_counter()
-    result = Trainer(cfg, cached.parent, progress=progress).fit(resume=resume)
+    lines = () if progress else (epoch_lines("pretraining", s.pretrain_epochs),)
+    result = Trainer(cfg, cached.parent, progress=progress, callbacks=lines).fit(resume=resume)
     _say(f"  pretrained on anatomy in {time.perf_counter() - t0:.0f} s (cached in {cached.parent})")
     assert result.last_checkpoint is not None
     return result.last_checkpoint
 
 
 def transfer(
-    method: str, train_root: Path, pretrained: Path, run_dir: Path, s: DemoSettings, *, seed: int, progress: bool
+    method: str,
+    train_root: Path,
+    pretrained: Path,
+    run_dir: Path,
+    s: DemoSettings,
+    *,
+    seed: int,
+    progress: bool,
+    overrides: Sequence[str] = (),
 ) -> Path:
-    """Transfer the pretrained model to the tumours with ``method``; returns the best checkpoint."""
+    """Transfer the pretrained model to the tumours with ``method`` (and ``key=value`` run-config ``overrides``,
+    e.g. ``train.loss_options={balance: partial}``); returns the best checkpoint."""
     cfg = RunConfig(
         name=method,
-        model=ModelConfig.from_preset("tiny", method=method, checkpoint=str(pretrained)),
+        model=s.model(method, checkpoint=pretrained),
         data=_data_config(train_root, s),
         train=_train_config(s, epochs=s.transfer_epochs, seed=seed),
     )
-    result = Trainer(cfg, run_dir, progress=progress).fit()
+    if overrides:
+        cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), overrides))
+    lines = () if progress else (epoch_lines(run_dir.name, s.transfer_epochs),)
+    result = Trainer(cfg, run_dir, progress=progress, callbacks=lines).fit()
     assert result.best_checkpoint is not None
     return result.best_checkpoint
 
 
-def gate_rates(checkpoint: Path, test_root: Path, out_csv: Path, *, label: int = LESION) -> Path | None:
-    """Per test tumour: the share of SGP-SAM gates open for a crop centred on it (None for gate-less models).
+#: Lesion-free crops per test case at which ``gate_rates`` also reads the gates (crop content "no lesion").
+NO_LESION_CROPS = 2
 
-    Writes ``case, lesion, volume_ml, size_bin, gate_rate``.
+
+def gate_rates(checkpoint: Path, test_root: Path, out_csv: Path, *, label: int = LESION) -> Path | None:
+    """SGP-SAM's gate activation by crop content (None for gate-less models).
+
+    Per test tumour (26-connected component of ``label`` on the image's own grid, its volume from that grid's
+    spacing): the share of gates open for the crop centred on it, with a centre click as predicted. Per case also
+    :data:`NO_LESION_CROPS` crops that hold no voxel of ``label``, centred on seeded random voxels of the labelled
+    anatomy (else of the body), size bin ``"no lesion"``. Writes ``case, lesion, volume_ml, size_bin, gate_rate``
+    (``lesion`` and ``volume_ml`` 0 for the lesion-free crops).
     """
     model, _ = load_model(checkpoint)
     if not hasattr(model, "sgpm"):
@@ -208,31 +284,48 @@ def gate_rates(checkpoint: Path, test_root: Path, out_csv: Path, *, label: int =
     predictor = Predictor.from_checkpoint(checkpoint)
     rows = []
     labels_dir = test_root / "labelsTr"
+    rng = np.random.default_rng(0)
     for lab_path in sorted(p for p in labels_dir.iterdir() if is_image_path(p)):
         cid = case_id(lab_path)
         label_vol = read_image(lab_path)
         image_path = next(p for p in (test_root / "imagesTr").iterdir() if case_id(p) == cid)
-        pre = predictor.set_image(image_path)
+        pre = predictor.preprocessor(read_image(image_path), label_vol)
         comps, n = ndimage.label(label_vol.array == label, structure=np.ones((3,) * 3, bool))
         voxel_ml = float(np.prod(label_vol.spacing)) / 1000.0
         for idx in range(1, n + 1):
             where = np.argwhere(comps == idx)
-            centre_ijk = where.mean(axis=0)[::-1]
-            dhw = predictor.preprocessor.to_canonical_index(centre_ijk, pre, world=False)
-            crop, box = crop_or_pad(pre.image, dhw, predictor.crop, pad_value=pre.background)
-            click = torch.as_tensor(box.to_crop(dhw), dtype=torch.float32).clamp(0, predictor.crop - 1)
-            with torch.inference_mode():
-                out = predictor.model(
-                    torch.from_numpy(np.ascontiguousarray(crop))[None, None],
-                    Prompts(points=click[None, None], labels=torch.ones(1, 1, dtype=torch.int64)),
-                )
+            dhw = predictor.preprocessor.to_canonical_index(where.mean(axis=0)[::-1], pre, world=False)
             volume = len(where) * voxel_ml
-            rows.append((cid, idx, volume, volume_bin(volume), float(out.extras["gates"].float().mean())))
+            rows.append((cid, idx, volume, volume_bin(volume), _gate_rate(predictor, pre, dhw, click=True)))
+        for dhw in _lesion_free_centres(pre, label, predictor.crop, rng):
+            rows.append((cid, 0, 0.0, "no lesion", _gate_rate(predictor, pre, dhw, click=False)))
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["case", "lesion", "volume_ml", "size_bin", "gate_rate"])
     writer.writerows(rows)
     return atomic_write_bytes(out_csv, buf.getvalue().encode())
+
+
+def _lesion_free_centres(pre: Preprocessed, label: int, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to :data:`NO_LESION_CROPS` canonical (d, h, w) centres whose crop holds no voxel of ``label``."""
+    assert pre.label is not None
+    lesion = pre.label == label
+    near = ndimage.maximum_filter(lesion, size=crop + 1) if lesion.any() else lesion
+    anatomy = (pre.label > 0) & ~lesion
+    free = np.argwhere(~near & (anatomy if anatomy.any() else pre.image > pre.background))
+    return free[rng.choice(len(free), size=min(NO_LESION_CROPS, len(free)), replace=False)].astype(float)
+
+
+def _gate_rate(predictor: Predictor, pre: Preprocessed, dhw: np.ndarray, *, click: bool) -> float:
+    """Share of open gates for the crop centred at canonical ``dhw`` (with a click there, or encoded alone)."""
+    crop, box = crop_or_pad(pre.image, dhw, predictor.crop, pad_value=pre.background)
+    image = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
+    with torch.inference_mode():
+        if not click:
+            return float(predictor.model.encode(image).gates.float().mean())
+        point = torch.as_tensor(box.to_crop(dhw), dtype=torch.float32).clamp(0, predictor.crop - 1)
+        prompts = Prompts(points=point[None, None], labels=torch.ones(1, 1, dtype=torch.int64))
+        return float(predictor.model(image, prompts).extras["gates"].float().mean())
 
 
 def evaluate_method(checkpoint: Path, test_root: Path, run_dir: Path) -> tuple[Path, Path, Path | None]:
@@ -293,7 +386,8 @@ def demo(
         _say(f"  {method}: trained in {t_train:.0f} s, evaluated in {time.perf_counter() - t0 - t_train:.0f} s")
     notes = [
         f"Synthetic CT: {s.train_cases} training cases, {s.test_cases} test cases, {s.size}³ voxels; "
-        f"model: tiny SAM-Med3D ({s.spacing:g} mm, 64³ crops) pretrained on liver + vessel crops "
+        f"model: tiny SAM-Med3D ({s.spacing:g} mm voxels, {s.crop_size}³ crops, {s.patch_size}³ patches, "
+        f"{s.backbone().low_res_size}³ decoder output) pretrained on liver + vessel crops "
         f"({s.pretrain_epochs} epochs), then transferred to tumours for {s.transfer_epochs} epochs per method "
         f"(batch {s.batch_size}, {s.num_clicks} click iterations, seed {seed}).",
         "Test predictions: one centre click per tumour (lesionsam predict --clicks-from); "
@@ -341,165 +435,4 @@ def ablate(
             _say(f"  {method} seed {seed}: done")
     path = write_ablation(root, entries)
     _say(f"ablation table: {path}")
-    return path
-
-
-#: Text prompts per synthetic lesion class (label value → prompts; the first is used at test time).
-TEXT_PROMPTS: dict[int, list[str]] = {
-    LESION: ["liver tumour", "tumour", "liver tumor", "hepatic lesion"],
-    CYST: ["liver cyst", "cyst", "hepatic cyst"],
-}
-
-
-#: Share of RefSAM3D's training crops centred away from the referred class (on the other class or anywhere): text
-#: alone searches whole volumes, so the model must learn to find nothing where the referred class is absent.
-TEXT_NEGATIVE_FRACTION = 0.5
-#: Weight of the per-lesion class term (``train.region_classes``) in the text study: text alone decides each
-#: found lesion's class with RefSAM3D's region classifier, so training teaches it on every lesion of a crop.
-REGION_CLASSES = 0.5
-#: The prompts of the text study: text alone (decided against the other class), text alone thresholding its own
-#: mask, one centre click per lesion, and both.
-STUDY_PROMPTS = ("text", "text_own", "clicks", "both")
-#: Measured wall time of the full ``text-study`` on a 2-core CPU (pretrained model cached, text pairs): 42 min.
-TEXT_STUDY_MINUTES = 42
-
-
-def class_coverage(
-    pred_dir: str | os.PathLike[str], labels_dir: str | os.PathLike[str], values: Sequence[int]
-) -> dict[int, float]:
-    """Share of each class's voxels (pooled over the cases) that the predicted masks (non-zero voxels) cover.
-
-    Whether a text selects its class, voxel by voxel: a selective "liver cyst" mask covers most cyst voxels and
-    few tumour voxels. Cases are paired by file name as :func:`lesionsam.evaluation.evaluate.pair_cases` does;
-    a class absent from every case gets NaN.
-    """
-    hits = dict.fromkeys(values, 0)
-    totals = dict.fromkeys(values, 0)
-    pairs, _, _ = pair_cases(pred_dir, labels_dir)
-    for pair in pairs:
-        pred = read_image(pair.pred).array != 0
-        label = read_image(pair.gt).array
-        if pred.shape != label.shape:
-            raise ValueError(f"case {pair.case}: prediction {pred.shape} and label {label.shape} differ in shape")
-        for v in values:
-            cls = label == v
-            totals[v] += int(cls.sum())
-            hits[v] += int((cls & pred).sum())
-    return {v: hits[v] / totals[v] if totals[v] else float("nan") for v in values}
-
-
-def text_study(
-    out: str | os.PathLike[str] = "runs/text_study",
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
-    """RefSAM3D on synthetic data with two lesion classes (tumours = 2, cysts = 4): per-class Dice with the text
-    alone, with one centre click per lesion alone, and with both. Writes ``text_study.md`` and ``.json``.
-
-    The model starts from the demo's anatomy-pretrained tiny SAM-Med3D and trains on both classes, one text per
-    crop drawn from :data:`TEXT_PROMPTS` (one batch in four without text, so clicks alone also work).
-    """
-    s = DemoSettings.quick() if quick else DemoSettings.full()
-    root = Path(out)
-    _say(
-        f"lesionsam text-study{' --quick' if quick else ''}: RefSAM3D on tumours + cysts; per-class Dice for text, "
-        f"clicks and both; about {1 if quick else TEXT_STUDY_MINUTES:.0f} min on a 2-core CPU"
-    )
-    t0 = time.perf_counter()
-    pretrained, train_root, test_root = two_class_setup(root, s, seed=seed, progress=progress)
-    cfg = RunConfig(
-        name="refsam3d",
-        model=ModelConfig.from_preset("tiny", method="refsam3d", checkpoint=str(pretrained)),
-        data=_data_config(
-            train_root,
-            s,
-            target_labels=(LESION, CYST),
-            label_texts={str(k): v for k, v in TEXT_PROMPTS.items()},
-            negative_fraction=TEXT_NEGATIVE_FRACTION,
-        ),
-        train=replace(
-            _train_config(s, epochs=s.transfer_epochs, seed=seed),
-            lr_new=s.lr,
-            text_pairs=True,
-            region_classes=REGION_CLASSES,
-        ),
-    )
-    result = Trainer(cfg, root / "refsam3d", progress=progress).fit()
-    assert result.best_checkpoint is not None
-    _say(f"  trained RefSAM3D in {time.perf_counter() - t0:.0f} s")
-    predictor = Predictor.from_checkpoint(result.best_checkpoint)
-    rows = []
-    for value, prompts in TEXT_PROMPTS.items():
-        name = "tumour" if value == LESION else "cyst"
-        for mode in STUDY_PROMPTS:
-            pred_dir = root / "predictions" / f"{name}_{mode}"
-            alone = mode.startswith("text")
-            predict(
-                test_root / "imagesTr",
-                pred_dir,
-                clicks_from=None if alone else test_root / "labelsTr",
-                text=prompts[0] if mode != "clicks" else None,
-                compete=mode != "text_own",
-                label=value,
-                predictor=predictor,
-                progress=False,
-            )
-            metrics = evaluate(pred_dir, test_root / "labelsTr", label=value, out=pred_dir / "metrics", progress=False)
-            summary = metrics.summary
-            # Does the text select its class? Score the same masks against the *other* class's labels too.
-            other = next(v for v in TEXT_PROMPTS if v != value)
-            cross = evaluate(
-                pred_dir, test_root / "labelsTr", label=other, out=pred_dir / "metrics_other_class", progress=False
-            ).summary
-            coverage = class_coverage(pred_dir, test_root / "labelsTr", (value, other))
-            rows.append(
-                {
-                    "class": name,
-                    "label": value,
-                    "prompt": mode,
-                    "text": prompts[0] if mode != "clicks" else None,
-                    "competitors": list(predictor.competitors(prompts[0])) if mode == "text" else [],
-                    "dice_mean": summary["dice"]["mean"],
-                    "dice_sd": summary["dice"]["std"],
-                    "lesion_f1": summary["lesion_detection"]["f1"],
-                    "dice_other_class": cross["dice"]["mean"],
-                    "covers_own_class": coverage[value],
-                    "covers_other_class": coverage[other],
-                    "cases": summary["n_cases"],
-                    "source": str(Path("predictions") / f"{name}_{mode}" / "metrics" / "metrics.json"),
-                }
-            )
-    lines = [
-        "# RefSAM3D: text, clicks or both (synthetic tumours and cysts)",
-        "",
-        f"Made by `lesionsam text-study{' --quick' if quick else ''}`: tiny RefSAM3D from the anatomy-pretrained tiny "
-        f"SAM-Med3D, {s.transfer_epochs} epochs on {s.train_cases} cases with both classes, evaluated on "
-        f"{s.test_cases} held-out cases with lesionsam evaluate (mean ± sd over cases). Text alone searches the whole "
-        "volume with sliding windows and is decided against the other class's text (each found lesion is kept only "
-        "where RefSAM3D's region classifier gives it to the text's class); *own mask* is the text's own mask, "
-        "undecided (`--no-compete`). Clicks = one centre click per lesion of that class. *Dice vs the other class*: "
-        "the same masks scored against the other class's labels — text selects its class only where it is well "
-        "below the Dice. *Covers*: share of that class's voxels (all test cases pooled) inside the masks — a "
-        "selective text covers much more of its own class than of the other.",
-        "",
-        "| class | prompt | Dice | lesion F1 | Dice vs the other class | covers own class | covers other class |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        prompt = {
-            "text": f'text "{r["text"]}"',
-            "text_own": f'text "{r["text"]}", own mask',
-            "clicks": "clicks",
-            "both": f'clicks + "{r["text"]}"',
-        }[r["prompt"]]
-        lines.append(
-            f"| {r['class']} | {prompt} | {r['dice_mean']:.3f} ± {r['dice_sd']:.3f} | {r['lesion_f1']:.3f} | "
-            f"{r['dice_other_class']:.3f} | {r['covers_own_class']:.0%} | {r['covers_other_class']:.0%} |"
-        )
-    lines += ["", f"Numbers read from the evaluator's files: {', '.join(r['source'] for r in rows)}.", ""]
-    atomic_write_bytes(root / "text_study.json", json.dumps(rows, indent=2).encode())
-    path = atomic_write_bytes(root / "text_study.md", "\n".join(lines).encode())
-    _say(f"done in {time.perf_counter() - t0:.0f} s: {path}")
     return path

@@ -1,0 +1,244 @@
+"""``lesionsam sweep``: choose the Zoom Loss's and SGP-SAM's defaults on the validation split, never the test set.
+
+Each :class:`Variant` (a method plus run-config overrides, e.g. a reading of the voxel-balanced focal term or a
+gate budget) is transferred from the demo's anatomy-pretrained tiny model under the demo's budget and recipe
+(:class:`~lesionsam.workflows.demo.DemoSettings`), then scored on the **validation split of the training data**
+(the cases the trainer held out and wrote to ``splits.json`` in its run folder) with the demo's test protocol:
+one centre click per tumour, whole-volume prediction, ``lesionsam evaluate``. The demo's test cases are not
+written, read or scored by a sweep.
+
+Writes ``sweep.md`` (the table the README quotes) and ``sweep.json``; every variant keeps its run folder
+(``<out>/<variant>/``: checkpoints, training log, validation predictions and metrics). A variant whose
+``sweep_row.json`` exists is not trained again, so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionsam.data.datasets import load_msd_cases, read_splits
+from lesionsam.data.io import image_suffix
+from lesionsam.data.synthetic import LESION
+from lesionsam.utils.dataclass_io import atomic_write_bytes
+from lesionsam.workflows.demo import DemoSettings, gate_rates, prepare_data, pretrain, transfer
+from lesionsam.workflows.evaluate import evaluate
+from lesionsam.workflows.predict import predict
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a sweep: a name (its run folder), a method and ``key=value`` run-config overrides."""
+
+    name: str
+    method: str
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+
+#: The readings of "voxel-balanced focal" (with the Zoom Loss's Dice term, lambda 1, gamma 2) compared for the
+#: ``finetune_zoom`` default, with the DiceCE baseline as reference.
+LOSS_VARIANTS: tuple[Variant, ...] = (
+    Variant("finetune", "finetune", note="DiceCE baseline"),
+    Variant("zoom_full", "finetune_zoom", ("train.loss_options={balance: full}",), "full balance (as published)"),
+    Variant(
+        "zoom_full_la",
+        "finetune_zoom",
+        ("train.loss_options={balance: full}", "train.logit_adjustment=1.0"),
+        "full balance, prior shift removed at inference (tau 1)",
+    ),
+    Variant(
+        "zoom_partial",
+        "finetune_zoom",
+        ("train.loss_options={balance: partial, beta: 0.5}",),
+        "partial balance, beta 0.5",
+    ),
+    Variant("zoom_alpha", "finetune_zoom", ("train.loss_options={balance: alpha, alpha: 0.25}",), "alpha 0.25"),
+    Variant("zoom_zoomed", "finetune_zoom", ("train.loss_options={balance: zoomed, margin: 4}",), "zoomed box"),
+    Variant("zoom_none", "finetune_zoom", ("train.loss_options={balance: none}",), "plain focal"),
+)
+
+
+#: SGP-SAM's gate budget (with the Zoom Loss's default reading, chosen by the loss stage): none, a linear compute
+#: cost, and target activation rates.
+GATE_VARIANTS: tuple[Variant, ...] = (
+    Variant("sgp_free", "sgp_sam", note="no budget: nothing rewards a closed gate"),
+    Variant("sgp_cost", "sgp_sam", ("train.gate_cost=0.1",), "linear compute cost 0.1 x mean keep probability"),
+    Variant("sgp_target50", "sgp_sam", ("train.gate_cost=1.0", "train.gate_target=0.5"), "target activation rate 0.5"),
+    Variant(
+        "sgp_target25", "sgp_sam", ("train.gate_cost=1.0", "train.gate_target=0.25"), "target activation rate 0.25"
+    ),
+)
+
+#: ``lesionsam sweep --stage NAME``: the variants and the table's title.
+STAGES: dict[str, tuple[tuple[Variant, ...], str]] = {
+    "loss": (LOSS_VARIANTS, "Zoom Loss readings"),
+    "gate": (GATE_VARIANTS, "SGP-SAM gate budgets"),
+}
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """What a sweep measured for one variant (validation split only)."""
+
+    name: str
+    method: str
+    overrides: tuple[str, ...]
+    note: str
+    val_cases: int
+    dice_mean: float
+    dice_sd: float
+    crop_val_dice: float
+    volume_ratio_median: float
+    gate_rate: float | None
+    minutes: float
+
+
+def validation_folder(train_root: Path, run_dir: Path) -> Path:
+    """``run_dir/validation`` holding links (``imagesTr``, ``labelsTr``) to the validation cases of the run's
+    ``splits.json``; returns it. Links, not copies: nothing is written into the data set."""
+    ids = set(read_splits(run_dir / "splits.json").get("val", []))
+    if not ids:
+        raise ValueError(f"{run_dir / 'splits.json'} has no validation case: set data.val_fraction > 0")
+    folder = run_dir / "validation"
+    for case in load_msd_cases(train_root):
+        if case.case_id not in ids:
+            continue
+        assert case.label is not None
+        for sub, src in (("imagesTr", case.images[0]), ("labelsTr", case.label)):
+            link = folder / sub / f"{case.case_id}{image_suffix(src)}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(src.resolve())
+    return folder
+
+
+def score_validation(checkpoint: Path, train_root: Path, run_dir: Path, *, label: int = LESION) -> dict[str, Any]:
+    """One centre click per lesion on every validation case of ``run_dir``; Dice over the cases, the median
+    predicted/ground-truth volume ratio and (SGP-SAM) the mean gate activation per lesion."""
+    folder = validation_folder(train_root, run_dir)
+    pred_dir = run_dir / "val_predictions"
+    predict(
+        folder / "imagesTr",
+        pred_dir,
+        checkpoint=checkpoint,
+        clicks_from=folder / "labelsTr",
+        label=label,
+        progress=False,
+    )
+    result = evaluate(pred_dir, folder / "labelsTr", label=label, out=run_dir / "val_metrics", progress=False)
+    dice = [c.dice for c in result.cases if c.gt_volume_ml > 0]
+    ratios = [c.pred_volume_ml / c.gt_volume_ml for c in result.cases if c.gt_volume_ml > 0]
+    gates_csv = gate_rates(checkpoint, folder, run_dir / "val_gates.csv", label=label)
+    gate_rate = None
+    if gates_csv is not None:
+        rates = [float(line.split(",")[-1]) for line in gates_csv.read_text().splitlines()[1:] if line]
+        gate_rate = float(np.mean(rates)) if rates else None
+    return {
+        "val_cases": len(dice),
+        "dice_mean": float(np.mean(dice)) if dice else float("nan"),
+        "dice_sd": float(np.std(dice, ddof=1)) if len(dice) > 1 else float("nan"),
+        "volume_ratio_median": float(np.median(ratios)) if ratios else float("nan"),
+        "gate_rate": gate_rate,
+    }
+
+
+def best_crop_dice(train_log: Path) -> float:
+    """The best ``val_dice`` of a training log (NaN when it has none)."""
+    with open(train_log, newline="") as fh:
+        values = [float(r["val_dice"]) for r in csv.DictReader(fh) if r.get("val_dice") not in (None, "")]
+    return max(values) if values else float("nan")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def sweep(
+    out: str | os.PathLike[str] = "runs/sweep",
+    *,
+    variants: Sequence[Variant] = LOSS_VARIANTS,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = False,
+    title: str = "Zoom Loss readings",
+) -> Path:
+    """Train and score every variant on the validation split (see the module docstring); returns ``sweep.md``."""
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sweep variant names must be distinct, got {names}")
+    s = DemoSettings.quick() if quick else DemoSettings.full()
+    root = Path(out)
+    _say(
+        f"lesionsam sweep: {len(variants)} variants on the validation split, about "
+        f"{2 + s.minutes_per_transfer * len(variants):.0f} min on a 2-core CPU"
+    )
+    train_root, _ = prepare_data(root, s, seed=0, test=False)  # no test case is written
+    pretrained = pretrain(train_root, s, seed=0, progress=progress)
+    rows = []
+    for v in variants:
+        run_dir = root / v.name
+        done = run_dir / "sweep_row.json"
+        if done.is_file():
+            rows.append(SweepRow(**{**json.loads(done.read_text()), "overrides": tuple(v.overrides)}))
+            _say(f"  {v.name}: already done ({done})")
+            continue
+        t0 = time.perf_counter()
+        best = transfer(
+            v.method, train_root, pretrained, run_dir, s, seed=seed, progress=progress, overrides=v.overrides
+        )
+        crop_dice = best_crop_dice(run_dir / "train_log.csv")
+        scores = score_validation(best, train_root, run_dir)
+        row = SweepRow(
+            name=v.name,
+            method=v.method,
+            overrides=tuple(v.overrides),
+            note=v.note,
+            crop_val_dice=crop_dice,
+            minutes=(time.perf_counter() - t0) / 60,
+            **scores,
+        )
+        atomic_write_bytes(done, json.dumps(row.__dict__, indent=2).encode())
+        rows.append(row)
+        _say(
+            f"  {v.name}: validation Dice {row.dice_mean:.3f}, volume ratio {row.volume_ratio_median:.2f}"
+            + (f", gates open {row.gate_rate:.2f}" if row.gate_rate is not None else "")
+            + f" ({row.minutes:.1f} min)"
+        )
+    return write_sweep(root, rows, title=title, quick=quick)
+
+
+def write_sweep(root: Path, rows: Sequence[SweepRow], *, title: str, quick: bool) -> Path:
+    """``sweep.md`` (the table, best validation Dice in bold) and ``sweep.json``; returns the Markdown path."""
+    best = max(range(len(rows)), key=lambda i: rows[i].dice_mean if np.isfinite(rows[i].dice_mean) else -1)
+    lines = [
+        f"# Sweep: {title} (validation split)",
+        "",
+        f"Made by `lesionsam sweep{' --quick' if quick else ''}`. Validation split of the training data "
+        f"({rows[0].val_cases if rows else 0} cases, one centre click per tumour, whole volume); the test cases "
+        "are not used. Crop Dice: the trainer's best validation score (one click on the largest lesion's crop).",
+        "",
+        "| variant | method | settings | validation Dice | crop Dice | median volume ratio | gates open |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows):
+        dice = f"{r.dice_mean:.3f} ± {r.dice_sd:.3f}"
+        gate = "—" if r.gate_rate is None else f"{r.gate_rate:.2f}"
+        settings = "; ".join(r.overrides) or "defaults"
+        dice = f"**{dice}**" if i == best else dice
+        lines.append(
+            f"| {r.name} | {r.method} | {r.note or settings} (`{settings}`) | {dice} "
+            f"| {r.crop_val_dice:.3f} | {r.volume_ratio_median:.2f} | {gate} |"
+        )
+    lines.append("")
+    atomic_write_bytes(root / "sweep.json", json.dumps([r.__dict__ for r in rows], indent=2).encode())
+    return atomic_write_bytes(root / "sweep.md", "\n".join(lines).encode())
