@@ -112,7 +112,10 @@ class TrainConfig:
         click_mode: ``"random"`` or ``"center"`` click simulation.
         loss: training loss name (None: the method's default, e.g. DiceCE for ``finetune``, Zoom for ``sgp_sam``).
         loss_options: keyword options of the loss (e.g. ``{lambda_focal: 1.0, gamma: 2.0}``).
-        gate_cost: weight of the mean gate-open probability added to the loss (SGP-SAM; 0 = none).
+        gate_cost: weight of the gate budget term added to the loss (SGP-SAM;
+            :func:`~lesionsam.models.methods.sgp.gate_budget`; 0 = none): without ``gate_target`` the mean gate-open
+            probability (a linear compute cost), with it ``(mean - gate_target) ** 2``.
+        gate_target: a target activation rate of the gates in [0, 1] (None: the linear cost); needs ``gate_cost > 0``.
         logit_adjustment: ``tau`` of logit adjustment (Menon et al., "Long-tail learning via logit adjustment",
             ICLR 2021), for losses whose class weighting shifts the optimal logit (the Zoom Loss's focal balance,
             :mod:`lesionsam.losses.balance`). With ``tau > 0`` the trainer estimates the loss's prior shift ``s`` on
@@ -164,6 +167,7 @@ class TrainConfig:
     loss: str | None = None
     loss_options: dict[str, Any] = field(default_factory=dict)
     gate_cost: float = 0.0
+    gate_target: float | None = None
     logit_adjustment: float = 0.0
     text_pairs: bool = False
     text_contrast: float = 0.0
@@ -201,6 +205,13 @@ class TrainConfig:
         ):
             if not getattr(self, name) >= 0:  # NaN too
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.gate_target is not None:
+            if not 0.0 <= self.gate_target <= 1.0:  # NaN too
+                raise ValueError(
+                    f"train.gate_target is a share of open gates and must be in [0, 1], got {self.gate_target}"
+                )
+            if not self.gate_cost > 0:
+                raise ValueError("train.gate_target needs train.gate_cost > 0 (the weight of the budget term)")
         if not math.isfinite(self.logit_adjustment):
             raise ValueError(
                 f"train.logit_adjustment (tau) must be finite, got {self.logit_adjustment}; 1 = the whole shift"

@@ -72,6 +72,7 @@ from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 from lesionsam.losses import build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lesionsam.models.methods.sgp import gate_budget
 from lesionsam.models.registry import method_spec
 from lesionsam.utils.dataclass_io import atomic_write_bytes, save_yaml, to_dict
 
@@ -127,8 +128,9 @@ class InteractiveStep(nn.Module):
     """SAM-Med3D's interactive training step as one module (so ``DistributedDataParallel`` can wrap it).
 
     ``forward(image, label, rng)`` → (loss, stats): one encoder pass, ``num_clicks`` decoder iterations with
-    simulated clicks and mask feedback, the mean loss over iterations (+ ``gate_cost`` × mean gate-open
-    probability when the model reports gates).
+    simulated clicks and mask feedback, the mean loss over iterations (+ ``gate_cost`` ×
+    :func:`~lesionsam.models.methods.sgp.gate_budget` of the gate-open probabilities, with ``gate_target``, when the
+    model reports gates in ``extras["gate_probs"]``).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class InteractiveStep(nn.Module):
         num_clicks: int,
         mask_only_iterations: int,
         gate_cost: float = 0.0,
+        gate_target: float | None = None,
         texts: dict[int, list[str]] | None = None,
         text_pairs: bool = False,
         text_contrast: float = 0.0,
@@ -162,6 +165,7 @@ class InteractiveStep(nn.Module):
         self.num_clicks = num_clicks
         self.mask_only = mask_only_iterations
         self.gate_cost = gate_cost
+        self.gate_target = gate_target
 
     def forward(
         self,
@@ -261,7 +265,7 @@ class InteractiveStep(nn.Module):
         if gates:
             probs = gates[-1]
             if self.gate_cost:
-                loss = loss + self.gate_cost * probs.mean()
+                loss = loss + self.gate_cost * gate_budget(probs, self.gate_target)
             stats["gate_rate"] = float(probs.detach().float().mean())
         return loss, stats
 
@@ -680,6 +684,7 @@ class Trainer:
                 num_clicks=t.num_clicks,
                 mask_only_iterations=t.mask_only_iterations,
                 gate_cost=t.gate_cost,
+                gate_target=t.gate_target,
                 texts=texts,
                 text_pairs=t.text_pairs,
                 text_contrast=t.text_contrast,
