@@ -142,3 +142,17 @@ def test_gate_pool_option_from_the_config_and_its_checks() -> None:
         SGPOptions(gate_pool=("mean", "mean"))
     with pytest.raises(ValueError, match=r"gate_pool must list distinct statistics"):
         SGPOptions(gate_pool=())
+
+
+def test_a_closed_gate_with_pooled_statistics_still_skips_the_fusion_at_inference() -> None:
+    torch.manual_seed(0)
+    model = build_sgp_sam(TINY, SGPOptions(gate_open_bias=-30.0, gate_pool=("mean", "max", "std"))).eval()
+    calls: list[int] = []
+    hooks = [
+        m.msff.register_forward_hook(lambda _m, args, _o: calls.append(args[0].shape[0])) for m in model.sgpm.values()
+    ]
+    with torch.no_grad():
+        enc = model.encode(torch.randn(2, 1, TINY.img_size, TINY.img_size, TINY.img_size))
+    for h in hooks:
+        h.remove()
+    assert calls == [] and torch.equal(enc.gates, torch.zeros(2, len(model.sgpm)))

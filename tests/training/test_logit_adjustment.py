@@ -92,3 +92,19 @@ def test_logit_adjustment_is_checked() -> None:
         load_run_config(None, ["train.logit_adjustment=-1"])
     with pytest.raises(ValueError, match=r"train.logit_adjustment \(tau\) must be finite"):
         load_run_config(None, ["train.logit_adjustment=.inf"])
+
+
+def test_sgp_sam_trains_with_a_zoomed_focal_a_gate_target_and_logit_adjustment(dataset: Path, tmp_path: Path) -> None:
+    cfg = _config(
+        dataset,
+        "model.method=sgp_sam",
+        "model.options={gate_pool: [mean, max, std]}",
+        "train.loss_options={balance: zoomed, margin: 4, lambda_focal: 1.0}",
+        "train.logit_adjustment=1.0",
+        "train.gate_cost=0.1",
+        "train.gate_target=0.5",
+    )
+    result = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert 0 < result.logit_offset < _hand_shift(cfg, beta=1.0)  # the box holds fewer background voxels than the crop
+    predictor = Predictor.from_checkpoint(result.last_checkpoint)
+    assert predictor.logit_offset == pytest.approx(result.logit_offset)
