@@ -13,6 +13,7 @@ config is saved as ``config.yaml`` beside every checkpoint.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,7 +112,17 @@ class TrainConfig:
         click_mode: ``"random"`` or ``"center"`` click simulation.
         loss: training loss name (None: the method's default, e.g. DiceCE for ``finetune``, Zoom for ``sgp_sam``).
         loss_options: keyword options of the loss (e.g. ``{lambda_focal: 1.0, gamma: 2.0}``).
-        gate_cost: weight of the mean gate-open probability added to the loss (SGP-SAM; 0 = none).
+        gate_cost: weight of the gate budget term added to the loss (SGP-SAM;
+            :func:`~lesionsam.models.methods.sgp.gate_budget`; 0 = none): without ``gate_target`` the mean gate-open
+            probability (a linear compute cost), with it ``(mean - gate_target) ** 2``.
+        gate_target: a target activation rate of the gates in [0, 1] (None: the linear cost); needs ``gate_cost > 0``.
+        logit_adjustment: ``tau`` of logit adjustment (Menon et al., "Long-tail learning via logit adjustment",
+            ICLR 2021), for losses whose class weighting shifts the optimal logit (the Zoom Loss's focal balance,
+            :mod:`lesionsam.losses.balance`). With ``tau > 0`` the trainer estimates the loss's prior shift ``s`` on
+            the training crops before training (:meth:`~lesionsam.training.trainer.Trainer.estimate_prior_shift`)
+            and stores the offset ``tau * s`` in every checkpoint (``extra["logit_adjustment"]``); validation and the
+            predictor subtract it from the logits before thresholding. The Dice term and ``gamma > 0`` make the real
+            shift smaller than ``s``, so ``tau`` is tuned (1 = the whole focal-only shift; 0 = off, the default).
         text_pairs: text-referred methods with several target labels: every crop trained with its class's text is
             also trained, in the same batch, with another target label's text and that label's voxels of the same
             crop as target (a contrastive pair: same image, other text, other mask).
@@ -156,6 +167,8 @@ class TrainConfig:
     loss: str | None = None
     loss_options: dict[str, Any] = field(default_factory=dict)
     gate_cost: float = 0.0
+    gate_target: float | None = None
+    logit_adjustment: float = 0.0
     text_pairs: bool = False
     text_contrast: float = 0.0
     text_competition: float = 0.0
@@ -182,9 +195,27 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "gate_cost", "text_contrast", "text_competition", "region_classes"):
-            if getattr(self, name) < 0:
+        for name in (
+            "weight_decay",
+            "gate_cost",
+            "logit_adjustment",
+            "text_contrast",
+            "text_competition",
+            "region_classes",
+        ):
+            if not getattr(self, name) >= 0:  # NaN too
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.gate_target is not None:
+            if not 0.0 <= self.gate_target <= 1.0:  # NaN too
+                raise ValueError(
+                    f"train.gate_target is a share of open gates and must be in [0, 1], got {self.gate_target}"
+                )
+            if not self.gate_cost > 0:
+                raise ValueError("train.gate_target needs train.gate_cost > 0 (the weight of the budget term)")
+        if not math.isfinite(self.logit_adjustment):
+            raise ValueError(
+                f"train.logit_adjustment (tau) must be finite, got {self.logit_adjustment}; 1 = the whole shift"
+            )
         for name in ("text_contrast", "text_competition", "region_classes"):
             if getattr(self, name) > 0 and not self.text_pairs:
                 raise ValueError(f"train.{name} compares the two texts of a pair: set train.text_pairs: true too")

@@ -493,3 +493,44 @@ def test_small_components_are_dropped_by_volume_in_mm3() -> None:
     bright_mm3 = bright.sum() * float(np.prod(image.spacing))
     out = pred.predict_auto(min_lesion_mm3=bright_mm3 * 1.3)  # the dark blob (7 mm radius) is 1.6× the bright (6 mm)
     assert not (out.labels == 2).any() and _dice(out.labels == 4, dark) > 0.85
+
+
+# ------------------------------------------------------------------------------------------- logit adjustment
+class SmoothModel(ThresholdModel):
+    """Stand-in with graded logits ``3 * (image - 1) - shift`` (normalised units), so that an offset moves the mask."""
+
+    def __init__(self, size: int = 32, shift: float = 0.0) -> None:
+        super().__init__(size)
+        self.shift = shift
+
+    def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
+        self.calls += 1
+        logits = 3.0 * (image - 1.0) - self.shift
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
+
+
+@pytest.mark.parametrize("offset", [2.5, -1.5])
+def test_logit_offset_equals_a_model_whose_logits_are_shifted_by_minus_the_offset(offset: float) -> None:
+    image, _ = _oblique_volume(blobs=((15, 35, 30, 8),))
+    cfg = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
+    clicks = [LesionClicks(points=[[30, 35, 15]], labels=[1])]
+    outs = {}
+    for name, model, d in (
+        ("adjusted", SmoothModel(), offset),
+        ("shifted", SmoothModel(shift=offset), 0.0),
+        ("plain", SmoothModel(), 0.0),
+    ):
+        pred = Predictor(model, preprocess=cfg, logit_offset=d)
+        pred.set_image(image)
+        outs[name] = pred.predict(clicks, probabilities=True)
+    np.testing.assert_allclose(outs["adjusted"].probabilities, outs["shifted"].probabilities, atol=1e-6)
+    np.testing.assert_array_equal(outs["adjusted"].labels, outs["shifted"].labels)
+    assert outs["adjusted"].windows == outs["shifted"].windows
+    moved = (outs["adjusted"].labels > 0).sum() - (outs["plain"].labels > 0).sum()
+    assert moved < 0 if offset > 0 else moved > 0  # the offset does change the mask
+
+
+def test_logit_offset_must_be_finite() -> None:
+    with pytest.raises(ValueError, match=r"logit_offset must be a finite number .*got nan"):
+        Predictor(ThresholdModel(), logit_offset=float("nan"))

@@ -95,11 +95,22 @@ def test_loss_options_lists_the_defaults() -> None:
     assert loss_options("zoom") == {
         "lambda_focal": 1.0,
         "gamma": 2.0,
+        "balance": "full",
+        "beta": 0.5,
+        "alpha": 0.25,
+        "margin": 4,
         "smooth_nr": 1e-5,
         "smooth_dr": 1e-5,
         "reduction": "mean",
     }
-    assert loss_options("focal_balanced") == {"gamma": 2.0, "reduction": "mean"}
+    assert loss_options("focal_balanced") == {
+        "gamma": 2.0,
+        "balance": "full",
+        "beta": 0.5,
+        "alpha": 0.25,
+        "margin": 4,
+        "reduction": "mean",
+    }
 
 
 def test_unknown_loss_says_did_you_mean() -> None:
@@ -113,7 +124,7 @@ def test_unknown_option_names_the_loss_and_the_allowed_options() -> None:
     with pytest.raises(
         ValueError,
         match=r"Unknown option of loss 'zoom': 'lamda_focal'\. Did you mean 'lambda_focal'\? "
-        r"Known: lambda_focal, gamma, smooth_nr, smooth_dr, reduction\.",
+        r"Known: lambda_focal, gamma, balance, beta, alpha, margin, smooth_nr, smooth_dr, reduction\.",
     ):
         build_loss("zoom", lamda_focal=1.0)
     with pytest.raises(ValueError, match=r"Unknown option of loss 'dice': 'sigmoid'\..*Known: smooth_nr"):

@@ -27,6 +27,7 @@ label map holding the data set's label values (e.g. 2 tumour, 4 cyst); each conn
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -147,6 +148,10 @@ class Predictor:
         class_texts: for a text-referred model, the texts of each label value it was trained on
             (:meth:`from_checkpoint` takes them from the checkpoint); text alone naming one of these classes is
             decided against the others (:meth:`predict_text`).
+        logit_offset: subtracted from every window's logits before the sigmoid, the threshold and the window
+            growing (logit adjustment, ``train.logit_adjustment``: the prior shift the training loss built in);
+            :meth:`from_checkpoint` takes it from the checkpoint (``extra["logit_adjustment"]``; 0 for official
+            weights and older runs). Prior logits fed back to the model keep the model's own scale.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
@@ -164,6 +169,7 @@ class Predictor:
         max_windows: int = 8,
         class_values: Sequence[int] | None = None,
         class_texts: Mapping[int, Sequence[str]] | None = None,
+        logit_offset: float = 0.0,
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
@@ -172,6 +178,12 @@ class Predictor:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+        if (
+            isinstance(logit_offset, bool)
+            or not isinstance(logit_offset, (int, float))
+            or not math.isfinite(logit_offset)
+        ):
+            raise ValueError(f"logit_offset must be a finite number (0 = no logit adjustment), got {logit_offset!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.crop = int(model.img_size)
@@ -183,6 +195,7 @@ class Predictor:
         self.max_windows = max_windows
         self.class_values = self._class_values(model, class_values)
         self.class_texts = {int(k): tuple(str(t) for t in v) for k, v in (class_texts or {}).items() if v}
+        self.logit_offset = float(logit_offset)
         self._pre: Preprocessed | None = None
 
     @staticmethod
@@ -216,7 +229,8 @@ class Predictor:
             preset: backbone preset for official files or random weights (default ``sam_med3d_vit_b``).
             modality, spacing: intensity normalisation and model voxel size; None takes them from the lesionsam
                 checkpoint's training config, else CT and 1.5 mm (SAM-Med3D's).
-            kwargs: passed to :class:`Predictor` (``threshold``, ``max_windows``).
+            kwargs: passed to :class:`Predictor` (``threshold``, ``max_windows``, ``logit_offset``: None or absent
+                takes the checkpoint's ``extra["logit_adjustment"]``).
         """
         data: dict[str, Any] = {}
         if checkpoint is None:
@@ -233,6 +247,8 @@ class Predictor:
                     kwargs["class_values"] = data.get("target_labels") or [data.get("target_label", 1)]
                 if "text" in model.accepted_prompts | model.required_prompts and "class_texts" not in kwargs:
                     kwargs["class_texts"] = _trained_class_texts(ckpt, data)
+                if kwargs.get("logit_offset") is None:  # logit adjustment of the training run (0 before it existed)
+                    kwargs["logit_offset"] = float((ckpt.get("extra") or {}).get("logit_adjustment", 0.0))
             else:
                 model = build_model(ModelConfig.from_preset(preset or "sam_med3d_vit_b"))
                 load_sam_med3d_weights(model, obj if isinstance(obj, dict) else checkpoint)
@@ -285,14 +301,15 @@ class Predictor:
         prior: np.ndarray | None,
         text: str | None = None,
     ) -> np.ndarray:
-        """Logits (S, S, S) of one window, prompted by crop-space clicks and optional prior logits."""
+        """Logits (S, S, S) of one window, prompted by crop-space clicks and optional prior logits, both on the
+        adjusted scale: :attr:`logit_offset` is subtracted from the model's logits (and added back to the prior)."""
         pre = self.preprocessed
         center = np.asarray(box.start) + np.asarray(box.size) // 2
         crop, _ = crop_or_pad(pre.image, center, self.crop, pad_value=pre.background)
         image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
         low = None
         if prior is not None:
-            prior_t = torch.from_numpy(prior)[None, None].to(self.device)
+            prior_t = torch.from_numpy(prior + np.float32(self.logit_offset))[None, None].to(self.device)
             low = torch.nn.functional.interpolate(prior_t, scale_factor=0.25, mode="trilinear", align_corners=False)
         with torch.inference_mode():
             embedding = self.model.encode(image)
@@ -305,7 +322,7 @@ class Predictor:
                 out = self.model.decode(embedding, prompts)
                 low = out.low_res_logits[:, :1]
         assert out is not None
-        return out.logits[0, 0].float().cpu().numpy()
+        return out.logits[0, 0].float().cpu().numpy() - np.float32(self.logit_offset)
 
     def _segment_lesion(
         self, dhw: np.ndarray, labels: np.ndarray, text: str | None = None
@@ -423,10 +440,11 @@ class Predictor:
         def run(x: torch.Tensor) -> torch.Tensor:
             n = x.shape[0]
             if not rivals or by_region:
-                return self.model(x, Prompts(text=[text] * n)).logits[:, :1].float()
+                return self.model(x, Prompts(text=[text] * n)).logits[:, :1].float() - self.logit_offset
             encoded = self.model.encode(x)
             own, *others = (
-                self.model.decode(encoded, Prompts(text=[t] * n)).logits[:, :1].float() for t in (text, *rivals)
+                self.model.decode(encoded, Prompts(text=[t] * n)).logits[:, :1].float() - self.logit_offset
+                for t in (text, *rivals)
             )
             return competing_logits(own, torch.cat(others, dim=1))
 

@@ -11,20 +11,34 @@ Example:
 
 from __future__ import annotations
 
+from lesionsam.losses.balance import BALANCES, FocalBalance, estimate_prior_shift, lesion_box_mask, prior_shift
 from lesionsam.losses.hierarchical import SoftmaxDiceCE, StagedLoss
-from lesionsam.losses.registry import SigmoidLoss, build_loss, known_losses, loss_options, register_loss
+from lesionsam.losses.registry import (
+    SigmoidLoss,
+    build_loss,
+    known_losses,
+    loss_options,
+    loss_prior_shift,
+    register_loss,
+)
 from lesionsam.losses.zoom import BalancedFocalLoss, ZoomLoss, check_binary_inputs, voxel_focal_terms
 
 __all__ = [
+    "BALANCES",
     "BalancedFocalLoss",
+    "FocalBalance",
     "SigmoidLoss",
     "SoftmaxDiceCE",
     "StagedLoss",
     "ZoomLoss",
     "build_loss",
     "check_binary_inputs",
+    "estimate_prior_shift",
     "known_losses",
+    "lesion_box_mask",
     "loss_options",
+    "loss_prior_shift",
+    "prior_shift",
     "register_loss",
     "voxel_focal_terms",
 ]

@@ -22,7 +22,7 @@ from lesionsam.losses.hierarchical import SoftmaxDiceCE, StagedLoss
 from lesionsam.losses.zoom import BalancedFocalLoss, ZoomLoss, check_binary_inputs, check_number
 from lesionsam.utils.options import look_up_option
 
-__all__ = ["SigmoidLoss", "build_loss", "known_losses", "loss_options", "register_loss"]
+__all__ = ["SigmoidLoss", "build_loss", "known_losses", "loss_options", "loss_prior_shift", "register_loss"]
 
 LossFactory = Callable[..., nn.Module]
 
@@ -160,18 +160,38 @@ def _build_zoom(
     *,
     lambda_focal: float = 1.0,
     gamma: float = 2.0,
+    balance: str = "full",
+    beta: float = 0.5,
+    alpha: float = 0.25,
+    margin: int = 4,
     smooth_nr: float = 1e-5,
     smooth_dr: float = 1e-5,
     reduction: str = "mean",
 ) -> nn.Module:
     return ZoomLoss(
-        lambda_focal=lambda_focal, gamma=gamma, smooth_nr=smooth_nr, smooth_dr=smooth_dr, reduction=reduction
+        lambda_focal=lambda_focal,
+        gamma=gamma,
+        balance=balance,
+        beta=beta,
+        alpha=alpha,
+        margin=margin,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        reduction=reduction,
     )
 
 
 @register_loss("focal_balanced", description="voxel-balanced focal alone (the Zoom Loss's second term)")
-def _build_focal_balanced(*, gamma: float = 2.0, reduction: str = "mean") -> nn.Module:
-    return BalancedFocalLoss(gamma=gamma, reduction=reduction)
+def _build_focal_balanced(
+    *,
+    gamma: float = 2.0,
+    balance: str = "full",
+    beta: float = 0.5,
+    alpha: float = 0.25,
+    margin: int = 4,
+    reduction: str = "mean",
+) -> nn.Module:
+    return BalancedFocalLoss(gamma=gamma, balance=balance, beta=beta, alpha=alpha, margin=margin, reduction=reduction)
 
 
 @register_loss(
@@ -185,6 +205,18 @@ def _build_hsam(
         dice_weight=dice_weight, include_background=_flag(include_background, "include_background", "loss 'hsam'")
     )
     return StagedLoss(stage, w_start=w_start, w_end=w_end)
+
+
+def loss_prior_shift(loss: nn.Module, target: torch.Tensor) -> torch.Tensor:
+    """The logit shift a training loss builds into the logits of each crop, ``(B,)`` float64 (NaN: undefined).
+
+    The focal losses (``"zoom"``, ``"focal_balanced"``) give their reading's shift (``ZoomLoss.prior_shift``,
+    :mod:`lesionsam.losses.balance`); every other loss here weighs the two classes alike (Dice, voxel-mean BCE) and
+    gives 0. Logit adjustment (``train.logit_adjustment``) subtracts ``tau`` times its mean over the training crops.
+    """
+    if isinstance(loss, (ZoomLoss, BalancedFocalLoss)):
+        return loss.prior_shift(target)
+    return torch.zeros(target.shape[0], dtype=torch.float64)
 
 
 def known_losses() -> list[str]:

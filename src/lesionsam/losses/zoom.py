@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
+from lesionsam.losses.balance import FocalBalance, balanced_focal, prior_shift
 from lesionsam.utils.options import look_up_option
 
 __all__ = ["BalancedFocalLoss", "ZoomLoss", "check_binary_inputs", "voxel_focal_terms"]
@@ -110,7 +111,7 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 class BalancedFocalLoss(nn.Module):
-    """Voxel-balanced sigmoid focal loss: foreground and background each carry half the weight.
+    """Voxel-balanced sigmoid focal loss: by default foreground and background each carry half the weight.
 
     Per sample and channel, with ``FL`` the focal term of each voxel (Lin et al., "Focal Loss for Dense Object
     Detection", ICCV 2017: ``FL = -(1 - p_t)^gamma * log(p_t)``)::
@@ -128,13 +129,24 @@ class BalancedFocalLoss(nn.Module):
           mean (weighted means); for a binary mask these are exactly the two plain means.
         - The per-voxel term is :func:`voxel_focal_terms` (stable for logits of any size).
 
+    That full balance shifts the optimal logit by ``log(n_bg / n_fg)`` (about 7 for a lesion filling 0.1% of the
+    crop) and so over-segments at threshold 0.5; ``balance`` chooses another reading (table and prior shifts:
+    :mod:`lesionsam.losses.balance`): ``"partial"`` (foreground weight ``(n_bg / n_fg) ** beta``), ``"alpha"``
+    (Lin et al.'s alpha-balanced focal), ``"none"`` (plain voxel mean) or ``"zoomed"`` (the balance inside a box of
+    ``margin`` voxels around each lesion, plain focal elsewhere).
+
     Args:
         gamma: focusing parameter, ``>= 0``; ``0`` gives a class-balanced binary cross-entropy. Defaults to 2.
+        balance: ``"full"`` (default), ``"partial"``, ``"alpha"``, ``"none"`` or ``"zoomed"``.
+        beta: ``"partial"``: exponent in ``[0, 1]`` of the foreground weight (1 = full, 0 = none). Defaults to 0.5.
+        alpha: ``"alpha"``: foreground weight in ``(0, 1)``, background ``1 - alpha``. Defaults to 0.25.
+        margin: ``"zoomed"``: voxels (integer ``>= 0``) added around each lesion's bounding box. Defaults to 4.
         reduction: over the batch: ``"mean"`` (default), ``"sum"``, or ``"none"`` for a ``(B,)`` tensor.
 
     Raises:
-        TypeError: when ``gamma`` is not a number.
-        ValueError: when ``gamma`` is negative or not finite, or ``reduction`` is unknown.
+        TypeError: when ``gamma``, ``beta`` or ``alpha`` is not a number.
+        ValueError: when ``gamma`` is negative or not finite, ``balance`` or ``reduction`` is unknown, or ``beta``,
+            ``alpha`` or ``margin`` is out of range.
 
     Example:
         >>> loss = BalancedFocalLoss(gamma=2.0)
@@ -144,27 +156,34 @@ class BalancedFocalLoss(nn.Module):
         >>> loss(logits, target).backward()
     """
 
-    def __init__(self, *, gamma: float = 2.0, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        *,
+        gamma: float = 2.0,
+        balance: str = "full",
+        beta: float = 0.5,
+        alpha: float = 0.25,
+        margin: int = 4,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
-        self.gamma = check_number(gamma, "gamma", type(self).__name__)
+        owner = type(self).__name__
+        self.gamma = check_number(gamma, "gamma", owner)
+        self.reading = FocalBalance(balance, beta, alpha, margin, owner=owner)
         self.reduction = look_up_option(reduction, REDUCTIONS, what="reduction")
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, reduction={self.reduction!r}"
+        return f"gamma={self.gamma}, {self.reading.describe()}, reduction={self.reduction!r}"
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The balanced focal term of each sample, shape ``(B,)``, without argument checks (see :meth:`forward`)."""
         fl_pos, fl_neg = voxel_focal_terms(logits, self.gamma)
-        fg, bg = target, 1 - target
-        spatial = tuple(range(2, logits.ndim))
-        n_fg, n_bg = fg.sum(dim=spatial), bg.sum(dim=spatial)  # (B, C)
-        has_fg, has_bg = n_fg > 0, n_bg > 0
-        mean_fg = (fg * fl_pos).sum(dim=spatial) / torch.where(has_fg, n_fg, torch.ones_like(n_fg))
-        mean_bg = (bg * fl_neg).sum(dim=spatial) / torch.where(has_bg, n_bg, torch.ones_like(n_bg))
-        # 0.5 / 0.5; or 1 / 0 (0 / 1) when a sample has no background (foreground) voxel.
-        w_fg = (torch.where(has_bg, 0.5, 1.0) * has_fg).to(mean_fg.dtype)
-        w_bg = (torch.where(has_fg, 0.5, 1.0) * has_bg).to(mean_bg.dtype)
-        return (w_fg * mean_fg + w_bg * mean_bg).mean(dim=1)
+        return balanced_focal(fl_pos, fl_neg, target, self.reading)
+
+    def prior_shift(self, target: torch.Tensor) -> torch.Tensor:
+        """The logit shift this reading builds in, per sample, ``(B,)`` float64 (NaN where undefined): see
+        :func:`lesionsam.losses.balance.prior_shift`. Exact for ``gamma = 0`` alone; smaller in practice."""
+        return prior_shift(target, self.reading)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
@@ -193,14 +212,17 @@ class ZoomLoss(nn.Module):
       channels averaged), so a small lesion is not averaged away by a large one elsewhere in the batch. A sample with
       an empty mask has a Dice loss near 1 with almost no gradient (``smooth_nr / smooth_dr`` decide); the focal
       term, carried then wholly by the background, is what drives its false positives down.
-    - ``focal`` is :class:`BalancedFocalLoss`: foreground and background voxels each carry half of the focal weight
-      whatever their counts (the whole weight goes to the class present when the other is absent).
+    - ``focal`` is :class:`BalancedFocalLoss`: by default (``balance="full"``) foreground and background voxels each
+      carry half of the focal weight whatever their counts (the whole weight goes to the class present when the other
+      is absent); ``balance`` picks another reading (:mod:`lesionsam.losses.balance`) with its ``beta``, ``alpha`` or
+      ``margin``. :meth:`prior_shift` gives the logit shift the reading builds in (for logit adjustment).
 
     The two terms are added per sample, then reduced over the batch.
 
     Args:
         lambda_focal: weight of the focal term, ``>= 0``; ``0`` gives the Dice loss alone. Defaults to 1.
         gamma: focal focusing parameter, ``>= 0``; ``0`` gives a class-balanced binary cross-entropy. Defaults to 2.
+        balance, beta, alpha, margin: the focal term's reading, as in :class:`BalancedFocalLoss` (default ``"full"``).
         smooth_nr: added to the Dice numerator, ``>= 0``. Defaults to 1e-5.
         smooth_dr: added to the Dice denominator, ``> 0`` (avoids 0/0 on empty masks). Defaults to 1e-5.
         reduction: over the batch: ``"mean"`` (default), ``"sum"``, or ``"none"`` for a ``(B,)`` tensor.
@@ -208,7 +230,8 @@ class ZoomLoss(nn.Module):
     Raises:
         TypeError: when a numeric argument is not a number.
         ValueError: when ``lambda_focal``, ``gamma`` or ``smooth_nr`` is negative, ``smooth_dr`` is not positive,
-            one is not finite, or ``reduction`` is unknown.
+            one is not finite, ``balance`` or ``reduction`` is unknown, or ``beta``, ``alpha``, ``margin`` is out of
+            range.
 
     Example:
         >>> loss = ZoomLoss(lambda_focal=1.0, gamma=2.0)
@@ -223,6 +246,10 @@ class ZoomLoss(nn.Module):
         *,
         lambda_focal: float = 1.0,
         gamma: float = 2.0,
+        balance: str = "full",
+        beta: float = 0.5,
+        alpha: float = 0.25,
+        margin: int = 4,
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         reduction: str = "mean",
@@ -231,16 +258,28 @@ class ZoomLoss(nn.Module):
         owner = type(self).__name__
         self.lambda_focal = check_number(lambda_focal, "lambda_focal", owner)
         self.gamma = check_number(gamma, "gamma", owner)
+        FocalBalance(balance, beta, alpha, margin, owner=owner)  # errors name the Zoom Loss
         self.smooth_nr = check_number(smooth_nr, "smooth_nr", owner)
         self.smooth_dr = check_number(smooth_dr, "smooth_dr", owner, positive=True)
         self.reduction = look_up_option(reduction, REDUCTIONS, what="reduction")
         self.dice = DiceLoss(
             sigmoid=True, batch=False, smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, reduction="none"
         )
-        self.focal = BalancedFocalLoss(gamma=self.gamma, reduction="none")
+        self.focal = BalancedFocalLoss(
+            gamma=self.gamma, balance=balance, beta=beta, alpha=alpha, margin=margin, reduction="none"
+        )
 
     def extra_repr(self) -> str:
-        return f"lambda_focal={self.lambda_focal}, gamma={self.gamma}, reduction={self.reduction!r}"
+        return (
+            f"lambda_focal={self.lambda_focal}, gamma={self.gamma}, {self.focal.reading.describe()}, "
+            f"reduction={self.reduction!r}"
+        )
+
+    def prior_shift(self, target: torch.Tensor) -> torch.Tensor:
+        """The focal reading's logit shift per sample, ``(B,)`` float64 (NaN where undefined), independent of
+        ``lambda_focal`` (:func:`lesionsam.losses.balance.prior_shift`). With the Dice term beside it the shift of the
+        trained logits is smaller, which is why logit adjustment scales it by a tunable ``tau``."""
+        return self.focal.prior_shift(target)
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The two terms of each sample, for logging: ``(dice, focal)``, each of shape ``(B,)`` (focal unweighted).

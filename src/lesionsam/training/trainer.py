@@ -69,9 +69,10 @@ from lesionsam.data.datasets import (
 )
 from lesionsam.data.prompts import ClickSimulator
 from lesionsam.data.transforms import PreprocessConfig, Preprocessor
-from lesionsam.losses import build_loss
+from lesionsam.losses import build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lesionsam.models.methods.sgp import gate_budget
 from lesionsam.models.registry import method_spec
 from lesionsam.utils.dataclass_io import atomic_write_bytes, save_yaml, to_dict
 
@@ -127,8 +128,9 @@ class InteractiveStep(nn.Module):
     """SAM-Med3D's interactive training step as one module (so ``DistributedDataParallel`` can wrap it).
 
     ``forward(image, label, rng)`` → (loss, stats): one encoder pass, ``num_clicks`` decoder iterations with
-    simulated clicks and mask feedback, the mean loss over iterations (+ ``gate_cost`` × mean gate-open
-    probability when the model reports gates).
+    simulated clicks and mask feedback, the mean loss over iterations (+ ``gate_cost`` ×
+    :func:`~lesionsam.models.methods.sgp.gate_budget` of the gate-open probabilities, with ``gate_target``, when the
+    model reports gates in ``extras["gate_probs"]``).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class InteractiveStep(nn.Module):
         num_clicks: int,
         mask_only_iterations: int,
         gate_cost: float = 0.0,
+        gate_target: float | None = None,
         texts: dict[int, list[str]] | None = None,
         text_pairs: bool = False,
         text_contrast: float = 0.0,
@@ -162,6 +165,7 @@ class InteractiveStep(nn.Module):
         self.num_clicks = num_clicks
         self.mask_only = mask_only_iterations
         self.gate_cost = gate_cost
+        self.gate_target = gate_target
 
     def forward(
         self,
@@ -261,7 +265,7 @@ class InteractiveStep(nn.Module):
         if gates:
             probs = gates[-1]
             if self.gate_cost:
-                loss = loss + self.gate_cost * probs.mean()
+                loss = loss + self.gate_cost * gate_budget(probs, self.gate_target)
             stats["gate_rate"] = float(probs.detach().float().mean())
         return loss, stats
 
@@ -393,6 +397,7 @@ class TrainResult:
     best_val_dice: float = float("nan")
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
+    logit_offset: float = 0.0
 
 
 class Trainer:
@@ -422,6 +427,7 @@ class Trainer:
         self.model: SegModel | None = None
         self.global_step = 0
         self.epoch = 0
+        self.logit_offset = 0.0  # train.logit_adjustment x the loss's prior shift: subtracted from the logits
 
     # ------------------------------------------------------------------------------------------ hooks
     def build_model(self) -> SegModel:
@@ -478,6 +484,21 @@ class Trainer:
             return 0.5 * (1.0 + math.cos(math.pi * progress))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def estimate_prior_shift(self, loss_fn: nn.Module, train_set: Dataset) -> float:
+        """The prior shift of ``loss_fn`` on the training crops, for ``train.logit_adjustment``.
+
+        One crop per training item, drawn with torch's RNG forked and seeded with ``train.seed`` (deterministic: the
+        same crops on every rank and on resume, and the training's own random stream is untouched);
+        :func:`~lesionsam.losses.loss_prior_shift` of each crop's full-resolution target, averaged over the crops
+        where it is defined (those with a lesion and background; 0 for a loss without class weighting).
+        """
+        shifts = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.train.seed)
+            for idx in range(len(train_set)):  # type: ignore[arg-type]
+                shifts.append(loss_prior_shift(loss_fn, train_set[idx]["label"][None]))
+        return estimate_prior_shift(shifts)
 
     def click_simulator(self) -> ClickSimulator:
         return ClickSimulator(mode=self.cfg.train.click_mode)
@@ -637,6 +658,20 @@ class Trainer:
         if resume:
             start, best, history = self._resume(model, optimizer, scheduler)
         loss_fn = self.build_loss().to(self.device)
+        if t.logit_adjustment:
+            if model.prompt_free:
+                raise ValueError(
+                    f"train.logit_adjustment is for sigmoid (one-vs-rest) losses; {self.cfg.model.method!r} is "
+                    "prompt-free with softmax classes: set train.logit_adjustment=0"
+                )
+            shift = self.estimate_prior_shift(loss_fn, train_set)
+            self.logit_offset = t.logit_adjustment * shift
+            log.info(
+                "logit adjustment: %.3g x prior shift %.3f = %.3f off every logit",
+                t.logit_adjustment,
+                shift,
+                self.logit_offset,
+            )
         texts = self.label_texts() if not model.prompt_free and _takes_text(model) else None
         step_module: nn.Module
         if model.prompt_free:
@@ -649,6 +684,7 @@ class Trainer:
                 num_clicks=t.num_clicks,
                 mask_only_iterations=t.mask_only_iterations,
                 gate_cost=t.gate_cost,
+                gate_target=t.gate_target,
                 texts=texts,
                 text_pairs=t.text_pairs,
                 text_contrast=t.text_contrast,
@@ -661,7 +697,7 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
-        result = TrainResult(out_dir=self.out_dir, history=history)
+        result = TrainResult(out_dir=self.out_dir, history=history, logit_offset=self.logit_offset)
         t_start = time.perf_counter()
         for epoch in range(start, t.epochs):
             self.epoch = epoch
@@ -675,6 +711,7 @@ class Trainer:
             if self.dist.is_main:
                 self._write_log(history)
                 extra = {"best_val_dice": best, "global_step": self.global_step, "history": history}
+                extra["logit_adjustment"] = self.logit_offset  # what the predictor subtracts from the logits
                 if texts:  # the class texts it was trained on: text-alone prediction decides between them
                     extra["class_texts"] = {str(k): list(v) for k, v in texts.items()}
                 last = self._save(self.out_dir / "last.pt", model, optimizer, scheduler, epoch + 1, row, extra)
@@ -782,7 +819,9 @@ class Trainer:
         labels the text alone is decided against the other labels' first texts, as
         :meth:`~lesionsam.inference.predictor.Predictor.predict_text` does: lesion by lesion with a region
         classifier (:func:`regions_won`), else voxel by voxel); for a prompt-free method the mean foreground Dice
-        of its arg-max (:func:`class_dice`)."""
+        of its arg-max (:func:`class_dice`). Click-prompted logits are thresholded after the logit-adjustment offset
+        (:attr:`logit_offset`, ``train.logit_adjustment``) is subtracted, as the predictor does, so ``best.pt`` is
+        chosen on what the predictor will output."""
         if model.prompt_free:
             return self._mean_over(val_set, model, lambda item: self._score_automatic(model, item))
         clicks = ClickSimulator(mode="center")
@@ -820,12 +859,13 @@ class Trainer:
                     points, labels = clicks.next(pred, gt, points, labels)
                 prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             out = model.decode(encoded, prompts)
-            pred, low = out.logits > 0, out.low_res_logits
+            logits = out.logits.float() - self.logit_offset  # as the predictor will threshold them
+            pred, low = logits > 0, out.low_res_logits
             if it == 0 and text is not None and rivals and hasattr(model, "region_scores"):
                 pred = regions_won(model, encoded, pred, [*text, *rivals])
             elif it == 0 and text is not None and rivals:
                 others = torch.cat([model.decode(encoded, Prompts(text=[r])).logits for r in rivals], dim=1)
-                pred = competing_logits(out.logits.float(), others.float()) > 0
+                pred = competing_logits(logits, others.float() - self.logit_offset) > 0
         return float(dice_score(pred, gt).mean())
 
     def _score_automatic(self, model: SegModel, item: dict[str, Any]) -> float:

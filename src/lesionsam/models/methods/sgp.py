@@ -50,6 +50,9 @@ from lesionsam.utils.options import look_up_option
 #: Gate modes: a learned self-gate, or the always-open / always-closed ablations.
 GATE_MODES = ("learned", "on", "off")
 
+#: Statistics of the token grid a gating unit can pool (concatenated in the order given).
+GATE_POOLS = ("mean", "max", "std")
+
 #: Default logit margin keep − skip of a fresh gate: P(open) = sigmoid(3) ≈ 0.95 under Gumbel sampling.
 DEFAULT_GATE_OPEN_BIAS = 3.0
 
@@ -71,6 +74,14 @@ class SGPOptions:
         gate_open_bias: initial logit margin keep − skip. The keep probability of a fresh gate is about
             ``sigmoid(gate_open_bias)`` (0.95 for the default 3.0), so the fusion blocks receive gradients
             from the start; at inference a fresh gate is open.
+        gate_pool: the per-sample statistics of the (G, G, G, C) token grid the gating unit sees, concatenated:
+            any of ``"mean"``, ``"max"``, ``"std"`` (over the grid, per channel). The default ``("mean",)`` is the
+            paper's global average pooling; a small lesion covers few of the G³ tokens (1 of 512 for ViT-B), so
+            its trace in the mean is diluted about G³-fold and the gate sees nearly the same input for every crop
+            of an organ. ``max`` keeps the most extreme token per channel and ``std`` the heterogeneity of the
+            crop, so the decision can depend on what the crop holds (cost: two reductions over G³ x C tokens,
+            negligible next to one encoder block). The gate's first layer widens to ``len(gate_pool) x C`` inputs
+            (checkpoints trained with another ``gate_pool`` do not load).
     """
 
     blocks: tuple[int, ...] | None = None
@@ -80,6 +91,7 @@ class SGPOptions:
     kernel_size: int = 3
     gumbel_tau: float = 1.0
     gate_open_bias: float = DEFAULT_GATE_OPEN_BIAS
+    gate_pool: tuple[str, ...] = ("mean",)
 
     def __post_init__(self) -> None:
         if self.blocks is not None:
@@ -102,6 +114,14 @@ class SGPOptions:
             raise ValueError(f"SGPOptions.gumbel_tau must be > 0, got {self.gumbel_tau}")
         if not math.isfinite(self.gate_open_bias):
             raise ValueError(f"SGPOptions.gate_open_bias must be finite, got {self.gate_open_bias}")
+        pools = (self.gate_pool,) if isinstance(self.gate_pool, str) else tuple(self.gate_pool)
+        if not pools or len(set(pools)) != len(pools):
+            raise ValueError(
+                f"SGPOptions.gate_pool must list distinct statistics among {list(GATE_POOLS)}, got {self.gate_pool!r}"
+            )
+        for pool in pools:
+            look_up_option(pool, GATE_POOLS, what="SGP gate pooling")
+        object.__setattr__(self, "gate_pool", pools)
 
     def resolve_blocks(self, config: Sam3DConfig) -> tuple[int, ...]:
         """The block indices for a backbone of these sizes (``ValueError`` if one is not in the encoder)."""
@@ -119,24 +139,37 @@ class SGPOptions:
 class GatingUnit(nn.Module):
     """Multi-channel gating: (B, G, G, G, C) tokens → (B, 2) logits (index 0 = skip, 1 = keep).
 
-    Global average pooling over the grid, LayerNorm, Linear C → hidden, GELU, Linear hidden → 2. The last
-    layer starts with small weights (std 0.01) and bias ``(0, open_bias)``, so a fresh gate is open with
-    probability about ``sigmoid(open_bias)`` whatever the input.
+    Global pooling over the grid (``pool``: mean, and optionally max and std per channel, concatenated: P·C
+    values), LayerNorm, Linear P·C → hidden, GELU, Linear hidden → 2. The last layer starts with small weights
+    (std 0.01) and bias ``(0, open_bias)``, so a fresh gate is open with probability about ``sigmoid(open_bias)``
+    whatever the input.
     """
 
-    def __init__(self, *, dim: int, hidden: int, open_bias: float) -> None:
+    def __init__(self, *, dim: int, hidden: int, open_bias: float, pool: Sequence[str] = ("mean",)) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.pool = tuple(look_up_option(p, GATE_POOLS, what="SGP gate pooling") for p in pool)
+        width = dim * len(self.pool)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, 2)
         with torch.no_grad():
             nn.init.normal_(self.fc2.weight, std=0.01)
             self.fc2.bias.copy_(torch.tensor([0.0, float(open_bias)]))
 
+    def pooled(self, x: Tensor) -> Tensor:
+        """x: (B, G, G, G, C) → (B, P·C): the pooled statistics, in ``pool`` order."""
+        flat = x.flatten(1, 3)  # (B, G³, C)
+        stats = {
+            "mean": lambda: flat.mean(dim=1),
+            "max": lambda: flat.amax(dim=1),
+            "std": lambda: flat.std(dim=1, correction=0),
+        }
+        return torch.cat([stats[p]() for p in self.pool], dim=-1)
+
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, G, G, G, C) → (B, 2) float logits (skip, keep)."""
-        return self.fc2(self.act(self.fc1(self.norm(x.mean(dim=(1, 2, 3))))))
+        return self.fc2(self.act(self.fc1(self.norm(self.pooled(x)))))
 
 
 class MultiScaleFusion3D(nn.Module):
@@ -177,6 +210,7 @@ class SelfGatedPromptingModule(nn.Module):
         gate_mode: ``"learned"``, ``"on"`` or ``"off"`` (see :data:`GATE_MODES`).
         gumbel_tau: Gumbel-softmax temperature while training.
         gate_open_bias: initial keep − skip logit margin.
+        gate_pool: the statistics the gating unit pools (:attr:`SGPOptions.gate_pool`).
     """
 
     def __init__(
@@ -189,10 +223,11 @@ class SelfGatedPromptingModule(nn.Module):
         gate_mode: str = "learned",
         gumbel_tau: float = 1.0,
         gate_open_bias: float = DEFAULT_GATE_OPEN_BIAS,
+        gate_pool: Sequence[str] = ("mean",),
     ) -> None:
         super().__init__()
         hidden = max(1, dim // reduction)
-        self.gate = GatingUnit(dim=dim, hidden=hidden, open_bias=gate_open_bias)
+        self.gate = GatingUnit(dim=dim, hidden=hidden, open_bias=gate_open_bias, pool=gate_pool)
         self.msff = MultiScaleFusion3D(dim=dim, hidden=hidden, kernel_size=kernel_size, dilations=dilations)
         self.gate_mode = look_up_option(gate_mode, GATE_MODES, what="SGP gate mode")
         self.gumbel_tau = float(gumbel_tau)
@@ -305,6 +340,7 @@ class SGPSam(Sam3D):
                     gate_mode=opts.gate,
                     gumbel_tau=opts.gumbel_tau,
                     gate_open_bias=opts.gate_open_bias,
+                    gate_pool=opts.gate_pool,
                 )
                 for b in blocks
             }
@@ -370,14 +406,33 @@ class SGPSam(Sam3D):
         return out
 
     @staticmethod
-    def gate_cost(out: SegOutput) -> Tensor:
-        """Optional sparsity term: the mean keep probability over samples and modules (scalar, in [0, 1]).
+    def gate_cost(out: SegOutput, target: float | None = None) -> Tensor:
+        """The gate budget term of an output: :func:`gate_budget` of its ``extras["gate_probs"]``."""
+        return gate_budget(out.extras["gate_probs"], target)
 
-        Differentiable with respect to the gating units; a trainer adds ``weight * gate_cost(out)`` to the
-        segmentation loss to make the gates skip the fusion blocks where they do not help.
-        """
-        probs = out.extras["gate_probs"]
-        return probs.mean() if probs.numel() else probs.new_zeros(())
+
+def gate_budget(gate_probs: Tensor, target: float | None = None) -> Tensor:
+    """The budget term on the gates (unweighted; ``train.gate_cost`` is its weight), a scalar.
+
+    With ``m`` the mean keep probability over the samples and modules (``gate_probs``, (B, n_modules), the
+    differentiable ``softmax(gate logits)[:, 1]`` of every gating unit):
+
+    - ``target=None``: ``m``, a linear compute cost (in [0, 1]): every open gate costs, so a gate opens only where
+      the fusion lowers the segmentation loss by more than the weight;
+    - ``target=t`` in [0, 1]: ``(m - t) ** 2``, a target activation rate: the gates are pushed towards opening on a
+      share ``t`` of the crops, and the segmentation loss decides which.
+
+    0 when there is no gate (no module). This is the one place the budget is computed: the trainer adds
+    ``weight * gate_budget(...)`` to the loss.
+    """
+    if not gate_probs.numel():
+        return gate_probs.new_zeros(())
+    mean = gate_probs.float().mean()
+    if target is None:
+        return mean
+    if not 0.0 <= float(target) <= 1.0:
+        raise ValueError(f"gate_budget: target must be an activation rate in [0, 1], got {target!r}")
+    return (mean - float(target)) ** 2
 
 
 def build_sgp_sam(
