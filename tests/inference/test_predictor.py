@@ -38,6 +38,10 @@ class ThresholdModel(SegModel):
     def img_size(self) -> int:
         return self._size
 
+    @property
+    def low_res_size(self) -> int:
+        return self._size // 4
+
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
         self.calls += 1
         bright = (image > 1.0).numpy()
@@ -534,3 +538,28 @@ def test_logit_offset_equals_a_model_whose_logits_are_shifted_by_minus_the_offse
 def test_logit_offset_must_be_finite() -> None:
     with pytest.raises(ValueError, match=r"logit_offset must be a finite number .*got nan"):
         Predictor(ThresholdModel(), logit_offset=float("nan"))
+
+
+# --------------------------------------------------------------------------------------- clicked components only
+class AllBrightModel(ThresholdModel):
+    """Stand-in that segments everything bright in its window, wherever the click is."""
+
+    def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
+        self.calls += 1
+        logits = torch.where(image > 1.0, 10.0, -10.0)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
+
+
+def test_clicked_only_drops_the_lesions_nobody_clicked() -> None:
+    """The stand-in returns both bright blobs of the window: the predictor keeps the clicked one and drops the
+    other, unless ``clicked_only=False``."""
+    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (15, 40, 35, 6)))  # both in one window
+    cfg = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
+    masks = {}
+    for clicked_only in (True, False):
+        pred = Predictor(AllBrightModel(32), preprocess=cfg, clicked_only=clicked_only)
+        pred.set_image(image)
+        masks[clicked_only] = pred.predict([LesionClicks(points=[[15, 20, 10]], labels=[1])]).labels > 0
+    assert _dice(masks[True], label.array == 1) > 0.75 and not (masks[True] & (label.array == 2)).any()
+    assert _dice(masks[False], label.array > 0) > 0.75

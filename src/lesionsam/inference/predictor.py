@@ -51,6 +51,7 @@ from lesionsam.data.transforms import (
     crop_or_pad,
     take,
 )
+from lesionsam.inference.postprocess import keep_clicked_components
 from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import FORMAT, load_model, load_sam_med3d_weights, read_weights_file
 
@@ -143,6 +144,9 @@ class Predictor:
         device: torch device for the model.
         threshold: probability above which a voxel belongs to a lesion.
         max_windows: most model crops per lesion (1 disables growing beyond the first crop).
+        clicked_only: for clicks, keep only the connected components of the mask that a positive click touches
+            (:func:`~lesionsam.inference.postprocess.keep_clicked_components`); False keeps everything the windows
+            found.
         class_values: for a prompt-free model, the label value written for each of its K lesion classes (default
             1..K; :meth:`from_checkpoint` takes the training run's ``data.target_labels``).
         class_texts: for a text-referred model, the texts of each label value it was trained on
@@ -170,6 +174,7 @@ class Predictor:
         class_values: Sequence[int] | None = None,
         class_texts: Mapping[int, Sequence[str]] | None = None,
         logit_offset: float = 0.0,
+        clicked_only: bool = True,
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
@@ -196,6 +201,7 @@ class Predictor:
         self.class_values = self._class_values(model, class_values)
         self.class_texts = {int(k): tuple(str(t) for t in v) for k, v in (class_texts or {}).items() if v}
         self.logit_offset = float(logit_offset)
+        self.clicked_only = bool(clicked_only)
         self._pre: Preprocessed | None = None
 
     @staticmethod
@@ -310,7 +316,8 @@ class Predictor:
         low = None
         if prior is not None:
             prior_t = torch.from_numpy(prior + np.float32(self.logit_offset))[None, None].to(self.device)
-            low = torch.nn.functional.interpolate(prior_t, scale_factor=0.25, mode="trilinear", align_corners=False)
+            size = (self.model.low_res_size,) * 3
+            low = torch.nn.functional.interpolate(prior_t, size=size, mode="trilinear", align_corners=False)
         with torch.inference_mode():
             embedding = self.model.encode(image)
             out = None
@@ -605,6 +612,9 @@ class Predictor:
                 better = prob > region
                 region[better] = prob[better]
                 owner[vol_sl][better] = les.lesion_id
+        if self.clicked_only:  # only the lesions that were clicked (see lesionsam.inference.postprocess)
+            positives = np.concatenate([dhw[les.labels == 1] for les, dhw in zip(lesions, canonical, strict=True)])
+            best[~keep_clicked_components(best > self.threshold, positives)] = 0.0
         prob_orig = self.preprocessor.invert(best, pre, interpolation="linear")
         owner_orig = self.preprocessor.invert(owner, pre, interpolation="nearest")
         labels = np.where(prob_orig > self.threshold, owner_orig, 0).astype(np.uint16)

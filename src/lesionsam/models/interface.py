@@ -118,6 +118,11 @@ class SegModel(nn.Module):
         """Side S of the cubic crop the model takes, in voxels."""
         raise NotImplementedError
 
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution logits (the mask prompt's size): S / 4 for SAM-Med3D's 16³ patches."""
+        raise NotImplementedError
+
     def encode(self, image: Tensor) -> Any:
         """The part of the forward pass that depends on the image only.
 

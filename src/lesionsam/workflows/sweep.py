@@ -77,6 +77,12 @@ GATE_VARIANTS: tuple[Variant, ...] = (
     Variant(
         "sgp_target25", "sgp_sam", ("train.gate_cost=1.0", "train.gate_target=0.25"), "target activation rate 0.25"
     ),
+    Variant(
+        "sgp_target50_pool",
+        "sgp_sam",
+        ("train.gate_cost=1.0", "train.gate_target=0.5", "model.options={gate_pool: [mean, max, std]}"),
+        "target rate 0.5, gate sees mean, max and sd of the tokens",
+    ),
 )
 
 #: ``lesionsam sweep --stage NAME``: the variants and the table's title.

@@ -105,7 +105,8 @@ def text_study(
     result = Trainer(cfg, root / "refsam3d", progress=progress).fit()
     assert result.best_checkpoint is not None
     _say(f"  trained RefSAM3D in {time.perf_counter() - t0:.0f} s")
-    predictor = Predictor.from_checkpoint(result.best_checkpoint)
+    # The study's table was measured keeping every component of a clicked mask: keep that protocol.
+    predictor = Predictor.from_checkpoint(result.best_checkpoint, clicked_only=False)
     rows = []
     for value, prompts in TEXT_PROMPTS.items():
         name = "tumour" if value == LESION else "cyst"

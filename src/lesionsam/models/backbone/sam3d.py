@@ -51,6 +51,10 @@ class Sam3D(SegModel):
     def img_size(self) -> int:
         return self.config.img_size
 
+    @property
+    def low_res_size(self) -> int:
+        return self.config.low_res_size
+
     @classmethod
     def sharing_parts_of(cls, sam: Sam3D, **kwargs: Any) -> Sam3D:
         """A model of this class built on the parts (the same module objects, not copies) of ``sam``; methods

@@ -1,0 +1,48 @@
+"""Post-processing of click-prompted masks: keep the lesion that was clicked.
+
+A click says "this lesion". A promptable model (SAM-Med3D and its fine-tuned variants) also returns whatever else in
+its window looks like a lesion, and every window grown from a mask that touches a crop face adds more of it: spread
+over a volume these fragments are false-positive lesions. :func:`keep_clicked_components` keeps the 26-connected
+components of the thresholded mask that a positive click touches (within ``radius`` voxels, so a centre click just
+outside an irregular lesion's mask still selects it) and drops the rest. ``Predictor(clicked_only=False)``
+(``lesionsam predict --all-components``) keeps everything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+#: 26-connectivity (a lesion is a 26-connected component, as the evaluator counts them).
+CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+#: How far (voxels of the model grid, per axis) from a positive click a component may start and still be the
+#: clicked lesion.
+CLICK_RADIUS = 2
+
+
+def keep_clicked_components(mask: np.ndarray, clicks: np.ndarray, *, radius: int = CLICK_RADIUS) -> np.ndarray:
+    """The components of ``mask`` that some click touches.
+
+    Args:
+        mask: (D, H, W) bool.
+        clicks: (N, 3) positive click positions in the same (d, h, w) voxel indices (float; rounded).
+        radius: a component counts as clicked when one of its voxels lies within this Chebyshev distance
+            (voxels) of a click.
+
+    Returns:
+        (D, H, W) bool: ``mask`` restricted to the clicked components (empty when no click touches any).
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0 voxels, got {radius}")
+    if not mask.any():
+        return mask.astype(bool, copy=True)
+    comps, _ = ndimage.label(mask, structure=CONNECTIVITY_26)
+    keep: set[int] = set()
+    shape = np.asarray(mask.shape)
+    for point in np.asarray(clicks, dtype=float).reshape(-1, 3):
+        c = np.clip(np.floor(point + 0.5).astype(int), 0, shape - 1)
+        lo, hi = np.maximum(c - radius, 0), np.minimum(c + radius + 1, shape)
+        near = comps[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        keep.update(int(v) for v in np.unique(near) if v)
+    return np.isin(comps, sorted(keep)) if keep else np.zeros(mask.shape, dtype=bool)
