@@ -93,7 +93,9 @@ class DemoSettings:
     def full(cls) -> DemoSettings:
         """The demo's recipe (also ``ablate`` and ``sweep``): 48³ crops of 8³ patches, so that the decoder's
         low-res logits are 24³ at 2 mm instead of 16³ at 4 mm (most test tumours are under 1 cm³)."""
-        return replace(cls.studies(), crop_size=48, patch_size=8, window_size=3, minutes_per_transfer=2.5)
+        return replace(
+            cls.studies(), crop_size=48, patch_size=8, window_size=3, transfer_epochs=40, minutes_per_transfer=2.0
+        )
 
     @classmethod
     def studies(cls) -> DemoSettings:
@@ -218,10 +220,9 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
         data=_data_config(train_root, s, target_labels=(ORGAN, VESSEL)),
         train=_train_config(s, epochs=s.pretrain_epochs, seed=seed),
     )
-    # What the pretrained weights depend on (not the test set's size nor the time estimates).
-    settings = {
-        k: v for k, v in asdict(s).items() if k not in ("test_cases", "expected_minutes", "minutes_per_transfer")
-    }
+    # What the pretrained weights depend on (not the test set, the transfer nor the time estimates).
+    unrelated = ("test_cases", "transfer_epochs", "expected_minutes", "minutes_per_transfer")
+    settings = {k: v for k, v in asdict(s).items() if k not in unrelated}
     key = hashlib.sha256(
         json.dumps({"v": __version__, "settings": settings, "seed": seed, "model": "tiny"}, sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -342,8 +343,8 @@ def evaluate_method(checkpoint: Path, test_root: Path, run_dir: Path) -> tuple[P
         label=LESION,
         progress=False,
     )
-    evaluate(pred_dir, test_root / "labelsTr", label=LESION, out=eval_dir, progress=False)
     gates = gate_rates(checkpoint, test_root, run_dir / "gates.csv")
+    evaluate(pred_dir, test_root / "labelsTr", label=LESION, out=eval_dir, progress=False)  # last: marks it done
     return pred_dir, eval_dir, gates
 
 
@@ -419,7 +420,12 @@ def ablate(
     quick: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Every method × seed on the demo's data and pretrained model; writes ``ablation.md`` and ``.json``."""
+    """Every method × seed on the demo's data and pretrained model; writes ``ablation.md`` and ``.json``.
+
+    A (method, seed) whose run folder already holds its test metrics (``test_metrics/metrics.json``, written
+    last) is not trained again, so an interrupted ablation continues where it stopped and runs made by
+    several processes into one folder are collected by a last call.
+    """
     s = DemoSettings.quick() if quick else DemoSettings.full()
     root = Path(out)
     _say(
@@ -432,10 +438,16 @@ def ablate(
     for method in methods:
         for seed in seeds:
             run_dir = root / f"{method}_seed{seed}"
-            best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
-            _, eval_dir, gates = evaluate_method(best, test_root, run_dir)
-            entries.append(AblationEntry(method=method, seed=seed, eval_dir=eval_dir, gates_csv=gates))
-            _say(f"  {method} seed {seed}: done")
+            eval_dir, gates = run_dir / "test_metrics", run_dir / "gates.csv"
+            if (eval_dir / "metrics.json").is_file():
+                _say(f"  {method} seed {seed}: already done ({eval_dir})")
+            else:
+                best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
+                evaluate_method(best, test_root, run_dir)
+                _say(f"  {method} seed {seed}: done")
+            entries.append(
+                AblationEntry(method=method, seed=seed, eval_dir=eval_dir, gates_csv=gates if gates.is_file() else None)
+            )
     path = write_ablation(root, entries)
     _say(f"ablation table: {path}")
     return path

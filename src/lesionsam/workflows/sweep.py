@@ -46,9 +46,8 @@ class Variant:
 
 
 #: The readings of "voxel-balanced focal" (with the Zoom Loss's Dice term, lambda 1, gamma 2) compared for the
-#: ``finetune_zoom`` default, with the DiceCE baseline as reference.
+#: ``finetune_zoom`` / ``sgp_sam`` default (the DiceCE baseline is in ``lesionsam ablate``).
 LOSS_VARIANTS: tuple[Variant, ...] = (
-    Variant("finetune", "finetune", note="DiceCE baseline"),
     Variant("zoom_full", "finetune_zoom", ("train.loss_options={balance: full}",), "full balance (as published)"),
     Variant(
         "zoom_full_la",
