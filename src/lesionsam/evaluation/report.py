@@ -7,6 +7,8 @@ Every number in a report is **read** from files that other parts of lesionsam wr
   over cases —, ``lesion_detection.f1`` — micro F1 over all lesions —, ``lesion_dice_by_volume[bin]`` with
   ``mean_dice`` and ``count``), ``cases[*].dice`` for the per-case Dice plot and the choice of the worst and best
   case, ``settings`` (``label``, ``pred_label``, ``nsd_tolerance_mm``) to check that runs are comparable;
+* ``cases[*]`` also for the "Findings" and the table of cases with a lesion / lesion-free cases (``gt_lesions``,
+  ``pred_lesions``, ``gt_volume_ml``, ``pred_volume_ml``; see :mod:`lesionsam.evaluation.findings`);
 * a gates CSV per SGP run (columns :data:`GATES_COLUMNS`; ``gate_rate`` = fraction of the gates open for a crop
   around that lesion, 0..1): the mean gate activation rate is the mean of ``gate_rate`` over its rows, by size bin
   the mean over the rows of that ``size_bin``;
@@ -56,6 +58,16 @@ from lesionsam.evaluation.figures import (
     _gates_figure,
     _size_bin_figure,
     save_png,
+)
+from lesionsam.evaluation.findings import (
+    OVER_SEGMENTS,
+    UNDER_SEGMENTS,
+    LesionFree,
+    RatioSummary,
+    findings_lines,
+    lesion_case_dice,
+    ratio_text,
+    volume_ratios,
 )
 from lesionsam.evaluation.metrics import VOLUME_BINS_ML
 from lesionsam.evaluation.overlays import (
@@ -128,6 +140,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: How the "Findings" were computed (shown under them).
+FINDINGS_HOW = (
+    "How: each method against the first ({baseline!r}, the baseline) on the case Dice of the test cases with a "
+    "ground-truth lesion that both were evaluated on; mean paired difference (method − baseline), percentile "
+    "bootstrap 95% interval of it ({n_boot} resamples of the cases, seed {seed}), two-sided Wilcoxon signed-rank p; "
+    "beyond noise = the interval excludes 0. A warning marks a median predicted/GT volume ratio above {over:g}× "
+    "(over-segmentation) or below {under:g}× (under-segmentation)."
+)
+
 
 # ------------------------------------------------------------------------------------------------- the report
 @dataclass
@@ -188,7 +209,7 @@ def _main_table(loaded: Sequence[_Loaded], tol: Any) -> str:
     head = (
         "method",
         "cases",
-        "Dice",
+        "Dice (all cases)",
         f"NSD @{fmt_value(tol, 'g')} mm",
         "HD95 (mm)",
         "lesion F1",
@@ -218,6 +239,17 @@ def _main_table(loaded: Sequence[_Loaded], tol: Any) -> str:
                 gate,
             )
         )
+    return md_table(head, rows)
+
+
+def _cases_table(loaded: Sequence[_Loaded]) -> str:
+    head = ("method", "Dice, cases with a lesion (n)", "pred/GT volume: median (range)", "lesion-free cases")
+    rows = []
+    for item in loaded:
+        dice = list(lesion_case_dice(item.metrics).values())
+        dice_text = DASH if not dice else f"{fmt_mean_sd(np.mean(dice), np.std(dice))} ({len(dice)})"
+        ratio = ratio_text(RatioSummary.of(list(volume_ratios(item.metrics).values())))
+        rows.append((item.run.name, dice_text, ratio, LesionFree.of(item.metrics).text()))
     return md_table(head, rows)
 
 
@@ -301,25 +333,33 @@ def write_report(
     label: int,
     title: str = "lesionsam demo",
     notes: Sequence[str] = (),
+    n_boot: int = 10000,
+    seed: int = 0,
 ) -> Path:
     """Write ``out_dir/report.md`` and its figures under ``out_dir/figures/`` comparing ``runs``.
 
-    The report holds: the ``notes`` (at the top), a metrics table (one row per run: cases, Dice, NSD and HD95 as
-    mean ± sd over cases, micro lesion F1, mean Dice of lesions < 1 cm³ with their count, mean gate activation
-    rate for runs with a gates CSV), a lesion-size table, and the figures: per-case Dice, lesion Dice by size
-    bin, gate activation by size bin (runs with gates only), training curves (runs with a training log) and
-    axial overlays of the worst and best case by the Dice of the **last** run (cases with a GT lesion only; the
-    same cases for every run), then the list of files every number came from (paths relative to ``out_dir``).
+    The report holds, in this order: the ``notes``; the "Findings"
+    (:func:`lesionsam.evaluation.findings.findings_lines`: each run against the first, the baseline, by paired
+    per-case Dice on the cases with a lesion; a warning line for a median predicted/GT volume ratio outside
+    [0.5, 2]; the lesion-free cases); a metrics table (one row per run: cases, Dice, NSD and HD95 as mean ± sd over
+    all cases, micro lesion F1, mean Dice of lesions < 1 cm³ with their count, mean gate activation rate for runs
+    with a gates CSV); a table of the cases with a lesion (Dice, volume ratio) and of the lesion-free cases apart;
+    a lesion-size table; the figures: per-case Dice, lesion Dice by size bin, gate activation by size bin (runs
+    with gates only), training curves (runs with a training log) and axial overlays of the worst and best case;
+    then the list of files every number came from (paths relative to ``out_dir``).
     Where to read each number: see the module docstring.
 
     Args:
         out_dir: output folder (created if missing).
-        runs: one :class:`MethodRun` per method, in table order; put the headline method last.
+        runs: one :class:`MethodRun` per method, in table order; the first is the baseline of the Findings, put
+            the headline method last.
         images_dir: folder of the evaluated images (by case id, optionally with nnU-Net's ``_0000``).
         labels_dir: folder of the ground-truth label maps the evaluator used.
         label: ground-truth target value (must be the one in every ``metrics.json``).
         title: the report's heading.
         notes: lines shown at the top (e.g. ``"trained 40 s per method on 2 CPU cores"``).
+        n_boot, seed: resamples and generator seed of the bootstrap intervals of the "Findings"
+            (:func:`lesionsam.evaluation.statistics.paired_comparison`).
 
     Returns:
         The path of ``report.md``.
@@ -389,18 +429,32 @@ def write_report(
     all_notes = [*notes, *auto_notes]
     if all_notes:
         lines += [f"- {n}" for n in all_notes] + [""]
+    finding_lines, _ = findings_lines(names, [i.metrics for i in loaded], n_boot=n_boot, seed=seed)
+    lines += ["## Findings", "", *(f"- {n}" for n in finding_lines), ""]
     lines += [
+        FINDINGS_HOW.format(baseline=names[0], n_boot=n_boot, seed=seed, over=OVER_SEGMENTS, under=UNDER_SEGMENTS),
+        "",
         "## Metrics",
         "",
         _main_table(loaded, tol),
         "",
-        f"Cases: evaluated cases (label {label}). Dice, NSD (tolerance {fmt_value(tol, 'g')} mm) and HD95: mean ± sd "
+        f"Cases: evaluated cases (label {label}), lesion-free ones included. Dice, NSD (tolerance "
+        f"{fmt_value(tol, 'g')} mm) and HD95: mean ± sd "
         "over cases as written by the evaluator (`summary.<metric>.mean` / `.std`, population sd); HD95 leaves out "
         "cases where exactly one mask is empty (counted as undefined). Lesion F1: micro F1 over all ground-truth "
         "lesions and predicted components, 26-connected (`summary.lesion_detection.f1`). Dice < 1 cm³: mean Dice of "
         f'ground-truth lesions smaller than 1 cm³ and their number (`summary.lesion_dice_by_volume["{SMALL_BIN}"]`)'
         ". Gate activation rate: mean of `gate_rate` over the lesions of the gates CSV (n lesions); "
         f"{DASH} for methods without gates.",
+        "",
+        "Cases with a lesion and lesion-free cases, apart:",
+        "",
+        _cases_table(loaded),
+        "",
+        "Over the cases with a ground-truth lesion: Dice mean ± sd (population sd, as the evaluator) and n; "
+        "predicted/ground-truth volume ratio (`pred_volume_ml / gt_volume_ml` of `metrics.json`): median over "
+        "those cases (min–max). Lesion-free cases (no ground-truth lesion; Dice 1 if predicted empty, else 0, "
+        "by convention): how many were predicted empty, and the volume predicted on them (all false positive).",
         "",
         "## Dice per case",
         "",
