@@ -1,6 +1,7 @@
 """A Markdown report (tables + PNG figures) comparing methods, and an ablation table over seeds.
 
-Every number in a report is **read** from files that other parts of lesionsam wrote; nothing is recomputed:
+Every number in a report is **read** from files that other parts of lesionsam wrote, or derived from their
+per-case rows (the paired comparisons and volume ratios); no mask is re-scored:
 
 * the evaluator's ``metrics.json`` (:func:`lesionsam.evaluation.evaluate.evaluate_folder`): ``summary`` for the
   tables and the size-bin figure (``dice``/``nsd``/``hd95_mm`` mean and ``std`` — the evaluator's population sd
@@ -15,12 +16,14 @@ Every number in a report is **read** from files that other parts of lesionsam wr
 * a training log CSV per run (columns :data:`TRAIN_LOG_COLUMNS`; ``train_loss`` or ``val_dice`` may be empty on a
   row): only plotted, as the mean ``train_loss`` of each epoch and every non-empty ``val_dice``.
 
-Only the overlays read images: the image, the ground truth (``gt == label``) and each method's prediction (the
-evaluator's foreground rule: ``pred > 0``, or ``pred == pred_label`` when the evaluation used one) of two cases, to
-draw contours. Slices are shown in array order (rows = j, columns = i of ITK's (i, j, k); no reorientation), with
-the in-plane spacing as aspect ratio.
+Only the overlays read images (:mod:`lesionsam.evaluation.overlays`): the image, the ground truth
+(``gt == label``) and each method's prediction (the evaluator's foreground rule: ``pred > 0``, or
+``pred == pred_label`` when the evaluation used one) of that method's own worst and best case, to draw contours and
+the centre click. Slices are shown in array order (rows = j, columns = i of ITK's (i, j, k); no reorientation), with
+the in-plane spacing as aspect ratio, a scale bar and the patient's sides read from the image's direction.
 
-Figures are drawn with Matplotlib's non-interactive Agg canvas attached to each figure
+Every figure gives a method the same colour (:func:`lesionsam.evaluation.figures.method_colours`). Figures are
+drawn with Matplotlib's non-interactive Agg canvas attached to each figure
 (:class:`matplotlib.backends.backend_agg.FigureCanvasAgg`), so no pyplot state and no global backend is touched;
 PNGs are rendered into memory and written atomically, like every file written here.
 
@@ -41,7 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from lesionsam.data.io import read_image
 from lesionsam.evaluation.ablation import ablation_summary, ablation_table, write_ablation
 from lesionsam.evaluation.figures import (
     DPI,
@@ -52,12 +54,13 @@ from lesionsam.evaluation.figures import (
     FIG_SIZE,
     GT_COLOUR,
     METHOD_COLOURS,
-    _colour,
-    _curves_figure,
-    _dice_per_case_figure,
-    _gates_figure,
-    _size_bin_figure,
+    curves_figure,
+    dice_per_case_figure,
+    gates_figure,
+    method_colours,
     save_png,
+    size_bin_figure,
+    size_bin_label,
 )
 from lesionsam.evaluation.findings import (
     OVER_SEGMENTS,
@@ -65,6 +68,7 @@ from lesionsam.evaluation.findings import (
     LesionFree,
     RatioSummary,
     findings_lines,
+    has_lesion,
     lesion_case_dice,
     ratio_text,
     volume_ratios,
@@ -76,10 +80,8 @@ from lesionsam.evaluation.overlays import (
     PERCENTILE_WINDOW,
     ZOOM_MAX_FRACTION,
     ZOOM_MIN_HALF_MM,
-    _overlay_figure,
-    _OverlayMethod,
-    find_case_file,
-    pred_foreground,
+    OverlayRun,
+    write_overlays,
 )
 from lesionsam.evaluation.report_io import (
     DASH,
@@ -254,7 +256,7 @@ def _cases_table(loaded: Sequence[_Loaded]) -> str:
 
 
 def _size_table(loaded: Sequence[_Loaded], bins: Sequence[str]) -> str:
-    head = ("method", *(f"{b}: Dice (detected/n)" for b in bins))
+    head = ("method", *(f"{size_bin_label(b)}: Dice (detected/n)" for b in bins))
     rows = []
     for item in loaded:
         by_bin = item.summary.get("lesion_dice_by_volume", {})
@@ -273,55 +275,6 @@ def _gate_stats(gates: Sequence[GateRow], bins: Sequence[str]) -> tuple[list[Any
         rates.append(float(np.mean(vals)) if vals else None)
         counts.append(len(vals))
     return rates, counts
-
-
-def _pick_cases(last: _Loaded) -> list[tuple[str, str]]:
-    """[("worst", case), ("best", case)] by the last run's case Dice among cases with a GT lesion."""
-    rows = [r for r in last.metrics["cases"] if int(r.get("gt_lesions", 0)) > 0]
-    if not rows:
-        return []
-    worst = min(rows, key=lambda r: (float(r["dice"]), str(r["case"])))
-    best = min(rows, key=lambda r: (-float(r["dice"]), str(r["case"])))
-    if worst["case"] == best["case"]:
-        return [("worst", str(worst["case"]))]
-    return [("worst", str(worst["case"])), ("best", str(best["case"]))]
-
-
-def _write_overlays(
-    loaded: Sequence[_Loaded], fig_dir: Path, images_dir: Path, labels_dir: Path, label: int
-) -> tuple[list[tuple[str, str, Path]], list[str]]:
-    """Overlay PNGs of the worst and best case; returns ([(which, case, path)], notes)."""
-    notes: list[str] = []
-    if not any(item.run.pred_dir is not None for item in loaded):
-        return [], ["No run has a prediction folder: overlays omitted."]
-    picks = _pick_cases(loaded[-1])
-    if not picks:
-        return [], [f"No case of {loaded[-1].run.name!r} has a ground-truth lesion: overlays omitted."]
-    out = []
-    for which, case in picks:
-        img_vol = read_image(find_case_file(images_dir, case, ("_0000",), "image"))
-        lab_vol = read_image(find_case_file(labels_dir, case, (), "label"))
-        image = img_vol.array[0] if img_vol.array.ndim == 4 else img_vol.array
-        gt = lab_vol.array == label
-        if image.shape != gt.shape:
-            raise ValueError(f"case {case!r}: image shape {image.shape} differs from label shape {gt.shape}")
-        methods = []
-        for i, item in enumerate(loaded):
-            mask = None
-            if item.run.pred_dir is not None:
-                pred = read_image(find_case_file(Path(item.run.pred_dir), case, ("_pred", "_0000"), "prediction"))
-                if pred.array.shape != gt.shape:
-                    raise ValueError(
-                        f"run {item.run.name!r}, case {case!r}: prediction shape {pred.array.shape} differs from "
-                        f"label shape {gt.shape}"
-                    )
-                mask = pred_foreground(pred.array, item.metrics["settings"])
-            methods.append(_OverlayMethod(item.run.name, _colour(i), item.dice_by_case.get(case), mask))
-        if which == "worst" and len(picks) == 1:
-            notes.append(f"Only case {case} has a ground-truth lesion: one overlay.")
-        fig = _overlay_figure(which, case, image, img_vol.spacing, gt, methods)
-        out.append((which, case, save_png(fig, fig_dir / FIG_OVERLAY.format(which=which))))
-    return out, notes
 
 
 def write_report(
@@ -397,28 +350,41 @@ def write_report(
     bins = _bin_order(loaded)
     names = [item.run.name for item in loaded]
 
-    # ---- figures
-    fig = _dice_per_case_figure(
-        names, [list(i.dice_by_case.values()) for i in loaded], [i.summary["dice"].get("mean") for i in loaded]
-    )
+    # ---- figures (one colour per method in every figure)
+    colours = method_colours(names)
+    free = [{str(r["case"]) for r in i.metrics["cases"] if not has_lesion(r)} for i in loaded]
+    fig = dice_per_case_figure(names, [i.dice_by_case for i in loaded], free, colours)
     p_dice = save_png(fig, fig_dir / FIG_DICE)
     eval_bins = [b for b in bins if any(b in i.summary.get("lesion_dice_by_volume", {}) for i in loaded)]
-    fig = _size_bin_figure(eval_bins, names, [i.summary.get("lesion_dice_by_volume", {}) for i in loaded])
+    fig = size_bin_figure(eval_bins, names, [i.summary.get("lesion_dice_by_volume", {}) for i in loaded], colours)
     p_size = save_png(fig, fig_dir / FIG_SIZE)
 
     gated = [i for i in loaded if i.gates is not None]
     p_gates = None
     if gated:
         stats = [_gate_stats(i.gates or [], bins) for i in gated]
-        fig = _gates_figure(bins, [i.run.name for i in gated], [s[0] for s in stats], [s[1] for s in stats])
+        names_g = [i.run.name for i in gated]
+        fig = gates_figure(bins, names_g, [s[0] for s in stats], [s[1] for s in stats], colours)
         p_gates = save_png(fig, fig_dir / FIG_GATES)
 
     with_curves = [i for i in loaded if i.curve is not None and (i.curve.loss or i.curve.val_dice)]
     p_curves = None
     if with_curves:
-        fig = _curves_figure([i.run.name for i in with_curves], [i.curve for i in with_curves])
+        fig = curves_figure([i.run.name for i in with_curves], [i.curve for i in with_curves], colours)
         p_curves = save_png(fig, fig_dir / FIG_CURVES)
-    overlays, overlay_notes = _write_overlays(loaded, fig_dir, images_dir, labels_dir, label)
+    overlay_runs = [
+        OverlayRun(
+            name=i.run.name,
+            colour=colours[i.run.name],
+            pred_dir=None if i.run.pred_dir is None else Path(i.run.pred_dir),
+            settings=i.metrics["settings"],
+            dice_by_case=i.dice_by_case,
+            lesion_cases=sorted(lesion_case_dice(i.metrics)),
+            headline=n == len(loaded) - 1,
+        )
+        for n, i in enumerate(loaded)
+    ]
+    overlays, overlay_notes = write_overlays(overlay_runs, fig_dir, images_dir, labels_dir, label)
 
     # ---- markdown
     def link(path: Path) -> str:
@@ -478,15 +444,21 @@ def write_report(
         lines += [f"![Training curves]({link(p_curves)})", ""]
     else:
         lines += ["No training log given: curves omitted.", ""]
-    lines += ["## Worst and best case", ""]
+    lines += ["## Worst and best case, per method", ""]
     if overlays:
         lines += [
-            f"Chosen by the case Dice of {names[-1]!r} among cases with a ground-truth lesion; axial slice through the "
-            "largest cross-section of the ground truth; contours: ground truth in green, each method in its colour.",
+            "Each method's own worst and best case by its case Dice among the cases with a ground-truth lesion. "
+            "Slice through the centre click of the largest lesion (the click of `lesionsam predict --clicks-from`: "
+            "its interior-most voxel), drawn as a white star with every other click on that slice; contours: "
+            "ground truth in green, the method in its colour; a scale bar in mm; letters: the patient's sides "
+            "from the image's direction (R/L, A/P, S/I).",
             "",
         ]
-        for which, case, path in overlays:
-            lines += [f"![{which} case {case}]({link(path)})", ""]
+        for name in names:
+            mine = [o for o in overlays if o.method == name]
+            if mine:
+                lines += [f"### {name}", ""]
+                lines += [f"![{o.which} case {o.case}]({link(o.path)})\n" for o in mine]
     lines += [*overlay_notes, ""] if overlay_notes else []
 
     lines += ["## Sources", "", "Every number above was read from these files (paths relative to this report):", ""]
