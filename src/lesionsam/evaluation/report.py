@@ -44,7 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from lesionsam.evaluation.ablation import ablation_summary, ablation_table, write_ablation
+from lesionsam.evaluation.ablation import (
+    ablation_summary,
+    ablation_table,
+    pooled_comparisons,
+    write_ablation,
+)
 from lesionsam.evaluation.figures import (
     DPI,
     FIG_CURVES,
@@ -131,6 +136,7 @@ __all__ = [
     "TrainCurve",
     "ablation_summary",
     "ablation_table",
+    "pooled_comparisons",
     "fmt_mean_sd",
     "fmt_value",
     "load_metrics",
