@@ -179,6 +179,22 @@ def test_report_numbers_come_from_the_evaluator_files(demo: Demo) -> None:
         assert (out / p).exists(), p
 
 
+def test_overlays_are_chosen_per_method(demo: Demo) -> None:
+    out = demo.root / "out_overlays"
+    text = write_report(
+        out, [demo.finetune, demo.sgp], images_dir=demo.images, labels_dir=demo.labels, label=LESION
+    ).read_text()
+    for run, prefix in ((demo.finetune, "overlay_finetune_"), (demo.sgp, "overlay_")):
+        cases = [c for c in _metrics(run)["cases"] if c["gt_lesions"] > 0]
+        worst = min(cases, key=lambda c: (c["dice"], c["case"]))["case"]
+        best = max(cases, key=lambda c: (c["dice"], c["case"]))["case"]
+        section = text.split(f"### {run.name}\n", 1)[1].split("\n##", 1)[0]
+        assert f"![worst case {worst}](figures/{prefix}worst.png)" in section
+        assert f"![best case {best}](figures/{prefix}best.png)" in section
+        _check_png(out / "figures" / f"{prefix}worst.png")
+    assert _metrics(demo.finetune)["cases"][0]["dice"] == 0.0  # fine-tune's own worst: the case it misses
+
+
 def test_report_without_logs_or_gates(demo: Demo, caplog: pytest.LogCaptureFixture) -> None:
     out = demo.root / "out_plain"
     runs = [
