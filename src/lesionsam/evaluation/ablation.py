@@ -119,7 +119,8 @@ def _collect(rows: Sequence[AblationEntry]) -> tuple[list[dict[str, Any]], dict[
                 g = read_gates_csv(r.gates_csv)
                 if not g:
                     raise ValueError(f"method {method!r} seed {r.seed}: gates CSV {r.gates_csv} has no rows")
-                gates.append(float(np.mean([x.gate_rate for x in g])))
+                on_lesions = [x.gate_rate for x in g if x.size_bin != "no lesion"]  # lesion-free crops: by bin
+                gates.append(float(np.mean(on_lesions)) if on_lesions else math.nan)
                 for b in _bins_of(g):
                     vals = [x.gate_rate for x in g if x.size_bin == b]
                     by_bin.setdefault(b, []).append((float(np.mean(vals)) if vals else math.nan, len(vals)))
@@ -358,7 +359,8 @@ def write_ablation(
         "Mean ± sample sd (ddof=1) over seeds of each seed's value; "
         f"{DASH} where it does not exist. Per seed: Dice = `summary.dice.mean` (mean over cases), Dice < 1 cm³ = "
         f'`summary.lesion_dice_by_volume["{SMALL_BIN}"].mean_dice`, lesion F1 = `summary.lesion_detection.f1` '
-        "(micro) of its `metrics.json`; gate activation rate = mean `gate_rate` of its gates CSV; pred/GT volume = "
+        "(micro) of its `metrics.json`; gate activation rate = mean `gate_rate` of the lesion crops of its gates CSV "
+        "(lesion-free crops in the by-size table); pred/GT volume = "
         "median over the cases with a lesion of `pred_volume_ml / gt_volume_ml` (`cases` of its `metrics.json`); "
         "Dice, cases with a lesion = mean case Dice over the cases with `gt_lesions > 0` (lesion-free cases left out).",
         "",

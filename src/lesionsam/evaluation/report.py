@@ -213,6 +213,10 @@ def _bin_order(loaded: Sequence[_Loaded]) -> list[str]:
     return order
 
 
+#: Size bin of the gates CSV's lesion-free crops (:func:`lesionsam.workflows.demo.gate_rates`).
+NO_LESION = "no lesion"
+
+
 def _main_table(loaded: Sequence[_Loaded], tol: Any) -> str:
     head = (
         "method",
@@ -233,8 +237,13 @@ def _main_table(loaded: Sequence[_Loaded], tol: Any) -> str:
             hd_text += f" ({hd['n_undefined']} undefined)"
         small = small_bin(s, Path(item.run.eval_dir) / "metrics.json")
         gate = DASH
-        if item.gates is not None:
-            gate = f"{np.mean([g.gate_rate for g in item.gates]):.3f} (n={len(item.gates)})" if item.gates else DASH
+        if item.gates:
+            # Crops centred on a lesion; lesion-free crops (size bin "no lesion") apart.
+            on = [g.gate_rate for g in item.gates if g.size_bin != NO_LESION]
+            off = [g.gate_rate for g in item.gates if g.size_bin == NO_LESION]
+            gate = f"{np.mean(on):.3f} (n={len(on)})" if on else DASH
+            if off:
+                gate += f"; no lesion {np.mean(off):.3f} (n={len(off)})"
         rows.append(
             (
                 item.run.name,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from lesionsam.models.config import ModelConfig
@@ -18,20 +18,27 @@ Builder = Callable[[ModelConfig, Any], SegModel]
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered method: its builder, its options dataclass (or None), its default training loss
-    (a name known to ``lesionsam.losses.build_loss``) and a one-line description."""
+    (a name known to ``lesionsam.losses.build_loss``) with the options it uses by default (``train.loss_options``
+    override them), and a one-line description."""
 
     name: str
     builder: Builder
     options: type | None
     description: str
     loss: str = "dice_ce"
+    loss_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(
-    name: str, *, options: type | None = None, description: str = "", loss: str = "dice_ce"
+    name: str,
+    *,
+    options: type | None = None,
+    description: str = "",
+    loss: str = "dice_ce",
+    loss_options: Mapping[str, Any] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(config, options) -> SegModel`` under ``name``.
 
@@ -44,7 +51,7 @@ def register_method(
     def deco(builder: Builder) -> Builder:
         if name in _METHODS and _METHODS[name].builder is not builder:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodSpec(name, builder, options, description, loss)
+        _METHODS[name] = MethodSpec(name, builder, options, description, loss, dict(loss_options or {}))
         return builder
 
     return deco

@@ -439,9 +439,13 @@ class Trainer:
         return model
 
     def build_loss(self) -> nn.Module:
-        """``train.loss`` or the method's default loss, with ``train.loss_options``."""
-        name = self.cfg.train.loss or method_spec(self.cfg.model.method).loss
-        return build_loss(name, **self.cfg.train.loss_options)
+        """``train.loss`` with ``train.loss_options``, or the method's default loss with the method's default
+        options updated by ``train.loss_options``."""
+        t = self.cfg.train
+        if t.loss:
+            return build_loss(t.loss, **t.loss_options)
+        spec = method_spec(self.cfg.model.method)
+        return build_loss(spec.loss, **{**spec.loss_options, **t.loss_options})
 
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """AdamW groups by state-dict prefix: encoder, parts new to the backbone, prompt encoder + decoder.

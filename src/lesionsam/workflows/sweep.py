@@ -56,6 +56,12 @@ LOSS_VARIANTS: tuple[Variant, ...] = (
         "full balance, prior shift removed at inference (tau 1)",
     ),
     Variant(
+        "zoom_full_la50",
+        "finetune_zoom",
+        ("train.loss_options={balance: full}", "train.logit_adjustment=0.5"),
+        "full balance, half the prior shift removed at inference (tau 0.5)",
+    ),
+    Variant(
         "zoom_partial",
         "finetune_zoom",
         ("train.loss_options={balance: partial, beta: 0.5}",),
@@ -73,9 +79,6 @@ GATE_VARIANTS: tuple[Variant, ...] = (
     Variant("sgp_free", "sgp_sam", note="no budget: nothing rewards a closed gate"),
     Variant("sgp_cost", "sgp_sam", ("train.gate_cost=0.1",), "linear compute cost 0.1 x mean keep probability"),
     Variant("sgp_target50", "sgp_sam", ("train.gate_cost=1.0", "train.gate_target=0.5"), "target activation rate 0.5"),
-    Variant(
-        "sgp_target25", "sgp_sam", ("train.gate_cost=1.0", "train.gate_target=0.25"), "target activation rate 0.25"
-    ),
     Variant(
         "sgp_target50_pool",
         "sgp_sam",

@@ -22,4 +22,9 @@ register_method("sam_med3d", description="SAM-Med3D / SAM-Med3D-turbo with click
     _build
 )
 register_method("finetune", description="ablation: SAM-Med3D fine-tuned with DiceCE (baseline)", loss="dice_ce")(_build)
-register_method("finetune_zoom", description="ablation: SAM-Med3D fine-tuned with the Zoom Loss", loss="zoom")(_build)
+register_method(
+    "finetune_zoom",
+    description="ablation: SAM-Med3D fine-tuned with the Zoom Loss",
+    loss="zoom",
+    loss_options={"balance": "alpha", "alpha": 0.25},  # as sgp_sam's (lesionsam sweep --stage loss)
+)(_build)

@@ -451,7 +451,15 @@ def _build(config: ModelConfig, options: SGPOptions | None) -> SGPSam:
     return build_sgp_sam(config.backbone, options, attn_impl=config.attention)
 
 
-register_method("sgp_sam", options=SGPOptions, description="SGP-SAM: self-gated prompting + Zoom Loss", loss="zoom")(
-    _build
-)
+#: The Zoom Loss's reading of "voxel-balanced focal" used by default: the alpha-balanced focal term of Lin et al.
+#: (alpha 0.25), chosen by validation Dice in ``lesionsam sweep --stage loss`` (full balance floods the organ).
+ZOOM_DEFAULTS = {"balance": "alpha", "alpha": 0.25}
+
+register_method(
+    "sgp_sam",
+    options=SGPOptions,
+    description="SGP-SAM: self-gated prompting + Zoom Loss",
+    loss="zoom",
+    loss_options=ZOOM_DEFAULTS,
+)(_build)
 register_method("sgp_dice", options=SGPOptions, description="ablation: SGPM trained with Dice", loss="dice")(_build)
