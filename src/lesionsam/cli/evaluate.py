@@ -27,9 +27,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--label",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="ground-truth value of the lesion (default 1; MSD liver tumour = 2, MSD brain enhancing tumour = 3)",
+        help="ground-truth value of the lesion (MSD liver tumour = 2, MSD brain enhancing tumour = 3); default: the "
+        "one label of GT_DIR's dataset.json (beside it or in it) named like a lesion (tumour, lesion, cancer...), "
+        "else required",
     )
     p.add_argument(
         "--pred-label",
@@ -55,10 +57,16 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> int:
         from lesionsam.workflows.evaluate import evaluate
 
+        label = a.label
+        if label is None:
+            from lesionsam.data.labels import resolve_lesion_label
+
+            label, where = resolve_lesion_label(None, a.gt_dir)
+            print(f"lesionsam evaluate: lesion label {label} (from {where}; --label N to choose)", file=sys.stderr)
         result = evaluate(
             a.pred_dir,
             a.gt_dir,
-            label=a.label,
+            label=label,
             pred_label=a.pred_label,
             out=a.out,
             nsd_tolerance_mm=a.nsd_tolerance,

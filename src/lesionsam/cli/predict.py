@@ -68,7 +68,14 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         help="--text alone: threshold the text's own mask instead of deciding it against the checkpoint's other "
         "trained class texts",
     )
-    p.add_argument("--label", type=int, default=1, metavar="N", help="lesion value for --clicks-from (default 1)")
+    p.add_argument(
+        "--label",
+        type=int,
+        default=None,
+        metavar="N",
+        help="lesion value in the --clicks-from label maps; default: the one label of their dataset.json named like "
+        "a lesion (tumour, lesion, cancer...), else the checkpoint's data.target_label, else required",
+    )
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
     p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
     p.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
@@ -89,8 +96,16 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
 
     def run(a: argparse.Namespace) -> int:
-        from lesionsam.workflows.predict import predict
+        from lesionsam.workflows.predict import checkpoint_target_label, predict
 
+        label = a.label
+        if a.clicks_from is not None and label is None and a.clicks_from.exists():
+            from lesionsam.data.labels import resolve_lesion_label
+
+            label, where = resolve_lesion_label(
+                None, a.clicks_from, checkpoint_label=lambda: checkpoint_target_label(a.checkpoint)
+            )
+            print(f"lesionsam predict: lesion label {label} (from {where}; --label N to choose)", file=sys.stderr)
         cases = predict(
             a.input,
             a.out,
@@ -106,7 +121,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             refine_checkpoint=a.refine_checkpoint,
             min_lesion_mm3=a.min_lesion_mm3,
             compete=not a.no_compete,
-            label=a.label,
+            label=label,
             channel=a.channel,
             probabilities=a.probabilities,
             binary=a.binary,
