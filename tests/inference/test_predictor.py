@@ -438,7 +438,7 @@ def test_auto_finds_every_class_with_its_label_value_on_the_input_grid(tmp_path:
         pred.predict_text("bright")
     clicky = _predictor()
     clicky.set_image(image)
-    with pytest.raises(ValueError, match="needs prompts; --auto needs the checkpoint of a prompt-free method"):
+    with pytest.raises(ValueError, match="needs clicks or text; --auto needs the checkpoint of a prompt-free method"):
         clicky.predict_auto()
     with pytest.raises(ValueError, match="class_values must be 2 distinct label values"):
         Predictor(AutoModel(), class_values=(2, 2))

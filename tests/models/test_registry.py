@@ -46,7 +46,7 @@ def test_model_config_from_yaml_mapping_with_preset_and_overrides(tmp_path: Path
 
 
 def test_model_config_errors_name_the_key() -> None:
-    with pytest.raises(ValueError, match=r"'backbone.img_sise'.*Did you mean 'img_size'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'backbone.img_sise'; did you mean 'backbone.img_size'\?"):
         from_dict(ModelConfig, {"preset": "tiny", "backbone": {"img_sise": 96}})
     with pytest.raises(TypeError, match="backbone.img_size: expected an integer"):
         from_dict(ModelConfig, {"preset": "tiny", "backbone": {"img_size": "big"}})

@@ -74,6 +74,7 @@ from lesionsam.models import Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lesionsam.models.registry import method_spec
 from lesionsam.utils.dataclass_io import atomic_write_bytes, save_yaml, to_dict
+from lesionsam.utils.paths import check_can_create
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +421,7 @@ class Trainer:
         self.dist = DistContext.from_env()
         self.device = self._device()
         self.model: SegModel | None = None
+        self._splits: dict[str, list[str]] | None = None
         self.global_step = 0
         self.epoch = 0
 
@@ -565,8 +567,7 @@ class Trainer:
             splits = read_splits(d.splits)
         else:
             splits = make_splits(cases, seed=d.split_seed, val_fraction=d.val_fraction)
-        if self.dist.is_main:
-            write_splits(splits, self.out_dir / "splits.json")
+        self._splits = splits  # written to splits.json by fit(), once every input is known to be valid
         by_id = {c.case_id: c for c in cases}
         train_cases = [by_id[i] for i in splits.get("train", []) if i in by_id]
         val_cases = [by_id[i] for i in splits.get("val", []) if i in by_id]
@@ -613,9 +614,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.dist.enabled and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            save_yaml(self.cfg, self.out_dir / "config.yaml")
+        check_can_create(self.out_dir, what="run folder", folder=True)  # creates nothing yet
         seed_everything(t.seed, epoch=-1)  # the initial weights depend on the seed only
         model = self.build_model().to(self.device)
         self.model = model
@@ -638,6 +637,13 @@ class Trainer:
             start, best, history = self._resume(model, optimizer, scheduler)
         loss_fn = self.build_loss().to(self.device)
         texts = self.label_texts() if not model.prompt_free and _takes_text(model) else None
+        # Every input has been read and checked: only now is the run folder created or touched, so a failure above
+        # leaves an existing run folder byte-for-byte as it was.
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            save_yaml(self.cfg, self.out_dir / "config.yaml")
+            if self._splits is not None:
+                write_splits(self._splits, self.out_dir / "splits.json")
         step_module: nn.Module
         if model.prompt_free:
             step_module = AutomaticStep(model, loss_fn)
