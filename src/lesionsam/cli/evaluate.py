@@ -57,16 +57,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> int:
         from lesionsam.workflows.evaluate import evaluate
 
-        label = a.label
-        if label is None:
-            from lesionsam.data.labels import resolve_lesion_label
-
-            label, where = resolve_lesion_label(None, a.gt_dir)
-            print(f"lesionsam evaluate: lesion label {label} (from {where}; --label N to choose)", file=sys.stderr)
         result = evaluate(
             a.pred_dir,
             a.gt_dir,
-            label=label,
+            label=a.label,
+            announce=lambda note: print(f"lesionsam evaluate: {note}", file=sys.stderr),
             pred_label=a.pred_label,
             out=a.out,
             nsd_tolerance_mm=a.nsd_tolerance,

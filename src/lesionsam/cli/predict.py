@@ -96,16 +96,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
 
     def run(a: argparse.Namespace) -> int:
-        from lesionsam.workflows.predict import checkpoint_target_label, predict
+        from lesionsam.workflows.predict import predict
 
-        label = a.label
-        if a.clicks_from is not None and label is None and a.clicks_from.exists():
-            from lesionsam.data.labels import resolve_lesion_label
-
-            label, where = resolve_lesion_label(
-                None, a.clicks_from, checkpoint_label=lambda: checkpoint_target_label(a.checkpoint)
-            )
-            print(f"lesionsam predict: lesion label {label} (from {where}; --label N to choose)", file=sys.stderr)
         cases = predict(
             a.input,
             a.out,
@@ -121,7 +113,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             refine_checkpoint=a.refine_checkpoint,
             min_lesion_mm3=a.min_lesion_mm3,
             compete=not a.no_compete,
-            label=label,
+            label=a.label,
+            announce=lambda note: print(f"lesionsam predict: {note}", file=sys.stderr),
             channel=a.channel,
             probabilities=a.probabilities,
             binary=a.binary,

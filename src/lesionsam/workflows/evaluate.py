@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from lesionsam.data.labels import resolve_lesion_label
@@ -29,6 +30,7 @@ def evaluate(
     nsd_tolerance_mm: float = 2.0,
     allow_missing: bool = False,
     progress: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     """Evaluate predictions and write ``metrics.csv`` and ``metrics.json``.
 
@@ -42,6 +44,7 @@ def evaluate(
         nsd_tolerance_mm: normalised-surface-Dice tolerance in mm.
         allow_missing: skip ground-truth cases without prediction instead of failing.
         progress: show a progress bar with ETA.
+        announce: called with a one-line note when ``label`` was not given (which label is used, and from where).
 
     Returns:
         The :class:`~lesionsam.evaluation.evaluate.EvaluationResult`; ``csv_path``/``json_path`` say where the
@@ -58,7 +61,9 @@ def evaluate(
     check_can_create(out_dir, what="--out", folder=True)
     refuse_inputs_as_outputs([("--out", out_dir / "metrics.csv"), ("--out", out_dir / "metrics.json")], reads)
     if label is None:
-        label, _ = resolve_lesion_label(None, gt_dir)
+        label, where = resolve_lesion_label(None, gt_dir)
+        if announce is not None:
+            announce(f"lesion label {label} (from {where}; --label N to choose)")
     return evaluate_folder(
         pred_dir,
         gt_dir,

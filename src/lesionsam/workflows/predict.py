@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,7 @@ def predict(
     max_windows: int = 8,
     predictor: Predictor | None = None,
     progress: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> list[PredictedCase]:
     """Segment lesions in one image (``input`` a file, ``out`` a file) or a folder (both folders).
 
@@ -113,6 +114,7 @@ def predict(
             the others (:meth:`Predictor.predict_text`); False thresholds the text's own logits.
         refine_checkpoint: with ``auto`` and clicks, the promptable checkpoint that re-segments the clicked lesions
             (each takes the class the automatic pass gave its first positive click, else the first class).
+        announce: called with a one-line note when ``label`` was not given (which label is used, and from where).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
 
     Every input is checked before the first write: no output path may be one of the inputs (also through a link),
@@ -184,12 +186,14 @@ def predict(
     for ckpt in (checkpoint, refine_checkpoint):
         if ckpt is not None:
             check_checkpoint_file(ckpt)
-    if clicks_from is not None:
+    if clicks_from is not None and label is None:
         from lesionsam.data.labels import resolve_lesion_label
 
-        label, _ = resolve_lesion_label(
+        label, where = resolve_lesion_label(
             label, clicks_from, checkpoint_label=lambda: checkpoint_target_label(checkpoint)
         )
+        if announce is not None:
+            announce(f"lesion label {label} (from {where}; --label N to choose)")
     table = read_prompt_file(prompts) if prompts is not None else None
     if table is not None and folder and None in table:
         raise ValueError(f"{prompts}: a folder needs prompts per case id ({{'case_000': {{'lesions': [...]}}}})")
