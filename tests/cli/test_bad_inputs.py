@@ -79,6 +79,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(ds / "labelsTr" / "case_000.nii.gz", w / "gt_nojson" / "case_000.nii.gz")
     (w / "gt_half").mkdir()
     (w / "gt_half" / "case_000.nii.gz").write_bytes((w / "half_img.nii.gz").read_bytes())
+    # Folders of images where only a later case is broken: nothing may be written for the earlier ones.
+    (w / "imgs_bad").mkdir()
+    shutil.copy(w / "img.nii.gz", w / "imgs_bad" / "case_000.nii.gz")
+    shutil.copy(w / "half_img.nii.gz", w / "imgs_bad" / "case_001.nii.gz")
+    (w / "imgs_nolab").mkdir()
+    shutil.copy(w / "img.nii.gz", w / "imgs_nolab" / "case_000.nii.gz")
+    shutil.copy(w / "img.nii.gz", w / "imgs_nolab" / "case_009.nii.gz")
     # An existing run folder: a failed train must leave it exactly as it is.
     run = w / "run"
     run.mkdir()
@@ -233,6 +240,18 @@ CASES: list[tuple[str, list[str], str]] = [
         ["predict", "{w}/img.nii.gz", "--out", "{w}/new/m.nii.gz", "--auto", "--preset", "tiny"]
         + ["--checkpoint", str(FIXTURES / "tiny_official_ckpt.pth")],
         "method 'sam_med3d' needs clicks or text",
+    ),
+    (
+        "predict-folder-later-image-truncated",
+        ["predict", "{w}/imgs_bad", "--out", "{w}/new", "--clicks-from", "{w}/ds/labelsTr", "--label", "2"]
+        + ["--preset", "tiny"],
+        "truncated",
+    ),
+    (
+        "predict-folder-later-label-missing",
+        ["predict", "{w}/imgs_nolab", "--out", "{w}/new", "--clicks-from", "{w}/ds/labelsTr", "--label", "2"]
+        + ["--preset", "tiny"],
+        "no label map for case 'case_009'",
     ),
     # ---- evaluate
     (

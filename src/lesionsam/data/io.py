@@ -169,6 +169,28 @@ def check_nifti_complete(path: Path) -> None:
         )
 
 
+def check_image_header(path: str | os.PathLike[str]) -> None:
+    """Cheap check that ``path`` will read (before any output is written): it exists, a NIfTI is complete, and
+    SimpleITK can read its header (pixel data is not read, except that a ``.nii.gz`` is decompressed once).
+
+    Raises:
+        FileNotFoundError, ImageIOError: as :func:`read_image` would.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image not found: {p}")
+    check_nifti_complete(p)
+    if p.is_dir():
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unknown error")
+        raise ImageIOError(f"{p}: not a readable image (corrupt, truncated or unsupported format): {first}") from None
+
+
 def read_image(path: str | os.PathLike[str], *, channel: int | None = None) -> Volume:
     """Read a 3D image (file or DICOM-series folder) with its geometry.
 

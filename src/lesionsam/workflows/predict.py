@@ -15,6 +15,7 @@ from lesionsam.data.io import (
     IMAGE_SUFFIXES,
     ImageIOError,
     case_id,
+    check_image_header,
     image_suffix,
     is_image_path,
     read_image,
@@ -182,6 +183,11 @@ def predict(
         reads += [("--clicks-from", p) for p in _label_files(Path(clicks_from))]
     writes = [("--out", m) for _, m in jobs] + [("--probabilities", p) for p in prob_paths]
     refuse_inputs_as_outputs(writes, reads)
+    if folder:  # every image (and its label map) is checked before the first mask is written
+        for image_path, _ in jobs:
+            check_image_header(image_path)
+            if clicks_from is not None:
+                check_image_header(_label_path_for(case_id(image_path), Path(clicks_from), folder=True))
     prob_for = dict(zip([m for _, m in jobs], prob_paths, strict=True))
     for ckpt in (checkpoint, refine_checkpoint):
         if ckpt is not None:
@@ -327,16 +333,19 @@ def refine_auto(
     )
 
 
+def _label_path_for(cid: str, source: Path, folder: bool) -> Path:
+    if not folder:
+        return source
+    if not source.is_dir():
+        raise ValueError(f"--clicks-from {source}: for a folder of images, give the folder of label maps")
+    matches = [p for p in source.iterdir() if is_image_path(p) and case_id(p) == cid]
+    if not matches:
+        raise FileNotFoundError(f"--clicks-from {source}: no label map for case {cid!r}")
+    return matches[0]
+
+
 def _clicks_from_label_for(volume, cid: str, source: Path, folder: bool, label: int) -> list[LesionClicks]:
-    if folder:
-        if not source.is_dir():
-            raise ValueError(f"--clicks-from {source}: for a folder of images, give the folder of label maps")
-        matches = [p for p in source.iterdir() if is_image_path(p) and case_id(p) == cid]
-        if not matches:
-            raise FileNotFoundError(f"--clicks-from {source}: no label map for case {cid!r}")
-        label_path = matches[0]
-    else:
-        label_path = source
+    label_path = _label_path_for(cid, source, folder)
     lab = read_image(label_path)
     if not lab.same_geometry(volume):
         raise ValueError(
