@@ -313,6 +313,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("train-bad-override", [*TRAIN, "train.lr=[1", "--out", "{w}/run"], "not valid YAML"),
     ("train-wrong-type", [*TRAIN, "train.epochs=many", "--out", "{w}/run"], "expected an integer"),
+    (
+        "train-checkpoint-is-run-output",
+        [*TRAIN, "data.root={w}/ds", "model.checkpoint={w}/run/last.pt", "--out", "{w}/run"],
+        "same file",
+    ),
     ("train-out-is-file", [*TRAIN, "data.root={w}/ds", "--out", "{w}/afile"], "is a file, not a folder"),
     ("train-unknown-method", [*TRAIN, "model.method=sam_med3", "--out", "{w}/run"], "sam_med3d"),
     # ---- synth

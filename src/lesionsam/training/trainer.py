@@ -74,7 +74,7 @@ from lesionsam.models import Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lesionsam.models.registry import method_spec
 from lesionsam.utils.dataclass_io import atomic_write_bytes, save_yaml, to_dict
-from lesionsam.utils.paths import check_can_create
+from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
 log = logging.getLogger(__name__)
 
@@ -615,6 +615,8 @@ class Trainer:
         if self.dist.enabled and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         check_can_create(self.out_dir, what="run folder", folder=True)  # creates nothing yet
+        written = [("the run folder's", self.out_dir / n) for n in ("last.pt", "best.pt", "train_log.csv")]
+        refuse_inputs_as_outputs(written, [("model.checkpoint", self.cfg.model.checkpoint)])
         seed_everything(t.seed, epoch=-1)  # the initial weights depend on the seed only
         model = self.build_model().to(self.device)
         self.model = model
@@ -642,8 +644,11 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             save_yaml(self.cfg, self.out_dir / "config.yaml")
-            if self._splits is not None:
-                write_splits(self._splits, self.out_dir / "splits.json")
+            splits_path = self.out_dir / "splits.json"
+            given = self.cfg.data.splits
+            read_here = bool(given) and splits_path.exists() and os.path.samefile(given, splits_path)
+            if self._splits is not None and not read_here:  # never over the data.splits file it was read from
+                write_splits(self._splits, splits_path)
         step_module: nn.Module
         if model.prompt_free:
             step_module = AutomaticStep(model, loss_fn)
