@@ -61,3 +61,12 @@ def test_overrides() -> None:
     assert data == {"model": {"preset": "tiny", "backbone": {"img_size": 96}}, "seed": 3}
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["model.preset"])
+
+
+def test_prompt_errors_name_the_method_not_the_class() -> None:
+    from lesionsam.models.interface import Prompts
+
+    model = build_model(ModelConfig.from_preset("tiny"))
+    assert model.method_name == "sam_med3d"
+    with pytest.raises(ValueError, match=r"^method 'sam_med3d' does not take prompt\(s\) \['text'\]"):
+        model.check_prompts(Prompts(text=["liver tumour"]))

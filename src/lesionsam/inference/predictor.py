@@ -167,7 +167,8 @@ class Predictor:
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
-            raise ValueError(f"{type(model).__name__} takes neither clicks nor text and is not prompt-free")
+            name = getattr(model, "display_name", type(model).__name__)
+            raise ValueError(f"{name} takes neither clicks nor text and is not prompt-free")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
         if max_windows < 1:

@@ -149,9 +149,8 @@ class InteractiveStep(nn.Module):
     ) -> None:
         super().__init__()
         if region_classes and not hasattr(model, "region_scores"):
-            raise ValueError(
-                f"train.region_classes needs a model with a region classifier (refsam3d), not {type(model).__name__}"
-            )
+            name = getattr(model, "display_name", type(model).__name__)
+            raise ValueError(f"train.region_classes needs a model with a region classifier (refsam3d), not {name}")
         self.region_classes = region_classes
         self.texts = texts or {}
         self.text_pairs = text_pairs and len(self.texts) > 1
