@@ -141,6 +141,12 @@ CASES: list[tuple[str, list[str], str]] = [
         ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--point", "5,5,5", "--probabilities", "{w}/m.nii.gz"],
         "same path as --out",
     ),
+    (
+        "predict-folder-probabilities-is-out",
+        ["predict", "{w}/ds/imagesTr", "--out", "{w}/new", "--clicks-from", "{w}/ds/labelsTr", "--label", "2"]
+        + ["--probabilities", "{w}/new"],
+        "would overwrite the masks",
+    ),
     # ---- predict: outputs that cannot be written (checked before any work; no folder created)
     (
         "predict-probabilities-bad-suffix",

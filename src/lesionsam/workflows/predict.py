@@ -161,6 +161,8 @@ def predict(
         check_can_create(dst, what="--out", folder=True)
         if prob_dir is not None:
             check_can_create(prob_dir, what="--probabilities", folder=True)
+            if _same_path(prob_dir, dst):
+                raise ValueError(f"--probabilities {prob_dir} is the --out folder: the files would overwrite the masks")
         prob_paths = [prob_dir / f"{case_id(img)}{image_suffix(img)}" if prob_dir else None for img in images]
     else:
         if not dst.name.endswith(IMAGE_SUFFIXES):
