@@ -1,53 +1,41 @@
-"""Shared fixtures: the official-implementation fixture files in ../shared/spec."""
+"""Shared fixtures: the official-implementation reference files in ``tests/fixtures`` (inside the repository)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-
-def _spec_dir() -> Path:
-    env = os.environ.get("LESIONSAM_SPEC_DIR")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "shared" / "spec"
-        if cand.is_dir():
-            return cand
-        cand = parent.parent / "shared" / "spec"
-        if cand.is_dir():
-            return cand
-    return here.parents[2] / "shared" / "spec"
-
-
-SPEC = _spec_dir()
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def spec_dir() -> Path:
-    if not SPEC.is_dir():
-        pytest.fail(f"shared/spec not found (looked for {SPEC}); set LESIONSAM_SPEC_DIR")
-    return SPEC
+def fixtures_dir() -> Path:
+    """The folder of reference files (see ``tests/fixtures/README.md``)."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
-def official_io(spec_dir: Path) -> dict[str, torch.Tensor]:
+def official_keys_tsv() -> Path:
+    """Every key and shape of the official SAM-Med3D ``vit_b_ori`` state dict."""
+    return FIXTURES / "sam_med3d_vit_b_ori.keys.tsv"
+
+
+@pytest.fixture(scope="session")
+def official_io() -> dict[str, torch.Tensor]:
     """Inputs and outputs of the official SAM-Med3D implementation on the tiny checkpoint."""
-    data = np.load(spec_dir / "fixtures" / "tiny_official_io.npz")
+    data = np.load(FIXTURES / "tiny_official_io.npz")
     return {k: torch.from_numpy(data[k]) for k in data.files}
 
 
 @pytest.fixture(scope="session")
-def official_ckpt(spec_dir: Path) -> Path:
-    return spec_dir / "fixtures" / "tiny_official_ckpt.pth"
+def official_ckpt() -> Path:
+    return FIXTURES / "tiny_official_ckpt.pth"
 
 
 @pytest.fixture(scope="session")
-def tiny_fixture_config(spec_dir: Path) -> dict:
-    return json.loads((spec_dir / "fixtures" / "tiny_config.json").read_text())
+def tiny_fixture_config() -> dict:
+    return json.loads((FIXTURES / "tiny_config.json").read_text())

@@ -40,7 +40,7 @@ def test_train_command_with_overrides_and_accumulation(tmp_path: Path, capsys: p
 
 def test_train_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "demo", "train.epoch=3"]) == 2
-    assert "Did you mean 'epochs'" in capsys.readouterr().err
+    assert "unknown config key 'train.epoch'; did you mean 'train.epochs'?" in capsys.readouterr().err
     assert main(["train", "nope.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert main(["train", "demo"]) == 2

@@ -209,9 +209,9 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(dataset: tuple[Path, Pat
 
 def test_workflow_default_out_is_not_read_as_predictions(dataset: tuple[Path, Path]) -> None:
     pred_dir, gt_dir = dataset
-    first = evaluate(pred_dir, gt_dir, progress=False)
+    first = evaluate(pred_dir, gt_dir, label=1, progress=False)
     assert first.json_path == default_out_dir(pred_dir) / "metrics.json"
-    second = evaluate(pred_dir, gt_dir, progress=False)  # the metrics/ folder is skipped
+    second = evaluate(pred_dir, gt_dir, label=1, progress=False)  # the metrics/ folder is skipped
     assert [c.case for c in second.cases] == ["case_a", "case_b", "case_c"]
     assert second.ignored == []
 
@@ -219,14 +219,16 @@ def test_workflow_default_out_is_not_read_as_predictions(dataset: tuple[Path, Pa
 def test_cli_prints_table_and_output_paths(dataset: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     pred_dir, gt_dir = dataset
     out = tmp_path / "cli_out"
-    code = main(["evaluate", str(pred_dir), str(gt_dir), "--out", str(out), "--nsd-tolerance", "1.5"])
+    code = main(["evaluate", str(pred_dir), str(gt_dir), "--out", str(out), "--nsd-tolerance", "1.5", "--label", "1"])
     printed = capsys.readouterr().out
     assert code == 0
     assert "NSD@1.5mm" in printed and "case_c" in printed and str(out / "metrics.json") in printed
     assert json.loads((out / "metrics.json").read_text())["settings"]["nsd_tolerance_mm"] == 1.5
 
 
-@pytest.mark.parametrize(("remove", "extra"), [(False, ["--label", "4"]), (True, [])], ids=["label", "missing"])
+@pytest.mark.parametrize(
+    ("remove", "extra"), [(False, ["--label", "4"]), (True, ["--label", "1"])], ids=["label", "missing"]
+)
 def test_cli_user_errors_exit_2_with_one_line(
     dataset: tuple[Path, Path], tmp_path: Path, capsys, remove: bool, extra: list[str]
 ) -> None:

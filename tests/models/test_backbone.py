@@ -19,8 +19,8 @@ def official_tiny(official_ckpt: Path):
     return model
 
 
-def test_full_preset_state_dict_equals_the_official_key_list(spec_dir: Path) -> None:
-    rows = (spec_dir / "sam_med3d_vit_b_ori.keys.tsv").read_text().splitlines()[1:]
+def test_full_preset_state_dict_equals_the_official_key_list(official_keys_tsv: Path) -> None:
+    rows = official_keys_tsv.read_text().splitlines()[1:]
     spec = {key: shape for key, shape in (r.split("\t") for r in rows)}
     with torch.device("meta"):
         model = build_sam3d(get_preset("sam_med3d_vit_b"))

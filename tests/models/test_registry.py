@@ -46,7 +46,7 @@ def test_model_config_from_yaml_mapping_with_preset_and_overrides(tmp_path: Path
 
 
 def test_model_config_errors_name_the_key() -> None:
-    with pytest.raises(ValueError, match=r"'backbone.img_sise'.*Did you mean 'img_size'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'backbone.img_sise'; did you mean 'backbone.img_size'\?"):
         from_dict(ModelConfig, {"preset": "tiny", "backbone": {"img_sise": 96}})
     with pytest.raises(TypeError, match="backbone.img_size: expected an integer"):
         from_dict(ModelConfig, {"preset": "tiny", "backbone": {"img_size": "big"}})
@@ -61,3 +61,12 @@ def test_overrides() -> None:
     assert data == {"model": {"preset": "tiny", "backbone": {"img_size": 96}}, "seed": 3}
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["model.preset"])
+
+
+def test_prompt_errors_name_the_method_not_the_class() -> None:
+    from lesionsam.models.interface import Prompts
+
+    model = build_model(ModelConfig.from_preset("tiny"))
+    assert model.method_name == "sam_med3d"
+    with pytest.raises(ValueError, match=r"^method 'sam_med3d' does not take prompt\(s\) \['text'\]"):
+        model.check_prompts(Prompts(text=["liver tumour"]))

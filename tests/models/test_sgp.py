@@ -290,7 +290,7 @@ def test_options_from_yaml_lists() -> None:
         ({"kernel_size": 2}, ValueError, "kernel_size must be odd"),
         ({"gumbel_tau": 0.0}, ValueError, "gumbel_tau"),
         ({"reduction": 0}, ValueError, "reduction"),
-        ({"gates": "on"}, ValueError, "Did you mean 'gate'"),
+        ({"gates": "on"}, ValueError, "did you mean 'model.options.gate'"),
         ({"blocks": "all"}, TypeError, "model.options.blocks"),
     ],
 )

@@ -35,6 +35,17 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
 
     def run(a: argparse.Namespace) -> int:
+        if a.json is not None:  # checked before minutes of measuring, not after
+            from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
+
+            if a.json.suffix.lower() != ".json":
+                raise ValueError(f"--json {a.json}: give a file name ending in .json")
+            check_can_create(a.json, what="--json")
+            refuse_inputs_as_outputs([("--json", a.json)], [("--checkpoint", a.checkpoint)])
+        if a.checkpoint is not None:
+            from lesionsam.models.checkpoint import check_checkpoint_file
+
+            check_checkpoint_file(a.checkpoint)
         from lesionsam.workflows import bench as wb
 
         full = a.preset or "sam_med3d_vit_b"

@@ -27,9 +27,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--label",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="ground-truth value of the lesion (default 1; MSD liver tumour = 2, MSD brain enhancing tumour = 3)",
+        help="ground-truth value of the lesion (MSD liver tumour = 2, MSD brain enhancing tumour = 3); default: the "
+        "one label of GT_DIR's dataset.json (beside it or in it) named like a lesion (tumour, lesion, cancer...), "
+        "else required",
     )
     p.add_argument(
         "--pred-label",
@@ -59,6 +61,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
             a.pred_dir,
             a.gt_dir,
             label=a.label,
+            announce=lambda note: print(f"lesionsam evaluate: {note}", file=sys.stderr),
             pred_label=a.pred_label,
             out=a.out,
             nsd_tolerance_mm=a.nsd_tolerance,

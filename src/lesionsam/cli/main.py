@@ -10,10 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, PermissionError)
+#: Exceptions printed as one line with exit code 2 (``OSError``: a file or folder the user named, e.g. a full disk).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+
+#: Options whose value may start with "-" (a negative coordinate: ``--point -5,10,10``).
+_NEGATIVE_VALUE_OPTIONS = ("--point", "--negative")
+_NUMBERS = re.compile(r"^-[\d.]")
 
 _COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
@@ -44,18 +50,51 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"lesionsam.cli.{module}")
     for add in _COMMANDS.values():
         add(sub)
+    for sub_parser in sub.choices.values():  # -v also after the sub-command (``lesionsam evaluate ... -v``)
+        if "-v" not in sub_parser._option_string_actions:
+            sub_parser.add_argument(
+                "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more detail"
+            )
     return parser
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--point -5,10,10`` → ``--point=-5,10,10``: argparse would take ``-5,10,10`` for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for token in it:
+        if token in _NEGATIVE_VALUE_OPTIONS:
+            nxt = next(it, None)
+            if nxt is not None and _NUMBERS.match(nxt):
+                out.append(f"{token}={nxt}")
+                continue
+            out.append(token)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(token)
+    return out
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one line: its message's lines joined (an ``OSError`` as ``path: reason``)."""
+    if isinstance(exc, OSError) and exc.strerror:  # raised by the system: "[Errno 20] Not a directory: 'x'"
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = str(exc)
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
-        print(f"lesionsam {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lesionsam {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lesionsam {args.command}: interrupted", file=sys.stderr)

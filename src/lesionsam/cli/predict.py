@@ -68,7 +68,14 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         help="--text alone: threshold the text's own mask instead of deciding it against the checkpoint's other "
         "trained class texts",
     )
-    p.add_argument("--label", type=int, default=1, metavar="N", help="lesion value for --clicks-from (default 1)")
+    p.add_argument(
+        "--label",
+        type=int,
+        default=None,
+        metavar="N",
+        help="lesion value in the --clicks-from label maps; default: the one label of their dataset.json named like "
+        "a lesion (tumour, lesion, cancer...), else the checkpoint's data.target_label, else required",
+    )
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
     p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
     p.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
@@ -107,6 +114,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             min_lesion_mm3=a.min_lesion_mm3,
             compete=not a.no_compete,
             label=a.label,
+            announce=lambda note: print(f"lesionsam predict: {note}", file=sys.stderr),
             channel=a.channel,
             probabilities=a.probabilities,
             binary=a.binary,

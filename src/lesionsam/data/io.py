@@ -132,6 +132,65 @@ def _read_sitk(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
+def check_nifti_complete(path: Path) -> None:
+    """Raise :class:`ImageIOError` if a ``.nii``/``.nii.gz`` file holds less voxel data than its header says.
+
+    SimpleITK fills a truncated file's missing voxels with zeros without a word; the header (nibabel) gives the
+    shape, data type and data offset, so the expected length is ``vox_offset + prod(shape) * itemsize``. A
+    ``.nii.gz`` is decompressed to its end once (a cut gzip stream has no end-of-stream marker).
+    """
+    name = path.name.lower()
+    if not path.is_file() or not name.endswith((".nii", ".nii.gz")):
+        return
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+        shape = tuple(int(v) for v in header.get_data_shape())
+        offset = max(int(header.get_data_offset()), int(header.sizeof_hdr) + 4)  # 0 means "right after the header"
+        expected = offset + int(np.prod(shape)) * header.get_data_dtype().itemsize
+    except Exception:  # noqa: BLE001 - an unreadable header: SimpleITK's own error says more
+        return
+    if name.endswith(".gz"):
+        from lesionsam.utils.filetype import gzip_is_complete
+
+        length = gzip_is_complete(path)
+        if length is None:
+            raise ImageIOError(
+                f"{path}: truncated (the gzip stream ends early; the header announces {shape} voxels): "
+                "copy or download the file again"
+            )
+    else:
+        length = path.stat().st_size
+    if length < expected:
+        raise ImageIOError(
+            f"{path}: truncated: {length:,} bytes where the header ({shape}, "
+            f"{header.get_data_dtype()}) needs {expected:,}; copy or download the file again"
+        )
+
+
+def check_image_header(path: str | os.PathLike[str]) -> None:
+    """Cheap check that ``path`` will read (before any output is written): it exists, a NIfTI is complete, and
+    SimpleITK can read its header (pixel data is not read, except that a ``.nii.gz`` is decompressed once).
+
+    Raises:
+        FileNotFoundError, ImageIOError: as :func:`read_image` would.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image not found: {p}")
+    check_nifti_complete(p)
+    if p.is_dir():
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unknown error")
+        raise ImageIOError(f"{p}: not a readable image (corrupt, truncated or unsupported format): {first}") from None
+
+
 def read_image(path: str | os.PathLike[str], *, channel: int | None = None) -> Volume:
     """Read a 3D image (file or DICOM-series folder) with its geometry.
 
@@ -147,6 +206,7 @@ def read_image(path: str | os.PathLike[str], *, channel: int | None = None) -> V
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image not found: {p}")
+    check_nifti_complete(p)
     try:
         img = _read_sitk(p)
     except RuntimeError as exc:

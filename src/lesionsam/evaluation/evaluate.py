@@ -154,7 +154,7 @@ def pair_cases(
     if missing and not allow_missing:
         raise ValueError(
             f"{len(missing)} of {len(gts)} ground-truth case(s) have no prediction in {pred_dir}: {_first(missing)} "
-            "(predictions are matched by file name; pass allow_missing=True / --allow-missing to skip them)"
+            "(predictions are matched by file name; pass --allow-missing to skip them)"
         )
     if missing:
         logger.warning("skipping %d ground-truth case(s) without prediction: %s", len(missing), _first(missing))

@@ -178,7 +178,8 @@ class Predictor:
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
-            raise ValueError(f"{type(model).__name__} takes neither clicks nor text and is not prompt-free")
+            name = getattr(model, "display_name", type(model).__name__)
+            raise ValueError(f"{name} takes neither clicks nor text and is not prompt-free")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
         if max_windows < 1:
@@ -390,14 +391,14 @@ class Predictor:
     def _check_text(self, text: str | None) -> None:
         if self.model.prompt_free:
             raise ValueError(
-                f"{type(self.model).__name__} is prompt-free: it takes no clicks or text; use --auto "
+                f"{self.model.display_name} is prompt-free: it takes no clicks or text; use --auto "
                 "(Predictor.predict_auto), or refine with a promptable checkpoint"
             )
         kinds = self.model.accepted_prompts | self.model.required_prompts
         if text is not None and "text" not in kinds:
-            raise ValueError(f"{type(self.model).__name__} does not take text prompts; give clicks instead")
+            raise ValueError(f"{self.model.display_name} does not take text prompts; give clicks instead")
         if text is None and "text" in self.model.required_prompts:
-            raise ValueError(f'{type(self.model).__name__} needs a text prompt (--text "liver tumour")')
+            raise ValueError(f'{self.model.display_name} needs a text prompt (--text "liver tumour")')
         if text is not None and not text.strip():
             raise ValueError("the text prompt is empty")
 
@@ -547,7 +548,8 @@ class Predictor:
         t0 = time.perf_counter()
         if not self.model.prompt_free:
             raise ValueError(
-                f"{type(self.model).__name__} needs prompts; --auto needs the checkpoint of a prompt-free method (hsam)"
+                f"{self.model.display_name} needs clicks or text; --auto needs the checkpoint of a prompt-free method "
+                "(hsam)"
             )
         pre = self.preprocessed
 

@@ -55,18 +55,43 @@ def _lesions_from_obj(obj: Any, where: str) -> tuple[list[LesionClicks], bool]:
     coords = obj.get("coordinates", "voxel")
     if coords not in ("voxel", "world"):
         raise ValueError(f"{where}: 'coordinates' must be 'voxel' or 'world', got {coords!r}")
+    if not isinstance(obj["lesions"], list):
+        raise ValueError(f"{where}: 'lesions' must be a list of {{'points': [[i, j, k], ...]}}")
     lesions = []
     for n, item in enumerate(obj["lesions"]):
         if not isinstance(item, Mapping) or "points" not in item:
             raise ValueError(f"{where}: lesion {n} needs a 'points' list of [i, j, k]")
-        pts = np.asarray(item["points"], dtype=float)
+        name = f"lesion {n}" + (f" (id {item['id']!r})" if "id" in item else "")
+        pts = _numbers(item["points"], float, f"{where}: {name}, field 'points'", "a list of [i, j, k] numbers")
         if pts.ndim != 2 or pts.shape[1] != 3:
-            raise ValueError(f"{where}: lesion {n} points must be a list of [i, j, k], got shape {pts.shape}")
-        labels = np.asarray(item.get("labels", [1] * len(pts)), dtype=np.int64)
-        lesions.append(LesionClicks(points=pts, labels=labels, lesion_id=int(item.get("id", n + 1))))
+            raise ValueError(f"{where}: {name} points must be a list of [i, j, k], got shape {pts.shape}")
+        labels = _numbers(item.get("labels", [1] * len(pts)), np.int64, f"{where}: {name}, field 'labels'", "1 or 0")
+        lesion_id = _numbers(item.get("id", n + 1), np.int64, f"{where}: {name}, field 'id'", "an integer")
+        lesions.append(LesionClicks(points=pts, labels=labels, lesion_id=int(lesion_id)))
     if not lesions:
         raise ValueError(f"{where}: the 'lesions' list is empty")
     return lesions, coords == "world"
+
+
+def _numbers(value: Any, dtype: Any, where: str, expected: str) -> np.ndarray:
+    """``value`` as a NumPy array of numbers (strings, booleans and nested junk refused, naming the field)."""
+
+    def bad(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return any(bad(x) for x in v)
+        return isinstance(v, bool) or not isinstance(v, (int, float))
+
+    if bad(value):
+        raise ValueError(f"{where} must hold numbers ({expected}), got {value!r}")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must hold numbers ({expected}), got {value!r}") from None
+    if dtype is not float:
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"{where} must hold integers ({expected}), got {value!r}")
+        arr = arr.astype(dtype)
+    return arr
 
 
 def read_prompt_file(path: str | os.PathLike[str]) -> dict[str | None, tuple[list[LesionClicks], bool]]:

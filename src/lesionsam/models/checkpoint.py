@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lesionsam.models.backbone.config import PRESETS, Sam3DConfig
 from lesionsam.models.config import ModelConfig
 from lesionsam.utils.dataclass_io import from_dict, make_temp_beside, save_yaml, to_dict
+from lesionsam.utils.filetype import not_a_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,11 @@ def read_weights_file(path: str | os.PathLike[str]) -> Any:
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: truncated/corrupt file, or one that needs arbitrary unpickling.
+        CheckpointError: an empty file, a file that is no checkpoint at all (text, Git LFS pointer, image: the
+            message says which), a truncated/corrupt one, or one that needs arbitrary unpickling.
     """
+    check_checkpoint_file(path)
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -57,10 +58,26 @@ def read_weights_file(path: str | os.PathLike[str]) -> Any:
                 "model.state_dict()}, path)"
             ) from None
         raise CheckpointError(f"{p} is not a readable PyTorch checkpoint (corrupt or truncated?): {exc}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise CheckpointError(
-            f"{p} is not a readable PyTorch checkpoint (truncated or corrupt download?): {str(exc).splitlines()[0]}"
+            f"{p} is not a readable PyTorch checkpoint (truncated or corrupt download?): {first}"
         ) from None
+
+
+def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
+    """Cheap checks before loading (first bytes only): the file exists and could be a PyTorch checkpoint.
+
+    Raises:
+        FileNotFoundError: no such file (or a folder).
+        CheckpointError: an empty file, a text file, a Git LFS pointer, an image...: the message says what it is.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}" + (" (it is a folder)" if p.is_dir() else ""))
+    what = not_a_checkpoint(p)
+    if what is not None:
+        raise CheckpointError(f"checkpoint {p} {what}")
 
 
 def extract_state_dict(obj: Any, *, source: str = "checkpoint") -> dict[str, Tensor]:

@@ -101,17 +101,24 @@ class SegModel(nn.Module):
     #: True: the method segments without any prompt; the trainer trains it on whole-volume sliding-window crops
     #: and the predictor's ``--auto`` mode uses it.
     prompt_free: ClassVar[bool] = False
+    #: The registry name the model was built under (set by ``build_model``; errors name it, not the class).
+    method_name: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """``method 'sam_med3d'`` for messages (the class name for a model built outside the registry)."""
+        return f"method {self.method_name!r}" if self.method_name else type(self).__name__
 
     def check_prompts(self, prompts: Prompts) -> None:
         """Raise ``ValueError`` if a required prompt kind is missing or an unsupported one is given."""
         given = prompts.kinds()
         missing = self.required_prompts - given
         if missing:
-            raise ValueError(f"{type(self).__name__} needs prompt(s) {sorted(missing)}; got {sorted(given) or 'none'}")
+            raise ValueError(f"{self.display_name} needs prompt(s) {sorted(missing)}; got {sorted(given) or 'none'}")
         extra = given - self.accepted_prompts - self.required_prompts
         if extra:
             ok = sorted(self.accepted_prompts | self.required_prompts) or ["none"]
-            raise ValueError(f"{type(self).__name__} does not take prompt(s) {sorted(extra)}; it accepts {ok}")
+            raise ValueError(f"{self.display_name} does not take prompt(s) {sorted(extra)}; it accepts {ok}")
 
     @property
     def img_size(self) -> int:

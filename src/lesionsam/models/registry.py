@@ -87,6 +87,7 @@ def build_model(config: ModelConfig) -> SegModel:
     else:
         options = from_dict(spec.options, config.options, where="model.options")
     model = spec.builder(config, options)
+    model.method_name = spec.name
     if config.checkpoint:
         from lesionsam.models.checkpoint import load_sam_med3d_weights
 

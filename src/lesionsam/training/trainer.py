@@ -75,6 +75,7 @@ from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, save_c
 from lesionsam.models.methods.sgp import gate_budget
 from lesionsam.models.registry import method_spec
 from lesionsam.utils.dataclass_io import atomic_write_bytes, save_yaml, to_dict
+from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +152,8 @@ class InteractiveStep(nn.Module):
     ) -> None:
         super().__init__()
         if region_classes and not hasattr(model, "region_scores"):
-            raise ValueError(
-                f"train.region_classes needs a model with a region classifier (refsam3d), not {type(model).__name__}"
-            )
+            name = getattr(model, "display_name", type(model).__name__)
+            raise ValueError(f"train.region_classes needs a model with a region classifier (refsam3d), not {name}")
         self.region_classes = region_classes
         self.texts = texts or {}
         self.text_pairs = text_pairs and len(self.texts) > 1
@@ -425,6 +425,7 @@ class Trainer:
         self.dist = DistContext.from_env()
         self.device = self._device()
         self.model: SegModel | None = None
+        self._splits: dict[str, list[str]] | None = None
         self.global_step = 0
         self.epoch = 0
         self.logit_offset = 0.0  # train.logit_adjustment x the loss's prior shift: subtracted from the logits
@@ -590,8 +591,7 @@ class Trainer:
             splits = read_splits(d.splits)
         else:
             splits = make_splits(cases, seed=d.split_seed, val_fraction=d.val_fraction)
-        if self.dist.is_main:
-            write_splits(splits, self.out_dir / "splits.json")
+        self._splits = splits  # written to splits.json by fit(), once every input is known to be valid
         by_id = {c.case_id: c for c in cases}
         train_cases = [by_id[i] for i in splits.get("train", []) if i in by_id]
         val_cases = [by_id[i] for i in splits.get("val", []) if i in by_id]
@@ -638,9 +638,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.dist.enabled and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            save_yaml(self.cfg, self.out_dir / "config.yaml")
+        check_can_create(self.out_dir, what="run folder", folder=True)  # creates nothing yet
+        written = [("the run folder's", self.out_dir / n) for n in ("last.pt", "best.pt", "train_log.csv")]
+        refuse_inputs_as_outputs(written, [("model.checkpoint", self.cfg.model.checkpoint)])
         seed_everything(t.seed, epoch=-1)  # the initial weights depend on the seed only
         model = self.build_model().to(self.device)
         self.model = model
@@ -677,6 +677,16 @@ class Trainer:
                 self.logit_offset,
             )
         texts = self.label_texts() if not model.prompt_free and _takes_text(model) else None
+        # Every input has been read and checked: only now is the run folder created or touched, so a failure above
+        # leaves an existing run folder byte-for-byte as it was.
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            save_yaml(self.cfg, self.out_dir / "config.yaml")
+            splits_path = self.out_dir / "splits.json"
+            given = self.cfg.data.splits
+            read_here = bool(given) and splits_path.exists() and os.path.samefile(given, splits_path)
+            if self._splits is not None and not read_here:  # never over the data.splits file it was read from
+                write_splits(self._splits, splits_path)
         step_module: nn.Module
         if model.prompt_free:
             step_module = AutomaticStep(model, loss_fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tempfile
 import types
@@ -12,8 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import yaml
-
-from lesionsam.utils.options import look_up_option
 
 T = TypeVar("T")
 
@@ -50,9 +49,20 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
-        look_up_option(str(key), names, what=f"config key {path!r} in {cls.__name__}; the key")
+        if key not in names:
+            raise ValueError(_unknown_key(str(key), names, where))
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
+
+
+def _unknown_key(key: str, names: Sequence[str], where: str) -> str:
+    """``unknown config key 'train.epoch'; did you mean 'train.epochs'?`` (or the list of known keys)."""
+    dotted = lambda k: f"{where}.{k}" if where else k  # noqa: E731
+    hint = difflib.get_close_matches(key, list(names), n=1)
+    if hint:
+        return f"unknown config key {dotted(key)!r}; did you mean {dotted(hint[0])!r}?"
+    section = f" of {where!r}" if where else ""
+    return f"unknown config key {dotted(key)!r}; the keys{section} are {', '.join(names)}"
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -126,7 +136,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(nxt, dict):
                 raise ValueError(f"override {item!r}: {part!r} is a value, not a section")
             node = nxt
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({problem})") from None
     return data
 
 
@@ -138,12 +152,22 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{p} is not valid YAML: {exc}") from None
+        raise ValueError(f"{p}{_yaml_error(exc)}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{p} is not a text (YAML) file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{p} must hold a mapping of config sections, got {type(data).__name__}")
     return data
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """``:3:7: is not valid YAML: mapping values are not allowed here`` (line and column 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}: is not valid YAML: {problem}"
 
 
 def _umask() -> int:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from lesionsam.data.io import (
     IMAGE_SUFFIXES,
     ImageIOError,
     case_id,
+    check_image_header,
     image_suffix,
     is_image_path,
     read_image,
@@ -23,20 +23,28 @@ from lesionsam.data.io import (
 )
 from lesionsam.inference.predictor import LesionClicks, Prediction, Predictor, write_prediction
 from lesionsam.inference.prompts_io import clicks_from_args, clicks_from_label, read_prompt_file
+from lesionsam.models.checkpoint import check_checkpoint_file
+from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
 log = logging.getLogger(__name__)
 
 
-def _check_writable(path: Path) -> None:
-    """Fail before any computation if ``path``'s folder cannot be created or written."""
-    folder = path if path.suffix == "" and not path.name.endswith(IMAGE_SUFFIXES) else path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".lesionsam-write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise ImageIOError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+def _label_files(source: Path) -> list[Path]:
+    return sorted(p for p in source.iterdir() if is_image_path(p)) if source.is_dir() else [source]
+
+
+def checkpoint_target_label(checkpoint: str | os.PathLike[str] | None) -> int | None:
+    """``data.target_label`` of a lesionsam checkpoint trained on one target (None otherwise or without one)."""
+    if checkpoint is None:
+        return None
+    from lesionsam.models.checkpoint import FORMAT, read_weights_file
+
+    obj = read_weights_file(checkpoint)
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+        return None
+    data = (obj.get("config") or {}).get("data") or {}
+    value = data.get("target_label")
+    return int(value) if isinstance(value, int) and not data.get("target_labels") else None
 
 
 @dataclass
@@ -66,7 +74,7 @@ def predict(
     refine_checkpoint: str | os.PathLike[str] | None = None,
     min_lesion_mm3: float = 0.0,
     compete: bool = True,
-    label: int = 1,
+    label: int | None = None,
     channel: int | None = None,
     probabilities: str | os.PathLike[str] | None = None,
     binary: bool = False,
@@ -76,6 +84,7 @@ def predict(
     max_windows: int = 8,
     predictor: Predictor | None = None,
     progress: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> list[PredictedCase]:
     """Segment lesions in one image (``input`` a file, ``out`` a file) or a folder (both folders).
 
@@ -87,7 +96,9 @@ def predict(
         * ``points``/``negatives``: ``"i,j,k"`` strings for one lesion (one image only);
         * ``prompts``: a JSON file (see :mod:`lesionsam.inference.prompts_io`);
         * ``clicks_from``: a label map (or a folder of them, paired by case id): one centre click per
-          connected lesion of value ``label`` — the standard first-click benchmark protocol.
+          connected lesion of value ``label`` — the standard first-click benchmark protocol. ``label`` None takes
+          the lesion label from the dataset.json beside the label maps, else from the checkpoint's training config
+          (:func:`lesionsam.data.labels.resolve_lesion_label`), else fails asking for it.
 
     Args:
         checkpoint: lesionsam checkpoint or official SAM-Med3D file (None: random weights, smoke tests only).
@@ -104,7 +115,12 @@ def predict(
             the others (:meth:`Predictor.predict_text`); False thresholds the text's own logits.
         refine_checkpoint: with ``auto`` and clicks, the promptable checkpoint that re-segments the clicked lesions
             (each takes the class the automatic pass gave its first positive click, else the first class).
+        announce: called with a one-line note when ``label`` was not given (which label is used, and from where).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
+
+    Every input is checked before the first write: no output path may be one of the inputs (also through a link),
+    ``out`` and ``probabilities`` must be creatable image paths (or folders), and the checkpoint must look like
+    one; no output folder is created before that. Files are written atomically (temp file + rename).
 
     Returns:
         One :class:`PredictedCase` per image written.
@@ -140,12 +156,52 @@ def predict(
             raise ValueError(f"{dst}: for a folder of images, --out must be a folder")
         jobs = [(img, dst / f"{case_id(img)}{image_suffix(img)}") for img in images]
         prob_dir = Path(probabilities) if probabilities else None
+        if prob_dir is not None and prob_dir.name.endswith(IMAGE_SUFFIXES):
+            raise ValueError(f"--probabilities {prob_dir}: for a folder of images, give a folder")
+        check_can_create(dst, what="--out", folder=True)
+        if prob_dir is not None:
+            check_can_create(prob_dir, what="--probabilities", folder=True)
+            if _same_path(prob_dir, dst):
+                raise ValueError(f"--probabilities {prob_dir} is the --out folder: the files would overwrite the masks")
+        prob_paths = [prob_dir / f"{case_id(img)}{image_suffix(img)}" if prob_dir else None for img in images]
     else:
         if not dst.name.endswith(IMAGE_SUFFIXES):
             raise ValueError(f"{dst}: --out needs an image file ending such as .nii.gz or .nrrd")
         jobs = [(src, dst)]
-        prob_dir = None
-    _check_writable(dst if folder else dst.parent)
+        prob_paths = [Path(probabilities) if probabilities is not None else None]
+        check_can_create(dst, what="--out")
+        if probabilities is not None:
+            prob = Path(probabilities)
+            if not prob.name.endswith(IMAGE_SUFFIXES):
+                raise ValueError(
+                    f"--probabilities {prob}: needs an image file ending such as .nii.gz or .nrrd (nothing was written)"
+                )
+            check_can_create(prob, what="--probabilities")
+            if _same_path(prob, dst):
+                raise ValueError(f"--probabilities {prob} is the same path as --out: give two different files")
+    reads = [("the input image", p) for p, _ in jobs]
+    reads += [("--prompts", prompts), ("--checkpoint", checkpoint), ("--refine-checkpoint", refine_checkpoint)]
+    if clicks_from is not None and Path(clicks_from).exists():
+        reads += [("--clicks-from", p) for p in _label_files(Path(clicks_from))]
+    writes = [("--out", m) for _, m in jobs] + [("--probabilities", p) for p in prob_paths]
+    refuse_inputs_as_outputs(writes, reads)
+    if folder:  # every image (and its label map) is checked before the first mask is written
+        for image_path, _ in jobs:
+            check_image_header(image_path)
+            if clicks_from is not None:
+                check_image_header(_label_path_for(case_id(image_path), Path(clicks_from), folder=True))
+    prob_for = dict(zip([m for _, m in jobs], prob_paths, strict=True))
+    for ckpt in (checkpoint, refine_checkpoint):
+        if ckpt is not None:
+            check_checkpoint_file(ckpt)
+    if clicks_from is not None and label is None:
+        from lesionsam.data.labels import resolve_lesion_label
+
+        label, where = resolve_lesion_label(
+            label, clicks_from, checkpoint_label=lambda: checkpoint_target_label(checkpoint)
+        )
+        if announce is not None:
+            announce(f"lesion label {label} (from {where}; --label N to choose)")
     table = read_prompt_file(prompts) if prompts is not None else None
     if table is not None and folder and None in table:
         raise ValueError(f"{prompts}: a folder needs prompts per case id ({{'case_000': {{'lesions': [...]}}}})")
@@ -177,6 +233,15 @@ def predict(
             lesions = _clicks_from_label_for(volume, cid, Path(clicks_from), folder, label)  # type: ignore[arg-type]
             is_world = False
             if not lesions and not auto:  # a case without lesions in a folder: an empty mask, as the label says
+                if predictor is None:  # a bad checkpoint fails before the first file is written
+                    predictor = Predictor.from_checkpoint(
+                        checkpoint,
+                        preset=preset,
+                        device=device,
+                        modality=modality,
+                        spacing=spacing,
+                        max_windows=max_windows,
+                    )
                 write_image(np.zeros(volume.spatial_shape, np.uint8), mask_path, reference=volume)
                 results.append(PredictedCase(image_path, mask_path, 0, 0, 0.0))
                 continue
@@ -210,13 +275,14 @@ def predict(
                 min_lesion_mm3=min_lesion_mm3,
                 compete=compete,
             )
-        prob_path = None
-        if probabilities is not None:
-            prob_path = (prob_dir / f"{cid}{image_suffix(image_path)}") if folder and prob_dir else Path(probabilities)
-        write_prediction(pred, mask_path, binary=binary, probabilities_path=prob_path)
+        write_prediction(pred, mask_path, binary=binary, probabilities_path=prob_for[mask_path])
         found = _count_lesions(pred.labels) if auto or not lesions else len(lesions)
         results.append(PredictedCase(image_path, mask_path, found, sum(pred.windows.values()), round(pred.seconds, 3)))
     return results
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return Path(os.path.abspath(a)).resolve() == Path(os.path.abspath(b)).resolve()
 
 
 def _count_lesions(labels: np.ndarray) -> int:
@@ -269,16 +335,19 @@ def refine_auto(
     )
 
 
+def _label_path_for(cid: str, source: Path, folder: bool) -> Path:
+    if not folder:
+        return source
+    if not source.is_dir():
+        raise ValueError(f"--clicks-from {source}: for a folder of images, give the folder of label maps")
+    matches = [p for p in source.iterdir() if is_image_path(p) and case_id(p) == cid]
+    if not matches:
+        raise FileNotFoundError(f"--clicks-from {source}: no label map for case {cid!r}")
+    return matches[0]
+
+
 def _clicks_from_label_for(volume, cid: str, source: Path, folder: bool, label: int) -> list[LesionClicks]:
-    if folder:
-        if not source.is_dir():
-            raise ValueError(f"--clicks-from {source}: for a folder of images, give the folder of label maps")
-        matches = [p for p in source.iterdir() if is_image_path(p) and case_id(p) == cid]
-        if not matches:
-            raise FileNotFoundError(f"--clicks-from {source}: no label map for case {cid!r}")
-        label_path = matches[0]
-    else:
-        label_path = source
+    label_path = _label_path_for(cid, source, folder)
     lab = read_image(label_path)
     if not lab.same_geometry(volume):
         raise ValueError(

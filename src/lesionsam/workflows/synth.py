@@ -35,6 +35,9 @@ def synth(
     Raises:
         ValueError: a bad argument or an unusable output folder (the message says which and why).
     """
+    from lesionsam.utils.paths import check_can_create
+
+    check_can_create(out, what="the data set folder", folder=True)  # before anything is created
     return write_synthetic_dataset(
         out, cases=cases, seed=seed, size=size, fmt=fmt, progress=progress, lesion_classes=lesion_classes
     )
