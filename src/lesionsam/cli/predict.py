@@ -94,6 +94,11 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         help="isotropic model spacing in mm (default: the checkpoint's training setting, else 1.5)",
     )
     p.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
+    p.add_argument(
+        "--all-components",
+        action="store_true",
+        help="keep every component the clicked windows found (default: only those a positive click touches)",
+    )
 
     def run(a: argparse.Namespace) -> int:
         from lesionsam.workflows.predict import predict
@@ -122,6 +127,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             modality=a.modality,
             spacing=(a.spacing,) * 3 if a.spacing else None,
             max_windows=a.max_windows,
+            all_components=a.all_components,
             progress=sys.stderr.isatty(),
         )
         for c in cases:

@@ -82,6 +82,7 @@ def predict(
     modality: str | None = None,
     spacing: tuple[float, float, float] | None = None,
     max_windows: int = 8,
+    all_components: bool = False,
     predictor: Predictor | None = None,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
@@ -115,6 +116,8 @@ def predict(
             the others (:meth:`Predictor.predict_text`); False thresholds the text's own logits.
         refine_checkpoint: with ``auto`` and clicks, the promptable checkpoint that re-segments the clicked lesions
             (each takes the class the automatic pass gave its first positive click, else the first class).
+        all_components: with clicks, keep every component the windows found instead of only those a positive click
+            touches (``Predictor(clicked_only=False)``).
         announce: called with a one-line note when ``label`` was not given (which label is used, and from where).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
 
@@ -241,6 +244,7 @@ def predict(
                         modality=modality,
                         spacing=spacing,
                         max_windows=max_windows,
+                        clicked_only=not all_components,
                     )
                 write_image(np.zeros(volume.spatial_shape, np.uint8), mask_path, reference=volume)
                 results.append(PredictedCase(image_path, mask_path, 0, 0, 0.0))
@@ -253,6 +257,7 @@ def predict(
                 modality=modality,
                 spacing=spacing,
                 max_windows=max_windows,
+                clicked_only=not all_components,
             )
         predictor.set_image(volume)
         want_prob = probabilities is not None
@@ -261,7 +266,12 @@ def predict(
             if lesions:
                 if refiner is None:
                     refiner = Predictor.from_checkpoint(
-                        refine_checkpoint, device=device, modality=modality, spacing=spacing, max_windows=max_windows
+                        refine_checkpoint,
+                        device=device,
+                        modality=modality,
+                        spacing=spacing,
+                        max_windows=max_windows,
+                        clicked_only=not all_components,
                     )
                 refiner.set_image(volume)
                 refined = refiner.predict(lesions, world=is_world, probabilities=want_prob)
