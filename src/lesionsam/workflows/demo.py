@@ -51,6 +51,12 @@ from lesionsam.workflows.predict import case_id, predict
 log = logging.getLogger(__name__)
 
 DEMO_METHODS = ("finetune", "sgp_sam")
+#: Run-config settings of a method in the demo and the ablation beyond its registered defaults: SGP-SAM's gate
+#: budget (a target activation rate of 0.5, weight 1), chosen by validation Dice in ``lesionsam sweep --stage gate``.
+METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    "sgp_sam": ("train.gate_cost=1.0", "train.gate_target=0.5"),
+    "sgp_dice": ("train.gate_cost=1.0", "train.gate_target=0.5"),
+}
 ABLATION_METHODS = ("finetune", "finetune_zoom", "sgp_dice", "sgp_sam")
 
 
@@ -374,7 +380,16 @@ def demo(
     for method in methods:
         t0 = time.perf_counter()
         run_dir = root / method
-        best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
+        best = transfer(
+            method,
+            train_root,
+            pretrained,
+            run_dir,
+            s,
+            seed=seed,
+            progress=progress,
+            overrides=METHOD_SETTINGS.get(method, ()),
+        )
         t_train = time.perf_counter() - t0
         pred_dir, eval_dir, gates = evaluate_method(best, test_root, run_dir)
         runs.append(
@@ -442,7 +457,16 @@ def ablate(
             if (eval_dir / "metrics.json").is_file():
                 _say(f"  {method} seed {seed}: already done ({eval_dir})")
             else:
-                best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
+                best = transfer(
+                    method,
+                    train_root,
+                    pretrained,
+                    run_dir,
+                    s,
+                    seed=seed,
+                    progress=progress,
+                    overrides=METHOD_SETTINGS.get(method, ()),
+                )
                 evaluate_method(best, test_root, run_dir)
                 _say(f"  {method} seed {seed}: done")
             entries.append(
