@@ -258,9 +258,12 @@ def transfer(
     seed: int,
     progress: bool,
     overrides: Sequence[str] = (),
+    method_settings: bool = True,
 ) -> Path:
-    """Transfer the pretrained model to the tumours with ``method`` (and ``key=value`` run-config ``overrides``,
-    e.g. ``train.loss_options={balance: partial}``); returns the best checkpoint."""
+    """Transfer the pretrained model to the tumours with ``method`` (with its :data:`METHOD_SETTINGS` unless
+    ``method_settings`` is False, then ``key=value`` run-config ``overrides``, e.g.
+    ``train.loss_options={balance: partial}``); returns the best checkpoint."""
+    overrides = (*(METHOD_SETTINGS.get(method, ()) if method_settings else ()), *overrides)
     cfg = RunConfig(
         name=method,
         model=s.model(method, checkpoint=pretrained),
@@ -380,16 +383,7 @@ def demo(
     for method in methods:
         t0 = time.perf_counter()
         run_dir = root / method
-        best = transfer(
-            method,
-            train_root,
-            pretrained,
-            run_dir,
-            s,
-            seed=seed,
-            progress=progress,
-            overrides=METHOD_SETTINGS.get(method, ()),
-        )
+        best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
         t_train = time.perf_counter() - t0
         pred_dir, eval_dir, gates = evaluate_method(best, test_root, run_dir)
         runs.append(
@@ -457,16 +451,7 @@ def ablate(
             if (eval_dir / "metrics.json").is_file():
                 _say(f"  {method} seed {seed}: already done ({eval_dir})")
             else:
-                best = transfer(
-                    method,
-                    train_root,
-                    pretrained,
-                    run_dir,
-                    s,
-                    seed=seed,
-                    progress=progress,
-                    overrides=METHOD_SETTINGS.get(method, ()),
-                )
+                best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
                 evaluate_method(best, test_root, run_dir)
                 _say(f"  {method} seed {seed}: done")
             entries.append(

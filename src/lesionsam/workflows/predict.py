@@ -212,6 +212,18 @@ def predict(
         if len(table) != 1:
             raise ValueError(f"{prompts}: holds several cases; for one image give {{'lesions': [...]}}")
         table = {None: next(iter(table.values()))}
+
+    def build() -> Predictor:
+        return Predictor.from_checkpoint(
+            checkpoint,
+            preset=preset,
+            device=device,
+            modality=modality,
+            spacing=spacing,
+            max_windows=max_windows,
+            clicked_only=not all_components,
+        )
+
     results = []
     refiner: Predictor | None = None
     bar = tqdm(jobs, desc="predict", unit="image", disable=not (progress and folder))
@@ -236,29 +248,11 @@ def predict(
             lesions = _clicks_from_label_for(volume, cid, Path(clicks_from), folder, label)  # type: ignore[arg-type]
             is_world = False
             if not lesions and not auto:  # a case without lesions in a folder: an empty mask, as the label says
-                if predictor is None:  # a bad checkpoint fails before the first file is written
-                    predictor = Predictor.from_checkpoint(
-                        checkpoint,
-                        preset=preset,
-                        device=device,
-                        modality=modality,
-                        spacing=spacing,
-                        max_windows=max_windows,
-                        clicked_only=not all_components,
-                    )
+                predictor = predictor or build()  # a bad checkpoint fails before the first file is written
                 write_image(np.zeros(volume.spatial_shape, np.uint8), mask_path, reference=volume)
                 results.append(PredictedCase(image_path, mask_path, 0, 0, 0.0))
                 continue
-        if predictor is None:  # built once the first image and its clicks are known to be valid
-            predictor = Predictor.from_checkpoint(
-                checkpoint,
-                preset=preset,
-                device=device,
-                modality=modality,
-                spacing=spacing,
-                max_windows=max_windows,
-                clicked_only=not all_components,
-            )
+        predictor = predictor or build()  # built once the first image and its clicks are known to be valid
         predictor.set_image(volume)
         want_prob = probabilities is not None
         if auto:

@@ -202,7 +202,15 @@ def sweep(
             continue
         t0 = time.perf_counter()
         best = transfer(
-            v.method, train_root, pretrained, run_dir, s, seed=seed, progress=progress, overrides=v.overrides
+            v.method,
+            train_root,
+            pretrained,
+            run_dir,
+            s,
+            seed=seed,
+            progress=progress,
+            overrides=v.overrides,
+            method_settings=False,
         )
         crop_dice = best_crop_dice(run_dir / "train_log.csv")
         scores = score_validation(best, train_root, run_dir)
