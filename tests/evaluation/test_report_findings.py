@@ -129,3 +129,20 @@ def test_findings_helpers(runs: list[MethodRun]) -> None:
 def test_one_run_and_few_cases(runs: list[MethodRun], tmp_path: Path) -> None:
     text = write_report(tmp_path, runs[:1], images_dir=tmp_path, labels_dir=tmp_path, label=2).read_text()
     assert "One method only (finetune): nothing to compare it with." in text
+
+
+def test_gate_finding_says_whether_the_gates_depend_on_the_input() -> None:
+    from lesionsam.evaluation.findings import gate_finding
+    from lesionsam.evaluation.report_io import GateRow
+
+    def rows(rates: dict[str, list[float]]) -> list[GateRow]:
+        return [
+            GateRow(case="c", lesion=i, volume_ml=0.5, size_bin=b, gate_rate=r)
+            for b, rs in rates.items()
+            for i, r in enumerate(rs)
+        ]
+
+    fixed = gate_finding("sgp_sam", rows({"<1 cm3": [0.5, 0.5], "no lesion": [0.5]}))
+    assert "do not depend on the input" in fixed and "(n=2)" in fixed and "no lesion 0.50 (n=1)" in fixed
+    varying = gate_finding("sgp_sam", rows({"<1 cm3": [1.0, 0.5], "no lesion": [0.0]}))
+    assert "differs by 0.75" in varying

@@ -17,8 +17,8 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Writes a synthetic CT data set, pretrains a tiny SAM-Med3D on its anatomy (cached for later runs), "
             "transfers it to the tumours with the fine-tuning baseline and with SGP-SAM under an equal budget, "
-            "evaluates both on a held-out test set and writes OUT/report/report.md with figures. Under 15 minutes "
-            "on a 2-core CPU; --quick is a smoke run of about a minute. Nothing is downloaded."
+            "evaluates both on a held-out test set and writes OUT/report/report.md with figures. Under 8 minutes "
+            "on a 2-core CPU (6.5 measured); --quick is a smoke run of about a minute. Nothing is downloaded."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from lesionsam.evaluation.report_io import DASH, fmt_value, is_num
+from lesionsam.evaluation.figures import size_bin_label
+from lesionsam.evaluation.report_io import DASH, GateRow, fmt_value, is_num
 from lesionsam.evaluation.statistics import TOO_FEW, PairedComparison, paired_comparison
 
 #: A median predicted/ground-truth volume ratio above this is over-segmentation (warning line).
@@ -223,3 +224,19 @@ def findings_lines(
             f"Lesion-free test cases ({max(f.n for f in free)}), kept out of the Dice above: " + "; ".join(parts) + "."
         )
     return lines, numbers
+
+
+def gate_finding(name: str, gates: Sequence[GateRow]) -> str:
+    """One line on whether a method's gates decide: the activation rate per size bin (lesion-free crops included)
+    and whether it differs between them."""
+    by_bin: dict[str, list[float]] = {}
+    for g in gates:
+        by_bin.setdefault(g.size_bin, []).append(g.gate_rate)
+    means = {b: float(np.mean(v)) for b, v in by_bin.items()}
+    parts = ", ".join(f"{size_bin_label(b)} {m:.2f} (n={len(by_bin[b])})" for b, m in means.items())
+    spread = max(means.values()) - min(means.values())
+    if spread < 0.05:
+        verdict = "the same for every crop content: the gates do not depend on the input"
+    else:
+        verdict = f"differs by {spread:.2f} between crop contents"
+    return f"**{name} gates**: activation {parts} — {verdict}."

@@ -73,6 +73,7 @@ from lesionsam.evaluation.findings import (
     LesionFree,
     RatioSummary,
     findings_lines,
+    gate_finding,
     has_lesion,
     lesion_case_dice,
     ratio_text,
@@ -411,6 +412,7 @@ def write_report(
     if all_notes:
         lines += [f"- {n}" for n in all_notes] + [""]
     finding_lines, _ = findings_lines(names, [i.metrics for i in loaded], n_boot=n_boot, seed=seed)
+    finding_lines += [line for i in loaded if i.gates and (line := gate_finding(i.run.name, i.gates))]
     lines += ["## Findings", "", *(f"- {n}" for n in finding_lines), ""]
     lines += [
         FINDINGS_HOW.format(baseline=names[0], n_boot=n_boot, seed=seed, over=OVER_SEGMENTS, under=UNDER_SEGMENTS),
