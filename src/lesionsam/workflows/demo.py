@@ -341,19 +341,23 @@ def _gate_rate(predictor: Predictor, pre: Preprocessed, dhw: np.ndarray, *, clic
         return float(predictor.model(image, prompts).extras["gates"].float().mean())
 
 
-def evaluate_method(checkpoint: Path, test_root: Path, run_dir: Path) -> tuple[Path, Path, Path | None]:
-    """Predict the test set (one centre click per tumour), evaluate, measure gates; returns (pred, eval, gates)."""
-    pred_dir, eval_dir = run_dir / "test_predictions", run_dir / "test_metrics"
+def evaluate_method(
+    checkpoint: Path, root: Path, run_dir: Path, *, split: str = "test"
+) -> tuple[Path, Path, Path | None]:
+    """Predict the cases of data set ``root`` (one centre click per tumour), measure the gates, evaluate; writes
+    ``<split>_predictions/``, the gates CSV (``gates.csv`` for the test split, else ``<split>_gates.csv``) and
+    ``<split>_metrics/`` (last); returns (predictions, metrics folder, gates CSV or None)."""
+    pred_dir, eval_dir = run_dir / f"{split}_predictions", run_dir / f"{split}_metrics"
     predict(
-        test_root / "imagesTr",
+        root / "imagesTr",
         pred_dir,
         checkpoint=checkpoint,
-        clicks_from=test_root / "labelsTr",
+        clicks_from=root / "labelsTr",
         label=LESION,
         progress=False,
     )
-    gates = gate_rates(checkpoint, test_root, run_dir / "gates.csv")
-    evaluate(pred_dir, test_root / "labelsTr", label=LESION, out=eval_dir, progress=False)  # last: marks it done
+    gates = gate_rates(checkpoint, root, run_dir / ("gates.csv" if split == "test" else f"{split}_gates.csv"))
+    evaluate(pred_dir, root / "labelsTr", label=LESION, out=eval_dir, progress=False)  # last: marks it done
     return pred_dir, eval_dir, gates
 
 

@@ -28,11 +28,8 @@ import numpy as np
 
 from lesionsam.data.datasets import load_msd_cases, read_splits
 from lesionsam.data.io import image_suffix
-from lesionsam.data.synthetic import LESION
 from lesionsam.utils.dataclass_io import atomic_write_bytes
-from lesionsam.workflows.demo import DemoSettings, gate_rates, prepare_data, pretrain, transfer
-from lesionsam.workflows.evaluate import evaluate
-from lesionsam.workflows.predict import predict
+from lesionsam.workflows.demo import DemoSettings, evaluate_method, prepare_data, pretrain, transfer
 
 
 @dataclass(frozen=True)
@@ -130,26 +127,17 @@ def validation_folder(train_root: Path, run_dir: Path) -> Path:
     return folder
 
 
-def score_validation(checkpoint: Path, train_root: Path, run_dir: Path, *, label: int = LESION) -> dict[str, Any]:
-    """One centre click per lesion on every validation case of ``run_dir``; Dice over the cases, the median
-    predicted/ground-truth volume ratio and (SGP-SAM) the mean gate activation per lesion."""
-    folder = validation_folder(train_root, run_dir)
-    pred_dir = run_dir / "val_predictions"
-    predict(
-        folder / "imagesTr",
-        pred_dir,
-        checkpoint=checkpoint,
-        clicks_from=folder / "labelsTr",
-        label=label,
-        progress=False,
-    )
-    result = evaluate(pred_dir, folder / "labelsTr", label=label, out=run_dir / "val_metrics", progress=False)
-    dice = [c.dice for c in result.cases if c.gt_volume_ml > 0]
-    ratios = [c.pred_volume_ml / c.gt_volume_ml for c in result.cases if c.gt_volume_ml > 0]
-    gates_csv = gate_rates(checkpoint, folder, run_dir / "val_gates.csv", label=label)
+def score_validation(checkpoint: Path, train_root: Path, run_dir: Path) -> dict[str, Any]:
+    """One centre click per lesion on every validation case of ``run_dir`` (the demo's test protocol); Dice over
+    the cases, the median predicted/ground-truth volume ratio and (SGP-SAM) the mean gate activation over its gate
+    crops (lesions and lesion-free crops)."""
+    _, eval_dir, gates_csv = evaluate_method(checkpoint, validation_folder(train_root, run_dir), run_dir, split="val")
+    cases = [c for c in json.loads((eval_dir / "metrics.json").read_text())["cases"] if c["gt_volume_ml"] > 0]
+    dice = [c["dice"] for c in cases]
+    ratios = [c["pred_volume_ml"] / c["gt_volume_ml"] for c in cases]
     gate_rate = None
     if gates_csv is not None:
-        rates = [float(line.split(",")[-1]) for line in gates_csv.read_text().splitlines()[1:] if line]
+        rates = [float(r["gate_rate"]) for r in csv.DictReader(gates_csv.open(newline=""))]
         gate_rate = float(np.mean(rates)) if rates else None
     return {
         "val_cases": len(dice),
