@@ -408,6 +408,8 @@ class Trainer:
         out_dir: the run folder (``config.yaml``, ``splits.json``, ``train_log.csv``, ``last.pt``, ``best.pt``).
         progress: show progress bars with an ETA.
         callbacks: functions called as ``fn(trainer, event, info)`` after each step and epoch.
+        config_source: the YAML the config was read from; when it is the run folder's own ``config.yaml`` (the
+            resume pattern), that file is read, never rewritten.
     """
 
     def __init__(
@@ -417,8 +419,10 @@ class Trainer:
         *,
         progress: bool = True,
         callbacks: Sequence[Callback] = (),
+        config_source: str | os.PathLike[str] | None = None,
     ) -> None:
         self.cfg = config
+        self.config_source = Path(config_source) if config_source is not None else None
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.callbacks = list(callbacks)
@@ -681,7 +685,10 @@ class Trainer:
         # leaves an existing run folder byte-for-byte as it was.
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
-            save_yaml(self.cfg, self.out_dir / "config.yaml")
+            config_path = self.out_dir / "config.yaml"
+            src = self.config_source
+            if not (src is not None and config_path.exists() and os.path.samefile(src, config_path)):
+                save_yaml(self.cfg, config_path)  # never over the config file it was read from
             splits_path = self.out_dir / "splits.json"
             given = self.cfg.data.splits
             read_here = bool(given) and splits_path.exists() and os.path.samefile(given, splits_path)
