@@ -82,6 +82,16 @@ GATE_VARIANTS: tuple[Variant, ...] = (
         ("train.gate_cost=1.0", "train.gate_target=0.5", "model.options={gate_pool: [mean, max, std]}"),
         "target rate 0.5, gate sees mean, max and sd of the tokens",
     ),
+    # A small linear cost: a gate stays open only where its straight-through utility <dL/dtokens, msff(tokens)>
+    # outweighs the cost, so between 0 (all open) and 0.1 (all closed) the decision can depend on the crop.
+    Variant("sgp_cost01", "sgp_sam", ("train.gate_cost=0.01",), "linear compute cost 0.01"),
+    Variant("sgp_cost03", "sgp_sam", ("train.gate_cost=0.03",), "linear compute cost 0.03"),
+    Variant(
+        "sgp_cost03_pool",
+        "sgp_sam",
+        ("train.gate_cost=0.03", "model.options={gate_pool: [mean, max, std]}"),
+        "linear cost 0.03, gate sees mean, max and sd of the tokens",
+    ),
 )
 
 #: ``lesionsam sweep --stage NAME``: the variants and the table's title.
@@ -106,6 +116,7 @@ class SweepRow:
     volume_ratio_median: float
     gate_rate: float | None
     minutes: float
+    gate_rates: dict[str, float] | None = None  # share of open gates per lesion size bin and "no lesion"
 
 
 def validation_folder(train_root: Path, run_dir: Path) -> Path:
@@ -135,16 +146,21 @@ def score_validation(checkpoint: Path, train_root: Path, run_dir: Path) -> dict[
     cases = [c for c in json.loads((eval_dir / "metrics.json").read_text())["cases"] if c["gt_volume_ml"] > 0]
     dice = [c["dice"] for c in cases]
     ratios = [c["pred_volume_ml"] / c["gt_volume_ml"] for c in cases]
-    gate_rate = None
+    gate_rate, by_bin = None, None
     if gates_csv is not None:
-        rates = [float(r["gate_rate"]) for r in csv.DictReader(gates_csv.open(newline=""))]
-        gate_rate = float(np.mean(rates)) if rates else None
+        rows = list(csv.DictReader(gates_csv.open(newline="")))
+        gate_rate = float(np.mean([float(r["gate_rate"]) for r in rows])) if rows else None
+        by_bin = {}
+        for r in rows:
+            by_bin.setdefault(r["size_bin"], []).append(float(r["gate_rate"]))
+        by_bin = {k: float(np.mean(v)) for k, v in by_bin.items()}
     return {
         "val_cases": len(dice),
         "dice_mean": float(np.mean(dice)) if dice else float("nan"),
         "dice_sd": float(np.std(dice, ddof=1)) if len(dice) > 1 else float("nan"),
         "volume_ratio_median": float(np.median(ratios)) if ratios else float("nan"),
         "gate_rate": gate_rate,
+        "gate_rates": by_bin,
     }
 
 
@@ -231,17 +247,19 @@ def write_sweep(root: Path, rows: Sequence[SweepRow], *, title: str, quick: bool
         f"({rows[0].val_cases if rows else 0} cases, one centre click per tumour, whole volume); the test cases "
         "are not used. Crop Dice: the trainer's best validation score (one click on the largest lesion's crop).",
         "",
-        "| variant | method | settings | validation Dice | crop Dice | median volume ratio | gates open |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | method | settings | validation Dice | crop Dice | median volume ratio | gates open "
+        "| gates open by size bin |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
         dice = f"{r.dice_mean:.3f} ± {r.dice_sd:.3f}"
         gate = "—" if r.gate_rate is None else f"{r.gate_rate:.2f}"
+        bins = "; ".join(f"{k} {v:.2f}" for k, v in (r.gate_rates or {}).items()) or "—"
         settings = "; ".join(r.overrides) or "defaults"
         dice = f"**{dice}**" if i == best else dice
         lines.append(
             f"| {r.name} | {r.method} | {r.note or settings} (`{settings}`) | {dice} "
-            f"| {r.crop_val_dice:.3f} | {r.volume_ratio_median:.2f} | {gate} |"
+            f"| {r.crop_val_dice:.3f} | {r.volume_ratio_median:.2f} | {gate} | {bins} |"
         )
     lines.append("")
     atomic_write_bytes(root / "sweep.json", json.dumps([r.__dict__ for r in rows], indent=2).encode())
