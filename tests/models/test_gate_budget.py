@@ -13,7 +13,7 @@ from lesionsam.losses import build_loss
 from lesionsam.models import ModelConfig, build_model
 from lesionsam.models.backbone import get_preset
 from lesionsam.models.methods.sgp import GatingUnit, SGPOptions, SGPSam, build_sgp_sam, gate_budget
-from lesionsam.training.trainer import InteractiveStep
+from lesionsam.training.steps import InteractiveStep
 
 TINY = get_preset("tiny")
 
