@@ -310,7 +310,7 @@ def test_region_pooling_matches_a_scipy_reference() -> None:
     import numpy as np
     from scipy import ndimage
 
-    from lesionsam.models.methods.refsam3d import RegionClassifier
+    from lesionsam.models.methods.refsam3d_parts import RegionClassifier
 
     head = RegionClassifier(feature_channels=2, text_dim=4, shell=2)
     g = torch.Generator().manual_seed(1)
