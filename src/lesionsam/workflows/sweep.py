@@ -84,6 +84,8 @@ GATE_VARIANTS: tuple[Variant, ...] = (
     ),
     # A small linear cost: a gate stays open only where its straight-through utility <dL/dtokens, msff(tokens)>
     # outweighs the cost, so between 0 (all open) and 0.1 (all closed) the decision can depend on the crop.
+    Variant("sgp_cost001", "sgp_sam", ("train.gate_cost=0.001",), "linear compute cost 0.001"),
+    Variant("sgp_cost003", "sgp_sam", ("train.gate_cost=0.003",), "linear compute cost 0.003"),
     Variant("sgp_cost01", "sgp_sam", ("train.gate_cost=0.01",), "linear compute cost 0.01"),
     Variant("sgp_cost03", "sgp_sam", ("train.gate_cost=0.03",), "linear compute cost 0.03"),
     Variant(
