@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lesionsam.cli.main import main
-from lesionsam.data.datasets import read_splits
 from lesionsam.data.io import case_id, is_image_path
+from lesionsam.data.splits import read_splits
 from lesionsam.workflows.demo import NO_LESION_CROPS, _lesion_free_centres
 from lesionsam.workflows.sweep import Variant, sweep
 

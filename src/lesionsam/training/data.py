@@ -13,15 +13,9 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from lesionsam.config import RunConfig
-from lesionsam.data.datasets import (
-    Case,
-    ClassCropDataset,
-    LesionCropDataset,
-    load_msd_cases,
-    load_sam_med3d_cases,
-    make_splits,
-    read_splits,
-)
+from lesionsam.data.datasets import ClassCropDataset, LesionCropDataset
+from lesionsam.data.layouts import Case, load_msd_cases, load_sam_med3d_cases
+from lesionsam.data.splits import make_splits, read_splits
 from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 
 log = logging.getLogger("lesionsam.training.trainer")

@@ -50,13 +50,10 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from lesionsam.config import RunConfig
-from lesionsam.data.datasets import (
-    Case,
-    dataset_labels,
-    read_dataset_json,
-    write_splits,
-)
+from lesionsam.data.dataset_json import dataset_labels, read_dataset_json
+from lesionsam.data.layouts import Case
 from lesionsam.data.prompts import ClickSimulator
+from lesionsam.data.splits import write_splits
 from lesionsam.losses import build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import SegModel, build_model
 from lesionsam.models.checkpoint import save_checkpoint

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from lesionsam.data.datasets import load_msd_cases, read_splits
 from lesionsam.data.io import image_suffix
+from lesionsam.data.layouts import load_msd_cases
+from lesionsam.data.splits import read_splits
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import DemoSettings, evaluate_method, prepare_data, pretrain, transfer
 
