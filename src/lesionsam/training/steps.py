@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lesionsam.data.prompts import ClickSimulator
+from lesionsam.losses import StagedLoss
 from lesionsam.models import Prompts, SegModel, competing_logits
 from lesionsam.models.methods.sgp import gate_budget
 from lesionsam.training.text_terms import region_class_loss, text_margin_loss
@@ -47,9 +48,10 @@ class InteractiveStep(nn.Module):
         region_classes: float = 0.0,
     ) -> None:
         super().__init__()
-        if region_classes and not hasattr(model, "region_scores"):
-            name = getattr(model, "display_name", type(model).__name__)
-            raise ValueError(f"train.region_classes needs a model with a region classifier (refsam3d), not {name}")
+        if region_classes and not model.scores_regions:
+            raise ValueError(
+                f"train.region_classes needs a model with a region classifier (refsam3d), not {model.display_name}"
+            )
         self.region_classes = region_classes
         self.texts = texts or {}
         self.text_pairs = text_pairs and len(self.texts) > 1
@@ -170,9 +172,9 @@ class AutomaticStep(nn.Module):
     """The training step of a prompt-free method as one module (for ``DistributedDataParallel``).
 
     ``forward(image, label, rng, target, progress)`` → (loss, stats): one forward pass with no prompt; the loss gets
-    the (B, K+1, S³) logits, the (B, 1, S³) class-index label and, when it is a staged loss (``loss.staged``), the
-    method's ``extras["stage1_logits"]`` and the training progress in [0, 1]. ``stats["dice"]`` is the mean
-    foreground Dice of the arg-max prediction (:func:`class_dice`).
+    the (B, K+1, S³) logits, the (B, 1, S³) class-index label and, when it is a
+    :class:`~lesionsam.losses.StagedLoss`, the method's ``extras["stage1_logits"]`` and the training progress in
+    [0, 1]. ``stats["dice"]`` is the mean foreground Dice of the arg-max prediction (:func:`class_dice`).
     """
 
     def __init__(self, model: SegModel, loss_fn: nn.Module) -> None:
@@ -189,7 +191,7 @@ class AutomaticStep(nn.Module):
         progress: float = 1.0,
     ) -> tuple[Tensor, dict[str, float]]:
         out = self.model.decode(self.model.encode(image), Prompts())
-        if getattr(self.loss_fn, "staged", False):
+        if isinstance(self.loss_fn, StagedLoss):
             loss = self.loss_fn(
                 out.logits.float(), label, stage1_logits=_float(out.extras.get("stage1_logits")), progress=progress
             )

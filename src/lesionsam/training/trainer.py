@@ -121,9 +121,7 @@ class Trainer:
     def build_model(self) -> SegModel:
         """The model to train (``build_model(config.model)``, official weights loaded if configured)."""
         model = build_model(self.cfg.model)
-        encoder = getattr(model, "image_encoder", None)
-        if encoder is not None and hasattr(encoder, "grad_checkpointing"):
-            encoder.grad_checkpointing = self.cfg.train.grad_checkpointing
+        model.set_grad_checkpointing(self.cfg.train.grad_checkpointing)
         return model
 
     def build_loss(self) -> nn.Module:
@@ -220,9 +218,7 @@ class Trainer:
         :func:`~lesionsam.training.data.class_datasets`."""
         cases = self.load_cases()
         if self.model is not None and self.model.prompt_free:
-            d = self.cfg.data
-            classes = getattr(self.model, "num_classes", len(d.target_labels or (d.target_label,)))
-            train, val, self._splits = class_datasets(self.cfg, cases, classes)
+            train, val, self._splits = class_datasets(self.cfg, cases, self.model.num_classes)
         else:
             train, val, self._splits = lesion_datasets(self.cfg, cases)
         return train, val

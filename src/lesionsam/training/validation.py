@@ -95,7 +95,7 @@ def _score_interactive(
         out = model.decode(encoded, prompts)
         logits = out.logits.float() - offset  # as the predictor will threshold them
         pred, low = logits > 0, out.low_res_logits
-        if it == 0 and text is not None and rivals and hasattr(model, "region_scores"):
+        if it == 0 and text is not None and rivals and model.scores_regions:
             pred = regions_won(model, encoded, pred, [*text, *rivals])
         elif it == 0 and text is not None and rivals:
             others = torch.cat([model.decode(encoded, Prompts(text=[r])).logits for r in rivals], dim=1)

@@ -213,6 +213,7 @@ class RefSAM3D(Sam3D):
 
     required_prompts = frozenset()
     accepted_prompts = frozenset({"text", "points", "mask"})
+    scores_regions = True
 
     def __init__(
         self,
