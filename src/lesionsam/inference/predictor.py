@@ -53,7 +53,8 @@ from lesionsam.data.transforms import (
 )
 from lesionsam.inference.postprocess import keep_clicked_components
 from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
-from lesionsam.models.checkpoint import FORMAT, load_model, load_sam_med3d_weights, read_weights_file
+from lesionsam.models.checkpoint import FORMAT, load_sam_med3d_weights, read_weights_file
+from lesionsam.models.registry import load_model
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,8 @@ from lesionsam.evaluation.report import AblationEntry, MethodRun, write_ablation
 from lesionsam.inference.predictor import Predictor
 from lesionsam.models import ModelConfig, Prompts
 from lesionsam.models.backbone import Sam3DConfig, get_preset
-from lesionsam.models.checkpoint import load_checkpoint, load_model
+from lesionsam.models.checkpoint import load_checkpoint
+from lesionsam.models.registry import load_model
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.dataclass_io import apply_overrides, atomic_write_bytes, from_dict, to_dict
 from lesionsam.workflows.evaluate import evaluate

@@ -78,10 +78,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lesionsam.models.backbone import Sam3D, Sam3DConfig, build_sam3d
+from lesionsam.models.backbone.config import BACKBONE_PREFIXES
 from lesionsam.models.backbone.image_encoder import ImageEncoderViT3D
 from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
 from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
-from lesionsam.models.checkpoint import BACKBONE_PREFIXES
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
 from lesionsam.models.methods.common import parameter_overhead, upsampling_levels
