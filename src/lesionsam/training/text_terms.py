@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import Tensor
+
+from lesionsam.utils.components import lesion_masks
 
 #: Smallest lesion (connected component, voxels of the crop) the per-lesion class term and decision look at.
 REGION_MIN_VOXELS = 8
@@ -18,8 +19,7 @@ REGION_MIN_VOXELS = 8
 
 def lesion_components(mask: np.ndarray, min_voxels: int = REGION_MIN_VOXELS) -> list[np.ndarray]:
     """The 26-connected components of a boolean mask with at least ``min_voxels`` voxels, as boolean masks."""
-    comps, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-    return [m for m in (comps == c for c in range(1, n + 1)) if int(m.sum()) >= min_voxels]
+    return lesion_masks(mask, min_voxels)
 
 
 def region_class_loss(model: Any, encoded: Any, label: Tensor, text: Sequence[str]) -> Tensor:

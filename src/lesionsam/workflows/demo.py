@@ -45,6 +45,7 @@ from lesionsam.models.backbone import Sam3DConfig, get_preset
 from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.models.registry import load_model
 from lesionsam.training.trainer import Trainer
+from lesionsam.utils.components import label_lesions
 from lesionsam.utils.dataclass_io import apply_overrides, atomic_write_bytes, from_dict, to_dict
 from lesionsam.workflows.evaluate import evaluate
 from lesionsam.workflows.predict import case_id, predict
@@ -304,7 +305,7 @@ def gate_rates(checkpoint: Path, test_root: Path, out_csv: Path, *, label: int =
         label_vol = read_image(lab_path)
         image_path = next(p for p in (test_root / "imagesTr").iterdir() if case_id(p) == cid)
         pre = predictor.preprocessor(read_image(image_path), label_vol)
-        comps, n = ndimage.label(label_vol.array == label, structure=np.ones((3,) * 3, bool))
+        comps, n = label_lesions(label_vol.array == label)
         voxel_ml = float(np.prod(label_vol.spacing)) / 1000.0
         for idx in range(1, n + 1):
             where = np.argwhere(comps == idx)
