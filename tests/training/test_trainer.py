@@ -113,6 +113,27 @@ def test_target_label_absent_everywhere_is_a_clear_error(dataset: Path, tmp_path
         Trainer(_config(dataset, "data.target_label=7"), tmp_path / "run", progress=False).fit()
 
 
+def test_the_data_set_is_checked_before_training_starts(tmp_path: Path) -> None:
+    """A label value dataset.json does not list (one case of five; training alone would not notice): one line naming
+    the case and the value, and no run folder."""
+    import shutil
+
+    from lesionsam.data.io import read_image, write_image
+
+    root = tmp_path / "ds"
+    write_synthetic_dataset(root, cases=5, size=40, seed=3)
+    label_path = sorted((root / "labelsTr").iterdir())[1]
+    label = read_image(label_path)
+    array = label.array.copy()
+    array[0, 0, 0] = 9
+    label_path.unlink()
+    write_image(array, label_path, reference=label)
+    with pytest.raises(ValueError, match=r"failed its check before training: case .*: label values \[9\] are not in"):
+        Trainer(_config(root), tmp_path / "run", progress=False).fit()
+    assert not (tmp_path / "run").exists()
+    shutil.rmtree(root)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ from lesionsam.data.datasets import ClassCropDataset, LesionCropDataset
 from lesionsam.data.layouts import Case, load_msd_cases, load_sam_med3d_cases
 from lesionsam.data.splits import make_splits, read_splits
 from lesionsam.data.transforms import PreprocessConfig, Preprocessor
+from lesionsam.data.verify import verify_dataset
 
 log = logging.getLogger("lesionsam.training.trainer")
 
@@ -29,6 +30,21 @@ def load_cases(cfg: RunConfig) -> list[Case]:
     if not d.root:
         raise ValueError("data.root is empty: set it in the config or with data.root=PATH")
     return load_msd_cases(d.root) if d.layout == "msd" else load_sam_med3d_cases(d.root)
+
+
+def check_dataset(cfg: RunConfig) -> None:
+    """nnU-Net-style integrity check of an MSD / nnU-Net data set before training starts
+    (:func:`~lesionsam.data.verify.verify_dataset` for every target label, on the configured channel): raises one
+    ``ValueError`` line naming the first problem and how many there are. The SAM-Med3D layout is not checked."""
+    d = cfg.data
+    if d.layout != "msd":
+        return
+    problems: list[str] = []
+    for target in d.target_labels or (d.target_label,):
+        problems += [p for p in verify_dataset(d.root, target_label=target, channel=d.channel) if p not in problems]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ValueError(f"data set {d.root} failed its check before training: {problems[0]}{more}")
 
 
 def split_cases(cfg: RunConfig, cases: list[Case], what: str) -> tuple[list[Case], list[Case], Splits]:

@@ -58,7 +58,7 @@ from lesionsam.losses import build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import SegModel, build_model
 from lesionsam.models.checkpoint import save_checkpoint
 from lesionsam.models.registry import method_spec
-from lesionsam.training.data import class_datasets, collate, lesion_datasets, load_cases
+from lesionsam.training.data import check_dataset, class_datasets, collate, lesion_datasets, load_cases
 from lesionsam.training.distributed import DistContext, seed_everything
 from lesionsam.training.run_files import resume_run, write_train_log
 from lesionsam.training.steps import AutomaticStep, InteractiveStep
@@ -238,6 +238,7 @@ class Trainer:
         model = self.build_model().to(self.device)
         self.model = model
         train_set, val_set = self.build_datasets()  # after the model: a prompt-free one trains on other crops
+        check_dataset(self.cfg)  # every image and label readable, finite, on one grid, with known label values
         if self.cfg.data.negative_fraction and not _takes_text(model):
             raise ValueError(
                 f"data.negative_fraction={self.cfg.data.negative_fraction} needs a method prompted without a click "
