@@ -34,9 +34,8 @@ official SAM-Med3D parts are passed in unchanged (keys ``image_encoder.*``, ``pr
   a fresh decoder ignores the text; clicks without text get no modulation). **Why:** without it the text reaches
   the mask only through the SAM decoder's 4G³ logits, whose image features come from G³ tokens of patch-size
   voxels; the two synthetic lesion classes differ by about 20 HU and texture over a few voxels, which only the
-  decoder's finer levels (the convolutional image path and the crop itself) can resolve. Measured on the
-  two-class ``lesionsam text-study`` (same budget), text-alone Dice tumour / cyst: 0.331 / 0.350 before, 0.227 /
-  0.289 with FiLM alone, 0.455 / 0.438 with FiLM and the image path.
+  decoder's finer levels (the convolutional image path and the crop itself) can resolve (the two-class
+  ``lesionsam text-study`` measures it: README).
 
 * ``region_head.*`` -- a region classifier (:class:`RegionClassifier`, :meth:`RefSAM3D.region_scores`): scores a
   whole candidate lesion of a crop against texts from text-independent features pooled inside it and in a shell
@@ -57,7 +56,7 @@ backbone parameter except the encoder blocks' LayerNorms (``image_encoder.blocks
 MLPs and neck of the encoder and the prompt encoder stay fixed; adapters, norms, the mask decoder and all new parts
 train. **Why the mask decoder trains:** RefSAM3D's 3D mask decoder is the SAM decoder extended (the paper
 enhances it for 3D masks), and a frozen click decoder must read a text token as if it were a click; measured on
-the synthetic two-class study, a frozen decoder left text-only validation Dice near 0.02 after 6 epochs. The text
+the synthetic two-class study, a frozen decoder left text-only validation Dice near zero. The text
 encoder keeps its own setting (the built-in one trains, a Hugging Face CLIP model is frozen by default).
 :meth:`RefSAM3D.trainable_parameter_names` lists what trains; :meth:`RefSAM3D.freeze_backbone_` applies the policy
 again (e.g. after ``requires_grad_(True)``). A trainer with ``freeze_encoder`` additionally freezes the whole
