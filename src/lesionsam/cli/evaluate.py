@@ -1,4 +1,4 @@
-"""``lesionsam evaluate``: Dice, NSD, HD95 and lesion-wise detection of a folder of predictions."""
+"""``lesionsam evaluate``: Dice, NSD, HD95, ASSD, lesion-wise detection and panoptic quality of a folder."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="score predicted masks against ground truth (CSV + JSON + printed table)",
         description=(
             "Pair PRED_DIR and GT_DIR files by case id (file name without .nii.gz/.nii/.nrrd/.mha; predictions may "
-            "add _pred or nnU-Net's _0000) and report Dice, normalised surface Dice, HD95 (mm, from the image "
-            "spacing) and lesion-wise detection (26-connected components: TP/FP/FN, F1, Dice by lesion volume "
-            "<1, 1-10, >10 cm3). Empty masks: both empty = Dice 1, NSD 1, HD95 0; one empty = Dice 0, NSD 0, "
-            "HD95 undefined (left out of its mean and counted)."
+            "add _pred or nnU-Net's _0000) and report Dice, normalised surface Dice (area-weighted by default), "
+            "HD95 and ASSD (mm, from the image spacing), lesion-wise detection (26-connected components: TP/FP/FN, "
+            "F1, Dice by lesion volume <1, 1-10, >10 cm3) and panoptic quality (RQ, SQ, PQ; one-to-one IoU "
+            "matching). Empty masks: both empty = Dice 1, NSD 1, HD95 0, ASSD 0; one empty = Dice 0, NSD 0, HD95 and "
+            "ASSD undefined (left out of their means and counted). Lesion-free cases are reported apart."
         ),
     )
     p.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predicted masks")
@@ -49,6 +50,27 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="normalised surface Dice tolerance in mm (default 2)",
     )
     p.add_argument(
+        "--nsd",
+        choices=("area", "voxel"),
+        default="area",
+        help="NSD surface: 'area' weights each surface element by its area (the published surface Dice, as "
+        "DeepMind's surface-distance and MONAI use_subvoxels=True; default); 'voxel' counts boundary voxels",
+    )
+    p.add_argument(
+        "--lesion-matching",
+        choices=("overlap", "iou"),
+        default="overlap",
+        help="lesion detection rule: 'overlap' = a GT lesion is found if any predicted voxel touches it (default); "
+        "'iou' = one-to-one matching by IoU >= --iou-threshold, as panoptica",
+    )
+    p.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="IoU threshold of --lesion-matching iou and of panoptic quality, in (0, 1] (default 0.5)",
+    )
+    p.add_argument(
         "--allow-missing",
         action="store_true",
         help="skip ground-truth cases that have no prediction (default: error)",
@@ -65,6 +87,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
             pred_label=a.pred_label,
             out=a.out,
             nsd_tolerance_mm=a.nsd_tolerance,
+            nsd_mode=a.nsd,
+            lesion_matching=a.lesion_matching,
+            lesion_iou_threshold=a.iou_threshold,
             allow_missing=a.allow_missing,
             progress=sys.stderr.isatty(),  # no bar in logs or captured output
         )
