@@ -101,7 +101,9 @@ def test_panoptic_edge_cases_follow_panoptica() -> None:
     both_empty = case_metrics(empty, empty, (1, 1, 1)).panoptic
     assert math.isnan(both_empty.rq) and math.isnan(both_empty.sq) and math.isnan(both_empty.pq)
     missed = case_metrics(empty, blob, (1, 1, 1)).panoptic
-    assert (missed.rq, missed.pq) == (0.0, 0.0) and math.isnan(missed.sq)
+    assert (missed.rq, missed.sq, missed.pq) == (0.0, 0.0, 0.0)
+    false_alarm = case_metrics(blob, empty, (1, 1, 1)).panoptic
+    assert (false_alarm.rq, false_alarm.sq, false_alarm.pq) == (0.0, 0.0, 0.0)
     assert Panoptic(1, 2, 3, 0.5) + Panoptic(2, 0, 1, 1.5) == Panoptic(3, 2, 4, 2.0)
 
 

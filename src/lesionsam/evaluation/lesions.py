@@ -15,8 +15,7 @@ which ground-truth (GT) lesions are detected (see :data:`MATCHING_RULES`):
 
 Panoptic quality (Kirillov et al., 2019) always uses the one-to-one IoU matching: RQ = TP / (TP + FP/2 + FN/2),
 SQ = the mean IoU of the matched pairs, PQ = SQ × RQ = Σ IoU / (TP + FP/2 + FN/2). A case with no lesion in either
-mask has RQ, SQ and PQ undefined (NaN, as in panoptica); a case with lesions but no match has RQ = PQ = 0 and SQ
-undefined.
+mask has RQ, SQ and PQ undefined (NaN); a case with lesions but no match has RQ = SQ = PQ = 0 (both as panoptica).
 """
 
 from __future__ import annotations
@@ -129,8 +128,10 @@ class Panoptic:
 
     @property
     def sq(self) -> float:
-        """Segmentation quality: mean IoU of the matched pairs; NaN when nothing is matched."""
-        return math.nan if self.tp == 0 else self.iou_sum / self.tp
+        """Segmentation quality: mean IoU of the matched pairs; 0 when nothing is matched, NaN with no lesion."""
+        if self.tp == 0:
+            return math.nan if self.fp + self.fn == 0 else 0.0
+        return self.iou_sum / self.tp
 
     @property
     def pq(self) -> float:

@@ -99,8 +99,8 @@ CONVENTIONS: dict[str, str] = {
     ),
     "panoptic": (
         "always one-to-one IoU matching at lesion_iou_threshold: RQ = TP/(TP+FP/2+FN/2), SQ = mean IoU of matched "
-        "pairs, PQ = SQ*RQ; undefined (null) for a case without lesions in either mask, SQ undefined when nothing "
-        "matches. Micro = from TP/FP/FN and IoU summed over all cases"
+        "pairs, PQ = SQ*RQ; undefined (null) for a case without lesions in either mask, all 0 when nothing matches "
+        "(as panoptica). Micro = from TP/FP/FN and IoU summed over all cases"
     ),
     "lesion_free": "cases without a GT lesion, reported apart: predicted empty, false-positive components, volume",
     "volume_bins": "lesion volume = voxels × voxel volume / 1000 (ml = cm3): <1, 1-10 (inclusive), >10",
