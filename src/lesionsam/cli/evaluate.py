@@ -98,3 +98,56 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
+
+@command("evaluate-clicks")
+def _evaluate_clicks_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate-clicks",
+        help="the interactive protocol: Dice after 1..N simulated clicks per lesion, AUC, NoC@80/90",
+        description=(
+            "For every lesion (26-connected component of the lesion label) of every case in LABELS_DIR: a first "
+            "click inside it, then one click per round on the error region of the current prediction (as in "
+            "training: false negative = positive click, false positive = negative click; seeded per case and "
+            "lesion), the previous mask fed back to the model. Reports Dice after each click, the area under the "
+            "Dice-vs-clicks curve (divided by N-1) and the clicks needed to reach Dice 0.8 / 0.9 (NoC@80/90; N when "
+            "not reached, counted as failed). Writes clicks.csv and clicks.json into --out."
+        ),
+    )
+    p.add_argument("images_dir", type=Path, metavar="IMAGES_DIR", help="folder of scans (e.g. imagesTr)")
+    p.add_argument("labels_dir", type=Path, metavar="LABELS_DIR", help="folder of label maps (e.g. labelsTr)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT", help="lesionsam or SAM-Med3D checkpoint")
+    p.add_argument("--preset", default=None, metavar="NAME", help="backbone preset for official SAM-Med3D files")
+    p.add_argument("--label", type=int, default=None, metavar="N", help="lesion label (default: from dataset.json)")
+    p.add_argument("--clicks", type=int, default=10, metavar="N", help="clicks per lesion (default 10)")
+    p.add_argument(
+        "--click-mode", choices=("random", "center"), default="random", help="click simulation (default random)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated clicks (default 0)")
+    p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of multi-channel images")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    def run(a: argparse.Namespace) -> int:
+        from lesionsam.workflows.clicks import evaluate_clicks
+
+        result = evaluate_clicks(
+            a.images_dir,
+            a.labels_dir,
+            out=a.out,
+            checkpoint=a.checkpoint,
+            preset=a.preset,
+            label=a.label,
+            n_clicks=a.clicks,
+            click_mode=a.click_mode,
+            seed=a.seed,
+            channel=a.channel,
+            device=a.device,
+            announce=lambda note: print(f"lesionsam evaluate-clicks: {note}", file=sys.stderr),
+            progress=sys.stderr.isatty(),
+        )
+        print(result.table())
+        print(f"\nwrote {result.csv_path} and {result.json_path}")
+        return 0
+
+    p.set_defaults(func=run)
