@@ -6,13 +6,13 @@ Conventions (also written into every ``metrics.json`` as :data:`CONVENTIONS`):
   :func:`case_metrics` is in the **same array order** ``(sD, sH, sW)`` in mm. ``Volume.spacing`` is ITK's
   ``(i, j, k)`` order: pass ``tuple(reversed(volume.spacing))`` (or use :func:`spacing_dhw`).
 * Dice = 2|P∩G| / (|P| + |G|) over voxels.
-* NSD (normalised surface Dice, Nikolov et al., 2021, arXiv:2111.05408) at a tolerance in mm, by default
-  area-weighted (``nsd_mode="area"``: the published surface Dice of DeepMind's ``surface-distance``, = MONAI's
-  ``compute_surface_dice(..., use_subvoxels=True)``); ``nsd_mode="voxel"`` counts boundary voxels instead
-  (MONAI's default). HD95 = the larger of the two directed 95th percentiles of the distances between the
-  boundary voxels (MONAI's ``compute_hausdorff_distance(percentile=95)``); ASSD = the mean of both directions'
-  boundary-voxel distances pooled together (MONAI's ``compute_average_surface_distance(symmetric=True)``). All
-  in mm with the voxel spacing: :mod:`lesionsam.evaluation.surface`.
+* NSD (normalised surface Dice, Nikolov et al., J Med Internet Res 2021, arXiv:1809.04430) at a tolerance in mm, by
+  default area-weighted (``nsd_mode="area"``: the published surface Dice of DeepMind's ``surface-distance``, =
+  MONAI's ``compute_surface_dice(..., use_subvoxels=True)``); ``nsd_mode="voxel"`` counts boundary voxels instead
+  (MONAI's default). HD95 = the larger of the two directed 95th percentiles of the distances between the boundary
+  voxels (MONAI's ``compute_hausdorff_distance(percentile=95)``); ASSD = the mean of both directions' boundary-voxel
+  distances pooled together (MONAI's ``compute_average_surface_distance(symmetric=True)``). All in mm with the voxel
+  spacing: :mod:`lesionsam.evaluation.surface`.
 * Empty masks are handled in one place, :func:`empty_case_scores`, before any distance is computed.
 * Lesions, their matching (``"overlap"`` by default, or one-to-one ``"iou"``) and panoptic quality (RQ, SQ, PQ):
   :mod:`lesionsam.evaluation.lesions`. Precision = TP / (TP + FP), recall = TP / (TP + FN),

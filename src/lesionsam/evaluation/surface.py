@@ -2,13 +2,13 @@
 
 Two surfaces are used (arrays ``(D, H, W)``, spacing in the same order, in mm):
 
-* **Area-weighted surface** (the published surface Dice of Nikolov et al., 2021, arXiv:1809.04430 / 2111.05408,
-  as in DeepMind's ``surface-distance`` and MONAI's ``compute_surface_dice(..., use_subvoxels=True)``): surface
-  elements sit on the voxel-corner grid, one per 2×2×2 neighbourhood that is neither all inside nor all outside
-  the mask; each carries the area (mm²) of the marching-cubes surface through that neighbourhood at the given
-  spacing. The 256-entry area table is taken from DeepMind's ``surface-distance`` package (its lookup table,
-  :func:`surface_distance.lookup_tables.create_table_neighbour_code_to_surface_area`); codes and distances are
-  computed here with NumPy and SciPy's exact Euclidean distance transform.
+* **Area-weighted surface** (the published surface Dice of Nikolov et al., J Med Internet Res 2021,
+  arXiv:1809.04430; as in DeepMind's ``surface-distance`` and MONAI's ``compute_surface_dice(...,
+  use_subvoxels=True)``): surface elements sit on the voxel-corner grid, one per 2×2×2 neighbourhood that is neither
+  all inside nor all outside the mask; each carries the area (mm²) of the marching-cubes surface through that
+  neighbourhood at the given spacing. The 256-entry area table is taken from DeepMind's ``surface-distance`` package
+  (its lookup table, :func:`surface_distance.lookup_tables.create_table_neighbour_code_to_surface_area`); codes and
+  distances are computed here with NumPy and SciPy's exact Euclidean distance transform.
 * **Voxel surface** (MONAI's default edges): the mask voxels that have a 6-connected background neighbour (voxels
   outside the array are background), each with weight 1. HD95 and ASSD use it, as MONAI's
   ``compute_hausdorff_distance`` and ``compute_average_surface_distance`` do; ``nsd_mode="voxel"`` gives the
