@@ -33,18 +33,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import ndimage
 
 from lesionsam.data.io import Volume
 from lesionsam.evaluation.lesions import json_float
+from lesionsam.utils.components import label_lesions
 
 if TYPE_CHECKING:
     from lesionsam.inference.predictor import Predictor
 
 #: Dice targets of the NoC columns (NoC@80, NoC@90).
 NOC_TARGETS: tuple[float, ...] = (0.8, 0.9)
-
-_STRUCTURE_26 = ndimage.generate_binary_structure(3, 3)
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -191,7 +189,7 @@ def case_click_curves(
         raise ValueError(
             f"case {case!r}: the label map is not on the image grid ({image.geometry_difference(label_map)})"
         )
-    comps, n = ndimage.label(np.asarray(label_map.array) == label, structure=_STRUCTURE_26)
+    comps, n = label_lesions(np.asarray(label_map.array) == label)
     if n == 0:
         return []
     voxel_ml = float(np.prod(image.spacing)) / 1000.0

@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lesionsam.utils.components import CONNECTIVITY as LESION_CONNECTIVITY
+from lesionsam.utils.components import label_lesions
+
 #: Structuring element for connected components: full 3×3×3 neighbourhood = 26-connectivity
 #: (voxels touching by a face, an edge or a corner belong to the same lesion).
-CONNECTIVITY = 26
-_STRUCTURE = ndimage.generate_binary_structure(3, 3)
+CONNECTIVITY = LESION_CONNECTIVITY  # one definition: lesionsam.utils.components
 
 #: Lesion detection rules: ``"overlap"`` (any voxel in common) and ``"iou"`` (one-to-one, IoU ≥ threshold).
 MATCHING_RULES: tuple[str, ...] = ("overlap", "iou")
@@ -218,8 +220,8 @@ def lesion_match(
         raise ValueError(f"unknown lesion matching rule {matching!r}; choose one of {', '.join(MATCHING_RULES)}")
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"the lesion IoU threshold must be in (0, 1], got {iou_threshold}")
-    gt_lab, n_gt = ndimage.label(gt, structure=_STRUCTURE)
-    pr_lab, n_pr = ndimage.label(pred, structure=_STRUCTURE)
+    gt_lab, n_gt = label_lesions(gt)
+    pr_lab, n_pr = label_lesions(pred)
     gt_sizes = np.bincount(gt_lab.ravel(), minlength=n_gt + 1)
     pr_sizes = np.bincount(pr_lab.ravel(), minlength=n_pr + 1)
 
