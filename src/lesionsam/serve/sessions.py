@@ -3,7 +3,9 @@
 Ids are :func:`secrets.token_urlsafe` (192 bits): a client can reach only the sessions whose id it was given. Each
 session has its own lock (its requests run one at a time, in order); one more lock across sessions runs one model
 computation at a time, so that two people clicking share the CPU instead of thrashing it. Sessions idle for longer
-than ``idle_seconds`` are closed when another one is opened; at most ``max_sessions`` are open at once.
+than ``idle_seconds`` are closed when another one is opened; at most ``max_sessions`` are open at once, and when
+they all are, opening one more closes the least recently used session if it has been idle for ``evict_seconds``
+(a page reloaded without closing its session does not lock the server for an hour), else answers 429.
 """
 
 from __future__ import annotations
@@ -76,16 +78,24 @@ class SessionStore:
     Args:
         max_sessions: most sessions open at once (each holds a volume and cached image embeddings).
         idle_seconds: a session unused this long is closed when another one is opened.
+        evict_seconds: when every slot is taken, the least recently used session is closed for a new one if it has
+            been unused this long.
         clock: monotonic clock in seconds (tests pass a fake one).
     """
 
     def __init__(
-        self, *, max_sessions: int = 4, idle_seconds: float = 3600.0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_sessions: int = 4,
+        idle_seconds: float = 3600.0,
+        evict_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
+        self.evict_seconds = evict_seconds
         self._clock = clock
         self._cases: dict[str, OpenCase] = {}
         self._lock = threading.Lock()
@@ -101,6 +111,10 @@ class SessionStore:
         with self._lock:
             idle = [sid for sid, c in self._cases.items() if now - c.last_used > self.idle_seconds]
             closed = [self._cases.pop(sid) for sid in idle]
+            if len(self._cases) >= self.max_sessions:
+                oldest = min(self._cases.values(), key=lambda c: c.last_used)
+                if now - oldest.last_used >= self.evict_seconds:
+                    closed.append(self._cases.pop(oldest.sid))
             full = len(self._cases) >= self.max_sessions
         for case in closed:
             _cleanup(case)

@@ -106,7 +106,7 @@ function voxelAt (xy) {
   if (tile < 0 || nv.screenSlices[tile].axCorSag > SLICE_TYPE.SAGITTAL) return null
   const frac = nv.canvasPos2frac(xy)
   if (frac[0] < 0) return null
-  return { ijk: mmToIjk(nv.frac2mm(frac)), tile }
+  return { ijk: mmToIjk(nv.frac2mm(frac, 0, true)), tile }
 }
 
 // ------------------------------------------------------------------------------------------------ viewer
@@ -359,7 +359,7 @@ function setTool (tool) {
 // ------------------------------------------------------------------------------------------------ test hooks
 /** The CSS pixel position (relative to the canvas) where voxel (i, j, k) is drawn on a slice view. */
 function voxelToScreen (ijk, sliceType = SLICE_TYPE.AXIAL) {
-  const frac = nv.mm2frac(apply4(state.rasFromIjk, ijk))
+  const frac = nv.mm2frac(apply4(state.rasFromIjk, ijk), 0, true)
   const hit = nv.frac2canvasPosWithTile(frac, sliceType)
   if (!hit) return null
   const canvas = $('viewer')
@@ -369,7 +369,7 @@ function voxelToScreen (ijk, sliceType = SLICE_TYPE.AXIAL) {
 
 /** Move the crosshair (and so the slices shown) to voxel (i, j, k). */
 function showVoxel (ijk) {
-  nv.scene.crosshairPos = nv.mm2frac(apply4(state.rasFromIjk, ijk))
+  nv.scene.crosshairPos = nv.mm2frac(apply4(state.rasFromIjk, ijk), 0, true)
   nv.drawScene()
   nv.createOnLocationChange()
 }
