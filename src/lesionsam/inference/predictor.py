@@ -5,12 +5,14 @@ preprocesses a volume once (canonical orientation, isotropic spacing, normalised
 segments any number of lesions, each from its own clicks:
 
 1. the clicks (ITK voxel indices of the *original* image, or LPS millimetres) are mapped onto the canonical
-   grid; a model crop of side S is centred on the lesion's positive clicks;
+   grid; a model crop of side S is centred on the lesion's first positive click (where an interactive session's
+   first click puts it, so that both give the same mask for the same clicks);
 2. the crop is encoded once and the clicks are decoded one after another, each decode receiving the previous
    low-res logits as a mask prompt (as SAM-Med3D's interactive protocol and training do);
 3. while the mask touches a face of its crop that is not the volume's border, a window shifted by S/2 over
    that face is segmented too (prompted by the mask so far and its most confident voxel in the new window),
-   up to ``max_windows`` windows per lesion, so lesions larger than one crop are covered;
+   up to ``max_windows`` windows per lesion, so lesions larger than one crop are covered
+   (steps 1-3: :class:`~lesionsam.inference.windows.WindowRunner`, shared with the interactive session);
 4. probabilities are merged on the canonical grid (max over windows; each voxel goes to the most confident
    lesion), resampled linearly onto the original grid and thresholded at ``threshold``.
 
@@ -42,16 +44,9 @@ from scipy import ndimage
 from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
-from lesionsam.data.transforms import (
-    CropBox,
-    PreprocessConfig,
-    Preprocessed,
-    Preprocessor,
-    crop_box,
-    crop_or_pad,
-    take,
-)
+from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor, crop_box, take
 from lesionsam.inference.postprocess import keep_clicked_components
+from lesionsam.inference.windows import WindowRunner, first_center
 from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import FORMAT, load_model, load_sam_med3d_weights, read_weights_file
 
@@ -112,16 +107,6 @@ class Prediction:
 def _text_key(text: str) -> str:
     """A text prompt compared case- and spacing-insensitively ("Liver  Tumour" = "liver tumour")."""
     return " ".join(text.lower().split())
-
-
-def _faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
-    """(axis, side) pairs (side -1 = low face, +1 = high face) where a (S, S, S) mask touches its crop."""
-    faces = []
-    for axis in range(3):
-        for side, idx in ((-1, 0), (1, fg.shape[axis] - 1)):
-            if np.take(fg, idx, axis=axis).any():
-                faces.append((axis, side))
-    return faces
 
 
 def _trained_class_texts(ckpt: Mapping[str, Any], data: Mapping[str, Any]) -> dict[int, list[str]]:
@@ -300,93 +285,15 @@ class Predictor:
         return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
 
     # ------------------------------------------------------------------------------------------ model
-    def _run_window(
-        self,
-        box: CropBox,
-        clicks: np.ndarray,
-        labels: np.ndarray,
-        prior: np.ndarray | None,
-        text: str | None = None,
-    ) -> np.ndarray:
-        """Logits (S, S, S) of one window, prompted by crop-space clicks and optional prior logits, both on the
-        adjusted scale: :attr:`logit_offset` is subtracted from the model's logits (and added back to the prior)."""
-        pre = self.preprocessed
-        center = np.asarray(box.start) + np.asarray(box.size) // 2
-        crop, _ = crop_or_pad(pre.image, center, self.crop, pad_value=pre.background)
-        image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
-        low = None
-        if prior is not None:
-            prior_t = torch.from_numpy(prior + np.float32(self.logit_offset))[None, None].to(self.device)
-            size = (self.model.low_res_size,) * 3
-            low = torch.nn.functional.interpolate(prior_t, size=size, mode="trilinear", align_corners=False)
-        with torch.inference_mode():
-            embedding = self.model.encode(image)
-            out = None
-            # Clicks one after another, each with the previous low-res logits, as in SAM-Med3D.
-            for n in range(1, len(clicks) + 1):
-                pts = torch.as_tensor(clicks[None, :n], dtype=torch.float32, device=self.device)
-                lab = torch.as_tensor(labels[None, :n], dtype=torch.int64, device=self.device)
-                prompts = Prompts(points=pts, labels=lab, mask=low, text=[text] if text is not None else None)
-                out = self.model.decode(embedding, prompts)
-                low = out.low_res_logits[:, :1]
-        assert out is not None
-        return out.logits[0, 0].float().cpu().numpy() - np.float32(self.logit_offset)
-
-    def _segment_lesion(
-        self, dhw: np.ndarray, labels: np.ndarray, text: str | None = None
-    ) -> list[tuple[CropBox, np.ndarray]]:
-        """All windows (box, logits) of one lesion, growing while the mask touches an inner crop face."""
-        shape = self.preprocessed.grid.spatial_shape
-        positives = dhw[labels == 1]
-        start = positives.mean(axis=0)
-        if not crop_box(start, self.crop, shape).contains(positives[0]):
-            start = positives[0]  # positives spread wider than a crop: centre on the first one
-        queue = [np.floor(start + 0.5).astype(int)]
-        seen: set[tuple[int, ...]] = set()
-        windows: list[tuple[CropBox, np.ndarray]] = []
-        half = self.crop // 2
-        while queue and len(windows) < self.max_windows:
-            center = queue.pop(0)
-            if tuple(center) in seen:
-                continue
-            seen.add(tuple(center))
-            box = crop_box(center, self.crop, shape)
-            inside = np.array([box.contains(p) for p in dhw])
-            prior = self._assemble(windows, box) if windows else None
-            if inside.any() and not windows:
-                clicks, labs = box.to_crop(dhw[inside]), labels[inside]
-            else:
-                if prior is None or prior.max() <= 0:
-                    continue
-                # Prompt a grown window with the mask so far and its most confident voxel there.
-                peak = np.array(np.unravel_index(np.argmax(prior), prior.shape), dtype=float)
-                extra = box.to_crop(dhw[inside]) if inside.any() else np.zeros((0, 3))
-                clicks = np.concatenate([peak[None], extra])
-                labs = np.concatenate([[1], labels[inside]]).astype(np.int64)
-            clicks = np.clip(clicks, 0, self.crop - 1)
-            logits = self._run_window(box, clicks, labs, prior, text)
-            windows.append((box, logits))
-            for axis, side in _faces_touched(logits > 0):
-                at_border = box.start[axis] <= 0 if side < 0 else box.stop[axis] >= shape[axis]
-                if not at_border:
-                    nxt = center.copy()
-                    nxt[axis] += side * half
-                    queue.append(nxt)
-        return windows
-
-    @staticmethod
-    def _assemble(windows: Sequence[tuple[CropBox, np.ndarray]], box: CropBox) -> np.ndarray:
-        """Logits of earlier windows inside ``box`` (max where they overlap; very negative elsewhere)."""
-        out = np.full(box.size, -20.0, dtype=np.float32)
-        for other, logits in windows:
-            lo = np.maximum(box.start, other.start)
-            hi = np.minimum(box.stop, other.stop)
-            if np.any(hi <= lo):
-                continue
-            dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, box.start, strict=True))
-            src = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, other.start, strict=True))
-            out[dst] = np.maximum(out[dst], logits[src])
-        return out
+    def runner(self) -> WindowRunner:
+        """The window engine on the current image (the interactive session uses the same one)."""
+        return WindowRunner(
+            self.model,
+            self.preprocessed,
+            device=self.device,
+            logit_offset=self.logit_offset,
+            max_windows=self.max_windows,
+        )
 
     def _check_text(self, text: str | None) -> None:
         if self.model.prompt_free:
@@ -604,8 +511,9 @@ class Predictor:
         best = np.zeros(pre.grid.spatial_shape, dtype=np.float32)
         owner = np.zeros(pre.grid.spatial_shape, dtype=np.uint16)
         counts: dict[int, int] = {}
+        runner = self.runner()
         for les, dhw in zip(lesions, canonical, strict=True):
-            windows = self._segment_lesion(dhw, les.labels, text)
+            windows, _ = runner.segment(first_center(dhw, les.labels), dhw, les.labels, text=text)
             counts[les.lesion_id] = len(windows)
             for box, logits in windows:
                 vol_sl, crop_sl = box.overlap()
