@@ -114,6 +114,7 @@ const nv = new Niivue({
   backColor: [0.08, 0.08, 0.1, 1],
   show3Dcrosshair: true,
   crosshairColor: [1, 1, 0, 0.5],
+  crosshairWidth: 0.5,
   multiplanarLayout: MULTIPLANAR_TYPE.GRID,
   multiplanarShowRender: SHOW_RENDER.ALWAYS,
   dragModePrimary: DRAG_MODE.crosshair,
