@@ -68,6 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save({"model_state_dict": {}, "obj": Pickled()}, w / "unsafe.pt")
     (w / "bad.yaml").write_text("train:\n  epochs: 3\n   lr: [1\n")
     (w / "prompts_str.json").write_text(json.dumps({"lesions": [{"id": 4, "points": [["x", 10, 10]]}]}))
+    (w / "prompts_box.json").write_text(json.dumps({"lesions": [{"id": 1, "box": [1, 2, 3]}]}))
     (w / "afile").write_text("a file, not a folder\n")
     # A data set whose dataset.json names a file that is not there.
     shutil.copytree(ds, w / "ds_missing")
@@ -337,6 +338,27 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-bad-impl", ["bench", "backbone", "--impls", "bogus"], "bogus"),
     ("bench-bad-preset", ["bench", "backbone", "--preset", "bogus"], "bogus"),
     ("bench-json-parent-is-file", ["bench", "backbone", "--json", "{w}/afile/r.json"], "is a file, not a folder"),
+    ("predict-box-syntax", ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--box", "1,2,3"], "six comma"),
+    (
+        "predict-box-flat",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--box", "5,5,5,5,5,9"],
+        "flat on 2 axes",
+    ),
+    (
+        "predict-box-outside",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--preset", "tiny", "--box", "0,0,0,40,9,9"],
+        "leaves the image",
+    ),
+    (
+        "predict-box-world",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--box", "1,1,1,5,5,5", "--world"],
+        "--world",
+    ),
+    (
+        "predict-prompts-box",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--prompts", "{w}/prompts_box.json"],
+        "six integers",
+    ),
     ("bench-json-bad-suffix", ["bench", "backbone", "--json", "{w}/r.txt"], ".json"),
     ("bench-text-checkpoint", ["bench", "predict", "--checkpoint", "{w}/text.pt"], "is a text file"),
 ]

@@ -1,5 +1,6 @@
 """The interactive session: it agrees with the one-shot predictor, refines with the decoder only, patches only the
-lesion's region, undoes exactly, and saves on the input's exact grid."""
+lesion's region, undoes exactly, and saves on the input's exact grid; box prompts (session, predictor, prompt files,
+CLI) and the region-only inversion the session relies on."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from lesionsam.data.io import Volume, read_image
-from lesionsam.data.transforms import PreprocessConfig
-from lesionsam.inference.boxes import Box
+from lesionsam.cli.main import main
+from lesionsam.data.io import Volume, read_image, write_image
+from lesionsam.data.transforms import CropBox, PreprocessConfig, Preprocessor
+from lesionsam.inference.boxes import Box, CanonicalBox, parse_box, prior_logits, to_canonical
 from lesionsam.inference.predictor import LesionClicks, Predictor
+from lesionsam.inference.prompts_io import read_prompt_file
+from lesionsam.inference.regions import invert_region
 from lesionsam.inference.session import InteractiveSession
 from lesionsam.models import Prompts, SegModel, SegOutput
 
@@ -254,3 +258,132 @@ def test_save_round_trips_the_geometry_and_the_prompts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown image file ending"):
         session.save(tmp_path / "x.txt", tmp_path / "p.json")
     assert not (tmp_path / "p.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ boxes, regions
+def _blob_box(label: np.ndarray, value: int) -> Box:
+    idx = np.argwhere(label == value)  # (d, h, w)
+    return Box(tuple(int(v) for v in idx.min(axis=0)[::-1]), tuple(int(v) for v in idx.max(axis=0)[::-1]))
+
+
+def test_parse_box_and_its_messages() -> None:
+    assert parse_box("1, 2,3,4,5,6") == Box((1, 2, 3), (4, 5, 6))
+    assert Box((1, 2, 7), (4, 5, 7)).flat_axis == 2 and Box((1, 2, 3), (4, 5, 6)).flat_axis is None
+    with pytest.raises(ValueError, match="six comma-separated integer voxel indices"):
+        parse_box("1,2,3,4,5")
+    with pytest.raises(ValueError, match="six comma-separated integer"):
+        parse_box("1,2,3,4,5,6.5")
+
+
+def test_box_extent_on_an_unresampled_grid_and_the_depth_of_a_2d_box() -> None:
+    # Identity direction, 1.5 mm isotropic (= the model spacing, RAS-flipped axes only): a box keeps its extent.
+    arr = np.random.default_rng(0).normal(0, 100, (20, 30, 40)).astype(np.float32)
+    image = Volume(arr, (1.5, 1.5, 1.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pre = Preprocessor(PreprocessConfig(spacing=(1.5, 1.5, 1.5)))(image)
+    cb = to_canonical(Box((5, 6, 7), (15, 12, 9)), pre)
+    np.testing.assert_allclose(cb.hi - cb.lo, [2, 6, 10], atol=1e-6)  # (d, h, w) extents: k, j, i
+    # A 2D box on slice k = 8, 10 x 6 voxels in plane: 8 voxels (the mean side) deep, centred on the slice.
+    flat = to_canonical(Box((5, 6, 8), (14, 11, 8)), pre)
+    np.testing.assert_allclose(flat.hi - flat.lo, [7, 5, 9], atol=1e-6)  # voxel-centre bounds: extent - 1
+    canon_k = pre.grid.world_to_index(image.index_to_world([9.5, 8.5, 8.0]))[2]  # the box centre, canonical k
+    assert flat.center[0] == pytest.approx(canon_k)
+
+
+def test_prior_is_the_ellipsoid_inscribed_in_the_box() -> None:
+    window = CropBox(start=(0, 0, 0), size=(32, 32, 32), volume_shape=(64, 64, 64))
+    cb = CanonicalBox(lo=np.array([8.0, 4.0, 12.0]), hi=np.array([23.0, 27.0, 19.0]))
+    prior = prior_logits(cb, window, 8, logit=3.0)
+    centres = (np.arange(8) + 0.5) * 4 - 0.5  # crop coordinate of each low-res voxel
+    expect = np.zeros((8, 8, 8), bool)
+    for a, d in enumerate(centres):
+        for b, h in enumerate(centres):
+            for c, w in enumerate(centres):
+                expect[a, b, c] = ((d - 15.5) / 8) ** 2 + ((h - 15.5) / 12) ** 2 + ((w - 15.5) / 4) ** 2 <= 1
+    np.testing.assert_array_equal(prior > 0, expect)
+    assert set(np.unique(prior)) == {-3.0, 3.0}
+
+
+def test_box_in_the_session_equals_the_predictor_and_refines_with_clicks() -> None:
+    image, label = _oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    box = _blob_box(label.array, 1)
+    pred = _tiny(max_windows=2, spacing=0.9)
+    session = InteractiveSession(pred, image)
+    session.box(box)
+    session.click((47, 45, 20), positive=False, lesion=1)
+    pred.set_image(image)
+    one_shot = pred.predict([LesionClicks(points=[[47, 45, 20]], labels=[0], box=box)]).labels
+    assert session.label_map().any()
+    np.testing.assert_array_equal(session.label_map(), one_shot)
+
+
+def test_saved_prompts_reproduce_the_session_through_the_predictor(tmp_path: Path) -> None:
+    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    session = InteractiveSession(_bright(), image)
+    session.box(_blob_box(label.array, 2))
+    session.click((45, 50, 20), positive=False, lesion=1)
+    session.click((15, 20, 10))
+    assert _dice(session.label_map() == 2, label.array == 1) > 0.8
+    session.save(tmp_path / "m.nii.gz", tmp_path / "p.json")
+    (lesions, world) = read_prompt_file(tmp_path / "p.json")[None]
+    assert not world and lesions[0].box == _blob_box(label.array, 2) and lesions[0].labels.tolist() == [0]
+    pred = _bright()
+    pred.set_image(image)
+    np.testing.assert_array_equal(pred.predict(lesions).labels, read_image(tmp_path / "m.nii.gz").array)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"box": [1, 2, 3]}, "field 'box' must be six integers"),
+        ({"box": [1, 2, 3, 0, 5, 6]}, "must not exceed hi"),
+        ({"box": [1, 2, 3, 4.5, 5, 6]}, "must hold integers"),
+        ({"box": ["a", 2, 3, 4, 5, 6]}, "must hold numbers"),
+        ({"id": 2}, "needs a 'points' list .* or a 'box'"),
+    ],
+)
+def test_prompt_file_box_is_validated(tmp_path: Path, item: dict, message: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"lesions": [item]}))
+    with pytest.raises(ValueError, match=message):
+        read_prompt_file(path)
+    path.write_text(json.dumps({"coordinates": "world", "lesions": [{"box": [1, 2, 3, 4, 5, 6]}]}))
+    with pytest.raises(ValueError, match="voxel indices; it cannot be used with 'coordinates': 'world'"):
+        read_prompt_file(path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cli_box_writes_a_mask_on_the_input_grid(tmp_path: Path) -> None:
+    image, _ = _oblique_volume()
+    img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
+    code = main(
+        ["predict", str(img), "--out", str(tmp_path / "m.nii.gz"), "--preset", "tiny", "--box", "25,30,12,35,40,18"]
+    )
+    assert code == 0
+    assert read_image(tmp_path / "m.nii.gz").same_geometry(image, atol=1e-6)
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+def test_region_inversion_equals_whole_volume_inversion(resampled: bool) -> None:
+    image, _ = _oblique_volume()
+    spacing = (1.5, 1.5, 1.5) if resampled else None
+    pre = Preprocessor(PreprocessConfig(spacing=spacing))(image)
+    assert pre._resampled == resampled
+    shape = pre.grid.spatial_shape
+    rng = np.random.default_rng(1)
+    region = (slice(3, min(shape[0], 14)), slice(5, 30), slice(8, 26))
+    sub = np.zeros(tuple(s.stop - s.start for s in region), np.float32)
+    sub[2:-2, 2:-2, 2:-2] = rng.random(tuple(n - 4 for n in sub.shape))  # two voxels of zeros around it
+    full = np.zeros(shape, np.float32)
+    full[region] = sub
+    for interp, arr, whole in (
+        ("linear", sub, full),
+        # A block (as the union of a lesion's windows is): a random pattern would also test how ITK breaks
+        # exact half-voxel ties, which float rounding decides differently for a sub-grid.
+        ("nearest", (sub > 0).astype(np.uint8), (full > 0).astype(np.uint8)),
+    ):
+        reference = Preprocessor().invert(whole, pre, interpolation=interp)  # type: ignore[arg-type]
+        out_region, values = invert_region(arr, region, pre, interpolation=interp)
+        expected = np.zeros_like(reference)
+        expected[out_region] = values
+        np.testing.assert_allclose(expected, reference, atol=1e-6)
+        assert values.size < reference.size / 4  # only a part of the volume was resampled

@@ -45,8 +45,10 @@ from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor, crop_box, take
-from lesionsam.inference.postprocess import keep_clicked_components
-from lesionsam.inference.windows import WindowRunner, first_center
+from lesionsam.inference.boxes import Box, box_prompt
+from lesionsam.inference.postprocess import components_by_size as _components
+from lesionsam.inference.postprocess import drop_small_components, keep_clicked_components
+from lesionsam.inference.windows import ChainState, WindowRunner, first_center
 from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import FORMAT, load_model, load_sam_med3d_weights, read_weights_file
 
@@ -60,13 +62,16 @@ class LesionClicks:
     Attributes:
         points: (N, 3) float; ITK voxel indices (i, j, k) of the original image, or LPS mm when the
             predictor is called with ``world=True``.
-        labels: (N,) int; 1 = inside the lesion (positive), 0 = outside (negative). At least one positive.
+        labels: (N,) int; 1 = inside the lesion (positive), 0 = outside (negative). At least one positive, unless
+            a box is given.
         lesion_id: the value this lesion gets in the output label map (1, 2, ...).
+        box: a box around the lesion (voxel indices; :mod:`lesionsam.inference.boxes`), its first prompt.
     """
 
     points: np.ndarray
     labels: np.ndarray
     lesion_id: int = 1
+    box: Box | None = None
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=float).reshape(-1, 3)
@@ -75,8 +80,8 @@ class LesionClicks:
             raise ValueError(f"lesion {self.lesion_id}: {len(self.points)} points but {len(self.labels)} labels")
         if not np.isin(self.labels, (0, 1)).all():
             raise ValueError(f"lesion {self.lesion_id}: click labels must be 1 (positive) or 0 (negative)")
-        if not (self.labels == 1).any():
-            raise ValueError(f"lesion {self.lesion_id}: needs at least one positive click inside the lesion")
+        if self.box is None and not (self.labels == 1).any():
+            raise ValueError(f"lesion {self.lesion_id}: needs at least one positive click inside the lesion (or a box)")
         if not 1 <= int(self.lesion_id) <= 65535:
             raise ValueError(f"lesion id must be in 1..65535, got {self.lesion_id}")
 
@@ -285,6 +290,15 @@ class Predictor:
         return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
 
     # ------------------------------------------------------------------------------------------ model
+    def _lesion_prompts(self, les: LesionClicks, dhw: np.ndarray) -> tuple[np.ndarray, np.ndarray, ChainState]:
+        """A lesion's canonical clicks, labels and first-window chain start: a box becomes a positive click at its
+        centre (the first) and a prior mask (:func:`~lesionsam.inference.boxes.box_prompt`)."""
+        if les.box is None:
+            return dhw, les.labels, ChainState()
+        centre, prior = box_prompt(les.box, self.preprocessed, self.crop, self.model.low_res_size)
+        state = ChainState(last=prior.to(self.device))
+        return np.concatenate([centre[None], dhw]), np.concatenate([[1], les.labels]).astype(np.int64), state
+
     def runner(self) -> WindowRunner:
         """The window engine on the current image (the interactive session uses the same one)."""
         return WindowRunner(
@@ -507,13 +521,16 @@ class Predictor:
         ids = [int(les.lesion_id) for les in lesions]
         if len(set(ids)) != len(ids):
             raise ValueError(f"lesion ids must be distinct, got {ids}")
+        if world and any(les.box is not None for les in lesions):
+            raise ValueError("boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'")
         canonical = [self._canonical_clicks(les, world=world) for les in lesions]
         best = np.zeros(pre.grid.spatial_shape, dtype=np.float32)
         owner = np.zeros(pre.grid.spatial_shape, dtype=np.uint16)
         counts: dict[int, int] = {}
         runner = self.runner()
-        for les, dhw in zip(lesions, canonical, strict=True):
-            windows, _ = runner.segment(first_center(dhw, les.labels), dhw, les.labels, text=text)
+        prompts = [self._lesion_prompts(les, dhw) for les, dhw in zip(lesions, canonical, strict=True)]
+        for les, (dhw, labs, state) in zip(lesions, prompts, strict=True):
+            windows, _ = runner.segment(first_center(dhw, labs), dhw, labs, state, text=text)
             counts[les.lesion_id] = len(windows)
             for box, logits in windows:
                 vol_sl, crop_sl = box.overlap()
@@ -523,7 +540,7 @@ class Predictor:
                 region[better] = prob[better]
                 owner[vol_sl][better] = les.lesion_id
         if self.clicked_only:  # only the lesions that were clicked (see lesionsam.inference.postprocess)
-            positives = np.concatenate([dhw[les.labels == 1] for les, dhw in zip(lesions, canonical, strict=True)])
+            positives = np.concatenate([dhw[labs == 1] for dhw, labs, _ in prompts])
             best[~keep_clicked_components(best > self.threshold, positives)] = 0.0
         prob_orig = self.preprocessor.invert(best, pre, interpolation="linear")
         owner_orig = self.preprocessor.invert(owner, pre, interpolation="nearest")
@@ -535,31 +552,6 @@ class Predictor:
             windows=counts,
             seconds=time.perf_counter() - t0,
         )
-
-
-def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_mm3: float) -> np.ndarray:
-    """``mask`` (D, H, W bool) without its 26-connected components smaller than ``min_mm3`` (voxel volume from
-    ``spacing``, mm); ``min_mm3 <= 0`` keeps everything."""
-    if min_mm3 < 0:
-        raise ValueError(f"the smallest lesion volume must be >= 0 mm³, got {min_mm3}")
-    if min_mm3 == 0 or not mask.any():
-        return mask
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    voxels = np.bincount(comps.ravel(), minlength=n + 1)
-    keep = voxels * float(np.prod(spacing)) >= min_mm3
-    keep[0] = False
-    return keep[comps]
-
-
-def _components(mask: np.ndarray) -> np.ndarray:
-    """26-connected components of a boolean (D, H, W) mask, numbered 1.. by decreasing size (uint16)."""
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n == 0:
-        return comps.astype(np.uint16)
-    sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
-    rank = np.zeros(n + 1, dtype=np.uint16)
-    rank[1 + np.argsort(-sizes, kind="stable")] = np.arange(1, n + 1, dtype=np.uint16)
-    return rank[comps]
 
 
 def write_prediction(
