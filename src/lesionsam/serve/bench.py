@@ -1,0 +1,154 @@
+"""Server round trip of ``lesionsam serve``: the same clicks through the HTTP API and on the library, side by side.
+
+:func:`bench_round_trip` starts the real application under uvicorn on a free loopback port (in a thread of this
+process), opens the image through ``POST /api/sessions``, and times with an HTTP client (:mod:`urllib.request`, no
+extra dependency) a first click on a new lesion and refining clicks on it; then it runs the same clicks on an
+:class:`InteractiveSession` of the same image directly. The difference is what the web layer costs (JSON, the
+patch's base64, the lesion list, the loopback socket). Timings are medians; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionsam.data.io import Volume, read_image, write_image
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """Median seconds of each kind of interaction, through HTTP and on the library; bytes of the answers.
+
+    Attributes:
+        first_http, first_direct: a first positive click (new lesion: window, encoder, decoder, region).
+        refine_http, refine_direct: a refining click on that lesion (decoder only).
+        answer_bytes: median size of a click's JSON answer (the patch is base64 inside it).
+        same_masks: the label map the server holds after the clicks equals the library's (the work compared is the
+            same work).
+    """
+
+    first_http: float
+    first_direct: float
+    refine_http: float
+    refine_direct: float
+    answer_bytes: int
+    same_masks: bool
+
+    def table(self) -> str:
+        rows = [
+            ("first click", self.first_http, self.first_direct),
+            ("refining click", self.refine_http, self.refine_direct),
+        ]
+        lines = [f"{'':16s} {'HTTP (s)':>10s} {'library (s)':>12s} {'overhead (s)':>13s}"]
+        lines += [f"{name:16s} {h:10.4f} {d:12.4f} {h - d:13.4f}" for name, h, d in rows]
+        lines.append(f"answer of a click: {self.answer_bytes:,} bytes; same masks: {self.same_masks}")
+        return "\n".join(lines)
+
+
+def _start(app: Any) -> tuple[Any, threading.Thread, str]:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the benchmark's server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def bench_round_trip(
+    image: Volume | str | Path,
+    make_session: Callable[[Volume], Any],
+    *,
+    first: tuple[int, int, int],
+    refine: Sequence[tuple[tuple[int, int, int], bool]],
+    repeats: int = 3,
+) -> RoundTrip:
+    """Time clicks through the HTTP API of a real server and on the library directly.
+
+    Args:
+        image: the image (a volume is written to a temporary served folder as NIfTI).
+        make_session: ``volume -> InteractiveSession`` (the model already loaded), as ``lesionsam serve`` builds it.
+        first: the first (positive) click, voxel (i, j, k).
+        refine: refining clicks ``((i, j, k), positive)`` on the lesion the first click started.
+        repeats: how many times the sequence runs each way (a new lesion each time; medians are reported).
+    """
+    from lesionsam.serve.app import create_app
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    root = Path(tempfile.mkdtemp(prefix="lesionsam-bench-"))
+    try:
+        volume = image if isinstance(image, Volume) else read_image(image)
+        write_image(volume.array, root / "image.nii.gz", reference=volume, compress=False)
+        volume = read_image(root / "image.nii.gz")
+        server, thread, url = _start(create_app(root, make_session=make_session))
+        try:
+            sid = json.loads(_call(url + "/api/sessions", {"path": "image.nii.gz"}))["session"]
+            first_http, refine_http, sizes = [], [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                answer = _call(f"{url}/api/sessions/{sid}/click", {"point": list(first)})
+                first_http.append(time.perf_counter() - t0)
+                lesion = json.loads(answer)["lesion"]
+                sizes.append(len(answer))
+                for point, positive in refine:
+                    body = {"point": list(point), "positive": positive, "lesion": lesion}
+                    t0 = time.perf_counter()
+                    _call(f"{url}/api/sessions/{sid}/click", body)
+                    refine_http.append(time.perf_counter() - t0)
+            served = _labels(_call(f"{url}/api/sessions/{sid}/labels"))
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+        session = make_session(volume)
+        first_direct, refine_direct = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            lesion = session.click(tuple(first)).lesion
+            first_direct.append(time.perf_counter() - t0)
+            for point, positive in refine:
+                t0 = time.perf_counter()
+                session.click(tuple(point), positive=positive, lesion=lesion)
+                refine_direct.append(time.perf_counter() - t0)
+        same = bool(np.array_equal(served, session.label_map()))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    med = statistics.median
+    return RoundTrip(
+        first_http=med(first_http),
+        first_direct=med(first_direct),
+        refine_http=med(refine_http) if refine_http else float("nan"),
+        refine_direct=med(refine_direct) if refine_direct else float("nan"),
+        answer_bytes=int(med(sizes)),
+        same_masks=same,
+    )
+
+
+def _call(url: str, body: dict | None = None) -> bytes:
+    """GET (no body) or POST JSON; the answer's bytes (an HTTP error raises)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        return answer.read()
+
+
+def _labels(payload: bytes) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.Nifti1Image.from_bytes(payload).dataobj).transpose(2, 1, 0)
