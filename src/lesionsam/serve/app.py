@@ -24,7 +24,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from lesionsam import __version__
 from lesionsam.data.io import Volume
@@ -179,7 +178,19 @@ def create_app(
         return response
 
     if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+        hosts = {h.lower() for h in allowed_hosts}
+
+        @app.middleware("http")
+        async def _trusted_host(request: Request, call_next: Callable) -> Response:
+            host = request.headers.get("host", "").lower()
+            if host.startswith("["):  # [::1]:8765
+                name = host[: host.find("]") + 1]
+            else:
+                name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+            if name not in hosts:
+                return _error(400, f"Host {host!r} is not served: use http://127.0.0.1:PORT/ (DNS-rebinding guard)")
+            return await call_next(request)
+
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
