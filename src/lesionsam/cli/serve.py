@@ -44,6 +44,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="let pages of ORIGIN (e.g. http://localhost:3000) call the API (repeatable; default: none)",
     )
+    p.add_argument(
+        "--proposals",
+        default=None,
+        metavar="CKPT",
+        help="a prompt-free (H-SAM) or text-referred (RefSAM3D) lesionsam checkpoint: the page can then propose "
+        "lesions in the whole image (automatic, or from a text) and segment one with a click on 'accept'",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
 
     def run(a: argparse.Namespace) -> int:
@@ -58,6 +65,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             max_upload_mb=a.max_upload_mb,
             max_sessions=a.max_sessions,
             cors_origins=a.cors_origin,
+            proposals=a.proposals,
             device=a.device,
             warn=lambda line: print(f"lesionsam serve: {line}", file=sys.stderr),
         )

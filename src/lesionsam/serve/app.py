@@ -56,6 +56,7 @@ class ServeContext:
         make_session: builds an interactive session on a volume (the engine with the loaded model).
         model_name: how ``/api/info`` names the model.
         max_upload_bytes: largest upload accepted.
+        proposer: the predictor of ``--proposals`` (prompt-free or text-referred), or None.
     """
 
     root: Path
@@ -63,6 +64,7 @@ class ServeContext:
     make_session: Callable[[Volume], Any]
     model_name: str
     max_upload_bytes: int
+    proposer: Any = None
 
 
 def _first_error(exc: RequestValidationError) -> str:
@@ -126,6 +128,7 @@ def create_app(
     idle_seconds: float = 3600.0,
     cors_origins: Sequence[str] = (),
     allowed_hosts: Sequence[str] | None = LOCAL_HOSTS,
+    proposer: Any = None,
 ) -> FastAPI:
     """The web application serving ``root``.
 
@@ -138,6 +141,8 @@ def create_app(
         max_sessions, idle_seconds: see :class:`~lesionsam.serve.sessions.SessionStore`.
         cors_origins: origins allowed to call the API from other pages (none by default: no CORS header at all).
         allowed_hosts: ``Host`` header values answered (DNS-rebinding protection); None answers any host.
+        proposer: a :class:`~lesionsam.inference.predictor.Predictor` of a prompt-free (H-SAM) or text-referred
+            (RefSAM3D) checkpoint for automatic / text proposals (:mod:`~lesionsam.serve.proposals`), or None.
 
     Raises:
         ValueError: ``root`` is not an existing folder, or a limit is not positive.
@@ -147,6 +152,7 @@ def create_app(
         raise ValueError(f"--root {root_path}: not an existing folder; give the folder holding your images")
     if not max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
+    from lesionsam.serve.proposal_routes import proposals_router
     from lesionsam.serve.routes import api_router
 
     ctx = ServeContext(
@@ -155,6 +161,7 @@ def create_app(
         make_session=make_session,
         model_name=model_name,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        proposer=proposer,
     )
 
     @asynccontextmanager
@@ -167,6 +174,7 @@ def create_app(
     app.state.ctx = ctx
     _install_error_handlers(app)
     app.include_router(api_router(ctx))
+    app.include_router(proposals_router(ctx))
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable) -> Response:

@@ -24,6 +24,7 @@ from lesionsam.data.io import IMAGE_SUFFIXES, case_id, image_suffix, read_image
 from lesionsam.serve import schemas
 from lesionsam.serve.nifti import nifti_bytes, ras_affine
 from lesionsam.serve.paths import MAX_LISTED, list_images, relative_to_root, resolve_inside
+from lesionsam.serve.proposals import proposal_kinds
 from lesionsam.serve.sessions import OpenCase, lesion_colour
 
 #: Output endings by input ending where the input's own format cannot be written as one atomic file.
@@ -87,7 +88,7 @@ def update_response(case: OpenCase, update: Any) -> schemas.UpdateResponse:
     )
 
 
-def _check_lesion(case: OpenCase, lesion: int | None) -> None:
+def check_lesion(case: OpenCase, lesion: int | None) -> None:
     if lesion is None:
         return
     ids = [info.id for info in case.session.lesions()]
@@ -144,7 +145,7 @@ def api_router(ctx: Any) -> APIRouter:
     def interact(sid: str, work: Any, *, lesion: int | None = None) -> schemas.UpdateResponse:
         case = store.get(sid)
         with case.lock:
-            _check_lesion(case, lesion)
+            check_lesion(case, lesion)
             with store.compute_lock:
                 update = work(case)
             return update_response(case, update)
@@ -166,6 +167,7 @@ def api_router(ctx: Any) -> APIRouter:
             version=__version__,
             model=ctx.model_name,
             prompts=["click", "box"],
+            proposals=proposal_kinds(ctx.proposer) if ctx.proposer is not None else [],
             max_upload_mb=ctx.max_upload_bytes / (1024 * 1024),
             max_sessions=store.max_sessions,
         )

@@ -111,11 +111,36 @@ class SavedFiles(BaseModel):
     prompts: str = Field(description="the prompts JSON's path relative to the served folder")
 
 
+class ProposalRequest(_Strict):
+    """Find lesion proposals in the whole image with the ``--proposals`` checkpoint."""
+
+    text: str | None = Field(
+        default=None, description="for a text-referred checkpoint (RefSAM3D), e.g. 'liver tumour'; null: automatic"
+    )
+    min_volume_ml: float = Field(default=0.0, ge=0, description="drop proposals smaller than this (mL)")
+
+
+class ProposalOut(BaseModel):
+    """One proposal: a connected component of the proposals' label map (``id`` = its value there)."""
+
+    id: int
+    class_value: int = Field(description="the label value the checkpoint gave it (automatic) or 1 (text)")
+    volume_ml: float
+    lo: Ijk = Field(description="bounding box, smallest (i, j, k), inclusive")
+    hi: Ijk = Field(description="bounding box, largest (i, j, k), inclusive")
+
+
+class ProposalList(BaseModel):
+    proposals: list[ProposalOut]
+    seconds: float
+
+
 class ServerInfo(BaseModel):
     """What the server offers."""
 
     version: str
     model: str = Field(description="the checkpoint's file name (or 'random weights')")
     prompts: list[str] = Field(description="prompt kinds the sessions accept ('click', 'box')")
+    proposals: list[str] = Field(description="'auto' and/or 'text' when a --proposals checkpoint is loaded")
     max_upload_mb: float
     max_sessions: int

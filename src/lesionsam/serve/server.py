@@ -72,6 +72,26 @@ def session_factory(
     return make_session, name
 
 
+def load_proposer(checkpoint: str | os.PathLike[str], *, device: str = "cpu") -> Any:
+    """The predictor of ``--proposals``: a prompt-free (H-SAM) or text-referred (RefSAM3D) lesionsam checkpoint.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing file, or a checkpoint that can make no proposal.
+    """
+    from lesionsam.inference.predictor import Predictor
+    from lesionsam.models.checkpoint import check_checkpoint_file
+    from lesionsam.serve.proposals import proposal_kinds
+
+    check_checkpoint_file(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    if not proposal_kinds(predictor):
+        raise ValueError(
+            f"--proposals {checkpoint}: its model is neither prompt-free (hsam) nor text-referred (refsam3d), "
+            "so it cannot propose lesions without clicks"
+        )
+    return predictor
+
+
 def serve(
     root: str | os.PathLike[str],
     *,
@@ -82,11 +102,14 @@ def serve(
     max_upload_mb: float = 1024.0,
     max_sessions: int = 4,
     cors_origins: Sequence[str] = (),
+    proposals: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     warn: Callable[[str], None] = print,
     log_level: str = "info",
 ) -> None:
     """Serve ``root`` at ``http://host:port/`` until interrupted (every check happens before the model loads).
+
+    ``proposals``: a prompt-free (H-SAM) or text-referred (RefSAM3D) checkpoint for automatic / text proposals.
 
     Raises:
         ValueError: a bad root, port or limit; FileNotFoundError: a missing checkpoint.
@@ -107,7 +130,12 @@ def serve(
     warning = host_warning(host)
     if warning:
         warn(warning)
+    if proposals is not None:
+        from lesionsam.models.checkpoint import check_checkpoint_file
+
+        check_checkpoint_file(proposals)  # before minutes of loading the main model
     make_session, model_name = session_factory(checkpoint, preset=preset, device=device)
+    proposer = load_proposer(proposals, device=device) if proposals is not None else None
     app = create_app(
         root_path,
         make_session=make_session,
@@ -116,6 +144,7 @@ def serve(
         max_sessions=max_sessions,
         cors_origins=cors_origins,
         allowed_hosts=allowed_hosts_for(host),
+        proposer=proposer,
     )
     shown = f"[{host}]" if ":" in host else host
     warn(f"serving {root_path.resolve()} at http://{shown}:{port}/ (API docs: /docs); Ctrl+C stops")

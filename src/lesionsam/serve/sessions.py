@@ -60,6 +60,7 @@ class OpenCase:
         volume: the input volume (its grid is the grid of every label map and patch).
         session: the interactive engine.
         upload_dir: a private temporary folder holding an upload (removed on close).
+        proposals: the last proposals' (D, H, W) id map and list (:mod:`~lesionsam.serve.proposals`), or None.
     """
 
     sid: str
@@ -68,6 +69,7 @@ class OpenCase:
     volume: Volume
     session: Any
     upload_dir: Path | None = None
+    proposals: tuple[Any, list[Any]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = field(default_factory=time.monotonic)
 
