@@ -65,6 +65,31 @@ class BrightBlobModel(SegModel):
         return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
 
 
+class BrightAuto(SegModel):
+    """Prompt-free stand-in: class 1 = voxels brighter than 1 (normalised units), as (B, 2, S³) logits."""
+
+    prompt_free = True
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        self._size = size
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def img_size(self) -> int:
+        return self._size
+
+    @property
+    def num_classes(self) -> int:
+        return 1
+
+    def forward(self, image: torch.Tensor, prompts: Prompts | None = None) -> SegOutput:
+        bright = (image > 1.0).float()
+        logits = 10.0 * torch.cat([1 - bright, bright], dim=1)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 2))
+
+
 def bright_predictor() -> Predictor:
     return Predictor(BrightBlobModel(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), max_windows=4)
 
@@ -135,4 +160,5 @@ def kit() -> SimpleNamespace:
         oblique_case=oblique_case,
         blob_centre_ijk=blob_centre_ijk,
         blobs=BLOBS,
+        auto_model=BrightAuto,
     )

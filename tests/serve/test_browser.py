@@ -9,6 +9,7 @@ A shift-click (negative) and a box dragged on a slice are checked the same way.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import tempfile
@@ -49,13 +50,11 @@ CHROME_FLAGS = (
 )
 
 
-@pytest.fixture
-def server(served_case, kit) -> Iterator[str]:
-    """The app on a free port of 127.0.0.1 (uvicorn in a thread); yields its base URL."""
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """``app`` on a free port of 127.0.0.1 (uvicorn in a thread); yields its base URL."""
     import uvicorn
 
-    predictor = kit.bright_predictor()
-    app = create_app(served_case.root, make_session=lambda volume: InteractiveSession(predictor, volume))
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -66,9 +65,20 @@ def server(served_case, kit) -> Iterator[str]:
             pytest.fail("the server did not start")
         time.sleep(0.05)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(served_case, kit) -> Iterator[str]:
+    predictor = kit.bright_predictor()
+    with _serving(
+        create_app(served_case.root, make_session=lambda volume: InteractiveSession(predictor, volume))
+    ) as url:
+        yield url
 
 
 @pytest.fixture
@@ -260,3 +270,36 @@ def test_click_overlay_negative_box_and_save_in_a_real_browser(served_case, serv
     assert (served_case.root / "case_lesions.prompts.json").is_file()
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+def test_proposals_in_a_real_browser(served_case, browser, kit, tmp_path) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    from lesionsam.data.transforms import PreprocessConfig
+    from lesionsam.inference.predictor import Predictor
+
+    auto = Predictor(kit.auto_model(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)))
+    predictor = kit.bright_predictor()
+    app = create_app(served_case.root, make_session=lambda v: InteractiveSession(predictor, v), proposer=auto)
+    with _serving(app) as url:
+        driver = browser
+        driver.get(url + "/")
+        _wait("the page", lambda: driver.execute_script("return window.lesionsam && window.lesionsam.ready"))
+        assert driver.find_element("id", "proposals-section").is_displayed()
+        assert not driver.find_element("id", "proposal-text").is_displayed()  # automatic: no text box
+        Select(driver.find_element("id", "images")).select_by_value("case.nii.gz")
+        driver.find_element("id", "open").click()
+        _wait("the image", lambda: driver.execute_script("return window.lesionsam.state.labels !== null"))
+        _wait("the page to be idle", lambda: not driver.execute_script("return window.lesionsam.state.busy"))
+        driver.find_element("id", "propose").click()
+        _wait("the proposals", lambda: driver.execute_script("return window.lesionsam.state.proposalsVol !== null"))
+        driver.execute_script("window.lesionsam.showVoxel(arguments[0])", list(kit.blob_centre_ijk(1)))
+        driver.save_screenshot(str(tmp_path / "proposals.png"))
+        rows = driver.find_elements("css selector", "#proposals li")
+        assert len(rows) == 2
+        rows[0].find_elements("tag name", "button")[1].click()  # accept the larger one: blob 1
+        state = _idle_after(driver, 1)
+        overlay = _overlay(driver, served_case.labels.shape)
+        np.testing.assert_array_equal(overlay, _server_labels(url, state["sid"]))
+        assert [les["id"] for les in state["lesions"]] == [1]
+        assert _dice(overlay == 1, served_case.labels == 1) > 0.75

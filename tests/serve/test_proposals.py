@@ -24,31 +24,6 @@ from lesionsam.serve.proposals import Proposal, box_of, components
 BASE = "http://127.0.0.1"
 
 
-class BrightAuto(SegModel):
-    """Prompt-free stand-in: class 1 = voxels brighter than 1 (normalised units), as (B, 2, S³) logits."""
-
-    prompt_free = True
-
-    def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    @property
-    def img_size(self) -> int:
-        return self._size
-
-    @property
-    def num_classes(self) -> int:
-        return 1
-
-    def forward(self, image: torch.Tensor, prompts: Prompts | None = None) -> SegOutput:
-        bright = (image > 1.0).float()
-        logits = 10.0 * torch.cat([1 - bright, bright], dim=1)
-        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
-        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 2))
-
-
 class BrightText(SegModel):
     """Text-referred stand-in: "bright ..." segments voxels brighter than 1, any other text nothing."""
 
@@ -88,8 +63,9 @@ def _true_boxes(labels: np.ndarray) -> dict[int, tuple[tuple[int, ...], tuple[in
     return out
 
 
-@pytest.mark.parametrize(("model", "body"), [(BrightAuto(), {}), (BrightText(), {"text": "bright lesion"})])
-def test_proposals_are_the_blobs_and_accepting_one_segments_it(served_case, bright_sessions, kit, model, body) -> None:
+@pytest.mark.parametrize("kind", ["auto", "text"])
+def test_proposals_are_the_blobs_and_accepting_one_segments_it(served_case, bright_sessions, kit, kind) -> None:
+    model, body = (kit.auto_model(), {}) if kind == "auto" else (BrightText(), {"text": "bright lesion"})
     app = create_app(served_case.root, make_session=bright_sessions, proposer=_proposer(model))
     client = TestClient(app, base_url=BASE)
     assert client.get("/api/info").json()["proposals"] == (["auto"] if body == {} else ["text"])
@@ -127,7 +103,7 @@ def read_image_bytes(payload: bytes) -> np.ndarray:
     return np.asarray(nib.Nifti1Image.from_bytes(payload).dataobj).transpose(2, 1, 0)
 
 
-def test_proposal_errors(served_case, bright_sessions) -> None:
+def test_proposal_errors(served_case, bright_sessions, kit) -> None:
     plain = TestClient(create_app(served_case.root, make_session=bright_sessions), base_url=BASE)
     assert plain.get("/api/info").json()["proposals"] == []
     sid = plain.post("/api/sessions", json={"path": "case.nii.gz"}).json()["session"]
@@ -135,7 +111,7 @@ def test_proposal_errors(served_case, bright_sessions) -> None:
     assert r.status_code == 404 and "--proposals" in r.json()["detail"]
 
     auto = TestClient(
-        create_app(served_case.root, make_session=bright_sessions, proposer=_proposer(BrightAuto())), base_url=BASE
+        create_app(served_case.root, make_session=bright_sessions, proposer=_proposer(kit.auto_model())), base_url=BASE
     )
     sid = auto.post("/api/sessions", json={"path": "case.nii.gz"}).json()["session"]
     assert auto.get(f"/api/sessions/{sid}/proposals/labels").status_code == 404  # none computed yet

@@ -11,7 +11,9 @@ const state = {
   sid: null, name: '', size: null, rasFromIjk: null, ijkFromRas: null,
   lesions: [], active: null, tool: 'click', negative: false, busy: false,
   image: null, labels: null, lastClick: null, lastBox: null, interactions: 0,
+  proposalKinds: [], proposals: [], proposalsVol: null,
 }
+const PROPOSAL_COLOUR = [0, 229, 255]
 
 // ------------------------------------------------------------------------------------------------ API
 async function api (method, url, body) {
@@ -219,6 +221,7 @@ function refreshButtons () {
   $('undo').disabled = !open || state.active === null
   $('redo').disabled = !open || state.active === null
   $('save').disabled = !open
+  $('propose').disabled = !open
   $('open').disabled = !$('images').value
   $('tool-click').classList.toggle('on', state.tool === 'click')
   $('tool-box').classList.toggle('on', state.tool === 'box')
@@ -251,6 +254,9 @@ async function showSession (info) {
   const image = await NVImage.loadFromUrl({ url: buf, name: 'image.nii', colormap: 'gray' })
   while (nv.volumes.length) nv.removeVolume(nv.volumes[0])
   state.labels = null
+  state.proposalsVol = null
+  state.proposals = []
+  renderProposals()
   state.image = image
   nv.addVolume(image)
   await loadLabels()
@@ -327,6 +333,63 @@ async function save () {
     return out
   })
   if (state.saved) status(`Saved ${state.saved.mask}\nand ${state.saved.prompts}`)
+}
+
+// ------------------------------------------------------------------------------------------------ proposals
+async function propose () {
+  const body = state.proposalKinds.includes('auto') ? {} : { text: $('proposal-text').value.trim() }
+  if (body.text === '') { status('Type what to look for (e.g. liver tumour).', true); return }
+  const out = await busy('Finding lesions', () => api('POST', `/api/sessions/${state.sid}/proposals`, body))
+  if (!out) return
+  state.proposals = out.proposals.map((p) => ({ ...p, accepted: false }))
+  const buf = await bytes(`/api/sessions/${state.sid}/proposals/labels`)
+  const vol = await NVImage.loadFromUrl({ url: buf, name: 'proposals.nii', opacity: 0.35 })
+  if (state.proposalsVol) nv.removeVolume(state.proposalsVol)
+  state.proposalsVol = vol
+  nv.addVolume(vol)
+  nv.setVolume(vol, 1) // under the lesions
+  const n = Math.max(1, state.proposals.length)
+  const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: [''] }
+  for (let id = 1; id <= n; id++) {
+    cm.R.push(PROPOSAL_COLOUR[0]); cm.G.push(PROPOSAL_COLOUR[1]); cm.B.push(PROPOSAL_COLOUR[2])
+    cm.A.push(255); cm.I.push(id); cm.labels.push(`proposal ${id}`)
+  }
+  vol.setColormapLabel(cm)
+  nv.updateGLVolume()
+  renderProposals()
+  status(`${state.proposals.length} proposal(s) in ${out.seconds.toFixed(1)} s`)
+}
+
+function renderProposals () {
+  const ul = $('proposals')
+  ul.replaceChildren()
+  for (const p of state.proposals) {
+    const li = document.createElement('li')
+    const name = document.createElement('span')
+    name.textContent = `Proposal ${p.id}`
+    const vol = document.createElement('span')
+    vol.className = 'vol'
+    vol.textContent = `${p.volume_ml.toFixed(2)} mL`
+    const show = document.createElement('button')
+    show.textContent = 'show'
+    show.addEventListener('click', () => showVoxel(p.lo.map((v, a) => Math.round((v + p.hi[a]) / 2))))
+    const take = document.createElement('button')
+    take.textContent = p.accepted ? 'accepted' : 'accept'
+    take.disabled = p.accepted
+    take.addEventListener('click', () => acceptProposal(p))
+    li.append(name, vol, show, take)
+    ul.append(li)
+  }
+}
+
+async function acceptProposal (p) {
+  const update = await busy(`Accept proposal ${p.id}`,
+    () => api('POST', `/api/sessions/${state.sid}/proposals/${p.id}/accept`))
+  if (!update) return
+  p.accepted = true
+  state.active = update.lesion
+  applyUpdate(update)
+  renderProposals()
 }
 
 // ------------------------------------------------------------------------------------------------ pointer
@@ -408,6 +471,11 @@ async function main () {
   window.addEventListener('beforeunload', () => {
     if (state.sid) navigator.sendBeacon && fetch(`/api/sessions/${state.sid}`, { method: 'DELETE', keepalive: true })
   })
+  $('propose').addEventListener('click', propose)
+  const info = await api('GET', '/api/info')
+  state.proposalKinds = info.proposals
+  $('proposals-section').hidden = info.proposals.length === 0
+  $('proposal-text').hidden = !info.proposals.includes('text')
   await listImages()
   window.lesionsam.ready = true
 }
