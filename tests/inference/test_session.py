@@ -303,6 +303,25 @@ def test_prior_is_the_ellipsoid_inscribed_in_the_box() -> None:
     assert set(np.unique(prior)) == {-3.0, 3.0}
 
 
+def test_a_3d_box_bounds_its_lesion_and_a_2d_box_does_not() -> None:
+    image, label = _oblique_volume(blobs=((15, 35, 30, 9),))
+    session = InteractiveSession(_bright(), image)
+    whole = _blob_box(label.array, 1)
+    half = Box(whole.lo, (whole.hi[0], whole.hi[1], (whole.lo[2] + whole.hi[2]) // 2))  # the lower half in k
+    lesion = session.box(half).lesion
+    mask = session.label_map() == lesion
+    inside = np.zeros(mask.shape, bool)
+    inside[half.lo[2] : half.hi[2] + 2, half.lo[1] - 1 : half.hi[1] + 2, half.lo[0] - 1 : half.hi[0] + 2] = True
+    assert mask.any() and not (mask & ~inside).any()  # nothing beyond the box (one voxel of interpolation)
+    in_box = np.zeros(mask.shape, bool)
+    in_box[half.lo[2] : half.hi[2] + 1, half.lo[1] : half.hi[1] + 1, half.lo[0] : half.hi[0] + 1] = True
+    assert _dice(mask, in_box & (label.array > 0)) > 0.85  # the part of the blob inside the box
+    session.reset()
+    k = (whole.lo[2] + whole.hi[2]) // 2
+    flat = session.box(Box((whole.lo[0], whole.lo[1], k), (whole.hi[0], whole.hi[1], k))).lesion
+    assert _dice(session.label_map() == flat, label.array) > 0.85  # the whole blob, beyond the slice
+
+
 def test_box_in_the_session_equals_the_predictor_and_refines_with_clicks() -> None:
     image, label = _oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
     box = _blob_box(label.array, 1)

@@ -290,14 +290,15 @@ class Predictor:
         return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
 
     # ------------------------------------------------------------------------------------------ model
-    def _lesion_prompts(self, les: LesionClicks, dhw: np.ndarray) -> tuple[np.ndarray, np.ndarray, ChainState]:
-        """A lesion's canonical clicks, labels and first-window chain start: a box becomes a positive click at its
-        centre (the first) and a prior mask (:func:`~lesionsam.inference.boxes.box_prompt`)."""
+    def _lesion_prompts(self, les: LesionClicks, dhw: np.ndarray) -> tuple[np.ndarray, np.ndarray, ChainState, Any]:
+        """A lesion's canonical clicks, labels, first-window chain start and bound: a box becomes a positive click at
+        its centre (the first), a prior mask and a bound (:func:`~lesionsam.inference.boxes.box_prompt`)."""
         if les.box is None:
-            return dhw, les.labels, ChainState()
-        centre, prior = box_prompt(les.box, self.preprocessed, self.crop, self.model.low_res_size)
-        state = ChainState(last=prior.to(self.device))
-        return np.concatenate([centre[None], dhw]), np.concatenate([[1], les.labels]).astype(np.int64), state
+            return dhw, les.labels, ChainState(), None
+        centre, prior, bound = box_prompt(les.box, self.preprocessed, self.crop, self.model.low_res_size)
+        state = ChainState(last=prior.to(self.device) if prior is not None else None)
+        labels = np.concatenate([[1], les.labels]).astype(np.int64)
+        return np.concatenate([centre[None], dhw]), labels, state, bound
 
     def runner(self) -> WindowRunner:
         """The window engine on the current image (the interactive session uses the same one)."""
@@ -529,8 +530,8 @@ class Predictor:
         counts: dict[int, int] = {}
         runner = self.runner()
         prompts = [self._lesion_prompts(les, dhw) for les, dhw in zip(lesions, canonical, strict=True)]
-        for les, (dhw, labs, state) in zip(lesions, prompts, strict=True):
-            windows, _ = runner.segment(first_center(dhw, labs), dhw, labs, state, text=text)
+        for les, (dhw, labs, state, bound) in zip(lesions, prompts, strict=True):
+            windows, _ = runner.segment(first_center(dhw, labs), dhw, labs, state, text=text, bound=bound)
             counts[les.lesion_id] = len(windows)
             for box, logits in windows:
                 vol_sl, crop_sl = box.overlap()
@@ -540,7 +541,7 @@ class Predictor:
                 region[better] = prob[better]
                 owner[vol_sl][better] = les.lesion_id
         if self.clicked_only:  # only the lesions that were clicked (see lesionsam.inference.postprocess)
-            positives = np.concatenate([dhw[labs == 1] for dhw, labs, _ in prompts])
+            positives = np.concatenate([dhw[labs == 1] for dhw, labs, _, _ in prompts])
             best[~keep_clicked_components(best > self.threshold, positives)] = 0.0
         prob_orig = self.preprocessor.invert(best, pre, interpolation="linear")
         owner_orig = self.preprocessor.invert(owner, pre, interpolation="nearest")

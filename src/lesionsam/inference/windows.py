@@ -33,6 +33,9 @@ from lesionsam.models import Prompts, SegModel
 #: A lesion's cache of encoded windows, keyed by the window's start (d, h, w) on the canonical grid.
 EmbeddingCache = MutableMapping[tuple[int, int, int], object]
 
+#: Canonical (d, h, w) limits (lower, upper; inclusive, continuous) that a lesion's voxel centres must lie within.
+Bound = tuple[np.ndarray, np.ndarray]
+
 #: Windows of one lesion: (crop box on the canonical grid, (S, S, S) float32 logits on the adjusted scale).
 Windows = list[tuple[CropBox, np.ndarray]]
 
@@ -65,6 +68,21 @@ class LesionMap:
     region: tuple[slice, slice, slice]
     prob: np.ndarray
     covered: np.ndarray
+
+
+def bounded(box: CropBox, logits: np.ndarray, bound: Bound | None) -> np.ndarray:
+    """``logits`` (S, S, S) of window ``box`` set to -20 at voxels whose centre lies outside ``bound`` (canonical
+    (d, h, w) lower and upper limits, inclusive); unchanged without a bound."""
+    if bound is None:
+        return logits
+    out = logits.copy()
+    for axis in range(3):
+        pos = np.arange(box.size[axis]) + box.start[axis]
+        outside = (pos < bound[0][axis]) | (pos > bound[1][axis])
+        index = [slice(None)] * 3
+        index[axis] = outside  # type: ignore[call-overload]
+        out[tuple(index)] = -20.0
+    return out
 
 
 def faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
@@ -224,8 +242,10 @@ class WindowRunner:
         labels: np.ndarray,
         text: str | None = None,
         cache: EmbeddingCache | None = None,
+        bound: Bound | None = None,
     ) -> Windows:
-        """All windows of a lesion: ``first`` and the windows grown from it while the mask touches an inner face."""
+        """All windows of a lesion: ``first`` and the windows grown from it while the mask touches an inner face
+        (each cut to ``bound``, when given)."""
         shape = self.shape
         half = self.crop // 2
         box0, logits0 = first
@@ -248,7 +268,7 @@ class WindowRunner:
             extra = box.to_crop(dhw[inside]) if inside.any() else np.zeros((0, 3))
             clicks = np.clip(np.concatenate([peak[None], extra]), 0, self.crop - 1)
             labs = np.concatenate([[1], labels[inside]]).astype(np.int64)
-            logits = self.run_window(box, clicks, labs, prior, text, cache)
+            logits = bounded(box, self.run_window(box, clicks, labs, prior, text, cache), bound)
             windows.append((box, logits))
             queue.extend(self._next_centers(box, logits, center, shape=shape, half=half))
         return windows
@@ -281,10 +301,12 @@ class WindowRunner:
         state: ChainState | None = None,
         text: str | None = None,
         cache: EmbeddingCache | None = None,
+        bound: Bound | None = None,
     ) -> tuple[Windows, ChainState]:
-        """First window then growing: every window of a lesion, and the first window's chain state."""
+        """First window then growing: every window of a lesion, and the first window's chain state. With ``bound``
+        (a 3D box prompt's extent) every window's logits are cut to it (-20 outside), so the lesion never leaves it."""
         box, logits, new_state = self.first_window(center, dhw, labels, state or ChainState(), text, cache)
-        return self.grow((box, logits), dhw, labels, text, cache), new_state
+        return self.grow((box, bounded(box, logits, bound)), dhw, labels, text, cache, bound), new_state
 
 
 def first_center(dhw: np.ndarray, labels: np.ndarray) -> np.ndarray:
