@@ -148,6 +148,32 @@ def test_refining_click_runs_the_decoder_only() -> None:
     assert len(encoder_calls) == 2
 
 
+def test_bfloat16_runs_the_model_in_bfloat16_and_agrees_with_float32() -> None:
+    image, _ = _oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    logits = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = Predictor.from_checkpoint(None, preset="tiny", max_windows=1, spacing=(0.9,) * 3, dtype=dtype)
+        seen: list[torch.dtype] = []
+        hook = pred.model.image_encoder.patch_embed.register_forward_hook(
+            lambda _m, _a, out, s=seen: s.append(out.dtype)
+        )
+        pred.set_image(image)
+        runner = pred.runner()
+        clicks, labels = np.array([[20.0, 30.0, 30.0], [25.0, 30.0, 34.0]]), np.array([1, 0])
+        logits[dtype] = runner.run_window(runner.window((30, 40, 40)), clicks, labels, None)
+        hook.remove()
+        assert seen == [getattr(torch, dtype)]
+        InteractiveSession(pred, image).click((40, 45, 20))  # the session runs through the same runner
+        assert seen[-1] == getattr(torch, dtype)
+    a, b = logits["float32"], logits["bfloat16"]
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99 and np.abs(a - b).mean() < 0.05 * a.std()
+    with pytest.raises(ValueError, match="dtype must be float32 or bfloat16"):
+        Predictor(CachingBrightModel(), dtype="float16")
+
+
 # ------------------------------------------------------------------------------------------ behaviour
 def test_negative_click_removes_voxels_and_updates_only_its_region() -> None:
     image, label = _oblique_volume()

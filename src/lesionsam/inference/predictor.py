@@ -146,6 +146,7 @@ class Predictor:
             growing (logit adjustment, ``train.logit_adjustment``: the prior shift the training loss built in);
             :meth:`from_checkpoint` takes it from the checkpoint (``extra["logit_adjustment"]``; 0 for official
             weights and older runs). Prior logits fed back to the model keep the model's own scale.
+        dtype: "bfloat16" runs clicks and boxes under bfloat16 autocast (:class:`WindowRunner`); "float32" default.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
@@ -165,6 +166,7 @@ class Predictor:
         class_texts: Mapping[int, Sequence[str]] | None = None,
         logit_offset: float = 0.0,
         clicked_only: bool = True,
+        dtype: str = "float32",
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
@@ -172,6 +174,9 @@ class Predictor:
             raise ValueError(f"{name} takes neither clicks nor text and is not prompt-free")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        self.dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
         if (
@@ -308,6 +313,7 @@ class Predictor:
             device=self.device,
             logit_offset=self.logit_offset,
             max_windows=self.max_windows,
+            dtype=self.dtype,
         )
 
     def _check_text(self, text: str | None) -> None:

@@ -143,13 +143,7 @@ class InteractiveSession:
         predictor._check_text(text)
         self._image_path = None if isinstance(image, Volume) else Path(image)
         self.pre = predictor.set_image(image)
-        self.runner = WindowRunner(
-            predictor.model,
-            self.pre,
-            device=predictor.device,
-            logit_offset=predictor.logit_offset,
-            max_windows=predictor.max_windows,
-        )
+        self.runner: WindowRunner = predictor.runner()
         self.shape_ijk: tuple[int, int, int] = tuple(int(s) for s in self.pre.source.size_ijk)  # type: ignore[assignment]
         self.spacing: tuple[float, float, float] = tuple(float(s) for s in self.pre.source.spacing)  # type: ignore[assignment]
         self._voxel_ml = float(np.prod(self.spacing)) / 1000.0

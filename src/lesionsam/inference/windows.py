@@ -19,8 +19,10 @@ prior low-res mask (a box prompt: :mod:`lesionsam.inference.boxes`). The algorit
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,10 +120,19 @@ class WindowRunner:
         device: where the model runs.
         logit_offset: subtracted from every window's logits (logit adjustment); priors fed back get it added.
         max_windows: most windows per lesion.
+        dtype: compute dtype of the model's encode and decode: float32, or bfloat16 through ``torch.autocast``
+            (matrix products and convolutions in bfloat16, reductions and the outputs in float32).
     """
 
     def __init__(
-        self, model: SegModel, pre: Preprocessed, *, device: torch.device, logit_offset: float, max_windows: int
+        self,
+        model: SegModel,
+        pre: Preprocessed,
+        *,
+        device: torch.device,
+        logit_offset: float,
+        max_windows: int,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = model
         self.pre = pre
@@ -129,6 +140,18 @@ class WindowRunner:
         self.crop = int(model.img_size)
         self.logit_offset = float(logit_offset)
         self.max_windows = int(max_windows)
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}")
+        self.dtype = dtype
+
+    def compute(self) -> contextlib.AbstractContextManager[Any]:
+        """No gradients, and bfloat16 autocast when :attr:`dtype` asks for it."""
+        if self.dtype == torch.float32:
+            return torch.inference_mode()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+        return stack
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -146,7 +169,7 @@ class WindowRunner:
             return cache[key]
         crop = take(self.pre.image, box, pad_value=float(self.pre.background))
         image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
-        with torch.inference_mode():
+        with self.compute():
             encoded = self.model.encode(image)
         if cache is not None:
             cache[key] = encoded  # type: ignore[index]
@@ -186,14 +209,14 @@ class WindowRunner:
         previous = state.previous if n <= state.decoded else state.last
         low = previous
         out = None
-        with torch.inference_mode():
+        with self.compute():
             for k in steps:
                 previous = low
                 pts = torch.as_tensor(clicks[None, :k], dtype=torch.float32, device=self.device)
                 lab = torch.as_tensor(labels[None, :k], dtype=torch.int64, device=self.device)
                 prompts = Prompts(points=pts, labels=lab, mask=low, text=[text] if text is not None else None)
                 out = self.model.decode(encoded, prompts)
-                low = out.low_res_logits[:, :1]
+                low = out.low_res_logits[:, :1].float()
         assert out is not None
         logits = out.logits[0, 0].float().cpu().numpy() - np.float32(self.logit_offset)
         return logits, ChainState(decoded=n, previous=previous, last=low)

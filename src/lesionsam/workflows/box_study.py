@@ -12,7 +12,9 @@ Every connected lesion (26-connectivity) of the label value is segmented alone i
 A box side of one voxel is widened to two (nobody draws a zero-width box). Dice is measured on the input grid
 between the lesion's mask and that lesion alone.
 
-Run: ``python -m lesionsam.workflows.box_study CHECKPOINT DATA_ROOT [--out result.json] [--cases N]``.
+Run: ``python -m lesionsam.workflows.box_study CHECKPOINT DATA_ROOT [--out result.json] [--cases N]``;
+``--bfloat16`` compares instead the masks of a bfloat16 (autocast) predictor with float32 ones
+(:func:`compare_dtypes`).
 """
 
 from __future__ import annotations
@@ -123,6 +125,54 @@ def box_vs_click(
     return {"lesions": rows, "summary": summary, "seconds": time.perf_counter() - t0}
 
 
+def compare_dtypes(
+    checkpoint: str | os.PathLike[str], root: str | os.PathLike[str], *, label: int = LESION, cases: int | None = None
+) -> dict[str, Any]:
+    """Masks of float32 and bfloat16 (autocast) predictors from the same centre click and 3D box per lesion.
+
+    Returns:
+        ``{"dice_bf16_vs_fp32": {"click": [...], "box3d": [...]}, "dice_vs_truth": {dtype: {prompt: mean}}}``.
+    """
+    root = Path(root)
+    predictors = {dt: Predictor.from_checkpoint(checkpoint, dtype=dt) for dt in ("float32", "bfloat16")}
+    masks: dict[str, dict[str, list[np.ndarray]]] = {dt: {"click": [], "box3d": []} for dt in predictors}
+    truths: list[np.ndarray] = []
+    for image_path in sorted((root / "imagesTr").glob("*.nii.gz"))[: cases if cases else None]:
+        image = read_image(image_path)
+        gt = read_image(root / "labelsTr" / image_path.name).array == label
+        comps, n = ndimage.label(gt, structure=np.ones((3, 3, 3), dtype=bool))
+        sessions = {dt: InteractiveSession(p, image) for dt, p in predictors.items()}
+        for c in range(1, n + 1):
+            truths.append(comps == c)
+            prompts = lesion_prompts(truths[-1])
+            for dt, session in sessions.items():
+                session.reset()
+                lesion = session.click(prompts["click"]).lesion
+                masks[dt]["click"].append(session.label_map() == lesion)
+                session.reset()
+                lesion = session.box(prompts["box3d"]).lesion
+                masks[dt]["box3d"].append(session.label_map() == lesion)
+
+    def agree(a: np.ndarray, b: np.ndarray) -> float:
+        return 1.0 if not (a.any() or b.any()) else _dice(a, b)
+
+    return {
+        "lesions": len(truths),
+        "dice_bf16_vs_fp32": {
+            k: [agree(a, b) for a, b in zip(masks["bfloat16"][k], masks["float32"][k], strict=True)]
+            for k in ("click", "box3d")
+        },
+        "nonempty": {
+            k: [bool(a.any() or b.any()) for a, b in zip(masks["bfloat16"][k], masks["float32"][k], strict=True)]
+            for k in ("click", "box3d")
+        },
+        "dice_vs_truth": {
+            dt: {k: float(np.mean([_dice(m, t) for m, t in zip(v, truths, strict=True)])) for k, v in d.items()}
+            for dt, d in masks.items()
+        },
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lesionsam.workflows.box_study CHECKPOINT ROOT``: print the summary table (and write JSON)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,7 +181,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--label", type=int, default=LESION)
     p.add_argument("--cases", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="write the per-lesion results as JSON")
+    p.add_argument("--bfloat16", action="store_true", help="instead: compare bfloat16 masks with float32 masks")
     a = p.parse_args(argv)
+    if a.bfloat16:
+        cmp = compare_dtypes(a.checkpoint, a.root, label=a.label, cases=a.cases)
+        for prompt, dice in cmp["dice_bf16_vs_fp32"].items():
+            d = np.asarray(dice)[np.asarray(cmp["nonempty"][prompt], dtype=bool)]
+            print(
+                f"{prompt}: bf16 vs fp32 Dice mean {d.mean():.4f} min {d.min():.4f} over the {len(d)} lesions of "
+                f"{len(dice)} with a mask in either"
+            )
+        print("Dice vs truth:", json.dumps(cmp["dice_vs_truth"]))
+        if a.out is not None:
+            atomic_write_bytes(a.out, (json.dumps(cmp, indent=1) + "\n").encode())
+        return 0
     predictor = Predictor.from_checkpoint(a.checkpoint)
     result = box_vs_click(predictor, a.root, label=a.label, cases=a.cases)
     n = len(result["lesions"])
