@@ -263,14 +263,19 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ image
     def set_image(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
         """Preprocess a volume (or read and preprocess a file) for the next :meth:`predict` calls."""
+        self._pre = self.prepare(image)
+        return self._pre
+
+    def prepare(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
+        """A volume (or file) checked and preprocessed onto the model's grid, without making it the current image
+        (sessions sharing this predictor each keep their own)."""
         volume = image if isinstance(image, Volume) else read_image(image)
         if volume.array.ndim != 3:
             raise ImageIOError(
                 f"the image has {volume.array.shape[0]} channels; choose one (e.g. the MRI sequence) first"
             )
         check_intensities(volume, source=str(image) if not isinstance(image, Volume) else "image")
-        self._pre = self.preprocessor(volume)
-        return self._pre
+        return self.preprocessor(volume)
 
     @property
     def preprocessed(self) -> Preprocessed:
@@ -305,11 +310,11 @@ class Predictor:
         labels = np.concatenate([[1], les.labels]).astype(np.int64)
         return np.concatenate([centre[None], dhw]), labels, state, bound
 
-    def runner(self) -> WindowRunner:
-        """The window engine on the current image (the interactive session uses the same one)."""
+    def runner(self, pre: Preprocessed | None = None) -> WindowRunner:
+        """The window engine on ``pre`` (default: the current image); the interactive session uses the same one."""
         return WindowRunner(
             self.model,
-            self.preprocessed,
+            pre if pre is not None else self.preprocessed,
             device=self.device,
             logit_offset=self.logit_offset,
             max_windows=self.max_windows,

@@ -115,8 +115,8 @@ class InteractiveSession:
     """Interactive lesion segmentation on one image (see the module docstring).
 
     Args:
-        predictor: a click-promptable predictor (its model, preprocessing, threshold, windows and logit offset are
-            used; its current image is replaced).
+        predictor: a click-promptable predictor (its model, preprocessing, threshold, windows, logit offset and
+            dtype are used; its current image is left alone, so several sessions may share one predictor).
         image: the image (a :class:`~lesionsam.data.io.Volume` or a file path).
         text: a text prompt given with every decode (text-referred methods that need one).
         box_prior_logit: the magnitude of a box's prior mask (:mod:`lesionsam.inference.boxes`); None gives a box
@@ -142,8 +142,8 @@ class InteractiveSession:
         self.box_prior_logit = box_prior_logit
         predictor._check_text(text)
         self._image_path = None if isinstance(image, Volume) else Path(image)
-        self.pre = predictor.set_image(image)
-        self.runner: WindowRunner = predictor.runner()
+        self.pre = predictor.prepare(image)  # the predictor's own current image is left alone
+        self.runner: WindowRunner = predictor.runner(self.pre)
         self.shape_ijk: tuple[int, int, int] = tuple(int(s) for s in self.pre.source.size_ijk)  # type: ignore[assignment]
         self.spacing: tuple[float, float, float] = tuple(float(s) for s in self.pre.source.spacing)  # type: ignore[assignment]
         self._voxel_ml = float(np.prod(self.spacing)) / 1000.0

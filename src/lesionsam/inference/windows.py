@@ -349,8 +349,9 @@ def lesion_probability(
     clicked_only: bool,
     margin: int = 2,
 ) -> LesionMap:
-    """A lesion's probability on the smallest canonical sub-box holding its windows and clicks (plus ``margin``
-    voxels of zeros so that interpolating it equals interpolating the whole grid).
+    """A lesion's probability on the smallest canonical sub-box that decides which input voxels are above
+    ``threshold``: the box of its voxels above it, plus ``margin`` voxels (interpolating it gives, wherever an input
+    voxel can be above the threshold, what interpolating the whole grid gives; empty when nothing is above).
 
     Args:
         windows: the lesion's windows (logits on the adjusted scale).
@@ -380,4 +381,14 @@ def lesion_probability(
         covered[dst] = True
     if clicked_only:
         prob[~keep_clicked_components(prob > threshold, pts - lo)] = 0.0
-    return LesionMap(region=region, prob=prob, covered=covered)  # type: ignore[arg-type]
+    # Only the box of the voxels above the threshold (plus ``margin``) can give an input voxel a value above it: a
+    # linear (or nearest) interpolation of values at or below the threshold stays at or below it.
+    above = np.nonzero(prob > threshold)
+    if not len(above[0]):
+        empty = (slice(0, 0),) * 3
+        return LesionMap(region=empty, prob=np.zeros((0, 0, 0), np.float32), covered=np.zeros((0, 0, 0), bool))  # type: ignore[arg-type]
+    a = np.maximum(np.array([i.min() for i in above]) - margin, 0)
+    b = np.minimum(np.array([i.max() + 1 for i in above]) + margin, prob.shape)
+    tight = tuple(slice(int(x), int(y)) for x, y in zip(a, b, strict=True))
+    region = tuple(slice(r.start + t.start, r.start + t.stop) for r, t in zip(region, tight, strict=True))
+    return LesionMap(region=region, prob=prob[tight].copy(), covered=covered[tight].copy())  # type: ignore[arg-type]
