@@ -226,6 +226,20 @@ def test_two_lesions_undo_redo_delete() -> None:
     assert session.lesions() == [] and not session.label_map().any()
 
 
+def test_sessions_sharing_a_predictor_are_independent() -> None:
+    image_a, label_a = _oblique_volume()
+    image_b, _ = _oblique_volume(blobs=((10, 20, 15, 5),))
+    pred = _bright()
+    alone = InteractiveSession(pred, image_a)
+    alone.click((30, 35, 15))
+    a = InteractiveSession(pred, image_a)
+    b = InteractiveSession(pred, image_b)  # opened after a, on another image, with the same predictor
+    a.click((30, 35, 15))
+    b.click((15, 20, 10))
+    np.testing.assert_array_equal(a.label_map(), alone.label_map())
+    assert _dice(a.label_map(), label_a.array) > 0.85 and b.lesions()[0].id == 1
+
+
 def test_errors_are_one_clear_value_error() -> None:
     image, _ = _oblique_volume()
     session = InteractiveSession(_bright(), image)
