@@ -33,6 +33,7 @@ from scipy import ndimage
 from lesionsam.data.io import read_image
 from lesionsam.data.prompts import first_click
 from lesionsam.data.synthetic import LESION
+from lesionsam.evaluation.statistics import paired_comparison
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.session import InteractiveSession
@@ -84,7 +85,8 @@ def box_vs_click(
 
     Returns:
         ``{"lesions": [{"case", "voxels", "ml", variant: dice, ...}], "summary": {variant: {mean, sd, median,
-        mean_under_1ml, mean_over_1ml}}, "seconds": wall time}``.
+        mean_under_1ml, mean_over_1ml, and against the click: diff_vs_click, ci_low, ci_high, p_wilcoxon}},
+        "seconds": wall time}``. The paired statistics treat lesions as independent (several share a case).
     """
     t0 = time.perf_counter()
     root = Path(root)
@@ -122,6 +124,11 @@ def box_vs_click(
             "mean_under_1ml": float(d[small].mean()) if small.any() else float("nan"),
             "mean_over_1ml": float(d[~small].mean()) if (~small).any() else float("nan"),
         }
+        if variant != "click" and "click" in variants and len(rows) > 1:
+            cmp = paired_comparison([r["click"] for r in rows], [r[variant] for r in rows])
+            summary[variant].update(
+                diff_vs_click=cmp.mean_diff, ci_low=cmp.ci_low, ci_high=cmp.ci_high, p_wilcoxon=cmp.p_wilcoxon
+            )
     return {"lesions": rows, "summary": summary, "seconds": time.perf_counter() - t0}
 
 
@@ -199,11 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = box_vs_click(predictor, a.root, label=a.label, cases=a.cases)
     n = len(result["lesions"])
     print(f"{n} lesions, {result['seconds']:.0f} s")
-    print("| prompt | Dice mean ± sd | median | < 1 mL | >= 1 mL |\n|---|---|---|---|---|")
+    print("| prompt | Dice mean ± sd | median | < 1 mL | >= 1 mL | − click [95% CI], Wilcoxon p |")
+    print("|---|---|---|---|---|---|")
     for variant, s in result["summary"].items():
+        diff = ""
+        if s.get("ci_low") is not None:
+            diff = f"{s['diff_vs_click']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}], p = {s['p_wilcoxon']:.2g}"
         print(
             f"| {variant} | {s['mean']:.3f} ± {s['sd']:.3f} | {s['median']:.3f} | {s['mean_under_1ml']:.3f} | "
-            f"{s['mean_over_1ml']:.3f} |"
+            f"{s['mean_over_1ml']:.3f} | {diff} |"
         )
     if a.out is not None:
         atomic_write_bytes(a.out, (json.dumps(result, indent=1) + "\n").encode())
