@@ -148,6 +148,32 @@ def test_refining_click_runs_the_decoder_only() -> None:
     assert len(encoder_calls) == 2
 
 
+def test_bfloat16_runs_the_model_in_bfloat16_and_agrees_with_float32() -> None:
+    image, _ = _oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    logits = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = Predictor.from_checkpoint(None, preset="tiny", max_windows=1, spacing=(0.9,) * 3, dtype=dtype)
+        seen: list[torch.dtype] = []
+        hook = pred.model.image_encoder.patch_embed.register_forward_hook(
+            lambda _m, _a, out, s=seen: s.append(out.dtype)
+        )
+        pred.set_image(image)
+        runner = pred.runner()
+        clicks, labels = np.array([[20.0, 30.0, 30.0], [25.0, 30.0, 34.0]]), np.array([1, 0])
+        logits[dtype] = runner.run_window(runner.window((30, 40, 40)), clicks, labels, None)
+        hook.remove()
+        assert seen == [getattr(torch, dtype)]
+        InteractiveSession(pred, image).click((40, 45, 20))  # the session runs through the same runner
+        assert seen[-1] == getattr(torch, dtype)
+    a, b = logits["float32"], logits["bfloat16"]
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99 and np.abs(a - b).mean() < 0.05 * a.std()
+    with pytest.raises(ValueError, match="dtype must be float32 or bfloat16"):
+        Predictor(CachingBrightModel(), dtype="float16")
+
+
 # ------------------------------------------------------------------------------------------ behaviour
 def test_negative_click_removes_voxels_and_updates_only_its_region() -> None:
     image, label = _oblique_volume()
@@ -198,6 +224,20 @@ def test_two_lesions_undo_redo_delete() -> None:
     assert session.click((15, 20, 10)).lesion == 3  # ids are never reused
     session.reset()
     assert session.lesions() == [] and not session.label_map().any()
+
+
+def test_sessions_sharing_a_predictor_are_independent() -> None:
+    image_a, label_a = _oblique_volume()
+    image_b, _ = _oblique_volume(blobs=((10, 20, 15, 5),))
+    pred = _bright()
+    alone = InteractiveSession(pred, image_a)
+    alone.click((30, 35, 15))
+    a = InteractiveSession(pred, image_a)
+    b = InteractiveSession(pred, image_b)  # opened after a, on another image, with the same predictor
+    a.click((30, 35, 15))
+    b.click((15, 20, 10))
+    np.testing.assert_array_equal(a.label_map(), alone.label_map())
+    assert _dice(a.label_map(), label_a.array) > 0.85 and b.lesions()[0].id == 1
 
 
 def test_errors_are_one_clear_value_error() -> None:
@@ -301,6 +341,25 @@ def test_prior_is_the_ellipsoid_inscribed_in_the_box() -> None:
                 expect[a, b, c] = ((d - 15.5) / 8) ** 2 + ((h - 15.5) / 12) ** 2 + ((w - 15.5) / 4) ** 2 <= 1
     np.testing.assert_array_equal(prior > 0, expect)
     assert set(np.unique(prior)) == {-3.0, 3.0}
+
+
+def test_a_3d_box_bounds_its_lesion_and_a_2d_box_does_not() -> None:
+    image, label = _oblique_volume(blobs=((15, 35, 30, 9),))
+    session = InteractiveSession(_bright(), image)
+    whole = _blob_box(label.array, 1)
+    half = Box(whole.lo, (whole.hi[0], whole.hi[1], (whole.lo[2] + whole.hi[2]) // 2))  # the lower half in k
+    lesion = session.box(half).lesion
+    mask = session.label_map() == lesion
+    inside = np.zeros(mask.shape, bool)
+    inside[half.lo[2] : half.hi[2] + 2, half.lo[1] - 1 : half.hi[1] + 2, half.lo[0] - 1 : half.hi[0] + 2] = True
+    assert mask.any() and not (mask & ~inside).any()  # nothing beyond the box (one voxel of interpolation)
+    in_box = np.zeros(mask.shape, bool)
+    in_box[half.lo[2] : half.hi[2] + 1, half.lo[1] : half.hi[1] + 1, half.lo[0] : half.hi[0] + 1] = True
+    assert _dice(mask, in_box & (label.array > 0)) > 0.85  # the part of the blob inside the box
+    session.reset()
+    k = (whole.lo[2] + whole.hi[2]) // 2
+    flat = session.box(Box((whole.lo[0], whole.lo[1], k), (whole.hi[0], whole.hi[1], k))).lesion
+    assert _dice(session.label_map() == flat, label.array) > 0.85  # the whole blob, beyond the slice
 
 
 def test_box_in_the_session_equals_the_predictor_and_refines_with_clicks() -> None:

@@ -93,6 +93,12 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype of the click/box model windows: bfloat16 runs them under autocast (default float32)",
+    )
+    p.add_argument(
         "--modality",
         default=None,
         choices=["CT", "MRI"],
@@ -137,6 +143,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             probabilities=a.probabilities,
             binary=a.binary,
             device=a.device,
+            dtype=a.dtype,
             modality=a.modality,
             spacing=(a.spacing,) * 3 if a.spacing else None,
             max_windows=a.max_windows,

@@ -8,6 +8,9 @@ SAM-Med3D's prompt encoder understands clicks and a low-res mask, so a box becom
 
 * the lesion's **window centred on the box** (the centre of its extent on the canonical grid);
 * a **positive click at the box's centre** (the decoder needs at least one point);
+* for a 3D box, a **bound**: every window's logits are cut to the box's extent (the box says where the lesion
+  ends; a positive click outside it does not extend the lesion: draw a larger box). Measured on the synthetic test
+  set this adds about 0.02 Dice; a 2D box's depth is a guess, so it bounds nothing;
 * a **prior mask**: the ellipsoid inscribed in the box, drawn on the decoder's low-res grid as logits
   (+``BOX_PRIOR_LOGIT`` inside, −``BOX_PRIOR_LOGIT`` outside), fed as the mask prompt of the first decode, as a
   previous prediction would be. For a 2D box the ellipsoid's extent across the slice is the mean of its two
@@ -142,12 +145,19 @@ def prior_logits(
     return np.where(rho2 <= 1.0, logit, -logit).astype(np.float32)
 
 
-def box_prompt(box: Box, pre: Preprocessed, crop: int, low_res_size: int) -> tuple[np.ndarray, torch.Tensor]:
+def box_prompt(
+    box: Box, pre: Preprocessed, crop: int, low_res_size: int, *, prior_logit: float | None = BOX_PRIOR_LOGIT
+) -> tuple[np.ndarray, torch.Tensor | None, tuple[np.ndarray, np.ndarray] | None]:
     """What a box becomes for the model: (the canonical (d, h, w) centre — the window's centre and the lesion's
-    first, positive, click —, the (1, 1, L, L, L) prior mask prompt on the model's scale)."""
+    first, positive, click —, the (1, 1, L, L, L) prior mask prompt on the model's scale, or None when
+    ``prior_logit`` is None: the centre click alone, and the bound the lesion is cut to: the box's canonical extent
+    for a 3D box, None for a 2D box, whose depth is a guess)."""
     box.check_inside(pre.source.size_ijk)
     cbox = to_canonical(box, pre)
     centre = np.clip(cbox.center, 0, np.asarray(pre.grid.spatial_shape) - 1)
     window = crop_box(centre, crop, pre.grid.spatial_shape)  # the window the lesion's first decode runs in
-    prior = prior_logits(cbox, window, low_res_size)
-    return centre, torch.from_numpy(prior)[None, None]
+    bound = None if box.flat_axis is not None else (cbox.lo - 0.5, cbox.hi + 0.5)
+    if prior_logit is None:
+        return centre, None, bound
+    prior = prior_logits(cbox, window, low_res_size, logit=prior_logit)
+    return centre, torch.from_numpy(prior)[None, None], bound

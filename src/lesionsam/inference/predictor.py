@@ -146,6 +146,7 @@ class Predictor:
             growing (logit adjustment, ``train.logit_adjustment``: the prior shift the training loss built in);
             :meth:`from_checkpoint` takes it from the checkpoint (``extra["logit_adjustment"]``; 0 for official
             weights and older runs). Prior logits fed back to the model keep the model's own scale.
+        dtype: "bfloat16" runs clicks and boxes under bfloat16 autocast (:class:`WindowRunner`); "float32" default.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
@@ -165,6 +166,7 @@ class Predictor:
         class_texts: Mapping[int, Sequence[str]] | None = None,
         logit_offset: float = 0.0,
         clicked_only: bool = True,
+        dtype: str = "float32",
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
@@ -172,6 +174,9 @@ class Predictor:
             raise ValueError(f"{name} takes neither clicks nor text and is not prompt-free")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        self.dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
         if (
@@ -258,14 +263,19 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ image
     def set_image(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
         """Preprocess a volume (or read and preprocess a file) for the next :meth:`predict` calls."""
+        self._pre = self.prepare(image)
+        return self._pre
+
+    def prepare(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
+        """A volume (or file) checked and preprocessed onto the model's grid, without making it the current image
+        (sessions sharing this predictor each keep their own)."""
         volume = image if isinstance(image, Volume) else read_image(image)
         if volume.array.ndim != 3:
             raise ImageIOError(
                 f"the image has {volume.array.shape[0]} channels; choose one (e.g. the MRI sequence) first"
             )
         check_intensities(volume, source=str(image) if not isinstance(image, Volume) else "image")
-        self._pre = self.preprocessor(volume)
-        return self._pre
+        return self.preprocessor(volume)
 
     @property
     def preprocessed(self) -> Preprocessed:
@@ -290,23 +300,25 @@ class Predictor:
         return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
 
     # ------------------------------------------------------------------------------------------ model
-    def _lesion_prompts(self, les: LesionClicks, dhw: np.ndarray) -> tuple[np.ndarray, np.ndarray, ChainState]:
-        """A lesion's canonical clicks, labels and first-window chain start: a box becomes a positive click at its
-        centre (the first) and a prior mask (:func:`~lesionsam.inference.boxes.box_prompt`)."""
+    def _lesion_prompts(self, les: LesionClicks, dhw: np.ndarray) -> tuple[np.ndarray, np.ndarray, ChainState, Any]:
+        """A lesion's canonical clicks, labels, first-window chain start and bound: a box becomes a positive click at
+        its centre (the first), a prior mask and a bound (:func:`~lesionsam.inference.boxes.box_prompt`)."""
         if les.box is None:
-            return dhw, les.labels, ChainState()
-        centre, prior = box_prompt(les.box, self.preprocessed, self.crop, self.model.low_res_size)
-        state = ChainState(last=prior.to(self.device))
-        return np.concatenate([centre[None], dhw]), np.concatenate([[1], les.labels]).astype(np.int64), state
+            return dhw, les.labels, ChainState(), None
+        centre, prior, bound = box_prompt(les.box, self.preprocessed, self.crop, self.model.low_res_size)
+        state = ChainState(last=prior.to(self.device) if prior is not None else None)
+        labels = np.concatenate([[1], les.labels]).astype(np.int64)
+        return np.concatenate([centre[None], dhw]), labels, state, bound
 
-    def runner(self) -> WindowRunner:
-        """The window engine on the current image (the interactive session uses the same one)."""
+    def runner(self, pre: Preprocessed | None = None) -> WindowRunner:
+        """The window engine on ``pre`` (default: the current image); the interactive session uses the same one."""
         return WindowRunner(
             self.model,
-            self.preprocessed,
+            pre if pre is not None else self.preprocessed,
             device=self.device,
             logit_offset=self.logit_offset,
             max_windows=self.max_windows,
+            dtype=self.dtype,
         )
 
     def _check_text(self, text: str | None) -> None:
@@ -529,8 +541,8 @@ class Predictor:
         counts: dict[int, int] = {}
         runner = self.runner()
         prompts = [self._lesion_prompts(les, dhw) for les, dhw in zip(lesions, canonical, strict=True)]
-        for les, (dhw, labs, state) in zip(lesions, prompts, strict=True):
-            windows, _ = runner.segment(first_center(dhw, labs), dhw, labs, state, text=text)
+        for les, (dhw, labs, state, bound) in zip(lesions, prompts, strict=True):
+            windows, _ = runner.segment(first_center(dhw, labs), dhw, labs, state, text=text, bound=bound)
             counts[les.lesion_id] = len(windows)
             for box, logits in windows:
                 vol_sl, crop_sl = box.overlap()
@@ -540,7 +552,7 @@ class Predictor:
                 region[better] = prob[better]
                 owner[vol_sl][better] = les.lesion_id
         if self.clicked_only:  # only the lesions that were clicked (see lesionsam.inference.postprocess)
-            positives = np.concatenate([dhw[labs == 1] for dhw, labs, _ in prompts])
+            positives = np.concatenate([dhw[labs == 1] for dhw, labs, _, _ in prompts])
             best[~keep_clicked_components(best > self.threshold, positives)] = 0.0
         prob_orig = self.preprocessor.invert(best, pre, interpolation="linear")
         owner_orig = self.preprocessor.invert(owner, pre, interpolation="nearest")

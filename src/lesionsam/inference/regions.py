@@ -2,10 +2,11 @@
 
 :meth:`~lesionsam.data.transforms.Preprocessor.invert` resamples a whole canonical array onto the whole input
 grid. An interactive session changes one lesion at a time, so it resamples only the lesion's canonical sub-box onto
-the input voxels it can reach (:func:`invert_region`). The values equal those of a whole-volume inversion of an
-array that is zero outside the sub-box, provided the sub-box carries a border of at least two zero voxels
-(:func:`~lesionsam.inference.windows.lesion_probability` adds it): SimpleITK's linear and nearest interpolators
-read at most the two neighbours of a point per axis, and input voxels beyond the mapped sub-box read only zeros.
+the input voxels it can reach (:func:`invert_region`). SimpleITK's linear and nearest interpolators read at most the
+two neighbours of a point per axis, so on the input voxels whose neighbours all lie in the sub-box the values equal
+those of a whole-volume inversion. :func:`~lesionsam.inference.windows.lesion_probability` makes the sub-box the
+voxels above the threshold plus a margin of two voxels: every input voxel that a whole-volume inversion would put
+above the threshold then gets exactly the same value (the others stay at or below it either way).
 """
 
 from __future__ import annotations

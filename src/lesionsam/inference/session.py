@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from lesionsam.data.io import IMAGE_SUFFIXES, Volume, image_suffix, write_image
-from lesionsam.inference.boxes import Box, box_prompt
+from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.regions import invert_region
-from lesionsam.inference.windows import ChainState, WindowRunner, lesion_probability
+from lesionsam.inference.windows import Bound, ChainState, WindowRunner, lesion_probability
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
@@ -78,6 +78,7 @@ class _State:
     dhw: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # canonical clicks, in order
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     chain: ChainState = field(default_factory=ChainState)
+    bound: Bound | None = None  # a 3D box's canonical extent the lesion is cut to
     region: Slices3 = _EMPTY  # input-grid slices
     score: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))  # prob where covered, else 0
 
@@ -114,10 +115,12 @@ class InteractiveSession:
     """Interactive lesion segmentation on one image (see the module docstring).
 
     Args:
-        predictor: a click-promptable predictor (its model, preprocessing, threshold, windows and logit offset are
-            used; its current image is replaced).
+        predictor: a click-promptable predictor (its model, preprocessing, threshold, windows, logit offset and
+            dtype are used; its current image is left alone, so several sessions may share one predictor).
         image: the image (a :class:`~lesionsam.data.io.Volume` or a file path).
         text: a text prompt given with every decode (text-referred methods that need one).
+        box_prior_logit: the magnitude of a box's prior mask (:mod:`lesionsam.inference.boxes`); None gives a box
+            as its window and centre click only.
 
     Example:
         >>> session = InteractiveSession(Predictor.from_checkpoint("turbo.pth"), "ct.nii.gz")
@@ -127,20 +130,20 @@ class InteractiveSession:
     """
 
     def __init__(
-        self, predictor: Predictor, image: Volume | str | os.PathLike[str], *, text: str | None = None
+        self,
+        predictor: Predictor,
+        image: Volume | str | os.PathLike[str],
+        *,
+        text: str | None = None,
+        box_prior_logit: float | None = BOX_PRIOR_LOGIT,
     ) -> None:
         self.predictor = predictor
         self.text = text
+        self.box_prior_logit = box_prior_logit
         predictor._check_text(text)
         self._image_path = None if isinstance(image, Volume) else Path(image)
-        self.pre = predictor.set_image(image)
-        self.runner = WindowRunner(
-            predictor.model,
-            self.pre,
-            device=predictor.device,
-            logit_offset=predictor.logit_offset,
-            max_windows=predictor.max_windows,
-        )
+        self.pre = predictor.prepare(image)  # the predictor's own current image is left alone
+        self.runner: WindowRunner = predictor.runner(self.pre)
         self.shape_ijk: tuple[int, int, int] = tuple(int(s) for s in self.pre.source.size_ijk)  # type: ignore[assignment]
         self.spacing: tuple[float, float, float] = tuple(float(s) for s in self.pre.source.spacing)  # type: ignore[assignment]
         self._voxel_ml = float(np.prod(self.spacing)) / 1000.0
@@ -169,13 +172,17 @@ class InteractiveSession:
             dhw=np.concatenate([old.dhw, dhw]),
             labels=np.concatenate([old.labels, label]),
             chain=old.chain,
+            bound=old.bound,
         )
         return self._apply(entry, new)
 
     def box(self, box: Box, *, lesion: int | None = None) -> Update:
         """A 3D box, or a 2D box on one slice (see :mod:`lesionsam.inference.boxes`). ``lesion=None`` starts a new
         lesion; an existing lesion starts again from the box (undo restores its earlier prompts)."""
-        centre, prior = box_prompt(box, self.pre, self.runner.crop, self.predictor.model.low_res_size)
+        model = self.predictor.model
+        centre, prior, bound = box_prompt(
+            box, self.pre, self.runner.crop, model.low_res_size, prior_logit=self.box_prior_logit
+        )
         entry = self._get(lesion) if lesion is not None else self._new_lesion()
         record = {"kind": "box", "lo": list(box.lo), "hi": list(box.hi)}
         state = _State(
@@ -183,7 +190,8 @@ class InteractiveSession:
             center=centre,
             dhw=centre[None],
             labels=np.array([1], dtype=np.int64),
-            chain=ChainState(last=prior.to(self.predictor.device)),
+            chain=ChainState(last=prior.to(self.predictor.device) if prior is not None else None),
+            bound=bound,
         )
         return self._apply(entry, state, created=lesion is None)
 
@@ -340,7 +348,7 @@ class InteractiveSession:
         """The lesion's windows for ``state``'s prompts and its score on its input-grid region."""
         assert state.center is not None
         windows, chain = self.runner.segment(
-            state.center, state.dhw, state.labels, state.chain, text=self.text, cache=entry.cache
+            state.center, state.dhw, state.labels, state.chain, text=self.text, cache=entry.cache, bound=state.bound
         )
         canon = lesion_probability(
             windows,
@@ -367,6 +375,7 @@ class InteractiveSession:
             dhw=state.dhw,
             labels=state.labels,
             chain=chain,
+            bound=state.bound,
             region=region,
             score=score,
         )

@@ -19,8 +19,10 @@ prior low-res mask (a box prompt: :mod:`lesionsam.inference.boxes`). The algorit
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from lesionsam.models import Prompts, SegModel
 
 #: A lesion's cache of encoded windows, keyed by the window's start (d, h, w) on the canonical grid.
 EmbeddingCache = MutableMapping[tuple[int, int, int], object]
+
+#: Canonical (d, h, w) limits (lower, upper; inclusive, continuous) that a lesion's voxel centres must lie within.
+Bound = tuple[np.ndarray, np.ndarray]
 
 #: Windows of one lesion: (crop box on the canonical grid, (S, S, S) float32 logits on the adjusted scale).
 Windows = list[tuple[CropBox, np.ndarray]]
@@ -67,6 +72,21 @@ class LesionMap:
     covered: np.ndarray
 
 
+def bounded(box: CropBox, logits: np.ndarray, bound: Bound | None) -> np.ndarray:
+    """``logits`` (S, S, S) of window ``box`` set to -20 at voxels whose centre lies outside ``bound`` (canonical
+    (d, h, w) lower and upper limits, inclusive); unchanged without a bound."""
+    if bound is None:
+        return logits
+    out = logits.copy()
+    for axis in range(3):
+        pos = np.arange(box.size[axis]) + box.start[axis]
+        outside = (pos < bound[0][axis]) | (pos > bound[1][axis])
+        index = [slice(None)] * 3
+        index[axis] = outside  # type: ignore[call-overload]
+        out[tuple(index)] = -20.0
+    return out
+
+
 def faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
     """(axis, side) pairs (side -1 = low face, +1 = high face) where a (S, S, S) mask touches its crop."""
     faces = []
@@ -100,10 +120,19 @@ class WindowRunner:
         device: where the model runs.
         logit_offset: subtracted from every window's logits (logit adjustment); priors fed back get it added.
         max_windows: most windows per lesion.
+        dtype: compute dtype of the model's encode and decode: float32, or bfloat16 through ``torch.autocast``
+            (matrix products and convolutions in bfloat16, reductions and the outputs in float32).
     """
 
     def __init__(
-        self, model: SegModel, pre: Preprocessed, *, device: torch.device, logit_offset: float, max_windows: int
+        self,
+        model: SegModel,
+        pre: Preprocessed,
+        *,
+        device: torch.device,
+        logit_offset: float,
+        max_windows: int,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = model
         self.pre = pre
@@ -111,6 +140,18 @@ class WindowRunner:
         self.crop = int(model.img_size)
         self.logit_offset = float(logit_offset)
         self.max_windows = int(max_windows)
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}")
+        self.dtype = dtype
+
+    def compute(self) -> contextlib.AbstractContextManager[Any]:
+        """No gradients, and bfloat16 autocast when :attr:`dtype` asks for it."""
+        if self.dtype == torch.float32:
+            return torch.inference_mode()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+        return stack
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -128,7 +169,7 @@ class WindowRunner:
             return cache[key]
         crop = take(self.pre.image, box, pad_value=float(self.pre.background))
         image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
-        with torch.inference_mode():
+        with self.compute():
             encoded = self.model.encode(image)
         if cache is not None:
             cache[key] = encoded  # type: ignore[index]
@@ -168,14 +209,14 @@ class WindowRunner:
         previous = state.previous if n <= state.decoded else state.last
         low = previous
         out = None
-        with torch.inference_mode():
+        with self.compute():
             for k in steps:
                 previous = low
                 pts = torch.as_tensor(clicks[None, :k], dtype=torch.float32, device=self.device)
                 lab = torch.as_tensor(labels[None, :k], dtype=torch.int64, device=self.device)
                 prompts = Prompts(points=pts, labels=lab, mask=low, text=[text] if text is not None else None)
                 out = self.model.decode(encoded, prompts)
-                low = out.low_res_logits[:, :1]
+                low = out.low_res_logits[:, :1].float()
         assert out is not None
         logits = out.logits[0, 0].float().cpu().numpy() - np.float32(self.logit_offset)
         return logits, ChainState(decoded=n, previous=previous, last=low)
@@ -224,8 +265,10 @@ class WindowRunner:
         labels: np.ndarray,
         text: str | None = None,
         cache: EmbeddingCache | None = None,
+        bound: Bound | None = None,
     ) -> Windows:
-        """All windows of a lesion: ``first`` and the windows grown from it while the mask touches an inner face."""
+        """All windows of a lesion: ``first`` and the windows grown from it while the mask touches an inner face
+        (each cut to ``bound``, when given)."""
         shape = self.shape
         half = self.crop // 2
         box0, logits0 = first
@@ -248,7 +291,7 @@ class WindowRunner:
             extra = box.to_crop(dhw[inside]) if inside.any() else np.zeros((0, 3))
             clicks = np.clip(np.concatenate([peak[None], extra]), 0, self.crop - 1)
             labs = np.concatenate([[1], labels[inside]]).astype(np.int64)
-            logits = self.run_window(box, clicks, labs, prior, text, cache)
+            logits = bounded(box, self.run_window(box, clicks, labs, prior, text, cache), bound)
             windows.append((box, logits))
             queue.extend(self._next_centers(box, logits, center, shape=shape, half=half))
         return windows
@@ -281,10 +324,12 @@ class WindowRunner:
         state: ChainState | None = None,
         text: str | None = None,
         cache: EmbeddingCache | None = None,
+        bound: Bound | None = None,
     ) -> tuple[Windows, ChainState]:
-        """First window then growing: every window of a lesion, and the first window's chain state."""
+        """First window then growing: every window of a lesion, and the first window's chain state. With ``bound``
+        (a 3D box prompt's extent) every window's logits are cut to it (-20 outside), so the lesion never leaves it."""
         box, logits, new_state = self.first_window(center, dhw, labels, state or ChainState(), text, cache)
-        return self.grow((box, logits), dhw, labels, text, cache), new_state
+        return self.grow((box, bounded(box, logits, bound)), dhw, labels, text, cache, bound), new_state
 
 
 def first_center(dhw: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -304,8 +349,9 @@ def lesion_probability(
     clicked_only: bool,
     margin: int = 2,
 ) -> LesionMap:
-    """A lesion's probability on the smallest canonical sub-box holding its windows and clicks (plus ``margin``
-    voxels of zeros so that interpolating it equals interpolating the whole grid).
+    """A lesion's probability on the smallest canonical sub-box that decides which input voxels are above
+    ``threshold``: the box of its voxels above it, plus ``margin`` voxels (interpolating it gives, wherever an input
+    voxel can be above the threshold, what interpolating the whole grid gives; empty when nothing is above).
 
     Args:
         windows: the lesion's windows (logits on the adjusted scale).
@@ -335,4 +381,14 @@ def lesion_probability(
         covered[dst] = True
     if clicked_only:
         prob[~keep_clicked_components(prob > threshold, pts - lo)] = 0.0
-    return LesionMap(region=region, prob=prob, covered=covered)  # type: ignore[arg-type]
+    # Only the box of the voxels above the threshold (plus ``margin``) can give an input voxel a value above it: a
+    # linear (or nearest) interpolation of values at or below the threshold stays at or below it.
+    above = np.nonzero(prob > threshold)
+    if not len(above[0]):
+        empty = (slice(0, 0),) * 3
+        return LesionMap(region=empty, prob=np.zeros((0, 0, 0), np.float32), covered=np.zeros((0, 0, 0), bool))  # type: ignore[arg-type]
+    a = np.maximum(np.array([i.min() for i in above]) - margin, 0)
+    b = np.minimum(np.array([i.max() + 1 for i in above]) + margin, prob.shape)
+    tight = tuple(slice(int(x), int(y)) for x, y in zip(a, b, strict=True))
+    region = tuple(slice(r.start + t.start, r.start + t.stop) for r, t in zip(region, tight, strict=True))
+    return LesionMap(region=region, prob=prob[tight].copy(), covered=covered[tight].copy())  # type: ignore[arg-type]

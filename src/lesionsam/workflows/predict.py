@@ -84,6 +84,7 @@ def predict(
     spacing: tuple[float, float, float] | None = None,
     max_windows: int = 8,
     all_components: bool = False,
+    dtype: str = "float32",
     predictor: Predictor | None = None,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
@@ -121,6 +122,7 @@ def predict(
             (each takes the class the automatic pass gave its first positive click, else the first class).
         all_components: with clicks, keep every component the windows found instead of only those a positive click
             touches (``Predictor(clicked_only=False)``).
+        dtype: "bfloat16" runs the click/box model windows under bfloat16 autocast (CPU or GPU); default float32.
         announce: called with a one-line note when ``label`` was not given (which label is used, and from where).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
 
@@ -229,6 +231,7 @@ def predict(
             spacing=spacing,
             max_windows=max_windows,
             clicked_only=not all_components,
+            dtype=dtype,
         )
 
     results = []
@@ -273,6 +276,7 @@ def predict(
                         spacing=spacing,
                         max_windows=max_windows,
                         clicked_only=not all_components,
+                        dtype=dtype,
                     )
                 refiner.set_image(volume)
                 refined = refiner.predict(lesions, world=is_world, probabilities=want_prob)
