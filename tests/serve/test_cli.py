@@ -53,6 +53,7 @@ def test_the_command_serves_the_page_and_the_api(served_case, tmp_path: Path) ->
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "lesionsam.cli.main", "serve", "--root", str(served_case.root), "--preset", "tiny"]
+    cmd += ["--dtype", "bfloat16"]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -75,7 +76,15 @@ def test_the_command_serves_the_page_and_the_api(served_case, tmp_path: Path) ->
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request) as r:
-            assert json.loads(r.read())["size"] == list(served_case.volume.size_ijk)
+            opened = json.loads(r.read())
+        assert opened["size"] == list(served_case.volume.size_ijk)
+        click = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/sessions/{opened['session']}/click",
+            data=json.dumps({"point": [42, 20, 10]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(click) as r:  # the tiny model under bfloat16 autocast answers
+            assert json.loads(r.read())["lesion"] == 1
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -52,6 +52,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "lesions in the whole image (automatic, or from a text) and segment one with a click on 'accept'",
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute type of the clicks' and boxes' model windows (bfloat16: autocast, faster on recent CPUs)",
+    )
 
     def run(a: argparse.Namespace) -> int:
         from lesionsam.serve.server import serve
@@ -67,6 +73,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             cors_origins=a.cors_origin,
             proposals=a.proposals,
             device=a.device,
+            dtype=a.dtype,
             warn=lambda line: print(f"lesionsam serve: {line}", file=sys.stderr),
         )
         return 0

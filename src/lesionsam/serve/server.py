@@ -104,6 +104,7 @@ def serve(
     cors_origins: Sequence[str] = (),
     proposals: str | os.PathLike[str] | None = None,
     device: str = "cpu",
+    dtype: str = "float32",
     warn: Callable[[str], None] = print,
     log_level: str = "info",
 ) -> None:
@@ -134,7 +135,7 @@ def serve(
         from lesionsam.models.checkpoint import check_checkpoint_file
 
         check_checkpoint_file(proposals)  # before minutes of loading the main model
-    make_session, model_name = session_factory(checkpoint, preset=preset, device=device)
+    make_session, model_name = session_factory(checkpoint, preset=preset, device=device, dtype=dtype)
     proposer = load_proposer(proposals, device=device) if proposals is not None else None
     app = create_app(
         root_path,
