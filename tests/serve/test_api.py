@@ -66,9 +66,13 @@ def test_lists_the_images_inside_the_root_only(served_case, bright_sessions, tmp
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "c.nii.gz").write_bytes(b"x")
     (root / "dir_out").symlink_to(tmp_path / "elsewhere")
+    (root / "series").mkdir()
+    for n in range(3):
+        (root / "series" / f"slice{n}.dcm").write_bytes(b"x" * 10)
     client = _client(root, bright_sessions)
     listed = client.get("/api/images").json()
-    assert [im["path"] for im in listed["images"]] == ["case.nii.gz", "link_in.nii.gz", "sub/b.nrrd"]
+    assert [im["path"] for im in listed["images"]] == ["case.nii.gz", "link_in.nii.gz", "series", "sub/b.nrrd"]
+    assert listed["images"][2]["size_bytes"] == 30  # a DICOM folder is one entry
     assert listed["images"][0]["size_bytes"] == served_case.image.stat().st_size
 
 
@@ -337,6 +341,7 @@ def test_bad_requests_get_one_clear_message_and_the_server_keeps_serving(served_
         (client.post(f"/api/sessions/{sid}/box", json={"lo": [5, 5, 5], "hi": [4, 9, 9]}), 400, "lo"),
         (client.post(f"/api/sessions/{sid}/box", json={"lo": [5, 5, 5], "hi": [5, 5, 9]}), 400, "flat"),
         (client.get(f"/api/sessions/{sid}/download", params={"what": "secrets"}), 422, "what"),
+        (client.post(f"/api/sessions/{sid}/click", json={"point": [1, 2, 3], "pad": "x" * 100_000}), 413, "kB"),
     ]
     for r, status, words in checks:
         body = r.json()

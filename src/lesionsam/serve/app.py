@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
+#: Largest body of a request other than an upload (the API's JSON bodies are a few hundred bytes).
+MAX_JSON_BYTES = 64 * 1024
+
 #: Host names a server bound to a loopback address answers to.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -175,6 +178,13 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(api_router(ctx))
     app.include_router(proposals_router(ctx))
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next: Callable) -> Response:
+        declared = request.headers.get("content-length", "")
+        if request.url.path != "/api/sessions/upload" and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            return _error(413, f"request body over {MAX_JSON_BYTES // 1024} kB: only uploads may be large")
+        return await call_next(request)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable) -> Response:

@@ -61,20 +61,26 @@ def relative_to_root(root: Path, path: Path) -> str:
 
 @dataclass(frozen=True)
 class ListedImage:
-    """One image file under the root: its client path and size in bytes."""
+    """One image under the root: its client path and size in bytes (a DICOM folder: the sum of its files)."""
 
     path: str
     size_bytes: int
 
 
 def list_images(root: Path, *, limit: int = MAX_LISTED) -> list[ListedImage]:
-    """Image files under ``root`` (known image endings, hidden names skipped), sorted by path.
+    """Image files under ``root`` (known image endings, hidden names skipped), sorted by path; a folder holding
+    ``.dcm`` files is one entry (a DICOM series), its files are not listed one by one.
 
     Symlinked folders are not entered; a symlinked file is listed only if it resolves inside ``root``.
     """
     found: list[ListedImage] = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dicom = [f for f in files if f.lower().endswith(".dcm") and not f.startswith(".")]
+        if dicom and Path(folder) != root:
+            size = sum((Path(folder) / f).stat().st_size for f in dicom if (Path(folder) / f).is_file())
+            found.append(ListedImage(Path(folder).relative_to(root).as_posix(), size))
+            files = [f for f in files if f not in dicom]
         for name in sorted(files):
             if name.startswith(".") or image_suffix(name).lower() not in IMAGE_SUFFIXES:
                 continue
