@@ -93,3 +93,11 @@ def test_the_command_serves_the_page_and_the_api(served_case, tmp_path: Path) ->
             proc.kill()
         log.close()
     assert "serving" in (tmp_path / "serve.log").read_text()
+
+
+def test_another_host_prints_a_warning_line(tmp_path: Path, capsys) -> None:
+    code = main(["serve", "--root", str(tmp_path), "--host", "0.0.0.0", "--checkpoint", str(tmp_path / "none.pth")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith("lesionsam serve: --host 0.0.0.0: the server is reachable from other machines")
+    assert lines[1].startswith("lesionsam serve: error: checkpoint not found")
