@@ -130,6 +130,19 @@ def test_click_sequence_equals_the_one_shot_predictor(max_windows: int) -> None:
         assert one_shot.windows[1] > 1  # the lesion grew beyond its first window: growing is compared too
 
 
+@pytest.mark.parametrize("max_windows", [1, 16])
+def test_lesion_larger_than_its_windows_equals_the_predictor(max_windows: int) -> None:
+    # A 36 mm-radius blob spans 48 voxels of the 1.5 mm grid: more than one 32³ crop. With one window the mask is
+    # cut by the window (the coverage is resampled too); with 16 the windows grow over it.
+    image, label = _oblique_volume(shape=(50, 100, 100), spacing=(1.0, 1.0, 2.0), blobs=((25, 50, 50, 36),))
+    pred = _bright(max_windows=max_windows)
+    session = InteractiveSession(pred, image)
+    session.click((50, 50, 25))
+    pred.set_image(image)
+    np.testing.assert_array_equal(session.label_map(), pred.predict([LesionClicks([[50, 50, 25]], [1])]).labels)
+    assert (_dice(session.label_map(), label.array) > 0.97) == (max_windows > 1)
+
+
 def test_refining_click_runs_the_decoder_only() -> None:
     image, _ = _oblique_volume()
     pred = _tiny(max_windows=1)

@@ -34,7 +34,7 @@ from lesionsam.data.io import IMAGE_SUFFIXES, Volume, image_suffix, write_image
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.regions import invert_region
-from lesionsam.inference.windows import Bound, ChainState, WindowRunner, lesion_probability
+from lesionsam.inference.windows import Bound, ChainState, WindowRunner, bounding_box, lesion_probability
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
@@ -228,11 +228,9 @@ class InteractiveSession:
             region = entry.state.region
             mine = self._compose(region) == lid if _size(region) else np.zeros((0, 0, 0), bool)
             bbox = None
-            if mine.any():
-                idx = np.nonzero(mine)
-                bbox = tuple(
-                    slice(int(r.start + i.min()), int(r.start + i.max() + 1)) for r, i in zip(region, idx, strict=True)
-                )
+            box = bounding_box(mine) if mine.size else None
+            if box is not None:
+                bbox = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box, strict=True))
             out.append(
                 LesionInfo(
                     id=lid,
@@ -357,14 +355,14 @@ class InteractiveSession:
             threshold=self.predictor.threshold,
             clicked_only=self.predictor.clicked_only,
         )
-        region, prob = invert_region(canon.prob, canon.region, self.pre, interpolation="linear")
-        _, covered = invert_region(canon.covered.astype(np.uint8), canon.region, self.pre, interpolation="nearest")
-        score = np.where(covered > 0, prob, np.float32(0.0)).astype(np.float32)
+        region, score = invert_region(canon.prob, canon.region, self.pre, interpolation="linear")
+        if not canon.covered.all():  # (the usual case is a region inside the lesion's windows)
+            _, covered = invert_region(canon.covered.astype(np.uint8), canon.region, self.pre, interpolation="nearest")
+            score[covered == 0] = 0.0
         # Keep only the bounding box of the voxels above the threshold: no other voxel can ever be labelled
         # this lesion, nor take a voxel from another lesion (whose score there would be below it too).
-        above = np.nonzero(score > self.predictor.threshold)
-        if len(above[0]):
-            tight = tuple(slice(int(i.min()), int(i.max()) + 1) for i in above)
+        tight = bounding_box(score > self.predictor.threshold) if score.size else None
+        if tight is not None:
             score = np.ascontiguousarray(score[tight])
             region = tuple(slice(r.start + t.start, r.start + t.stop) for r, t in zip(region, tight, strict=True))
         else:

@@ -87,6 +87,18 @@ def bounded(box: CropBox, logits: np.ndarray, bound: Bound | None) -> np.ndarray
     return out
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The (D, H, W) slices of the smallest box holding every True voxel of ``mask``; None when there is none.
+    (Projections on each axis: much cheaper than ``np.nonzero`` on a large mask.)"""
+    out = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(hit):
+            return None
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)  # type: ignore[return-value]
+
+
 def faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
     """(axis, side) pairs (side -1 = low face, +1 = high face) where a (S, S, S) mask touches its crop."""
     faces = []
@@ -383,12 +395,12 @@ def lesion_probability(
         prob[~keep_clicked_components(prob > threshold, pts - lo)] = 0.0
     # Only the box of the voxels above the threshold (plus ``margin``) can give an input voxel a value above it: a
     # linear (or nearest) interpolation of values at or below the threshold stays at or below it.
-    above = np.nonzero(prob > threshold)
-    if not len(above[0]):
+    box = bounding_box(prob > threshold)
+    if box is None:
         empty = (slice(0, 0),) * 3
         return LesionMap(region=empty, prob=np.zeros((0, 0, 0), np.float32), covered=np.zeros((0, 0, 0), bool))  # type: ignore[arg-type]
-    a = np.maximum(np.array([i.min() for i in above]) - margin, 0)
-    b = np.minimum(np.array([i.max() + 1 for i in above]) + margin, prob.shape)
-    tight = tuple(slice(int(x), int(y)) for x, y in zip(a, b, strict=True))
+    tight = tuple(
+        slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, prob.shape, strict=True)
+    )
     region = tuple(slice(r.start + t.start, r.start + t.stop) for r, t in zip(region, tight, strict=True))
     return LesionMap(region=region, prob=prob[tight].copy(), covered=covered[tight].copy())  # type: ignore[arg-type]
