@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _open(client: TestClient, path: str = "case.nii.gz") -> dict:
 def _apply(labels: np.ndarray, update: dict) -> None:
     """Write an update's patch (ITK-order region, uint16 i-fastest bytes) into a (D, H, W) label array."""
     (i0, j0, k0), (ni, nj, nk) = update["region"]["start"], update["region"]["size"]
-    patch = np.frombuffer(base64.b64decode(update["labels"]), dtype="<u2")
+    patch = np.frombuffer(zlib.decompress(base64.b64decode(update["labels"])), dtype="<u2")
     assert patch.size == ni * nj * nk
     labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = patch.reshape(nk, nj, ni)
 

@@ -4,6 +4,7 @@ its true bounding box, and accepting one segments it with the interactive model 
 from __future__ import annotations
 
 import base64
+import zlib
 
 import numpy as np
 import pytest
@@ -88,9 +89,9 @@ def test_proposals_are_the_blobs_and_accepting_one_segments_it(served_case, brig
     reference.box(Box(lo=lo, hi=hi))
     patched = np.zeros(served_case.volume.spatial_shape, np.uint16)
     (i0, j0, k0), (ni, nj, nk) = up["region"]["start"], up["region"]["size"]
-    patched[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = np.frombuffer(base64.b64decode(up["labels"]), "<u2").reshape(
-        nk, nj, ni
-    )
+    patched[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = np.frombuffer(
+        zlib.decompress(base64.b64decode(up["labels"])), "<u2"
+    ).reshape(nk, nj, ni)
     np.testing.assert_array_equal(patched, reference.label_map())
     blob = int(np.bincount(served_case.labels[patched == 1]).argmax())  # the blob the accepted lesion lies on
     mine, true = patched == 1, served_case.labels == blob

@@ -2,9 +2,11 @@
 
 :func:`bench_round_trip` starts the real application under uvicorn on a free loopback port (in a thread of this
 process), opens the image through ``POST /api/sessions``, and times with an HTTP client (:mod:`urllib.request`, no
-extra dependency) a first click on a new lesion and refining clicks on it; then it runs the same clicks on an
-:class:`InteractiveSession` of the same image directly. The difference is what the web layer costs (JSON, the
-patch's base64, the lesion list, the loopback socket). Timings are medians; nothing here asserts a speed.
+extra dependency) a first click on a new lesion and refining clicks on it, and the same clicks on an
+:class:`InteractiveSession` of the same image called directly. The difference is what the web layer costs (JSON, the
+patch's base64, the lesion list, the loopback socket). One untimed sequence warms each way up, then the two ways
+alternate, repeat by repeat, so that the load of a shared machine touches both alike. Timings are medians; nothing
+here asserts a speed.
 """
 
 from __future__ import annotations
@@ -100,42 +102,57 @@ def bench_round_trip(
         server, thread, url = _start(create_app(root, make_session=make_session))
         try:
             sid = json.loads(_call(url + "/api/sessions", {"path": "image.nii.gz"}))["session"]
-            first_http, refine_http, sizes = [], [], []
-            for _ in range(repeats):
+            session = make_session(volume)
+
+            def over_http() -> tuple[float, list[float], int]:
                 t0 = time.perf_counter()
                 answer = _call(f"{url}/api/sessions/{sid}/click", {"point": list(first)})
-                first_http.append(time.perf_counter() - t0)
+                first_s = time.perf_counter() - t0
                 lesion = json.loads(answer)["lesion"]
-                sizes.append(len(answer))
+                refine_s = []
                 for point, positive in refine:
                     body = {"point": list(point), "positive": positive, "lesion": lesion}
                     t0 = time.perf_counter()
                     _call(f"{url}/api/sessions/{sid}/click", body)
-                    refine_http.append(time.perf_counter() - t0)
+                    refine_s.append(time.perf_counter() - t0)
+                return first_s, refine_s, len(answer)
+
+            def direct() -> tuple[float, list[float], int]:
+                t0 = time.perf_counter()
+                lesion = session.click(tuple(first)).lesion
+                first_s = time.perf_counter() - t0
+                refine_s = []
+                for point, positive in refine:
+                    t0 = time.perf_counter()
+                    session.click(tuple(point), positive=positive, lesion=lesion)
+                    refine_s.append(time.perf_counter() - t0)
+                return first_s, refine_s, 0
+
+            over_http(), direct()  # warm-up, not timed (first allocations, kernel selection)
+            timed: dict[str, tuple[list[float], list[float], list[int]]] = {
+                "http": ([], [], []),
+                "direct": ([], [], []),
+            }
+            for _ in range(repeats):  # interleaved, so that a change of machine load touches both ways alike
+                for name, run in (("http", over_http), ("direct", direct)):
+                    first_s, refine_s, size = run()
+                    timed[name][0].append(first_s)
+                    timed[name][1].extend(refine_s)
+                    timed[name][2].append(size)
             served = _labels(_call(f"{url}/api/sessions/{sid}/labels"))
         finally:
             server.should_exit = True
             thread.join(timeout=30)
-        session = make_session(volume)
-        first_direct, refine_direct = [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            lesion = session.click(tuple(first)).lesion
-            first_direct.append(time.perf_counter() - t0)
-            for point, positive in refine:
-                t0 = time.perf_counter()
-                session.click(tuple(point), positive=positive, lesion=lesion)
-                refine_direct.append(time.perf_counter() - t0)
         same = bool(np.array_equal(served, session.label_map()))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     med = statistics.median
     return RoundTrip(
-        first_http=med(first_http),
-        first_direct=med(first_direct),
-        refine_http=med(refine_http) if refine_http else float("nan"),
-        refine_direct=med(refine_direct) if refine_direct else float("nan"),
-        answer_bytes=int(med(sizes)),
+        first_http=med(timed["http"][0]),
+        first_direct=med(timed["direct"][0]),
+        refine_http=med(timed["http"][1]) if refine else float("nan"),
+        refine_direct=med(timed["direct"][1]) if refine else float("nan"),
+        answer_bytes=int(med(timed["http"][2])),
         same_masks=same,
     )
 

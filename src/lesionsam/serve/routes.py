@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,8 @@ def update_response(case: OpenCase, update: Any) -> schemas.UpdateResponse:
     else:
         if tuple(labels.shape) != tuple(size):
             raise RuntimeError(f"the engine's patch has shape {labels.shape}, its region {tuple(size)}")
-        payload = np.ascontiguousarray(labels, dtype="<u2").tobytes()  # C order over (k, j, i): i fastest
+        # C order over (k, j, i): i fastest; zlib level 1 shrinks a mostly-constant patch ~100× in ~1.5 ms/MB
+        payload = zlib.compress(np.ascontiguousarray(labels, dtype="<u2").tobytes(), 1)
     (k0, _), (j0, _), (i0, _) = ranges
     return schemas.UpdateResponse(
         lesion=int(update.lesion),

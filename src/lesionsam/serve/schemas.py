@@ -79,8 +79,8 @@ class UpdateResponse(BaseModel):
     volume_ml: float
     region: Region
     labels: str = Field(
-        description="base64 of the region's labels as little-endian uint16, i fastest then j then k "
-        "(NIfTI order; size[0]*size[1]*size[2] values; empty when the region is empty)"
+        description="base64 of the zlib-compressed (RFC 1950) region's labels as little-endian uint16, i fastest "
+        "then j then k (NIfTI order; size[0]*size[1]*size[2] values; empty when the region is empty)"
     )
     lesions: list[Lesion] = Field(description="every lesion after the update")
 

@@ -163,16 +163,22 @@ async function loadLabels () {
   recolour()
 }
 
+/** The uint16 label values of an update: base64 → zlib (deflate, RFC 1950) → little-endian uint16. */
+async function patchValues (update) {
+  const raw = atob(update.labels)
+  const packed = new Uint8Array(raw.length)
+  for (let n = 0; n < raw.length; n++) packed[n] = raw.charCodeAt(n)
+  const stream = new Blob([packed]).stream().pipeThrough(new DecompressionStream('deflate'))
+  return new Uint16Array(await new Response(stream).arrayBuffer()) // little-endian, like every browser platform
+}
+
 /** Write an interaction's label patch into the overlay (only the region that changed). */
-function applyUpdate (update) {
+async function applyUpdate (update) {
   state.lesions = update.lesions
   const [i0, j0, k0] = update.region.start
   const [ni, nj, nk] = update.region.size
   if (ni * nj * nk > 0) {
-    const raw = atob(update.labels)
-    const buf = new Uint8Array(raw.length)
-    for (let n = 0; n < raw.length; n++) buf[n] = raw.charCodeAt(n)
-    const patch = new Uint16Array(buf.buffer) // little-endian, like every browser platform
+    const patch = await patchValues(update)
     const img = state.labels.img
     const [NI, NJ] = [state.labels.hdr.dims[1], state.labels.hdr.dims[2]]
     let p = 0
@@ -294,30 +300,37 @@ async function click (ijk, positive) {
     return
   }
   const body = { point: ijk, positive, lesion: state.active }
-  const update = await busy(`${positive ? 'Positive' : 'Negative'} click at (${ijk.join(', ')})`,
+  await interact(`${positive ? 'Positive' : 'Negative'} click at (${ijk.join(', ')})`,
     () => api('POST', `/api/sessions/${state.sid}/click`, body))
-  if (update) { state.active = update.lesion; applyUpdate(update) }
+}
+
+/** One interaction at a time: send it, then patch the overlay with its answer (before the next may start). */
+function interact (label, request, { select = true } = {}) {
+  return busy(label, async () => {
+    const update = await request()
+    if (select) state.active = update.lesion
+    await applyUpdate(update)
+    return update
+  })
 }
 
 async function box (a, b) {
   const lo = [0, 1, 2].map((n) => Math.min(a[n], b[n]))
   const hi = [0, 1, 2].map((n) => Math.max(a[n], b[n]))
   state.lastBox = { lo, hi }
-  const update = await busy(`Box (${lo.join(', ')})–(${hi.join(', ')})`,
+  await interact(`Box (${lo.join(', ')})–(${hi.join(', ')})`,
     () => api('POST', `/api/sessions/${state.sid}/box`, { lo, hi, lesion: state.active }))
-  if (update) { state.active = update.lesion; applyUpdate(update) }
 }
 
 async function history (kind) {
   if (state.active === null) return
-  const update = await busy(kind === 'undo' ? 'Undo' : 'Redo',
+  await interact(kind === 'undo' ? 'Undo' : 'Redo',
     () => api('POST', `/api/sessions/${state.sid}/lesions/${state.active}/${kind}`))
-  if (update) applyUpdate(update)
 }
 
 async function deleteLesion (id) {
-  const update = await busy(`Delete lesion ${id}`, () => api('DELETE', `/api/sessions/${state.sid}/lesions/${id}`))
-  if (update) applyUpdate(update)
+  await interact(`Delete lesion ${id}`, () => api('DELETE', `/api/sessions/${state.sid}/lesions/${id}`),
+    { select: false })
 }
 
 async function save () {
@@ -383,12 +396,10 @@ function renderProposals () {
 }
 
 async function acceptProposal (p) {
-  const update = await busy(`Accept proposal ${p.id}`,
+  const update = await interact(`Accept proposal ${p.id}`,
     () => api('POST', `/api/sessions/${state.sid}/proposals/${p.id}/accept`))
   if (!update) return
   p.accepted = true
-  state.active = update.lesion
-  applyUpdate(update)
   renderProposals()
 }
 
