@@ -36,8 +36,8 @@ class RoundTrip:
         first_http, first_direct: a first positive click (new lesion: window, encoder, decoder, region).
         refine_http, refine_direct: a refining click on that lesion (decoder only).
         answer_bytes: median size of a click's JSON answer (the patch is base64 inside it).
-        same_masks: the label map the server holds after the clicks equals the library's (the work compared is the
-            same work).
+        same_masks: after every repeat the server's label map equals the library's (the work compared is the same
+            work). Each repeat's lesion is deleted afterwards (untimed), so every repeat starts from the same state.
     """
 
     first_http: float
@@ -104,7 +104,7 @@ def bench_round_trip(
             sid = json.loads(_call(url + "/api/sessions", {"path": "image.nii.gz"}))["session"]
             session = make_session(volume)
 
-            def over_http() -> tuple[float, list[float], int]:
+            def over_http() -> tuple[float, list[float], int, np.ndarray]:
                 t0 = time.perf_counter()
                 answer = _call(f"{url}/api/sessions/{sid}/click", {"point": list(first)})
                 first_s = time.perf_counter() - t0
@@ -115,9 +115,11 @@ def bench_round_trip(
                     t0 = time.perf_counter()
                     _call(f"{url}/api/sessions/{sid}/click", body)
                     refine_s.append(time.perf_counter() - t0)
-                return first_s, refine_s, len(answer)
+                labels = _labels(_call(f"{url}/api/sessions/{sid}/labels"))
+                _call(f"{url}/api/sessions/{sid}/lesions/{lesion}", method="DELETE")  # the next repeat starts afresh
+                return first_s, refine_s, len(answer), labels
 
-            def direct() -> tuple[float, list[float], int]:
+            def direct() -> tuple[float, list[float], int, np.ndarray]:
                 t0 = time.perf_counter()
                 lesion = session.click(tuple(first)).lesion
                 first_s = time.perf_counter() - t0
@@ -126,24 +128,27 @@ def bench_round_trip(
                     t0 = time.perf_counter()
                     session.click(tuple(point), positive=positive, lesion=lesion)
                     refine_s.append(time.perf_counter() - t0)
-                return first_s, refine_s, 0
+                labels = session.label_map()
+                session.delete(lesion)
+                return first_s, refine_s, 0, labels
 
             over_http(), direct()  # warm-up, not timed (first allocations, kernel selection)
             timed: dict[str, tuple[list[float], list[float], list[int]]] = {
                 "http": ([], [], []),
                 "direct": ([], [], []),
             }
+            same = True
             for _ in range(repeats):  # interleaved, so that a change of machine load touches both ways alike
+                results = {}
                 for name, run in (("http", over_http), ("direct", direct)):
-                    first_s, refine_s, size = run()
+                    first_s, refine_s, size, results[name] = run()
                     timed[name][0].append(first_s)
                     timed[name][1].extend(refine_s)
                     timed[name][2].append(size)
-            served = _labels(_call(f"{url}/api/sessions/{sid}/labels"))
+                same = same and bool(np.array_equal(results["http"], results["direct"]))
         finally:
             server.should_exit = True
             thread.join(timeout=30)
-        same = bool(np.array_equal(served, session.label_map()))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     med = statistics.median
@@ -157,10 +162,11 @@ def bench_round_trip(
     )
 
 
-def _call(url: str, body: dict | None = None) -> bytes:
-    """GET (no body) or POST JSON; the answer's bytes (an HTTP error raises)."""
+def _call(url: str, body: dict | None = None, *, method: str | None = None) -> bytes:
+    """GET (no body), POST JSON, or ``method``; the answer's bytes (an HTTP error raises)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    headers = {"Content-Type": "application/json"} if data else {}
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
     with urllib.request.urlopen(request, timeout=600) as answer:
         return answer.read()
 
