@@ -366,6 +366,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("bench-json-bad-suffix", ["bench", "backbone", "--json", "{w}/r.txt"], ".json"),
     ("bench-text-checkpoint", ["bench", "predict", "--checkpoint", "{w}/text.pt"], "is a text file"),
+    # ---- serve (refused before a model loads or a port opens)
+    ("serve-root-missing", ["serve", "--root", "{w}/nope"], "not an existing folder"),
+    ("serve-root-is-file", ["serve", "--root", "{w}/afile"], "not an existing folder"),
+    ("serve-bad-port", ["serve", "--root", "{w}", "--port", "0"], "--port must be in 1..65535"),
+    ("serve-bad-upload-limit", ["serve", "--root", "{w}", "--max-upload-mb", "-1"], "--max-upload-mb must be > 0"),
+    ("serve-zero-sessions", ["serve", "--root", "{w}", "--max-sessions", "0"], "--max-sessions must be >= 1"),
+    ("serve-missing-checkpoint", ["serve", "--root", "{w}", "--checkpoint", "{w}/nope.pth"], "checkpoint not found"),
+    ("serve-text-checkpoint", ["serve", "--root", "{w}", "--checkpoint", "{w}/text.pt"], "is a text file"),
+    ("serve-missing-proposals", ["serve", "--root", "{w}", "--proposals", "{w}/nope.pth"], "checkpoint not found"),
 ]
 
 
@@ -391,7 +400,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]
 
 def test_the_corpus_is_large_and_covers_every_command() -> None:
     assert len(CASES) >= 40
-    assert {argv[0] for _, argv, _ in CASES} >= {"predict", "evaluate", "train", "synth", "bench"}
+    assert {argv[0] for _, argv, _ in CASES} >= {"predict", "evaluate", "train", "synth", "bench", "serve"}
     assert len({name for name, _, _ in CASES}) == len(CASES)
 
 
