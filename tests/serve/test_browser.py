@@ -303,3 +303,21 @@ def test_proposals_in_a_real_browser(served_case, browser, kit, tmp_path) -> Non
         np.testing.assert_array_equal(overlay, _server_labels(url, state["sid"]))
         assert [les["id"] for les in state["lesions"]] == [1]
         assert _dice(overlay == 1, served_case.labels == 1) > 0.75
+
+
+def test_upload_in_a_real_browser(served_case, server, browser, tmp_path) -> None:
+    upload = tmp_path / "outside" / "scan.nii.gz"  # a file from elsewhere, as a person would pick it
+    upload.parent.mkdir()
+    upload.write_bytes(served_case.image.read_bytes())
+    driver = browser
+    driver.get(server + "/")
+    _wait("the page", lambda: driver.execute_script("return window.lesionsam && window.lesionsam.ready"))
+    driver.find_element("id", "upload").send_keys(str(upload))
+    _wait("the upload", lambda: driver.execute_script("return window.lesionsam.state.labels !== null"))
+    state = driver.execute_script("return window.lesionsam.state")
+    assert state["name"] == "scan.nii.gz" and state["size"] == list(served_case.volume.size_ijk)
+    image = driver.execute_script("return Array.from(window.lesionsam.state.image.img)")
+    np.testing.assert_array_equal(np.asarray(image).reshape(served_case.labels.shape), served_case.volume.array)
+    driver.find_element("id", "save").click()
+    _wait("the save", lambda: "Saved" in driver.find_element("id", "status").text)
+    assert read_image(served_case.root / "scan_lesions.nii.gz").same_geometry(served_case.volume, atol=1e-4)
