@@ -71,3 +71,24 @@ def test_hsam_trains_from_its_preset_and_predicts_automatically(tmp_path: Path, 
 
     mask, img = read_image(out), read_image(image)
     assert mask.same_geometry(img) and set(np.unique(mask.array)) <= {0, 2, 4}
+
+
+def test_the_run_folders_own_config_is_read_never_rewritten(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``train RUN/config.yaml --out RUN``: the file read is not written (byte for byte), and overrides that would
+    change it are refused with one line before anything is touched."""
+    write_synthetic_dataset(tmp_path / "ds", cases=4, size=40, seed=1)
+    run = tmp_path / "run"
+    args = ["train", "demo", f"data.root={tmp_path / 'ds'}", "train.epochs=1", "train.batch_size=1"]
+    assert main([*args, "model.method=finetune", "--out", str(run)]) == 0
+    own = run / "config.yaml"
+    own.write_text(own.read_text() + "# the user's note\n")  # a comment the loader ignores; a rewrite would drop it
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+
+    assert main(["train", str(own), "train.epochs=3", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is the run folder's own config.yaml" in err and "copy it" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+    assert main(["train", str(own), "train.epochs=1", "--out", str(run), "--resume"]) == 0  # no change: allowed
+    assert own.read_bytes() == before["config.yaml"]

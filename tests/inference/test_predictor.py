@@ -352,6 +352,8 @@ class RegionTextModel(OverlappingTextModel):
     """OverlappingTextModel with a region classifier: a region is "...tumour" when its mean (normalised)
     intensity is positive, "...cyst" otherwise; it records the texts and region sizes it scores."""
 
+    scores_regions = True
+
     def __init__(self) -> None:
         super().__init__()
         self.scored: list[tuple[list[str], int]] = []

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lesionsam.cli.main import main
-from lesionsam.data.datasets import read_splits
 from lesionsam.data.io import case_id, is_image_path
+from lesionsam.data.splits import read_splits
 from lesionsam.workflows.demo import NO_LESION_CROPS, _lesion_free_centres
 from lesionsam.workflows.sweep import Variant, sweep
 
@@ -41,9 +41,13 @@ def test_quick_sweep_scores_the_validation_split_only(tmp_path: Path, monkeypatc
     assert rows[0]["gate_rate"] is None and 0.0 <= rows[1]["gate_rate"] <= 1.0
     gates = (out / "sgp_budget" / "val_gates.csv").read_text().splitlines()
     assert gates[0] == "case,lesion,volume_ml,size_bin,gate_rate" and len(gates) > 1
+    by_bin: dict[str, list[float]] = {}
     for line in gates[1:]:  # the quick volumes (48³) leave no room for a lesion-free 64³ crop
-        _, lesion, _, size_bin, _ = line.split(",")
+        _, lesion, _, size_bin, rate = line.split(",")
         assert (size_bin == "no lesion") == (lesion == "0")
+        by_bin.setdefault(size_bin, []).append(float(rate))
+    assert rows[0]["gate_rates"] is None
+    assert rows[1]["gate_rates"] == pytest.approx({k: np.mean(v) for k, v in by_bin.items()})
     # A finished variant is not trained again.
     stamp = (out / "base" / "best.pt").stat().st_mtime_ns
     sweep(out, variants=variants, quick=True)
@@ -60,6 +64,9 @@ def test_sweep_cli_stages(capsys: pytest.CaptureFixture) -> None:
         main(["sweep", "--stage", "nope"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+    assert main(["sweep", "--stage", "gate", "--only", "sgp_cost03,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown gate variant(s) ['nope']" in err and "sgp_cost03_pool" in err
 
 
 def test_lesion_free_centres_hold_no_lesion_voxel() -> None:

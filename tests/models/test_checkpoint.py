@@ -15,10 +15,10 @@ from lesionsam.models.checkpoint import (
     CheckpointError,
     describe_fit,
     load_checkpoint,
-    load_model,
     load_sam_med3d_weights,
     save_checkpoint,
 )
+from lesionsam.models.registry import load_model
 
 
 def _seeded_official_file(tmp_path: Path, cfg=None, *, prefix: str = "", wrap: bool = True) -> Path:

@@ -20,9 +20,11 @@ from lesionsam.models.methods.hsam import (
     HSAMEncodedImage,
     HSAMOptions,
     build_hsam,
+    hsam_overhead,
+)
+from lesionsam.models.methods.hsam_parts import (
     class_balance_weights,
     cross_attention_guidance,
-    hsam_overhead,
     prior_from_logits,
     self_attention_guidance,
 )

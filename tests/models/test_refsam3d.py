@@ -310,7 +310,7 @@ def test_region_pooling_matches_a_scipy_reference() -> None:
     import numpy as np
     from scipy import ndimage
 
-    from lesionsam.models.methods.refsam3d import RegionClassifier
+    from lesionsam.models.methods.refsam3d_parts import RegionClassifier
 
     head = RegionClassifier(feature_channels=2, text_dim=4, shell=2)
     g = torch.Generator().manual_seed(1)
@@ -334,7 +334,7 @@ def test_region_classifier_learns_lesion_classes_from_their_contrast_to_the_surr
     to the surrounding tissue differs: trained on the pair loss, the region scores classify held-out lesions."""
     import numpy as np
 
-    from lesionsam.training.trainer import region_class_loss
+    from lesionsam.training.text_terms import region_class_loss
 
     torch.manual_seed(0)
     model = build_refsam3d(TINY)

@@ -14,13 +14,11 @@ from lesionsam.models.text import (
     BUILTIN_VOCABULARY,
     BuiltinTextEncoder,
     BuiltinTokenizer,
-    HFClipTextEncoder,
-    OpenClipTextEncoder,
     TextEmbedding,
     TextEncoder,
-    build_text_encoder,
     masked_mean,
 )
+from lesionsam.models.text_encoders import HFClipTextEncoder, OpenClipTextEncoder, build_text_encoder
 
 
 def _builtin(**kwargs: object) -> BuiltinTextEncoder:

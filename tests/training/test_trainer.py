@@ -18,7 +18,8 @@ from torch import Tensor
 from lesionsam.config import RunConfig, load_run_config
 from lesionsam.data.synthetic import write_synthetic_dataset
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint
-from lesionsam.training.trainer import Trainer, seed_everything
+from lesionsam.training.distributed import seed_everything
+from lesionsam.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,27 @@ def test_target_label_absent_everywhere_is_a_clear_error(dataset: Path, tmp_path
         Trainer(_config(dataset, "data.target_label=7"), tmp_path / "run", progress=False).fit()
 
 
+def test_the_data_set_is_checked_before_training_starts(tmp_path: Path) -> None:
+    """A label value dataset.json does not list (one case of five; training alone would not notice): one line naming
+    the case and the value, and no run folder."""
+    import shutil
+
+    from lesionsam.data.io import read_image, write_image
+
+    root = tmp_path / "ds"
+    write_synthetic_dataset(root, cases=5, size=40, seed=3)
+    label_path = sorted((root / "labelsTr").iterdir())[1]
+    label = read_image(label_path)
+    array = label.array.copy()
+    array[0, 0, 0] = 9
+    label_path.unlink()
+    write_image(array, label_path, reference=label)
+    with pytest.raises(ValueError, match=r"failed its check before training: case .*: label values \[9\] are not in"):
+        Trainer(_config(root), tmp_path / "run", progress=False).fit()
+    assert not (tmp_path / "run").exists()
+    shutil.rmtree(root)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,7 +187,7 @@ def test_text_step_trains_on_empty_crops_with_error_clicks() -> None:
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
-    from lesionsam.training.trainer import InteractiveStep
+    from lesionsam.training.steps import InteractiveStep
 
     torch.manual_seed(0)
     model = build_refsam3d(get_preset("tiny"))
@@ -235,7 +257,7 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
-    from lesionsam.training.trainer import InteractiveStep
+    from lesionsam.training.steps import InteractiveStep
 
     torch.manual_seed(0)
     model = build_refsam3d(get_preset("tiny"))
@@ -272,7 +294,7 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
 
 
 def test_text_margin_loss_matches_a_voxel_by_voxel_reference() -> None:
-    from lesionsam.training.trainer import text_margin_loss
+    from lesionsam.training.text_terms import text_margin_loss
 
     gen = torch.Generator().manual_seed(3)
     a, b = torch.randn(2, 2, 1, 4, 4, 4, generator=gen) * 3
@@ -305,7 +327,8 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
     from lesionsam.models import competing_logits
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
-    from lesionsam.training.trainer import InteractiveStep, region_class_loss, text_margin_loss
+    from lesionsam.training.steps import InteractiveStep
+    from lesionsam.training.text_terms import region_class_loss, text_margin_loss
 
     torch.manual_seed(0)
     model = build_refsam3d(get_preset("tiny"))
@@ -374,7 +397,7 @@ def test_region_classes_need_a_region_classifier() -> None:
     from lesionsam.data.prompts import ClickSimulator
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import build_sam3d, get_preset
-    from lesionsam.training.trainer import InteractiveStep
+    from lesionsam.training.steps import InteractiveStep
 
     with pytest.raises(ValueError, match="train.region_classes needs a model with a region classifier"):
         InteractiveStep(
@@ -391,7 +414,7 @@ def test_regions_won_keeps_the_lesions_the_region_scores_give_to_the_first_text(
     """A stand-in scorer: a region belongs to the first text when its mean image value is positive."""
     from types import SimpleNamespace
 
-    from lesionsam.training.trainer import regions_won
+    from lesionsam.training.text_terms import regions_won
 
     image = torch.zeros(1, 1, 16, 16, 16)
     mask = torch.zeros(1, 1, 16, 16, 16, dtype=torch.bool)

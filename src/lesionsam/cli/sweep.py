@@ -25,11 +25,21 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweep_<stage>)")
     p.add_argument("--quick", action="store_true", help="smoke-run sizes")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument(
+        "--only", default=None, metavar="NAME,...", help="run these variants of the stage only (default: all)"
+    )
 
     def run(a: argparse.Namespace) -> int:
         from lesionsam.workflows.sweep import STAGES, sweep
 
         variants, title = STAGES[a.stage]
+        if a.only:
+            wanted = [n.strip() for n in a.only.split(",") if n.strip()]
+            known = [v.name for v in variants]
+            unknown = [n for n in wanted if n not in known]
+            if unknown:
+                raise ValueError(f"--only: unknown {a.stage} variant(s) {unknown}; known: {', '.join(known)}")
+            variants = tuple(v for v in variants if v.name in wanted)
         out = a.out or Path(f"runs/sweep_{a.stage}")
         print(sweep(out, variants=variants, seed=a.seed, quick=a.quick, progress=sys.stderr.isatty(), title=title))
         return 0

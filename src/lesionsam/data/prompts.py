@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from lesionsam.utils.components import label_lesions
 from lesionsam.utils.options import look_up_option
 
 __all__ = [
@@ -70,8 +71,6 @@ Generator = torch.Generator | np.random.Generator | None
 
 #: Label of a padding click (no error left to click on).
 PAD_LABEL = -1
-
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,7 +149,7 @@ def _interior_voxel(region: np.ndarray) -> np.ndarray | None:
     if not region.any():
         return None
     outer = ndimage.find_objects(region.view(np.uint8))[0]  # bounding box of the whole region
-    components, _ = ndimage.label(region[outer], structure=_STRUCTURE_26)
+    components, _ = label_lesions(region[outer])
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     keep = int(np.argmax(sizes))

@@ -49,6 +49,7 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from lesionsam.data.io import Volume, check_intensities
+from lesionsam.utils.components import label_lesions
 from lesionsam.utils.options import look_up_option
 
 logger = logging.getLogger(__name__)
@@ -654,7 +655,7 @@ def crop_around_label(
     if not binary.any():
         center = np.array([rng.integers(0, n) for n in mask.shape], dtype=float)
     else:
-        components, count = ndimage.label(binary, structure=np.ones((3, 3, 3), dtype=bool))
+        components, count = label_lesions(binary)
         if lesion == "largest":
             pick = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
         else:

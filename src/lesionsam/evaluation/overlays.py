@@ -17,6 +17,7 @@ import numpy as np
 from lesionsam.data.io import case_id, is_image_path, read_image
 from lesionsam.evaluation.figures import FIG_OVERLAY, GT_COLOUR, new_figure, save_png
 from lesionsam.evaluation.report_io import fmt_value
+from lesionsam.utils.components import label_lesions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -125,7 +126,7 @@ def centre_clicks(gt: np.ndarray) -> list[np.ndarray]:
 
     from lesionsam.data.prompts import first_click
 
-    comps, n = ndimage.label(np.asarray(gt, dtype=bool), structure=np.ones((3, 3, 3), dtype=bool))
+    comps, n = label_lesions(np.asarray(gt, dtype=bool))
     if n == 0:
         return []
     sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))

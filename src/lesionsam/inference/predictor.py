@@ -51,7 +51,8 @@ from lesionsam.inference.postprocess import components_by_size as _components
 from lesionsam.inference.postprocess import drop_small_components, keep_clicked_components
 from lesionsam.inference.windows import ChainState, WindowRunner, first_center
 from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
-from lesionsam.models.checkpoint import FORMAT, load_model, load_sam_med3d_weights, read_weights_file
+from lesionsam.models.checkpoint import FORMAT, load_sam_med3d_weights, read_weights_file
+from lesionsam.models.registry import load_model
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,7 @@ class Predictor:
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
-            name = getattr(model, "display_name", type(model).__name__)
-            raise ValueError(f"{name} takes neither clicks nor text and is not prompt-free")
+            raise ValueError(f"{model.display_name} takes neither clicks nor text and is not prompt-free")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
         if dtype not in ("float32", "bfloat16"):
@@ -208,7 +208,7 @@ class Predictor:
     def _class_values(model: SegModel, given: Sequence[int] | None) -> tuple[int, ...]:
         if not model.prompt_free:
             return ()
-        k = int(getattr(model, "num_classes", 1))
+        k = int(model.num_classes)
         values = tuple(int(v) for v in given) if given else tuple(range(1, k + 1))
         if len(values) != k or len(set(values)) != k or min(values) < 1 or max(values) > 65535:
             raise ValueError(f"class_values must be {k} distinct label values in 1..65535 (one per class), got {given}")
@@ -389,7 +389,7 @@ class Predictor:
         self._check_text(text)
         pre = self.preprocessed
         rivals = self.competitors(text) if compete else ()
-        by_region = bool(rivals) and hasattr(self.model, "region_scores")
+        by_region = bool(rivals) and self.model.scores_regions
         if rivals:
             log.info('text "%s" is decided against the other trained class texts: %s', text, ", ".join(rivals))
 
@@ -434,7 +434,7 @@ class Predictor:
             region = torch.from_numpy(take(component, box))[None, None]
             with torch.inference_mode():
                 encoded = self.model.encode(torch.from_numpy(window)[None, None].to(self.device))
-                scores = self.model.region_scores(encoded, 0, region, list(texts))  # type: ignore[operator]
+                scores = self.model.region_scores(encoded, 0, region, list(texts))
             if int(scores[0].argmax()) == 0:
                 keep |= component
         return keep

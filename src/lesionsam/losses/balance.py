@@ -40,6 +40,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from lesionsam.utils.components import label_lesions
 from lesionsam.utils.options import look_up_option
 
 __all__ = ["BALANCES", "FocalBalance", "balanced_focal", "estimate_prior_shift", "lesion_box_mask", "prior_shift"]
@@ -106,7 +107,6 @@ def lesion_box_mask(target: Tensor, margin: int) -> Tensor:
     """
     fg = (target.detach() > 0).cpu().numpy()
     out = np.zeros(fg.shape, dtype=bool)
-    structure = np.ones((3,) * (fg.ndim - 2), dtype=bool)
     for b in range(fg.shape[0]):
         for c in range(fg.shape[1]):
             mask = fg[b, c]
@@ -116,7 +116,7 @@ def lesion_box_mask(target: Tensor, margin: int) -> Tensor:
             # Label only inside the bounding box of all the foreground (lesions are small: much faster at 128³).
             lo = [int(i.min()) for i in where]
             hi = [int(i.max()) + 1 for i in where]
-            components, _ = ndimage.label(mask[tuple(map(slice, lo, hi))], structure=structure)
+            components, _ = label_lesions(mask[tuple(map(slice, lo, hi))])
             for box in ndimage.find_objects(components):
                 grown = tuple(
                     slice(max(0, s.start + o - margin), min(n, s.stop + o + margin))

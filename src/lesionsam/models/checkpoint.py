@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lesionsam.models.backbone.config import PRESETS, Sam3DConfig
+from lesionsam.models.backbone.config import BACKBONE_PREFIXES, PRESETS, Sam3DConfig
 from lesionsam.models.config import ModelConfig
 from lesionsam.utils.dataclass_io import from_dict, make_temp_beside, save_yaml, to_dict
 from lesionsam.utils.filetype import not_a_checkpoint
 
 log = logging.getLogger(__name__)
 
-BACKBONE_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 FORMAT = "lesionsam-checkpoint"
 FORMAT_VERSION = 1
@@ -334,22 +333,3 @@ def model_config_of(checkpoint: Mapping[str, Any]) -> ModelConfig:
     cfg = checkpoint.get("config") or {}
     section = cfg.get("model", cfg) if isinstance(cfg, Mapping) else {}
     return from_dict(ModelConfig, {**section, "checkpoint": None}, where="model")
-
-
-def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a lesionsam checkpoint and load its weights strictly.
-
-    Returns:
-        (model in eval mode, the checkpoint dict).
-    """
-    from lesionsam.models.registry import build_model
-
-    ckpt = load_checkpoint(path)
-    model = build_model(model_config_of(ckpt))
-    result = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: weights do not fit the stored config: missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}"
-        )
-    return model.eval(), ckpt

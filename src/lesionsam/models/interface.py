@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
@@ -89,9 +90,11 @@ def competing_logits(own: Tensor, others: Tensor) -> Tensor:
 
 
 class SegModel(nn.Module):
-    """Base class of every method. Subclasses set the prompt kinds they need and accept.
+    """Base class of every method. Subclasses set the prompt kinds they need and accept, and declare the capabilities
+    the trainer and predictor may use (:attr:`scores_regions`, :attr:`num_classes`, :meth:`set_grad_checkpointing`).
 
-    The trainer and predictor look only at these attributes, never at a method's name.
+    The trainer and predictor look only at these declared attributes, never at a method's name, and never probe a
+    model for what it happens to have.
     """
 
     #: Prompt kinds that must be present.
@@ -103,6 +106,24 @@ class SegModel(nn.Module):
     prompt_free: ClassVar[bool] = False
     #: The registry name the model was built under (set by ``build_model``; errors name it, not the class).
     method_name: str | None = None
+    #: True: :meth:`region_scores` scores candidate lesions against texts (RefSAM3D's region classifier); the
+    #: trainer's per-lesion class term and the predictor's lesion-by-lesion text decision use it.
+    scores_regions: ClassVar[bool] = False
+
+    @property
+    def num_classes(self) -> int:
+        """Lesion classes segmented at once: 1 for a prompted method (one mask per prompt); K for a prompt-free
+        multi-class one (K + 1 output channels, channel 0 the background)."""
+        return 1
+
+    def region_scores(self, encoded: Any, crop: int, masks: Tensor, texts: Sequence[str]) -> Tensor:
+        """(K, T) scores of K region masks (K, 1, S, S, S) of crop ``crop`` of ``encoded`` against T texts; a region
+        belongs to the text with the highest score. Only where :attr:`scores_regions` is True."""
+        raise NotImplementedError(f"{self.display_name} has no region classifier (scores_regions is False)")
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in the backward pass instead of storing them (less memory, more time); a model
+        with nothing to checkpoint ignores it."""
 
     @property
     def display_name(self) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, load_sam_med3d_weights, model_config_of
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import SegModel
 from lesionsam.utils.dataclass_io import from_dict
@@ -89,7 +91,22 @@ def build_model(config: ModelConfig) -> SegModel:
     model = spec.builder(config, options)
     model.method_name = spec.name
     if config.checkpoint:
-        from lesionsam.models.checkpoint import load_sam_med3d_weights
-
         load_sam_med3d_weights(model, config.checkpoint)
     return model
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[SegModel, dict[str, Any]]:
+    """Rebuild the model stored in a lesionsam checkpoint and load its weights strictly.
+
+    Returns:
+        (model in eval mode, the checkpoint dict).
+    """
+    ckpt = load_checkpoint(path)
+    model = build_model(model_config_of(ckpt))
+    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored config: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    return model.eval(), ckpt

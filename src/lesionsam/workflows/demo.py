@@ -34,16 +34,20 @@ from scipy import ndimage
 
 from lesionsam import __version__
 from lesionsam.config import DataConfig, RunConfig, TrainConfig
+from lesionsam.configs import packaged_sweep
 from lesionsam.data.io import is_image_path, read_image
 from lesionsam.data.synthetic import LESION, ORGAN, VESSEL, write_synthetic_dataset
 from lesionsam.data.transforms import Preprocessed, crop_or_pad
 from lesionsam.evaluation.metrics import volume_bin
 from lesionsam.evaluation.report import AblationEntry, MethodRun, write_ablation, write_report
+from lesionsam.evaluation.sweeps import read_sweep_rows, sweep_summary
 from lesionsam.inference.predictor import Predictor
 from lesionsam.models import ModelConfig, Prompts
 from lesionsam.models.backbone import Sam3DConfig, get_preset
-from lesionsam.models.checkpoint import load_checkpoint, load_model
+from lesionsam.models.checkpoint import load_checkpoint
+from lesionsam.models.registry import load_model
 from lesionsam.training.trainer import Trainer
+from lesionsam.utils.components import label_lesions
 from lesionsam.utils.dataclass_io import apply_overrides, atomic_write_bytes, from_dict, to_dict
 from lesionsam.workflows.evaluate import evaluate
 from lesionsam.workflows.predict import case_id, predict
@@ -303,7 +307,7 @@ def gate_rates(checkpoint: Path, test_root: Path, out_csv: Path, *, label: int =
         label_vol = read_image(lab_path)
         image_path = next(p for p in (test_root / "imagesTr").iterdir() if case_id(p) == cid)
         pre = predictor.preprocessor(read_image(image_path), label_vol)
-        comps, n = ndimage.label(label_vol.array == label, structure=np.ones((3,) * 3, bool))
+        comps, n = label_lesions(label_vol.array == label)
         voxel_ml = float(np.prod(label_vol.spacing)) / 1000.0
         for idx in range(1, n + 1):
             where = np.argwhere(comps == idx)
@@ -361,6 +365,17 @@ def evaluate_method(
     return pred_dir, eval_dir, gates
 
 
+def defaults_notes() -> list[str]:
+    """How the defaults the demo uses were chosen: one line per packaged validation sweep (every reading tried,
+    with its validation Dice, volume ratio and gate activation)."""
+    lines = []
+    for stage, what in (("loss", "Zoom Loss readings (finetune_zoom)"), ("gate", "SGP-SAM gate budgets")):
+        path = packaged_sweep(stage)
+        if path is not None:
+            lines.append(sweep_summary(read_sweep_rows(path), what=what))
+    return lines
+
+
 def demo(
     out: str | os.PathLike[str] = "runs/demo",
     *,
@@ -411,6 +426,7 @@ def demo(
         "metrics from lesionsam evaluate.",
         *timings,
         f"Total time {time.perf_counter() - t_all:.0f} s on {threads} CPU thread(s).",
+        *defaults_notes(),
     ]
     report = write_report(
         root / "report",

@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from lesionsam.data.datasets import load_msd_cases, read_splits
 from lesionsam.data.io import image_suffix
+from lesionsam.data.layouts import load_msd_cases
+from lesionsam.data.splits import read_splits
+from lesionsam.evaluation.sweeps import SweepRow, sweep_markdown
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import DemoSettings, evaluate_method, prepare_data, pretrain, transfer
 
@@ -82,6 +84,18 @@ GATE_VARIANTS: tuple[Variant, ...] = (
         ("train.gate_cost=1.0", "train.gate_target=0.5", "model.options={gate_pool: [mean, max, std]}"),
         "target rate 0.5, gate sees mean, max and sd of the tokens",
     ),
+    # A small linear cost: a gate stays open only where its straight-through utility <dL/dtokens, msff(tokens)>
+    # outweighs the cost, so between 0 (all open) and 0.1 (all closed) the decision can depend on the crop.
+    Variant("sgp_cost001", "sgp_sam", ("train.gate_cost=0.001",), "linear compute cost 0.001"),
+    Variant("sgp_cost003", "sgp_sam", ("train.gate_cost=0.003",), "linear compute cost 0.003"),
+    Variant("sgp_cost01", "sgp_sam", ("train.gate_cost=0.01",), "linear compute cost 0.01"),
+    Variant("sgp_cost03", "sgp_sam", ("train.gate_cost=0.03",), "linear compute cost 0.03"),
+    Variant(
+        "sgp_cost03_pool",
+        "sgp_sam",
+        ("train.gate_cost=0.03", "model.options={gate_pool: [mean, max, std]}"),
+        "linear cost 0.03, gate sees mean, max and sd of the tokens",
+    ),
 )
 
 #: ``lesionsam sweep --stage NAME``: the variants and the table's title.
@@ -89,23 +103,6 @@ STAGES: dict[str, tuple[tuple[Variant, ...], str]] = {
     "loss": (LOSS_VARIANTS, "Zoom Loss readings"),
     "gate": (GATE_VARIANTS, "SGP-SAM gate budgets"),
 }
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    """What a sweep measured for one variant (validation split only)."""
-
-    name: str
-    method: str
-    overrides: tuple[str, ...]
-    note: str
-    val_cases: int
-    dice_mean: float
-    dice_sd: float
-    crop_val_dice: float
-    volume_ratio_median: float
-    gate_rate: float | None
-    minutes: float
 
 
 def validation_folder(train_root: Path, run_dir: Path) -> Path:
@@ -135,16 +132,21 @@ def score_validation(checkpoint: Path, train_root: Path, run_dir: Path) -> dict[
     cases = [c for c in json.loads((eval_dir / "metrics.json").read_text())["cases"] if c["gt_volume_ml"] > 0]
     dice = [c["dice"] for c in cases]
     ratios = [c["pred_volume_ml"] / c["gt_volume_ml"] for c in cases]
-    gate_rate = None
+    gate_rate, by_bin = None, None
     if gates_csv is not None:
-        rates = [float(r["gate_rate"]) for r in csv.DictReader(gates_csv.open(newline=""))]
-        gate_rate = float(np.mean(rates)) if rates else None
+        rows = list(csv.DictReader(gates_csv.open(newline="")))
+        gate_rate = float(np.mean([float(r["gate_rate"]) for r in rows])) if rows else None
+        by_bin = {}
+        for r in rows:
+            by_bin.setdefault(r["size_bin"], []).append(float(r["gate_rate"]))
+        by_bin = {k: float(np.mean(v)) for k, v in by_bin.items()}
     return {
         "val_cases": len(dice),
         "dice_mean": float(np.mean(dice)) if dice else float("nan"),
         "dice_sd": float(np.std(dice, ddof=1)) if len(dice) > 1 else float("nan"),
         "volume_ratio_median": float(np.median(ratios)) if ratios else float("nan"),
         "gate_rate": gate_rate,
+        "gate_rates": by_bin,
     }
 
 
@@ -222,27 +224,7 @@ def sweep(
 
 
 def write_sweep(root: Path, rows: Sequence[SweepRow], *, title: str, quick: bool) -> Path:
-    """``sweep.md`` (the table, best validation Dice in bold) and ``sweep.json``; returns the Markdown path."""
-    best = max(range(len(rows)), key=lambda i: rows[i].dice_mean if np.isfinite(rows[i].dice_mean) else -1)
-    lines = [
-        f"# Sweep: {title} (validation split)",
-        "",
-        f"Made by `lesionsam sweep{' --quick' if quick else ''}`. Validation split of the training data "
-        f"({rows[0].val_cases if rows else 0} cases, one centre click per tumour, whole volume); the test cases "
-        "are not used. Crop Dice: the trainer's best validation score (one click on the largest lesion's crop).",
-        "",
-        "| variant | method | settings | validation Dice | crop Dice | median volume ratio | gates open |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for i, r in enumerate(rows):
-        dice = f"{r.dice_mean:.3f} ± {r.dice_sd:.3f}"
-        gate = "—" if r.gate_rate is None else f"{r.gate_rate:.2f}"
-        settings = "; ".join(r.overrides) or "defaults"
-        dice = f"**{dice}**" if i == best else dice
-        lines.append(
-            f"| {r.name} | {r.method} | {r.note or settings} (`{settings}`) | {dice} "
-            f"| {r.crop_val_dice:.3f} | {r.volume_ratio_median:.2f} | {gate} |"
-        )
-    lines.append("")
+    """``sweep.md`` (:func:`~lesionsam.evaluation.sweeps.sweep_markdown`) and ``sweep.json``; returns the Markdown
+    path."""
     atomic_write_bytes(root / "sweep.json", json.dumps([r.__dict__ for r in rows], indent=2).encode())
-    return atomic_write_bytes(root / "sweep.md", "\n".join(lines).encode())
+    return atomic_write_bytes(root / "sweep.md", sweep_markdown(rows, title=title, quick=quick).encode())

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from lesionsam.utils.options import look_up_option
 
+#: State-dict prefixes of SAM-Med3D's own parts (official keys); a method's new parts use others.
+BACKBONE_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+
 
 @dataclass(frozen=True)
 class Sam3DConfig:

@@ -67,6 +67,10 @@ class Sam3D(SegModel):
             **kwargs,
         )
 
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint the image encoder's blocks (recomputed in the backward pass) while training."""
+        self.image_encoder.grad_checkpointing = bool(enabled)
+
     def encode(self, image: Tensor) -> Tensor:
         """(B, C, S, S, S) normalised crop → (B, E, G, G, G) image embedding (cache it for many prompts)."""
         return self.image_encoder(image)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from lesionsam.models.backbone import Sam3DConfig
-from lesionsam.models.checkpoint import BACKBONE_PREFIXES
+from lesionsam.models.backbone.config import BACKBONE_PREFIXES
 
 
 def upsampling_levels(config: Sam3DConfig, *, owner: str) -> int:
