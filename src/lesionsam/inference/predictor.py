@@ -46,7 +46,7 @@ from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor, crop_box, take
-from lesionsam.inference.boxes import Box, box_prompt
+from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
 from lesionsam.inference.postprocess import components_by_size as _components
 from lesionsam.inference.postprocess import drop_small_components, keep_clicked_components
 from lesionsam.inference.windows import ChainState, WindowRunner, first_center
@@ -309,7 +309,11 @@ class Predictor:
         its centre (the first), a prior mask and a bound (:func:`~lesionsam.inference.boxes.box_prompt`)."""
         if les.box is None:
             return dhw, les.labels, ChainState(), None
-        centre, prior, bound = box_prompt(les.box, self.preprocessed, self.crop, self.model.low_res_size)
+        takes_mask = "mask" in self.model.accepted_prompts | self.model.required_prompts
+        logit = BOX_PRIOR_LOGIT if takes_mask else None  # a model that takes no mask prompt gets no prior
+        centre, prior, bound = box_prompt(
+            les.box, self.preprocessed, self.crop, self.model.low_res_size, prior_logit=logit
+        )
         state = ChainState(last=prior.to(self.device) if prior is not None else None)
         labels = np.concatenate([[1], les.labels]).astype(np.int64)
         return np.concatenate([centre[None], dhw]), labels, state, bound
