@@ -28,6 +28,7 @@ label map holding the data set's label values (e.g. 2 tumour, 4 cyst); each conn
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -45,7 +46,7 @@ from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor, crop_box, take
-from lesionsam.inference.boxes import Box, box_prompt
+from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
 from lesionsam.inference.postprocess import components_by_size as _components
 from lesionsam.inference.postprocess import drop_small_components, keep_clicked_components
 from lesionsam.inference.windows import ChainState, WindowRunner, first_center
@@ -147,7 +148,9 @@ class Predictor:
             growing (logit adjustment, ``train.logit_adjustment``: the prior shift the training loss built in);
             :meth:`from_checkpoint` takes it from the checkpoint (``extra["logit_adjustment"]``; 0 for official
             weights and older runs). Prior logits fed back to the model keep the model's own scale.
-        dtype: "bfloat16" runs clicks and boxes under bfloat16 autocast (:class:`WindowRunner`); "float32" default.
+        dtype: "bfloat16" runs clicks and boxes under bfloat16 autocast, encoding with a copy of the model whose
+            linear and convolution weights are bfloat16 (made on first use: those weights again at half size), so
+            that autocast does not cast them at every crop (:class:`WindowRunner`).
 
     Example:
         >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
@@ -177,6 +180,7 @@ class Predictor:
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
         self.dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        self._encoder: SegModel | None = None  # the bfloat16 copy of the model that encodes (dtype bfloat16)
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
         if (
@@ -305,7 +309,11 @@ class Predictor:
         its centre (the first), a prior mask and a bound (:func:`~lesionsam.inference.boxes.box_prompt`)."""
         if les.box is None:
             return dhw, les.labels, ChainState(), None
-        centre, prior, bound = box_prompt(les.box, self.preprocessed, self.crop, self.model.low_res_size)
+        takes_mask = "mask" in self.model.accepted_prompts | self.model.required_prompts
+        logit = BOX_PRIOR_LOGIT if takes_mask else None  # a model that takes no mask prompt gets no prior
+        centre, prior, bound = box_prompt(
+            les.box, self.preprocessed, self.crop, self.model.low_res_size, prior_logit=logit
+        )
         state = ChainState(last=prior.to(self.device) if prior is not None else None)
         labels = np.concatenate([[1], les.labels]).astype(np.int64)
         return np.concatenate([centre[None], dhw]), labels, state, bound
@@ -319,7 +327,18 @@ class Predictor:
             logit_offset=self.logit_offset,
             max_windows=self.max_windows,
             dtype=self.dtype,
+            encoder=self._low_precision_encoder(),
         )
+
+    def _low_precision_encoder(self) -> SegModel | None:
+        if self.dtype == torch.float32:
+            return None
+        if self._encoder is None:  # matrix-product weights in bfloat16; norms, positions, tables stay float32
+            self._encoder = copy.deepcopy(self.model).eval()
+            for module in self._encoder.modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Conv3d)):
+                    module.to(self.dtype)
+        return self._encoder
 
     def _check_text(self, text: str | None) -> None:
         if self.model.prompt_free:

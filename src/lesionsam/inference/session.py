@@ -180,8 +180,13 @@ class InteractiveSession:
         """A 3D box, or a 2D box on one slice (see :mod:`lesionsam.inference.boxes`). ``lesion=None`` starts a new
         lesion; an existing lesion starts again from the box (undo restores its earlier prompts)."""
         model = self.predictor.model
+        takes_mask = "mask" in model.accepted_prompts | model.required_prompts  # else no prior mask
         centre, prior, bound = box_prompt(
-            box, self.pre, self.runner.crop, model.low_res_size, prior_logit=self.box_prior_logit
+            box,
+            self.pre,
+            self.runner.crop,
+            model.low_res_size,
+            prior_logit=self.box_prior_logit if takes_mask else None,
         )
         entry = self._get(lesion) if lesion is not None else self._new_lesion()
         record = {"kind": "box", "lo": list(box.lo), "hi": list(box.hi)}

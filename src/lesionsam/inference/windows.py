@@ -134,6 +134,9 @@ class WindowRunner:
         max_windows: most windows per lesion.
         dtype: compute dtype of the model's encode and decode: float32, or bfloat16 through ``torch.autocast``
             (matrix products and convolutions in bfloat16, reductions and the outputs in float32).
+        encoder: the model whose ``encode`` runs (default ``model``). For bfloat16, :meth:`Predictor.runner` gives
+            a copy of ``model`` whose linear and convolution weights are bfloat16 (made once), so that autocast does
+            not cast them again at every crop (the results are the same); decoding keeps ``model``.
     """
 
     def __init__(
@@ -145,8 +148,10 @@ class WindowRunner:
         logit_offset: float,
         max_windows: int,
         dtype: torch.dtype = torch.float32,
+        encoder: SegModel | None = None,
     ) -> None:
         self.model = model
+        self.encoder = encoder if encoder is not None else model
         self.pre = pre
         self.device = device
         self.crop = int(model.img_size)
@@ -182,7 +187,7 @@ class WindowRunner:
         crop = take(self.pre.image, box, pad_value=float(self.pre.background))
         image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
         with self.compute():
-            encoded = self.model.encode(image)
+            encoded = self.encoder.encode(image)
         if cache is not None:
             cache[key] = encoded  # type: ignore[index]
         return encoded

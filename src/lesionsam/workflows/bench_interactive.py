@@ -9,7 +9,8 @@ in one run):
   resampled onto the input grid, the label-map patch composed);
 * **refining click**: a click on that lesion (decoder only, from the cached embedding and previous low-res logits);
 * **box**: a 3D box that starts a new lesion (encode + decode, like a first click, plus the prior mask);
-* **encoder alone**: ``model.encode`` of one crop, the floor under a first click.
+* **encoder alone**: the encode of one crop (for bfloat16: the predictor's bfloat16 copy of the model under
+  autocast), the floor under a first click.
 
 Each lesion gets one window (``max_windows=1``): with random weights a mask may grow anywhere, which would time
 the weights rather than the engine. Medians over ``repeats`` lesions, each at a different place. The masks of the
@@ -129,7 +130,7 @@ def bench_interactive(
             crop = torch.randn(1, 1, predictor.crop, predictor.crop, predictor.crop)
             t0 = time.perf_counter()
             with session.runner.compute():
-                predictor.model.encode(crop)
+                session.runner.encoder.encode(crop)
             times["encoder alone"].append(time.perf_counter() - t0)
         result.seconds[dtype] = {"open": opened, **{s: statistics.median(v) for s, v in times.items()}}
     for dtype in dtypes[1:]:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from lesionsam.data.io import read_image
 from lesionsam.data.prompts import first_click
@@ -37,6 +36,7 @@ from lesionsam.evaluation.statistics import paired_comparison
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.session import InteractiveSession
+from lesionsam.utils.components import label_lesions
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 #: The prompts compared (see the module docstring).
@@ -96,7 +96,7 @@ def box_vs_click(
         image = read_image(image_path)
         gt = read_image(root / "labelsTr" / image_path.name).array == label
         voxel_ml = float(np.prod(image.spacing)) / 1000.0
-        comps, n = ndimage.label(gt, structure=np.ones((3, 3, 3), dtype=bool))
+        comps, n = label_lesions(gt)
         with_prior = InteractiveSession(predictor, image, box_prior_logit=BOX_PRIOR_LOGIT)
         no_prior = InteractiveSession(predictor, image, box_prior_logit=None)
         for c in range(1, n + 1):
@@ -147,7 +147,7 @@ def compare_dtypes(
     for image_path in sorted((root / "imagesTr").glob("*.nii.gz"))[: cases if cases else None]:
         image = read_image(image_path)
         gt = read_image(root / "labelsTr" / image_path.name).array == label
-        comps, n = ndimage.label(gt, structure=np.ones((3, 3, 3), dtype=bool))
+        comps, n = label_lesions(gt)
         sessions = {dt: InteractiveSession(p, image) for dt, p in predictors.items()}
         for c in range(1, n + 1):
             truths.append(comps == c)
