@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from lesionsam.data.crops import crop_around_label, take
 from lesionsam.data.dataset_json import dataset_labels
 from lesionsam.data.datasets import ClassCropDataset, LesionCropDataset
 from lesionsam.data.io import Volume, write_image
 from lesionsam.data.layouts import Case, load_msd_cases, load_sam_med3d_cases
 from lesionsam.data.splits import make_splits, read_splits, write_splits
-from lesionsam.data.transforms import PreprocessConfig, Preprocessor, crop_around_label, take
+from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 from lesionsam.data.verify import verify_dataset
 
 SHAPE = (8, 12, 14)  # (D, H, W)

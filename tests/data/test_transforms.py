@@ -5,17 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lesionsam.data.crops import CropBox, crop_around_label, crop_or_pad, paste
+from lesionsam.data.geometry import orientation_code, ras_affine
 from lesionsam.data.io import ImageIOError, Volume, read_image, write_image
-from lesionsam.data.transforms import (
-    CropBox,
-    PreprocessConfig,
-    Preprocessor,
-    crop_around_label,
-    crop_or_pad,
-    orientation_code,
-    paste,
-    ras_affine,
-)
+from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 
 SPACING = (0.7, 0.9, 2.5)  # (i, j, k) mm
 SIZE_IJK = (96, 80, 30)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from lesionsam.cli.main import main
+from lesionsam.data.crops import CropBox
 from lesionsam.data.io import Volume, read_image, write_image
-from lesionsam.data.transforms import CropBox, PreprocessConfig, Preprocessor
+from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 from lesionsam.inference.boxes import Box, CanonicalBox, parse_box, prior_logits, to_canonical
 from lesionsam.inference.predictor import LesionClicks, Predictor
 from lesionsam.inference.prompts_io import read_prompt_file

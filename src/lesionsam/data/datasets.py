@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lesionsam.data.crops import CropBox, crop_around_label, take
 from lesionsam.data.layouts import (
     Case,
     listing,
 )
-from lesionsam.data.transforms import CropBox, Preprocessed, Preprocessor, crop_around_label, take
+from lesionsam.data.transforms import Preprocessed, Preprocessor
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""SAM-Med3D-style preprocessing with an exact inverse, and the crop helpers for the model's cubic input.
+"""SAM-Med3D-style preprocessing with an exact inverse (the geometry helpers are in :mod:`lesionsam.data.geometry`,
+the crop windows in :mod:`lesionsam.data.crops`).
 
 SAM-Med3D (Wang et al., "SAM-Med3D: Towards General-purpose Segmentation Models for Volumetric Medical
 Images", 2023) feeds its ViT a 128³ crop of an image that was brought to a canonical orientation, resampled to
@@ -44,12 +45,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import SimpleITK as sitk
-from nibabel import orientations as nio
-from scipy import ndimage
 
+from lesionsam.data.geometry import (
+    axis_transform,
+    canonical_grid,
+    orientation_ornt,
+    placeholder,
+    reorient_array,
+    resample,
+    unreorient_array,
+)
 from lesionsam.data.io import Volume, check_intensities
-from lesionsam.utils.components import label_lesions
 from lesionsam.utils.options import look_up_option
 
 logger = logging.getLogger(__name__)
@@ -57,14 +63,6 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("CT", "MRI")
 IMAGE_INTERPOLATIONS = ("linear", "bspline")
 INVERT_INTERPOLATIONS = ("nearest", "linear")
-
-#: ITK LPS world → nibabel/MONAI RAS world (and back: it is its own inverse).
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-_SITK_INTERPOLATORS = {
-    "nearest": sitk.sitkNearestNeighbor,
-    "linear": sitk.sitkLinear,
-    "bspline": sitk.sitkBSpline,
-}
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         look_up_option(self.modality, MODALITIES, what="modality")
         look_up_option(self.interpolation, IMAGE_INTERPOLATIONS, what="image interpolation")
-        _orientation_ornt(self.orientation)
+        orientation_ornt(self.orientation)
         if self.spacing is not None:
             if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
                 raise ValueError(f"spacing must be three positive numbers in mm (or None), got {self.spacing}")
@@ -136,131 +134,6 @@ class Preprocessed:
     _perm: tuple[int, int, int] = field(default=(0, 1, 2), repr=False)
     _flip: tuple[int, int, int] = field(default=(1, 1, 1), repr=False)
     _resampled: bool = field(default=True, repr=False)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Geometry
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _orientation_ornt(code: str) -> np.ndarray:
-    """nibabel orientation array for a 3-letter axis code; ValueError if the code is not one."""
-    if not isinstance(code, str) or len(code) != 3:
-        raise ValueError(f"orientation must be a 3-letter axis code such as 'RAS' or 'LPS', got {code!r}")
-    pairs = ("RL", "AP", "SI")
-    axes = sorted(next((n for n, pair in enumerate(pairs) if c in pair), -1) for c in code.upper())
-    if axes != [0, 1, 2]:
-        raise ValueError(
-            f"orientation {code!r} is not a valid axis code: use one letter from each of R/L, A/P, S/I (e.g. 'RAS')"
-        )
-    return nio.axcodes2ornt(tuple(code.upper()))
-
-
-def ras_affine(volume: Volume) -> np.ndarray:
-    """The 4×4 nibabel/MONAI (RAS world) voxel-to-world affine of ``volume`` (index order i, j, k)."""
-    aff = np.eye(4)
-    aff[:3, :3] = _LPS_TO_RAS @ volume.direction_matrix @ np.diag(volume.spacing)
-    aff[:3, 3] = _LPS_TO_RAS @ np.asarray(volume.origin, dtype=float)
-    return aff
-
-
-def orientation_code(volume: Volume) -> str:
-    """The nibabel/MONAI axis code of ``volume``'s closest orientation, e.g. "RAS" or "LPS"."""
-    return "".join(nio.aff2axcodes(ras_affine(volume)))
-
-
-def _axis_transform(volume: Volume, orientation: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(perm, flip): canonical axis n is source axis perm[n] (ITK i, j, k numbering), times flip[n] (±1)."""
-    start = nio.io_orientation(ras_affine(volume))
-    trans = nio.ornt_transform(start, _orientation_ornt(orientation))
-    perm = [0, 0, 0]
-    flip = [1, 1, 1]
-    for src_axis, (dst_axis, sign) in enumerate(trans):
-        perm[int(dst_axis)] = src_axis
-        flip[int(dst_axis)] = int(sign)
-    return (perm[0], perm[1], perm[2]), (flip[0], flip[1], flip[2])
-
-
-def _placeholder(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """A read-only zero-stride array of ``shape``: keeps a Volume's shape without holding memory."""
-    return np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape))
-
-
-def _canonical_grid(
-    source: Volume, perm: tuple[int, int, int], flip: tuple[int, int, int], spacing: tuple[float, float, float] | None
-) -> tuple[tuple[int, int, int], tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]:
-    """Size (i, j, k), spacing, origin and direction of the canonical grid for ``source``."""
-    src_size = np.asarray(source.size_ijk, dtype=float)
-    src_spacing = np.asarray(source.spacing, dtype=float)
-    src_dir = source.direction_matrix
-    direction = np.stack([flip[n] * src_dir[:, perm[n]] for n in range(3)], axis=1)
-    perm_size = src_size[list(perm)]
-    perm_spacing = src_spacing[list(perm)]
-    new_spacing = perm_spacing if spacing is None else np.asarray(spacing, dtype=float)
-    extent = perm_size * perm_spacing
-    # ceil so that the canonical box covers the original one; the small tolerance keeps exact multiples exact.
-    new_size = np.maximum(1, np.ceil(extent / new_spacing - 1e-6)).astype(int)
-    centre = source.index_to_world((src_size - 1.0) / 2.0)
-    origin = centre - direction @ (new_spacing * (new_size - 1) / 2.0)
-    return (
-        tuple(int(v) for v in new_size),  # type: ignore[return-value]
-        tuple(float(v) for v in new_spacing),  # type: ignore[return-value]
-        tuple(float(v) for v in origin),  # type: ignore[return-value]
-        tuple(float(v) for v in direction.ravel()),
-    )
-
-
-def _numpy_axes(perm: tuple[int, int, int]) -> list[int]:
-    """Transpose order taking a source (k, j, i) array to the canonical (k, j, i) array."""
-    # New NumPy axis m holds ITK axis n = 2 - m, which is source ITK axis perm[n], i.e. source NumPy axis 2 - perm[n].
-    return [2 - perm[2 - m] for m in range(3)]
-
-
-def _reorient_array(array: np.ndarray, perm: tuple[int, int, int], flip: tuple[int, int, int]) -> np.ndarray:
-    """Source (D, H, W) → canonical (D, H, W) by transposing and flipping only (exact)."""
-    out = np.transpose(array, _numpy_axes(perm))
-    flip_axes = tuple(m for m in range(3) if flip[2 - m] < 0)
-    if flip_axes:
-        out = np.flip(out, axis=flip_axes)
-    return np.ascontiguousarray(out)
-
-
-def _unreorient_array(array: np.ndarray, perm: tuple[int, int, int], flip: tuple[int, int, int]) -> np.ndarray:
-    """Inverse of :func:`_reorient_array`."""
-    flip_axes = tuple(m for m in range(3) if flip[2 - m] < 0)
-    out = np.flip(array, axis=flip_axes) if flip_axes else array
-    return np.ascontiguousarray(np.transpose(out, np.argsort(_numpy_axes(perm))))
-
-
-def _sitk_ready(array: np.ndarray) -> tuple[np.ndarray, np.dtype]:
-    """An array SimpleITK accepts (bool → uint8, float16 → float32) and the dtype to give back."""
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8), array.dtype
-    if array.dtype == np.float16:
-        return array.astype(np.float32), array.dtype
-    return np.ascontiguousarray(array), array.dtype
-
-
-def _resample(
-    array: np.ndarray, src: Volume, dst: Volume, *, interpolator: str, default: float, output_float: bool
-) -> np.ndarray:
-    """Resample ``array`` (on ``src``'s grid) onto ``dst``'s grid through LPS world coordinates."""
-    arr, dtype = _sitk_ready(array)
-    if output_float and arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    img = src.to_sitk(arr)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(v) for v in dst.size_ijk])
-    resampler.SetOutputSpacing(tuple(float(v) for v in dst.spacing))
-    resampler.SetOutputOrigin(tuple(float(v) for v in dst.origin))
-    resampler.SetOutputDirection(tuple(float(v) for v in dst.direction))
-    resampler.SetInterpolator(_SITK_INTERPOLATORS[interpolator])
-    resampler.SetDefaultPixelValue(float(default))
-    resampler.SetOutputPixelType(img.GetPixelID())
-    result = sitk.GetArrayFromImage(resampler.Execute(img))
-    if not output_float and result.dtype != dtype:
-        result = result.astype(dtype)
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,16 +198,16 @@ class Preprocessor:
                     f"image and label are on different grids ({diff}); resample the label onto the image first "
                     "(e.g. with SimpleITK's Resample using the image as reference)"
                 )
-        perm, flip = _axis_transform(volume, cfg.orientation)
-        size, spacing, origin, direction = _canonical_grid(volume, perm, flip, cfg.spacing)
+        perm, flip = axis_transform(volume, cfg.orientation)
+        size, spacing, origin, direction = canonical_grid(volume, perm, flip, cfg.spacing)
         source = Volume(
-            array=_placeholder(volume.spatial_shape, volume.array.dtype),
+            array=placeholder(volume.spatial_shape, volume.array.dtype),
             spacing=volume.spacing,
             origin=volume.origin,
             direction=volume.direction,
         )
         d, h, w = size[2], size[1], size[0]
-        grid = Volume(array=_placeholder((d, h, w), np.float32), spacing=spacing, origin=origin, direction=direction)
+        grid = Volume(array=placeholder((d, h, w), np.float32), spacing=spacing, origin=origin, direction=direction)
         resampled = not (
             tuple(size) == tuple(volume.size_ijk[p] for p in perm)
             and np.allclose(spacing, [volume.spacing[p] for p in perm], rtol=1e-6, atol=1e-6)
@@ -350,11 +223,11 @@ class Preprocessor:
             default = 0.0
         if resampled:
             interp = cfg.interpolation
-            image = _resample(image, volume, grid, interpolator=interp, default=default, output_float=True)
+            image = resample(image, volume, grid, interpolator=interp, default=default, output_float=True)
             if cfg.modality == "CT" and interp == "bspline":
                 np.clip(image, cfg.ct_clip[0], cfg.ct_clip[1], out=image)
         else:
-            image = _reorient_array(image, perm, flip)
+            image = reorient_array(image, perm, flip)
         image, mean, std = self._normalise(image)
         # Same float32 arithmetic as the image, so padded voxels equal ``background`` exactly.
         background = (np.float32(default) - np.float32(mean)) / np.float32(std)
@@ -362,11 +235,9 @@ class Preprocessor:
         canon_label = None
         if label is not None:
             if resampled:
-                canon_label = _resample(
-                    label.array, volume, grid, interpolator="nearest", default=0, output_float=False
-                )
+                canon_label = resample(label.array, volume, grid, interpolator="nearest", default=0, output_float=False)
             else:
-                canon_label = _reorient_array(label.array, perm, flip)
+                canon_label = reorient_array(label.array, perm, flip)
         return Preprocessed(
             image=image,
             label=canon_label,
@@ -441,9 +312,9 @@ class Preprocessor:
         if array.ndim == 4:
             return np.stack([self.invert(a, pre, interpolation=interpolation) for a in array])
         if not pre._resampled:
-            out = _unreorient_array(array, pre._perm, pre._flip)
+            out = unreorient_array(array, pre._perm, pre._flip)
             return out.astype(np.float32) if interpolation == "linear" else out
-        return _resample(
+        return resample(
             array, pre.grid, pre.source, interpolator=interpolation, default=0, output_float=interpolation == "linear"
         )
 
@@ -486,195 +357,3 @@ class Preprocessor:
             raise ValueError(f"expected a point (3,) or points (N, 3), got shape {pts.shape}")
         xyz = pre.grid.index_to_world(pts[..., ::-1])
         return xyz if world else pre.source.world_to_index(xyz)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Crops
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """A cubic (or box) window of a volume, in (d, h, w) voxels; may extend past the volume (padding).
-
-    Attributes:
-        start: (d, h, w) index in the volume of the crop's voxel (0, 0, 0); may be negative.
-        size: (d, h, w) size of the crop.
-        volume_shape: (D, H, W) of the volume the crop was taken from.
-    """
-
-    start: tuple[int, int, int]
-    size: tuple[int, int, int]
-    volume_shape: tuple[int, int, int]
-
-    @property
-    def stop(self) -> tuple[int, int, int]:
-        """Exclusive end (d, h, w) in volume indices (may exceed the volume)."""
-        return tuple(s + n for s, n in zip(self.start, self.size, strict=True))  # type: ignore[return-value]
-
-    def to_crop(self, dhw: np.ndarray | Sequence[float]) -> np.ndarray:
-        """Volume index/indices (…, 3) in (d, h, w) → crop index/indices (same dtype kind, float or int)."""
-        pts = np.asarray(dhw)
-        return pts - np.asarray(self.start, dtype=pts.dtype if pts.dtype.kind in "iuf" else float)
-
-    def to_volume(self, dhw: np.ndarray | Sequence[float]) -> np.ndarray:
-        """Crop index/indices (…, 3) in (d, h, w) → volume index/indices."""
-        pts = np.asarray(dhw)
-        return pts + np.asarray(self.start, dtype=pts.dtype if pts.dtype.kind in "iuf" else float)
-
-    def contains(self, dhw: np.ndarray | Sequence[float]) -> bool:
-        """Whether a volume index (d, h, w), rounded, lies inside the crop window."""
-        c = np.floor(self.to_crop(np.asarray(dhw, dtype=float)) + 0.5)
-        return bool(np.all(c >= 0) and np.all(c < np.asarray(self.size)))
-
-    def overlap(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        """(volume slices, crop slices) of the part of the window inside the volume (empty slices if none)."""
-        vol_sl, crop_sl = [], []
-        for s, n, full in zip(self.start, self.size, self.volume_shape, strict=True):
-            lo, hi = max(s, 0), min(s + n, full)
-            hi = max(hi, lo)
-            vol_sl.append(slice(lo, hi))
-            crop_sl.append(slice(lo - s, hi - s))
-        return tuple(vol_sl), tuple(crop_sl)
-
-
-def _as_size3(size: int | Sequence[int]) -> tuple[int, int, int]:
-    sizes = (size, size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if len(sizes) != 3 or not all(int(s) == s and s > 0 for s in sizes):
-        raise ValueError(f"crop size must be a positive integer or three of them, got {size!r}")
-    return tuple(int(s) for s in sizes)  # type: ignore[return-value]
-
-
-def crop_box(
-    center_dhw: np.ndarray | Sequence[float], size: int | Sequence[int], volume_shape: Sequence[int]
-) -> CropBox:
-    """The :class:`CropBox` of side ``size`` centred on ``center_dhw`` (rounded; crop index size // 2)."""
-    sizes = _as_size3(size)
-    c = np.floor(np.asarray(center_dhw, dtype=float) + 0.5).astype(int)
-    if c.shape != (3,):
-        raise ValueError(f"center must be a (d, h, w) point, got shape {c.shape}")
-    start = tuple(int(ci - n // 2) for ci, n in zip(c, sizes, strict=True))
-    return CropBox(start=start, size=sizes, volume_shape=tuple(int(v) for v in volume_shape))  # type: ignore[arg-type]
-
-
-def crop_or_pad(
-    array: np.ndarray,
-    center_dhw: np.ndarray | Sequence[float],
-    size: int | Sequence[int],
-    *,
-    pad_value: float = 0.0,
-) -> tuple[np.ndarray, CropBox]:
-    """A window of side ``size`` centred on a point, padded with ``pad_value`` where it leaves the volume.
-
-    Args:
-        array: (D, H, W) or (C, D, H, W); the window is taken over the last three axes.
-        center_dhw: (3,) centre in (d, h, w) voxels (rounded to the nearest voxel, which lands at crop index
-            ``size // 2``).
-        size: side of the cube (or (d, h, w) sizes).
-        pad_value: value outside the volume (for a preprocessed image use ``Preprocessed.background``; 0 for
-            labels).
-
-    Returns:
-        (crop, box): crop of shape (S, S, S) or (C, S, S, S), same dtype as ``array``; ``box`` converts indices
-        (``box.to_crop`` / ``box.to_volume``) and writes back (:func:`paste`).
-    """
-    if array.ndim not in (3, 4):
-        raise ValueError(f"expected (D, H, W) or (C, D, H, W), got shape {array.shape}")
-    box = crop_box(center_dhw, size, array.shape[-3:])
-    return take(array, box, pad_value=pad_value), box
-
-
-def take(array: np.ndarray, box: CropBox, *, pad_value: float = 0.0) -> np.ndarray:
-    """The window ``box`` of ``array`` ((D, H, W) or (C, D, H, W), the box's volume grid), padded with
-    ``pad_value`` where it leaves the volume; same dtype as ``array``."""
-    if tuple(array.shape[-3:]) != tuple(box.volume_shape):
-        raise ValueError(f"array {array.shape} is not on the box's volume grid {box.volume_shape}")
-    out = np.full((*array.shape[:-3], *box.size), pad_value, dtype=array.dtype)
-    vol_sl, crop_sl = box.overlap()
-    out[(..., *crop_sl)] = array[(..., *vol_sl)]
-    return out
-
-
-def paste(crop_values: np.ndarray, box: CropBox, out_array: np.ndarray) -> np.ndarray:
-    """Write a crop back into a full-size array (in place), dropping the padded part.
-
-    Args:
-        crop_values: (S, S, S) or (C, S, S, S) values on the crop ``box``.
-        box: where the crop came from.
-        out_array: (D, H, W) or (C, D, H, W) with ``box.volume_shape`` spatial shape; modified in place.
-
-    Returns:
-        ``out_array``.
-    """
-    if tuple(crop_values.shape[-3:]) != box.size:
-        raise ValueError(f"crop of shape {crop_values.shape} does not match the box size {box.size}")
-    if tuple(out_array.shape[-3:]) != box.volume_shape:
-        raise ValueError(f"output of shape {out_array.shape} does not match the box's volume {box.volume_shape}")
-    vol_sl, crop_sl = box.overlap()
-    out_array[(..., *vol_sl)] = crop_values[(..., *crop_sl)]
-    return out_array
-
-
-def crop_around_label(
-    image: np.ndarray,
-    mask: np.ndarray,
-    size: int | Sequence[int],
-    *,
-    rng: np.random.Generator,
-    lesion: Literal["random", "largest"] = "random",
-    jitter: int = 0,
-    pad_value: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, CropBox]:
-    """A training crop containing one target lesion.
-
-    The lesion is a 26-connected component of ``mask``: a uniformly random one (``lesion="random"``, so
-    small lesions are seen as often as large ones) or the largest. The crop is centred on the centre of its
-    bounding box, then shifted by up to ``jitter`` voxels per axis, never so far that the bounding box leaves
-    the crop (a lesion larger than the crop stays centred). An empty mask gives a crop centred on a uniformly
-    random voxel.
-
-    Args:
-        image: (D, H, W) or (C, D, H, W) image on the same grid as ``mask``.
-        mask: (D, H, W) bool or 0/1 target mask.
-        size: crop side (or (d, h, w) sizes) in voxels.
-        rng: random generator (lesion choice, jitter, random crops).
-        lesion: "random" or "largest".
-        jitter: maximum shift of the crop centre in voxels per axis.
-        pad_value: image value outside the volume (labels are padded with 0).
-
-    Returns:
-        (image crop (…, S, S, S) same dtype, mask crop (S, S, S) same dtype as ``mask``, :class:`CropBox`).
-    """
-    look_up_option(lesion, ("random", "largest"), what="lesion choice")
-    if tuple(image.shape[-3:]) != mask.shape:
-        raise ValueError(f"image {image.shape} and mask {mask.shape} are not on the same (D, H, W) grid")
-    if jitter < 0:
-        raise ValueError(f"jitter must be >= 0 voxels, got {jitter}")
-    sizes = _as_size3(size)
-    binary = mask.astype(bool, copy=False)
-    if not binary.any():
-        center = np.array([rng.integers(0, n) for n in mask.shape], dtype=float)
-    else:
-        components, count = label_lesions(binary)
-        if lesion == "largest":
-            pick = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
-        else:
-            pick = int(rng.integers(1, count + 1))
-        bbox = ndimage.find_objects(components, max_label=pick)[pick - 1]
-        assert bbox is not None
-        lo = np.array([s.start for s in bbox])
-        hi = np.array([s.stop - 1 for s in bbox])  # inclusive
-        base = np.floor((lo + hi) / 2.0 + 0.5).astype(int)
-        center = base.astype(float)
-        if jitter:
-            for ax, n in enumerate(sizes):
-                # start = c - n // 2 must satisfy start <= lo and start + n - 1 >= hi.
-                min_c = hi[ax] - n + 1 + n // 2
-                max_c = lo[ax] + n // 2
-                lo_shift = max(-jitter, min_c - base[ax])
-                hi_shift = min(jitter, max_c - base[ax])
-                if lo_shift <= hi_shift:
-                    center[ax] = base[ax] + int(rng.integers(lo_shift, hi_shift + 1))
-    img_crop, box = crop_or_pad(image, center, sizes, pad_value=pad_value)
-    mask_crop, _ = crop_or_pad(mask, center, sizes, pad_value=0)
-    return img_crop, mask_crop, box

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lesionsam.data.transforms import CropBox, Preprocessed, crop_box
+from lesionsam.data.crops import CropBox, crop_box
+from lesionsam.data.transforms import Preprocessed
 
 #: Magnitude of the prior mask's logits (inside positive, outside negative), on the model's scale.
 BOX_PRIOR_LOGIT = 4.0

@@ -44,8 +44,9 @@ import torch
 from scipy import ndimage
 from scipy.special import expit
 
+from lesionsam.data.crops import crop_box, take
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
-from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor, crop_box, take
+from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
 from lesionsam.inference.postprocess import components_by_size as _components
 from lesionsam.inference.postprocess import drop_small_components, keep_clicked_components

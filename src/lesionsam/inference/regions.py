@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from lesionsam.data.geometry import placeholder, resample, unreorient_array
 from lesionsam.data.io import Volume
-from lesionsam.data.transforms import Preprocessed, _placeholder, _resample, _unreorient_array
+from lesionsam.data.transforms import Preprocessed
 
 Slices3 = tuple[slice, slice, slice]
 
@@ -66,7 +67,7 @@ def invert_region(
         dtype = np.float32 if interpolation == "linear" else array.dtype
         return out_region, np.zeros(out_shape, dtype=dtype)
     if not pre._resampled:
-        out = _unreorient_array(array, pre._perm, pre._flip)
+        out = unreorient_array(array, pre._perm, pre._flip)
         if tuple(out.shape) != out_shape:  # pragma: no cover - a permutation maps boxes onto boxes
             raise RuntimeError(f"region {region} maps onto {out.shape}, expected {out_shape}")
         return out_region, out.astype(np.float32) if interpolation == "linear" else out
@@ -79,10 +80,10 @@ def invert_region(
     )
     out_lo_ijk = np.array([s.start for s in out_region], dtype=float)[::-1]
     dst = Volume(
-        array=_placeholder(out_shape, array.dtype),
+        array=placeholder(out_shape, array.dtype),
         spacing=pre.source.spacing,
         origin=tuple(float(v) for v in pre.source.index_to_world(out_lo_ijk)),  # type: ignore[arg-type]
         direction=pre.source.direction,
     )
-    values = _resample(array, src, dst, interpolator=interpolation, default=0, output_float=interpolation == "linear")
+    values = resample(array, src, dst, interpolator=interpolation, default=0, output_float=interpolation == "linear")
     return out_region, values

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from lesionsam.data.transforms import CropBox, Preprocessed, crop_box, take
+from lesionsam.data.crops import CropBox, crop_box, take
+from lesionsam.data.transforms import Preprocessed
 from lesionsam.inference.postprocess import CLICK_RADIUS, keep_clicked_components
 from lesionsam.models import Prompts, SegModel
 

@@ -35,9 +35,10 @@ from scipy import ndimage
 from lesionsam import __version__
 from lesionsam.config import DataConfig, RunConfig, TrainConfig
 from lesionsam.configs import packaged_sweep
+from lesionsam.data.crops import crop_or_pad
 from lesionsam.data.io import is_image_path, read_image
 from lesionsam.data.synthetic import LESION, ORGAN, VESSEL, write_synthetic_dataset
-from lesionsam.data.transforms import Preprocessed, crop_or_pad
+from lesionsam.data.transforms import Preprocessed
 from lesionsam.evaluation.metrics import volume_bin
 from lesionsam.evaluation.report import AblationEntry, MethodRun, write_ablation, write_report
 from lesionsam.evaluation.sweeps import read_sweep_rows, sweep_summary
