@@ -425,7 +425,7 @@ def test_prompt_file_box_is_validated(tmp_path: Path, item: dict, message: str) 
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_cli_box_writes_a_mask_on_the_input_grid(tmp_path: Path) -> None:
+def test_cli_box_and_bfloat16_write_masks_on_the_input_grid(tmp_path: Path) -> None:
     image, _ = _oblique_volume()
     img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
     code = main(
@@ -433,6 +433,9 @@ def test_cli_box_writes_a_mask_on_the_input_grid(tmp_path: Path) -> None:
     )
     assert code == 0
     assert read_image(tmp_path / "m.nii.gz").same_geometry(image, atol=1e-6)
+    out16 = tmp_path / "m16.nii.gz"
+    argv = ["predict", str(img), "--out", str(out16), "--preset", "tiny", "--point", "30,35,15", "--dtype", "bfloat16"]
+    assert main(argv) == 0 and read_image(out16).same_geometry(image, atol=1e-6)
 
 
 @pytest.mark.parametrize("resampled", [True, False])

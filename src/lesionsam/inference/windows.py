@@ -287,8 +287,6 @@ class WindowRunner:
     ) -> Windows:
         """All windows of a lesion: ``first`` and the windows grown from it while the mask touches an inner face
         (each cut to ``bound``, when given)."""
-        shape = self.shape
-        half = self.crop // 2
         box0, logits0 = first
         windows: Windows = [first]
         center0 = np.asarray(box0.start) + self.crop // 2
@@ -311,20 +309,12 @@ class WindowRunner:
             labs = np.concatenate([[1], labels[inside]]).astype(np.int64)
             logits = bounded(box, self.run_window(box, clicks, labs, prior, text, cache), bound)
             windows.append((box, logits))
-            queue.extend(self._next_centers(box, logits, center, shape=shape, half=half))
+            queue.extend(self._next_centers(box, logits, center))
         return windows
 
-    def _next_centers(
-        self,
-        box: CropBox,
-        logits: np.ndarray,
-        center: np.ndarray,
-        *,
-        shape: tuple[int, int, int] | None = None,
-        half: int | None = None,
-    ) -> list[np.ndarray]:
-        shape = shape or self.shape
-        half = half or self.crop // 2
+    def _next_centers(self, box: CropBox, logits: np.ndarray, center: np.ndarray) -> list[np.ndarray]:
+        """Centres of the windows shifted by S/2 over each inner crop face that the mask (logits > 0) touches."""
+        shape, half = self.shape, self.crop // 2
         out = []
         for axis, side in faces_touched(logits > 0):
             at_border = box.start[axis] <= 0 if side < 0 else box.stop[axis] >= shape[axis]
