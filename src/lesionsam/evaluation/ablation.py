@@ -321,14 +321,20 @@ def ablation_table(rows: Sequence[AblationEntry]) -> str:
 
 
 def write_ablation(
-    out_dir: str | os.PathLike[str], rows: Sequence[AblationEntry], *, n_boot: int = 10000, seed: int = 0
+    out_dir: str | os.PathLike[str],
+    rows: Sequence[AblationEntry],
+    *,
+    n_boot: int = 10000,
+    seed: int = 0,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write ``out_dir/ablation.md`` (the :func:`ablation_table` with its sources) and ``ablation.json``.
 
     ``ablation.md`` also holds the paired comparison of each method with the first (the baseline), pooled over seeds
     (:func:`pooled_comparisons`, bootstrap with ``n_boot`` resamples and ``seed``), a warning line for a method whose
     median predicted/GT volume ratio (mean over seeds) leaves [0.5, 2], and the gate activation rate by lesion size
-    with the number of lesions per bin.
+    with the number of lesions per bin. ``notes`` (the protocol: data, split, test clicks) go in a section of their
+    own before the table's sources, one bullet each.
 
     ``ablation.json`` = ``{"format": "lesionsam-ablation", "version": 1, "sd": "...", "methods":
     ablation_summary(rows), "comparisons": pooled_comparisons(...)}`` (strict JSON; a missing value is null).
@@ -393,6 +399,8 @@ def write_ablation(
             "n = lesions in the bin (per seed when the seeds differ).",
             "",
         ]
+    if notes:
+        lines += ["## Protocol", "", *(f"- {n}" for n in notes), ""]
     lines += ["## Sources", ""]
     for m in summary:
         for src in m["sources"]:
