@@ -1,0 +1,153 @@
+"""``lesionsam ablate CONFIG``: methods × seeds from a run config on an MSD-layout folder, resumable, shardable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lesionsam.cli.main import main
+from lesionsam.config import RunConfig
+from lesionsam.configs import resolve_config
+from lesionsam.data.synthetic import write_synthetic_dataset
+from lesionsam.models.checkpoint import load_checkpoint
+from lesionsam.training.trainer import Trainer
+from lesionsam.utils.dataclass_io import from_dict
+from lesionsam.workflows.ablate import ablate_config, parse_shard, select_runs
+
+#: A tiny recipe on 32³ synthetic volumes: a few seconds per run on one CPU thread.
+OVERRIDES = (
+    "train.epochs=2",
+    "train.num_clicks=2",
+    "train.warmup_steps=1",
+    "model.backbone.img_size=32",
+    "model.backbone.patch_size=8",
+    "model.backbone.window_size=2",
+)
+METHODS = ("finetune", "sgp_sam")
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("msd") / "Task99", cases=6, seed=3, size=32)
+
+
+class Killed(RuntimeError):
+    """Stands in for a killed process."""
+
+
+def test_ablation_from_a_config_is_sharded_resumed_after_a_kill_and_collected(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ablation"
+    overrides = (f"data.root={data_root}", *OVERRIDES)
+    kw: dict[str, Any] = {"overrides": overrides, "out": out, "methods": METHODS, "seeds": SEEDS, "progress": False}
+    config = resolve_config("demo")
+
+    # 1. One of two shards: method-major order, every second run from the first.
+    assert ablate_config(config, shard=(0, 2), **kw) is None
+    done = {p.parent.parent.name for p in out.glob("*/test_metrics/metrics.json")}
+    assert done == {"finetune_seed0", "sgp_sam_seed0"}
+    assert not (out / "ablation.md").exists()
+    mtimes = {name: (out / name / "best.pt").stat().st_mtime_ns for name in done}
+
+    # 2. A plain call makes the others; it is killed after the first epoch of sgp_sam seed 1.
+    def kill(trainer: Trainer, event: str, info: dict[str, Any]) -> None:
+        if event == "epoch" and (trainer.cfg.model.method, trainer.cfg.train.seed) == ("sgp_sam", 1):
+            raise Killed
+
+    with pytest.raises(Killed):
+        ablate_config(config, callbacks=[kill], **kw)
+    assert (out / "finetune_seed1" / "test_metrics" / "metrics.json").is_file()
+    half = out / "sgp_sam_seed1"
+    assert load_checkpoint(half / "last.pt")["epoch"] == 1 and not (half / "test_metrics").exists()
+    mtimes["finetune_seed1"] = (out / "finetune_seed1" / "best.pt").stat().st_mtime_ns
+
+    # 3. The next call trains nothing finished again and finishes the half-done run from its last.pt.
+    trained: list[tuple[str, int, int]] = []
+
+    def record(trainer: Trainer, event: str, info: dict[str, Any]) -> None:
+        if event == "epoch":
+            trained.append((trainer.cfg.model.method, trainer.cfg.train.seed, int(info["epoch"])))
+
+    table = ablate_config(config, callbacks=[record], **kw)
+    assert table == out / "ablation.md"
+    assert trained == [("sgp_sam", 1, 2)]  # only its second epoch (epochs count from 1)
+    assert {n: (out / n / "best.pt").stat().st_mtime_ns for n in mtimes} == mtimes
+    # Exactly as an uninterrupted run: same weights after the same two epochs.
+    cfg = from_dict(RunConfig, load_checkpoint(half / "last.pt")["config"])
+    ref = Trainer(cfg, tmp_path / "reference", progress=False).fit()
+    assert ref.last_checkpoint is not None
+    resumed, fresh = load_checkpoint(half / "last.pt")["state_dict"], load_checkpoint(ref.last_checkpoint)["state_dict"]
+    assert resumed.keys() == fresh.keys()
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
+
+    # The test set is held out: never trained or validated on; exactly its cases are scored.
+    splits = json.loads((out / "splits.json").read_text())
+    test = set(splits["test"])
+    assert test and len(test) + len(splits["train"]) + len(splits["val"]) == 6
+    summary = json.loads((out / "ablation.json").read_text())
+    assert [m["method"] for m in summary["methods"]] == list(METHODS)
+    md = table.read_text()
+    for m in summary["methods"]:
+        assert m["seeds"] == list(SEEDS)
+        dice = []
+        for seed in SEEDS:
+            run = out / f"{m['method']}_seed{seed}"
+            run_splits = json.loads((run / "splits.json").read_text())
+            assert not test & (set(run_splits["train"]) | set(run_splits["val"]))
+            metrics = json.loads((run / "test_metrics" / "metrics.json").read_text())
+            assert {c["case"] for c in metrics["cases"]} == test
+            dice.append(metrics["summary"]["dice"]["mean"])
+        assert m["dice"]["values"] == dice
+        row = next(line for line in md.splitlines() if line.startswith(f"| {m['method']} |"))
+        assert f"{np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}" in row
+    assert "sgp_sam − finetune" in md and "## Gate activation rate by lesion size" in md
+    assert "## Protocol" in md and f"{len(test)} test cases" in md
+
+
+def test_runs_are_selected_by_name_or_shard() -> None:
+    runs = select_runs(("a", "b"), (0, 1, 2), only=[("b", 2), ("a", 1)])
+    assert runs == [("a", 1), ("b", 2)]
+    all_runs = select_runs(("a", "b"), (0, 1, 2))
+    shards = [select_runs(("a", "b"), (0, 1, 2), shard=parse_shard(f"{i}/4")) for i in range(4)]
+    assert sorted(r for s in shards for r in s) == sorted(all_runs) and sum(map(len, shards)) == len(all_runs)
+    with pytest.raises(ValueError, match="not one of the planned runs"):
+        select_runs(("a",), (0,), only=[("a", 3)])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data.root={root}", "--methods", "finetune,sgp_sm"], "Did you mean 'sgp_sam'"),
+        (["data.root={root}", "--seeds", "0,x"], "--seeds"),
+        (["data.root={root}", "--seeds", "1,1"], "--seeds"),
+        (["data.root={root}", "--seeds", ","], "--seeds"),
+        (["data.root={root}", "--shard", "2/2"], "--shard"),
+        (["data.root={root}", "--only-run", "sgp_sam"], "--only-run"),
+        (["data.root={root}", "--only-run", "sgp_sam:7"], "not one of the planned runs"),
+        (["data.root={root}", "--test-fraction", "1.5"], "--test-fraction"),
+        (["data.root={root}", "--quick"], "--quick"),
+        (["data.root={missing}"], "{missing}"),
+        ([], "data.root is empty"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    args: list[str], message: str, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    names = {"root": data_root, "missing": tmp_path / "no_such_data"}
+    out = tmp_path / "out"
+    assert main(["ablate", "demo", *(a.format(**names) for a in args), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lesionsam ablate: error:") and "\n" not in err
+    assert message.format(**names) in err
+    assert not out.exists()
+
+
+def test_overrides_need_a_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["ablate", "data.root=x", "--out", str(tmp_path / "o")]) == 2
+    assert "need a CONFIG" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
