@@ -151,3 +151,23 @@ def test_overrides_need_a_config(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert main(["ablate", "data.root=x", "--out", str(tmp_path / "o")]) == 2
     assert "need a CONFIG" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_without_a_config_the_demo_ablation_keeps_its_layout_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONSAM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ablation"
+    base = ["ablate", "--quick", "--methods", "finetune,sgp_sam", "--seeds", "0", "--out", str(out)]
+    assert main([*base, "--only-run", "sgp_sam:0"]) == 0  # one run, no table
+    assert not (out / "ablation.md").exists() and not (out / "finetune_seed0").exists()
+    assert main(base) == 0
+    for name in ("finetune_seed0", "sgp_sam_seed0"):
+        assert (out / name / "test_metrics" / "metrics.json").is_file() and (out / name / "best.pt").is_file()
+    assert (out / "data" / "train" / "dataset.json").is_file() and (out / "data" / "test" / "dataset.json").is_file()
+    assert (out / "sgp_sam_seed0" / "gates.csv").is_file() and not (out / "finetune_seed0" / "gates.csv").exists()
+    summary = json.loads((out / "ablation.json").read_text())
+    for m in summary["methods"]:
+        metrics = json.loads((out / f"{m['method']}_seed0" / "test_metrics" / "metrics.json").read_text())
+        assert m["dice"]["values"] == [metrics["summary"]["dice"]["mean"]]
+    assert "## Protocol" not in (out / "ablation.md").read_text()  # the demo's table as before
