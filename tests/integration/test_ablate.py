@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,12 @@ SEEDS = (0, 1)
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("msd") / "Task99", cases=6, seed=3, size=32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Killed(RuntimeError):
@@ -171,3 +181,27 @@ def test_without_a_config_the_demo_ablation_keeps_its_layout_and_table(
         metrics = json.loads((out / f"{m['method']}_seed0" / "test_metrics" / "metrics.json").read_text())
         assert m["dice"]["values"] == [metrics["summary"]["dice"]["mean"]]
     assert "## Protocol" not in (out / "ablation.md").read_text()  # the demo's table as before
+
+
+def test_a_torchrun_job_trains_each_run_with_ddp_and_tests_it_once(data_root: Path, tmp_path: Path) -> None:
+    """torchrun, 2 processes, gloo on CPU: every run is trained by both ranks, rank 0 tests it and writes the table."""
+    out = tmp_path / "ddp"
+    overrides = [f"data.root={data_root}", *OVERRIDES, "train.epochs=1", "train.device=cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    cmd += ["-m", "lesionsam.cli.main", "ablate", "demo", *overrides, "--methods", "finetune", "--seeds", "0,1"]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(out / "ablation.md")  # printed by rank 0 only
+    for seed in (0, 1):
+        run = out / f"finetune_seed{seed}"
+        assert load_checkpoint(run / "last.pt")["epoch"] == 1
+        metrics = json.loads((run / "test_metrics" / "metrics.json").read_text())
+        assert {c["case"] for c in metrics["cases"]} == set(json.loads((out / "splits.json").read_text())["test"])
+    summary = json.loads((out / "ablation.json").read_text())
+    assert summary["methods"][0]["seeds"] == [0, 1]

@@ -30,9 +30,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from lesionsam.config import RunConfig, load_run_config
 from lesionsam.data.io import image_suffix
@@ -41,6 +43,7 @@ from lesionsam.data.splits import make_splits, read_splits, write_splits
 from lesionsam.evaluation.report import AblationEntry, write_ablation
 from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.training.data import load_cases
+from lesionsam.training.distributed import DistContext
 from lesionsam.training.trainer import Callback, Trainer
 from lesionsam.utils.paths import check_can_create
 from lesionsam.workflows.demo import (
@@ -232,22 +235,46 @@ def _link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def link_test_cases(cases: Sequence[Case], out: Path, channel: int | None) -> tuple[Path, int | None]:
+def link_test_cases(cases: Sequence[Case], out: Path, channel: int | None) -> Path:
     """``out/imagesTr`` and ``out/labelsTr`` of symbolic links to the test ``cases`` (one image per case: the file
-    itself, or its ``channel`` file for one-file-per-channel cases); returns (view root, channel still to pick)."""
-    pick: int | None = channel
+    itself, or its ``channel`` file for one-file-per-channel cases); returns ``out``."""
     for c in cases:
         assert c.label is not None
-        image = c.images[0]
-        if len(c.images) > 1:
-            image, pick = c.images[channel or 0], None
+        image = c.images[(channel or 0) if len(c.images) > 1 else 0]
         _link(image, out / "imagesTr" / f"{c.case_id}{image_suffix(image)}")
         _link(c.label, out / "labelsTr" / f"{c.case_id}{image_suffix(c.label)}")
-    return out, pick
+    return out
+
+
+def _view_channel(cases: Sequence[Case], channel: int | None) -> int | None:
+    """The channel prediction still picks in the test view: none for one-file-per-channel cases (their view holds
+    the channel's own file), else ``channel`` of the multi-channel images."""
+    return None if cases and len(cases[0].images) > 1 else channel
 
 
 def _device(cfg: RunConfig) -> str:
     return "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+#: How long the other ranks of a ``torchrun`` ablation wait at a barrier while rank 0 tests a run.
+BARRIER_TIMEOUT = timedelta(hours=12)
+
+
+def _process_group(cfg: RunConfig) -> DistContext:
+    """Under ``torchrun``: join the process group now (NCCL on GPUs, else gloo) with a long timeout, since the other
+    ranks wait while rank 0 predicts and scores each run's test set; the trainer then uses this group."""
+    ctx = DistContext.from_env()
+    if ctx.enabled and not dist.is_initialized():
+        cuda = _device(cfg) == "cuda"
+        if cuda:
+            torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=BARRIER_TIMEOUT)
+    return ctx
+
+
+def _barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
 
 
 def _train_and_test(
@@ -258,8 +285,10 @@ def _train_and_test(
     *,
     progress: bool,
     callbacks: Sequence[Callback],
+    main: bool = True,
 ) -> None:
-    """Train (or resume) one run, then predict and score its test cases (metrics last)."""
+    """Train (or resume) one run, then (on the main process only) predict and score its test cases (metrics
+    last)."""
     last = run_dir / "last.pt"
     resume = last.is_file()
     if resume and int(load_checkpoint(last)["epoch"]) >= cfg.train.epochs:
@@ -269,6 +298,8 @@ def _train_and_test(
             _say(f"  {run_dir.name}: resuming from {last}")
         lines = () if progress else (epoch_lines(run_dir.name, cfg.train.epochs),)
         Trainer(cfg, run_dir, progress=progress, callbacks=(*lines, *callbacks)).fit(resume=resume)
+    if not main:
+        return
     best = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else last
     label = cfg.data.target_label
     pred_dir = run_dir / "test_predictions"
@@ -327,11 +358,16 @@ def ablate_config(
         own = root / f"{m}_seed{s}" / "config.yaml"
         if own.is_file() and not _same_config(own, cfg):
             raise ValueError(f"{own.parent} was made with another config; use another --out or remove that folder")
-    # Every input is checked: from here on files are written.
-    if not base.data.splits:
+    # Every input is checked: from here on files are written (by rank 0 of a torchrun job).
+    ctx = _process_group(base)
+    if ctx.is_main and not base.data.splits:
         write_splits(splits, splits_path)
     by_id = {c.case_id: c for c in cases}
-    test_root, channel = link_test_cases([by_id[i] for i in splits["test"]], root / "test_data", base.data.channel)
+    test_cases = [by_id[i] for i in splits["test"]]
+    if ctx.is_main:
+        link_test_cases(test_cases, root / "test_data", base.data.channel)
+    test_root, channel = root / "test_data", _view_channel(test_cases, base.data.channel)
+    _barrier(ctx)
     _say(
         f"lesionsam ablate {base.name}: {len(methods)} methods × {len(seeds)} seeds ({len(chosen)} in this call); "
         f"{len(splits.get('train', []))} training, {len(splits.get('val', []))} validation and "
@@ -344,11 +380,13 @@ def ablate_config(
         if metrics.is_file():
             _say(f"  {run_dir.name}: already done ({metrics.parent})")
         elif (m, s) in chosen:
-            _train_and_test(cfg, run_dir, test_root, channel, progress=progress, callbacks=callbacks)
+            main = ctx.is_main
+            _train_and_test(cfg, run_dir, test_root, channel, progress=progress, callbacks=callbacks, main=main)
+            _barrier(ctx)
             _say(f"  {run_dir.name}: done")
         gates = run_dir / "gates.csv"
         entries.append(AblationEntry(m, s, metrics.parent, gates if gates.is_file() else None))
-    if only or shard is not None:
+    if only or shard is not None or not ctx.is_main:
         _say("  runs of this call done; collect the table with the same command without --only-run/--shard")
         return None
     notes = _protocol(base, splits, splits_path, root)
