@@ -288,6 +288,11 @@ CASES: list[tuple[str, list[str], str]] = [
         ["evaluate", "{w}/pred", "{w}/gt_nojson", "--out", "{w}/new", "--label", "2", "--nsd-tolerance", "-1"],
         "tolerance",
     ),
+    (
+        "evaluate-bad-iou-threshold",
+        ["evaluate", "{w}/pred", "{w}/gt_nojson", "--out", "{w}/new", "--label", "2", "--iou-threshold", "0"],
+        "IoU threshold must be in (0, 1]",
+    ),
     # ---- train (an existing run folder must stay byte-for-byte the same)
     ("train-missing-root", [*TRAIN, "data.root={w}/nope", "--out", "{w}/run"], "not found"),
     (

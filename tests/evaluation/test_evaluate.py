@@ -15,6 +15,7 @@ import lesionsam.cli.evaluate  # noqa: F401  (registers the sub-command)
 from lesionsam.cli.main import main
 from lesionsam.data.io import Volume, write_image
 from lesionsam.evaluation.evaluate import CSV_COLUMNS, case_id, evaluate_folder, pair_cases
+from lesionsam.evaluation.metrics import case_metrics
 from lesionsam.workflows.evaluate import default_out_dir, evaluate
 
 SHAPE = (12, 24, 24)  # (D, H, W) = (k, j, i)
@@ -224,6 +225,39 @@ def test_cli_prints_table_and_output_paths(dataset: tuple[Path, Path], tmp_path:
     assert code == 0
     assert "NSD@1.5mm" in printed and "case_c" in printed and str(out / "metrics.json") in printed
     assert json.loads((out / "metrics.json").read_text())["settings"]["nsd_tolerance_mm"] == 1.5
+
+
+def test_cli_nsd_mode_and_lesion_matching_reach_the_results(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    pred_dir, gt_dir = dataset
+    runs = {
+        "default": [],
+        "voxel_iou": ["--nsd", "voxel", "--lesion-matching", "iou", "--iou-threshold", "0.6"],
+        "strict": ["--lesion-matching", "iou", "--iou-threshold", "0.61"],
+    }
+    data = {}
+    for name, extra in runs.items():
+        assert (
+            main(["evaluate", str(pred_dir), str(gt_dir), "--out", str(tmp_path / name), "--label", "1", *extra]) == 0
+        )
+        data[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert (data["default"]["settings"]["nsd_mode"], data["default"]["settings"]["lesion_matching"]) == (
+        "area",
+        "overlap",
+    )
+    assert data["voxel_iou"]["settings"]["nsd_mode"] == "voxel"
+    assert data["voxel_iou"]["settings"]["lesion_iou_threshold"] == 0.6
+    gt_b, pred_b = box((3, 5, 5), (4, 6, 6)), box((4, 5, 5), (4, 6, 6))  # case_b: one 3 mm slice off
+    for name, mode in (("default", "area"), ("voxel_iou", "voxel")):
+        expected = case_metrics(pred_b, gt_b, (3.0, 1.0, 1.0), nsd_mode=mode)
+        row = data[name]["cases"][1]
+        assert row["nsd"] == pytest.approx(expected.nsd) and row["assd_mm"] == pytest.approx(expected.assd_mm)
+    assert data["default"]["cases"][1]["nsd"] != pytest.approx(data["voxel_iou"]["cases"][1]["nsd"])
+    # case_b's IoU is 3/5: matched at 0.6, not at 0.61; case_c's prediction touches no lesion either way
+    det = {name: data[name]["summary"]["lesion_detection"] for name in data}
+    assert (det["voxel_iou"]["tp"], det["voxel_iou"]["fp"], det["voxel_iou"]["fn"]) == (2, 1, 1)
+    assert (det["strict"]["tp"], det["strict"]["fp"], det["strict"]["fn"]) == (1, 2, 2)
+    assert data["default"]["summary"]["panoptic"]["micro"]["pq"] == pytest.approx((1 + 0.6) / (2 + 0.5 + 0.5))
+    assert data["default"]["summary"]["lesion_free_cases"]["n_cases"] == 0
 
 
 @pytest.mark.parametrize(

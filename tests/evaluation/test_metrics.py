@@ -65,22 +65,24 @@ def test_hd95_honours_anisotropic_spacing_on_the_shifted_axis(axis: int, expecte
     assert m.hd95_mm == pytest.approx(expected_mm)
 
 
-def test_nsd_hand_computed_isotropic() -> None:
+def test_voxel_nsd_hand_computed_isotropic() -> None:
     gt = cube()
     pred = shifted(gt, 1, 0)
     # tolerance below one voxel: only the 324 + 324 coinciding surface voxels count
-    assert case_metrics(pred, gt, (1, 1, 1), nsd_tolerance_mm=0.5).nsd == pytest.approx(648 / (2 * N_SURFACE))
-    assert case_metrics(pred, gt, (1, 1, 1), nsd_tolerance_mm=1.0).nsd == pytest.approx(1.0)
+    m = case_metrics(pred, gt, (1, 1, 1), nsd_tolerance_mm=0.5, nsd_mode="voxel")
+    assert m.nsd == pytest.approx(648 / (2 * N_SURFACE))
+    assert case_metrics(pred, gt, (1, 1, 1), nsd_tolerance_mm=1.0, nsd_mode="voxel").nsd == pytest.approx(1.0)
 
 
-def test_nsd_tolerance_is_in_mm_along_the_right_axis() -> None:
+def test_voxel_nsd_tolerance_is_in_mm_along_the_right_axis() -> None:
     gt = cube()
     spacing = (3.0, 1.0, 1.0)  # D is 3 mm
     # Shift along W (1 mm): every surface distance is <= 1 mm.
-    assert case_metrics(shifted(gt, 1, 2), gt, spacing, nsd_tolerance_mm=2.0).nsd == pytest.approx(1.0)
+    m = case_metrics(shifted(gt, 1, 2), gt, spacing, nsd_tolerance_mm=2.0, nsd_mode="voxel")
+    assert m.nsd == pytest.approx(1.0)
     # Shift along D (3 mm): the far face (100 voxels) is 3 mm away, and so are the 4×4 voxels in the middle of
     # the near face (at least 3 voxels × 1 mm from the side walls); per direction 116 of 488 are wrong.
-    m = case_metrics(shifted(gt, 1, 0), gt, spacing, nsd_tolerance_mm=2.0)
+    m = case_metrics(shifted(gt, 1, 0), gt, spacing, nsd_tolerance_mm=2.0, nsd_mode="voxel")
     assert m.nsd == pytest.approx(1 - 2 * 116 / (2 * N_SURFACE))
 
 
@@ -102,6 +104,7 @@ def test_empty_conventions(gt_empty: bool, pred_empty: bool, expected: tuple[flo
         m = case_metrics(pred, gt, (1, 1, 1))
     assert (m.dice, m.nsd) == expected[:2]
     assert (math.isnan(m.hd95_mm) and math.isnan(expected[2])) or m.hd95_mm == expected[2]
+    assert (math.isnan(m.assd_mm) and math.isnan(expected[2])) or m.assd_mm == expected[2]  # ASSD as HD95
     assert m.hd95_defined is not math.isnan(expected[2])
     assert empty_case_scores(gt_empty=gt_empty, pred_empty=pred_empty) is not None
     assert "Dice 1, NSD 1, HD95 0" in CONVENTIONS["empty"]
@@ -239,3 +242,9 @@ def test_bad_inputs_raise_value_errors() -> None:
         case_metrics(a, a, (1, 0, 1))
     with pytest.raises(ValueError, match="nsd_tolerance_mm"):
         case_metrics(a, a, (1, 1, 1), nsd_tolerance_mm=-1)
+    with pytest.raises(ValueError, match="NSD mode"):
+        case_metrics(a, a, (1, 1, 1), nsd_mode="voxels")
+    with pytest.raises(ValueError, match="matching rule"):
+        case_metrics(a, a, (1, 1, 1), lesion_matching="dice")
+    with pytest.raises(ValueError, match="IoU threshold"):
+        case_metrics(a, a, (1, 1, 1), lesion_iou_threshold=0.0)

@@ -229,6 +229,16 @@ def test_report_errors(demo: Demo, tmp_path: Path) -> None:
     assert not (tmp_path / "report.md").exists()
 
 
+def test_report_refuses_runs_scored_with_different_nsd_modes(demo: Demo, tmp_path: Path) -> None:
+    voxel_eval = tmp_path / "eval_voxel"
+    evaluate_folder(demo.finetune.pred_dir, demo.labels, label=LESION, out_dir=voxel_eval, nsd_mode="voxel")
+    assert _metrics(demo.sgp)["settings"]["nsd_mode"] == "area"  # the default
+    kw = {"images_dir": demo.images, "labels_dir": demo.labels, "label": LESION}
+    with pytest.raises(ValueError, match=r"different NSD settings \(sgp_sam: 2.0 mm, area, finetune: 2.0 mm, voxel"):
+        write_report(tmp_path / "r", [demo.sgp, MethodRun("finetune", voxel_eval)], **kw)
+    assert not (tmp_path / "r").exists()
+
+
 def test_read_train_log_skips_empty_cells(demo: Demo) -> None:
     curve = read_train_log(demo.sgp.train_log)
     assert curve.loss_epochs == (0, 1, 2, 3, 4)

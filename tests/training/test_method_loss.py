@@ -13,10 +13,11 @@ def _loss(tmp_path: Path, *overrides: str):
     return Trainer(cfg, tmp_path, progress=False).build_loss()
 
 
-def test_zoom_methods_default_to_the_alpha_balanced_reading(tmp_path: Path) -> None:
+def test_zoom_methods_default_to_the_reading_chosen_on_validation(tmp_path: Path) -> None:
+    """Plain focal (no voxel balance): best validation Dice over three seeds in ``lesionsam sweep --stage loss``."""
     for method in ("sgp_sam", "finetune_zoom"):
         reading = _loss(tmp_path, f"model.method={method}").focal.reading
-        assert (reading.balance, reading.alpha) == ("alpha", 0.25)
+        assert reading.balance == "none"
 
 
 def test_train_loss_options_override_the_method_defaults(tmp_path: Path) -> None:

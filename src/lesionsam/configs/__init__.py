@@ -22,3 +22,10 @@ def resolve_config(name_or_path: str) -> Path:
     if path.suffix in (".yaml", ".yml"):
         raise FileNotFoundError(f"config file not found: {path} (packaged presets: {', '.join(preset_names())})")
     return HERE / f"{look_up_option(name_or_path, preset_names(), what='config preset')}.yaml"
+
+
+def packaged_sweep(stage: str) -> Path | None:
+    """The ``sweep.json`` of ``lesionsam sweep --stage STAGE`` that chose the packaged defaults (copied into
+    ``configs/sweeps/<stage>.json``), or None when the package has none."""
+    path = HERE / "sweeps" / f"{stage}.json"
+    return path if path.is_file() else None

@@ -29,6 +29,9 @@ from lesionsam.data.io import IMAGE_SUFFIXES, Volume, case_id, is_image_path, re
 from lesionsam.evaluation.metrics import (
     CONNECTIVITY,
     CONVENTIONS,
+    DEFAULT_IOU_THRESHOLD,
+    MATCHING_RULES,
+    NSD_MODES,
     VOLUME_BINS_ML,
     CaseMetrics,
     case_metrics,
@@ -49,6 +52,7 @@ CSV_COLUMNS = (
     "dice",
     "nsd",
     "hd95_mm",
+    "assd_mm",
     "gt_lesions",
     "pred_lesions",
     "tp",
@@ -56,7 +60,13 @@ CSV_COLUMNS = (
     "fn",
     "gt_volume_ml",
     "pred_volume_ml",
+    "rq",
+    "sq",
+    "pq",
 )
+
+#: How the printed table names each NSD mode.
+_NSD_TEXT = {"area": "surface elements weighted by area", "voxel": "boundary voxels counted"}
 
 #: How many case ids an error message lists before "... and N more".
 _LIST_FIRST = 5
@@ -195,7 +205,8 @@ class EvaluationResult:
         cases: per-case metrics, sorted by case id.
         summary: :func:`~lesionsam.evaluation.metrics.summarise` of ``cases``, plus ``missing_predictions`` and
             ``ignored_predictions``.
-        settings: label, prediction foreground rule, NSD tolerance, connectivity, folders, volume bins.
+        settings: label, prediction foreground rule, NSD tolerance and mode, lesion matching rule and IoU threshold,
+            connectivity, folders, volume bins.
         missing: ground-truth case ids that had no prediction (only with ``allow_missing``).
         ignored: prediction file names without ground truth.
         csv_path, json_path: where ``metrics.csv`` / ``metrics.json`` were written (None if not written).
@@ -251,7 +262,21 @@ class EvaluationResult:
     def table(self, *, max_rows: int | None = None) -> str:
         """A readable table: one row per case (the first ``max_rows`` if given) and a summary block."""
         tol = self.settings.get("nsd_tolerance_mm", math.nan)
-        head = ("case", "Dice", f"NSD@{tol:g}mm", "HD95 mm", "GT les", "pred les", "TP", "FP", "FN", "GT ml", "pred ml")
+        head = (
+            "case",
+            "Dice",
+            f"NSD@{tol:g}mm",
+            "HD95 mm",
+            "ASSD mm",
+            "GT les",
+            "pred les",
+            "TP",
+            "FP",
+            "FN",
+            "PQ",
+            "GT ml",
+            "pred ml",
+        )
         rows = []
         shown = self.cases if max_rows is None else self.cases[:max_rows]
         for c in shown:
@@ -261,11 +286,13 @@ class EvaluationResult:
                     f"{c.dice:.3f}",
                     f"{c.nsd:.3f}",
                     _fmt(c.hd95_mm, ".2f"),
+                    _fmt(c.assd_mm, ".2f"),
                     str(c.gt_lesions),
                     str(c.pred_lesions),
                     str(c.tp),
                     str(c.fp),
                     str(c.fn),
+                    _fmt(c.panoptic.pq, ".3f"),
                     f"{c.gt_volume_ml:.2f}",
                     f"{c.pred_volume_ml:.2f}",
                 )
@@ -284,18 +311,30 @@ class EvaluationResult:
 
         s = self.summary
         det = s["lesion_detection"]
-        hd = s["hd95_mm"]
+        hd, assd, pan = s["hd95_mm"], s["assd_mm"], s["panoptic"]
+        free, with_lesion = s["lesion_free_cases"], s["cases_with_lesion"]
+        rule = self.settings.get("lesion_matching", "overlap")
+        rule_text = (
+            "any overlap" if rule == "overlap" else f"one-to-one IoU >= {self.settings.get('lesion_iou_threshold')}"
+        )
         lines += [
             "",
             f"summary over {s['n_cases']} case(s) (label {self.settings.get('label')}, "
             f"prediction {self.settings.get('prediction_foreground')})",
             f"  Dice      mean {_fmt(s['dice']['mean'], '.3f')}  median {_fmt(s['dice']['median'], '.3f')}",
             f"  NSD       mean {_fmt(s['nsd']['mean'], '.3f')}  median {_fmt(s['nsd']['median'], '.3f')}"
-            f"  (tolerance {tol:g} mm)",
+            f"  (tolerance {tol:g} mm, {_NSD_TEXT.get(self.settings.get('nsd_mode', 'area'), '')})",
             f"  HD95 mm   mean {_fmt(hd['mean'], '.2f')}  median {_fmt(hd['median'], '.2f')}"
             f"  ({hd['n_undefined']} undefined: exactly one mask empty)",
+            f"  ASSD mm   mean {_fmt(assd['mean'], '.2f')}  median {_fmt(assd['median'], '.2f')}",
             f"  lesions   TP {det['tp']}  FP {det['fp']}  FN {det['fn']}  precision {det['precision']:.3f}"
-            f"  recall {det['recall']:.3f}  F1 {det['f1']:.3f} (micro, 26-connected)",
+            f"  recall {det['recall']:.3f}  F1 {det['f1']:.3f} (micro, 26-connected, {rule_text})",
+            f"  panoptic  PQ {_fmt(pan['micro']['pq'], '.3f')}  SQ {_fmt(pan['micro']['sq'], '.3f')}"
+            f"  RQ {_fmt(pan['micro']['rq'], '.3f')} (micro; case-mean PQ {_fmt(pan['pq']['mean'], '.3f')} over "
+            f"{pan['pq']['n']} case(s) with a lesion in either mask)",
+            f"  cases with a lesion: {with_lesion['n_cases']}, Dice mean {_fmt(with_lesion['dice']['mean'], '.3f')}; "
+            f"lesion-free: {free['n_cases']}, {free['predicted_empty']} predicted empty, "
+            f"{free['false_positive_components']} false-positive component(s)",
             "  lesion Dice by GT volume:",
         ]
         for name, b in s["lesion_dice_by_volume"].items():
@@ -330,6 +369,9 @@ def evaluate_folder(
     pred_label: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     nsd_tolerance_mm: float = 2.0,
+    nsd_mode: str = "area",
+    lesion_matching: str = "overlap",
+    lesion_iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     allow_missing: bool = False,
     progress: bool = False,
 ) -> EvaluationResult:
@@ -342,6 +384,10 @@ def evaluate_folder(
         pred_label: if given, only prediction voxels equal to it are foreground.
         out_dir: if given, ``metrics.csv`` and ``metrics.json`` are written there atomically.
         nsd_tolerance_mm: NSD tolerance in mm.
+        nsd_mode: ``"area"`` (area-weighted surface Dice, default) or ``"voxel"`` (boundary-voxel count).
+        lesion_matching: ``"overlap"`` (a GT lesion is found if any predicted voxel overlaps it, default) or
+            ``"iou"`` (one-to-one matching at ``lesion_iou_threshold``).
+        lesion_iou_threshold: IoU threshold of the ``"iou"`` rule and of panoptic quality, in (0, 1].
         allow_missing: skip (with a warning) ground-truth cases that have no prediction instead of failing.
         progress: show a tqdm progress bar (with ETA) on stderr.
 
@@ -352,12 +398,18 @@ def evaluate_folder(
         FileNotFoundError: a folder does not exist.
         ValueError: no image files, GT cases without prediction (unless ``allow_missing``), a prediction whose
             grid differs from its ground truth, a non-integer prediction (a probability map), a multi-channel
-            image, or ``label`` absent from every ground truth.
+            image, ``label`` absent from every ground truth, or an unknown option value.
     """
     from tqdm import tqdm
 
     if not math.isfinite(nsd_tolerance_mm) or nsd_tolerance_mm < 0:
         raise ValueError(f"nsd_tolerance_mm must be a finite value >= 0, got {nsd_tolerance_mm}")
+    if nsd_mode not in NSD_MODES:
+        raise ValueError(f"unknown NSD mode {nsd_mode!r}; choose one of {', '.join(NSD_MODES)}")
+    if lesion_matching not in MATCHING_RULES:
+        raise ValueError(f"unknown lesion matching rule {lesion_matching!r}; choose one of {', '.join(MATCHING_RULES)}")
+    if not 0.0 < lesion_iou_threshold <= 1.0:
+        raise ValueError(f"the lesion IoU threshold must be in (0, 1], got {lesion_iou_threshold}")
     pairs, missing, ignored = pair_cases(pred_dir, gt_dir, allow_missing=allow_missing)
 
     cases: list[CaseMetrics] = []
@@ -390,7 +442,14 @@ def evaluate_folder(
             pred_label_found = pred_label_found or bool(pred_fg.any())
             cases.append(
                 case_metrics(
-                    pred_fg, gt_fg, spacing_dhw(gt_vol.spacing), nsd_tolerance_mm=nsd_tolerance_mm, case=pair.case
+                    pred_fg,
+                    gt_fg,
+                    spacing_dhw(gt_vol.spacing),
+                    nsd_tolerance_mm=nsd_tolerance_mm,
+                    nsd_mode=nsd_mode,
+                    lesion_matching=lesion_matching,
+                    lesion_iou_threshold=lesion_iou_threshold,
+                    case=pair.case,
                 )
             )
 
@@ -410,6 +469,9 @@ def evaluate_folder(
         "ground_truth_foreground": f"gt == {label}",
         "prediction_foreground": "pred > 0" if pred_label is None else f"pred == {pred_label}",
         "nsd_tolerance_mm": float(nsd_tolerance_mm),
+        "nsd_mode": nsd_mode,
+        "lesion_matching": lesion_matching,
+        "lesion_iou_threshold": float(lesion_iou_threshold),
         "connectivity": CONNECTIVITY,
         "volume_bins_ml": {name: [lo, None if math.isinf(hi) else hi] for name, lo, hi in VOLUME_BINS_ML},
         "allow_missing": allow_missing,

@@ -6,89 +6,127 @@ Conventions (also written into every ``metrics.json`` as :data:`CONVENTIONS`):
   :func:`case_metrics` is in the **same array order** ``(sD, sH, sW)`` in mm. ``Volume.spacing`` is ITK's
   ``(i, j, k)`` order: pass ``tuple(reversed(volume.spacing))`` (or use :func:`spacing_dhw`).
 * Dice = 2|P∩G| / (|P| + |G|) over voxels.
-* NSD (normalised surface Dice, Nikolov et al., 2021, arXiv:2111.05408) and HD95 come from MONAI
-  (:func:`monai.metrics.compute_surface_dice`, :func:`monai.metrics.compute_hausdorff_distance`) with the
-  voxel spacing, so distances and the NSD tolerance are in mm. Surfaces are the mask voxels that have a
-  6-connected background neighbour (MONAI's default edges, no sub-voxel areas). HD95 is MONAI's symmetric
-  definition: the larger of the two directed 95th percentiles of surface distances.
-* Empty masks are handled in one place, :func:`empty_case_scores`, before MONAI is called.
-* Lesions are the 26-connected components (:data:`CONNECTIVITY`) of each binary mask. A ground-truth (GT)
-  lesion is detected (a true positive, TP) if any predicted voxel overlaps it; a predicted component that
-  overlaps no GT lesion is a false positive (FP); an undetected GT lesion is a false negative (FN). A
-  predicted component touching two GT lesions detects both; a GT lesion split into two predicted components
-  counts once. Precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2TP / (2TP + FP + FN); each is 1.0
-  when its denominator is 0 (nothing to find and nothing wrongly found).
-* Per-lesion Dice compares one GT component with the union of the predicted components that overlap it
-  (0 for an undetected lesion). Lesion volume = voxel count × voxel volume (mm³) / 1000, in ml (= cm³), binned
-  as ``<1 cm3`` (v < 1), ``1-10 cm3`` (1 ≤ v ≤ 10) and ``>10 cm3`` (v > 10).
+* NSD (normalised surface Dice, Nikolov et al., J Med Internet Res 2021, arXiv:1809.04430) at a tolerance in mm, by
+  default area-weighted (``nsd_mode="area"``: the published surface Dice of DeepMind's ``surface-distance``, =
+  MONAI's ``compute_surface_dice(..., use_subvoxels=True)``); ``nsd_mode="voxel"`` counts boundary voxels instead
+  (MONAI's default). HD95 = the larger of the two directed 95th percentiles of the distances between the boundary
+  voxels (MONAI's ``compute_hausdorff_distance(percentile=95)``); ASSD = the mean of both directions' boundary-voxel
+  distances pooled together (MONAI's ``compute_average_surface_distance(symmetric=True)``). All in mm with the voxel
+  spacing: :mod:`lesionsam.evaluation.surface`.
+* Empty masks are handled in one place, :func:`empty_case_scores`, before any distance is computed.
+* Lesions, their matching (``"overlap"`` by default, or one-to-one ``"iou"``) and panoptic quality (RQ, SQ, PQ):
+  :mod:`lesionsam.evaluation.lesions`. Precision = TP / (TP + FP), recall = TP / (TP + FN),
+  F1 = 2TP / (2TP + FP + FN); each is 1.0 when its denominator is 0 (nothing to find and nothing wrongly found).
+* Lesion volume = voxel count × voxel volume (mm³) / 1000, in ml (= cm³), binned as ``<1 cm3`` (v < 1),
+  ``1-10 cm3`` (1 ≤ v ≤ 10) and ``>10 cm3`` (v > 10).
+* A **lesion-free case** has no GT lesion; :func:`summarise` reports those cases apart (how many were predicted
+  empty, their false-positive components and predicted volume) beside the Dice/NSD of the cases with a lesion.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-#: Structuring element for connected components: full 3×3×3 neighbourhood = 26-connectivity
-#: (voxels touching by a face, an edge or a corner belong to the same lesion).
-CONNECTIVITY = 26
-_STRUCTURE = ndimage.generate_binary_structure(3, 3)
-
-#: Lesion volume bins in ml (= cm³): (name, lower bound, upper bound); see :func:`volume_bin`.
-VOLUME_BINS_ML: tuple[tuple[str, float, float], ...] = (
-    ("<1 cm3", 0.0, 1.0),
-    ("1-10 cm3", 1.0, 10.0),
-    (">10 cm3", 10.0, math.inf),
+from lesionsam.evaluation.lesions import (
+    CONNECTIVITY,
+    DEFAULT_IOU_THRESHOLD,
+    MATCHING_RULES,
+    VOLUME_BINS_ML,
+    LesionRecord,
+    Panoptic,
+    json_float,
+    lesion_match,
+    volume_bin,
 )
+from lesionsam.evaluation.surface import NSD_MODES, surface_scores
 
-#: The conventions, as written into ``metrics.json`` (one documented place; see the module docstring).
+__all__ = [
+    "CONNECTIVITY",
+    "CONVENTIONS",
+    "DEFAULT_IOU_THRESHOLD",
+    "MATCHING_RULES",
+    "NSD_MODES",
+    "VOLUME_BINS_ML",
+    "CaseMetrics",
+    "LesionRecord",
+    "case_metrics",
+    "empty_case_scores",
+    "ratio",
+    "spacing_dhw",
+    "summarise",
+    "to_jsonable",
+    "volume_bin",
+]
+
+#: The conventions, as written into ``metrics.json`` (one documented place; see the module docstring). The
+#: ``settings`` of ``metrics.json`` say which NSD mode, matching rule and IoU threshold were used.
 CONVENTIONS: dict[str, str] = {
     "axes": "arrays (D, H, W) = SimpleITK (k, j, i); spacing reversed from ITK (i, j, k) to match; distances in mm",
     "dice": "2|P∩G| / (|P| + |G|) over voxels",
-    "nsd": "MONAI compute_surface_dice, symmetric, edge voxels (6-neighbourhood), tolerance in mm",
+    "nsd": (
+        "normalised surface Dice at the tolerance (mm), symmetric. nsd_mode 'area' (default): surface elements "
+        "weighted by area on the voxel-corner grid (Nikolov et al.; DeepMind surface-distance; MONAI "
+        "compute_surface_dice use_subvoxels=True). nsd_mode 'voxel': boundary voxels counted (6-neighbourhood "
+        "edges; MONAI compute_surface_dice default)"
+    ),
     "hd95": "MONAI compute_hausdorff_distance(percentile=95): max of the two directed 95th percentiles, in mm",
+    "assd": (
+        "average symmetric surface distance: mean of the boundary-voxel distances of both directions pooled "
+        "(MONAI compute_average_surface_distance(symmetric=True)), in mm"
+    ),
     "empty": (
-        "GT empty and prediction empty: Dice 1, NSD 1, HD95 0. Exactly one empty: Dice 0, NSD 0, HD95 undefined "
-        "(NaN in CSV, null in JSON), excluded from the HD95 mean/median and counted as n_undefined"
+        "GT empty and prediction empty: Dice 1, NSD 1, HD95 0, ASSD 0. Exactly one empty: Dice 0, NSD 0, HD95 and "
+        "ASSD undefined (NaN in CSV, null in JSON), excluded from their mean/median and counted as n_undefined"
     ),
     "lesions": (
-        "26-connected components; a GT lesion is a TP if any predicted voxel overlaps it, else FN; a predicted "
-        "component overlapping no GT lesion is an FP"
+        "26-connected components. lesion_matching 'overlap': a GT lesion is a TP if any predicted voxel overlaps "
+        "it, else FN; a predicted component overlapping no GT lesion is an FP. lesion_matching 'iou': one-to-one, "
+        "pairs by decreasing IoU, matched when IoU >= lesion_iou_threshold; unmatched GT = FN, unmatched "
+        "predicted = FP"
     ),
     "detection_ratios": (
         "precision TP/(TP+FP), recall TP/(TP+FN), F1 2TP/(2TP+FP+FN); 0/0 = 1.0 (nothing to find, nothing wrong). "
         "Micro = from TP/FP/FN summed over all cases"
     ),
-    "lesion_dice": "GT component vs the union of predicted components overlapping it; 0 if undetected",
+    "lesion_dice": (
+        "overlap rule: GT component vs the union of predicted components overlapping it; iou rule: vs its matched "
+        "component; 0 if undetected"
+    ),
+    "panoptic": (
+        "always one-to-one IoU matching at lesion_iou_threshold: RQ = TP/(TP+FP/2+FN/2), SQ = mean IoU of matched "
+        "pairs, PQ = SQ*RQ; undefined (null) for a case without lesions in either mask, all 0 when nothing matches "
+        "(as panoptica). Micro = from TP/FP/FN and IoU summed over all cases"
+    ),
+    "lesion_free": "cases without a GT lesion, reported apart: predicted empty, false-positive components, volume",
     "volume_bins": "lesion volume = voxels × voxel volume / 1000 (ml = cm3): <1, 1-10 (inclusive), >10",
 }
 
 
-def empty_case_scores(*, gt_empty: bool, pred_empty: bool) -> tuple[float, float, float] | None:
-    """The (Dice, NSD, HD95 mm) of a case where a mask is empty; None when both masks have voxels.
+def empty_case_scores(*, gt_empty: bool, pred_empty: bool) -> tuple[float, float, float, float] | None:
+    """The (Dice, NSD, HD95 mm, ASSD mm) of a case where a mask is empty; None when both masks have voxels.
 
     This is the single place where empty masks are scored:
 
-    * GT empty and prediction empty → ``(1.0, 1.0, 0.0)``: a correct "no lesion".
-    * exactly one empty → ``(0.0, 0.0, nan)``: HD95 is undefined (no surface to measure to); it is left out
-      of the HD95 mean/median and counted separately by :func:`summarise`.
+    * GT empty and prediction empty → ``(1.0, 1.0, 0.0, 0.0)``: a correct "no lesion".
+    * exactly one empty → ``(0.0, 0.0, nan, nan)``: HD95 and ASSD are undefined (no surface to measure to);
+      they are left out of their mean/median and counted separately by :func:`summarise`.
 
     Args:
         gt_empty: the ground truth has no foreground voxel.
         pred_empty: the prediction has no foreground voxel.
 
     Returns:
-        (dice, nsd, hd95_mm) or None if neither mask is empty.
+        (dice, nsd, hd95_mm, assd_mm) or None if neither mask is empty.
     """
     if gt_empty and pred_empty:
-        return 1.0, 1.0, 0.0
+        return 1.0, 1.0, 0.0, 0.0
     if gt_empty or pred_empty:
-        return 0.0, 0.0, math.nan
+        return 0.0, 0.0, math.nan, math.nan
     return None
 
 
@@ -97,66 +135,12 @@ def ratio(num: float, den: float) -> float:
     return 1.0 if den == 0 else float(num) / float(den)
 
 
-def volume_bin(volume_ml: float) -> str:
-    """The name of the :data:`VOLUME_BINS_ML` bin of a lesion of ``volume_ml`` ml (cm³).
-
-    Bins: ``<1 cm3`` for v < 1, ``1-10 cm3`` for 1 ≤ v ≤ 10, ``>10 cm3`` for v > 10.
-    """
-    if volume_ml < 1.0:
-        return VOLUME_BINS_ML[0][0]
-    if volume_ml <= 10.0:
-        return VOLUME_BINS_ML[1][0]
-    return VOLUME_BINS_ML[2][0]
-
-
 def spacing_dhw(spacing_ijk: Sequence[float]) -> tuple[float, float, float]:
     """ITK spacing ``(i, j, k)`` (e.g. ``Volume.spacing``) → array-axis spacing ``(D, H, W)`` = ``(k, j, i)``."""
     if len(spacing_ijk) != 3:
         raise ValueError(f"expected a 3D spacing (i, j, k) in mm, got {tuple(spacing_ijk)}")
     i, j, k = (float(v) for v in spacing_ijk)
     return (k, j, i)
-
-
-@dataclass
-class LesionRecord:
-    """One connected component: a ground-truth lesion (``kind='gt'``) or a false-positive prediction (``'fp'``).
-
-    Attributes:
-        case: case id.
-        kind: ``'gt'`` for a ground-truth lesion, ``'fp'`` for a predicted component overlapping no GT lesion.
-        index: component number (1-based, scipy's label order) within its mask.
-        voxels: voxel count of the component.
-        volume_ml: voxels × voxel volume / 1000 (ml = cm³).
-        size_bin: :func:`volume_bin` of ``volume_ml``.
-        detected: for ``'gt'``, whether any predicted voxel overlaps it; always False for ``'fp'``.
-        dice: for ``'gt'``, Dice against the union of the predicted components overlapping it (0 if
-            undetected); NaN for ``'fp'``.
-        centroid_ijk: centre of mass as a continuous voxel index in ITK order (i, j, k), as 3D Slicer shows it.
-    """
-
-    case: str
-    kind: str
-    index: int
-    voxels: int
-    volume_ml: float
-    size_bin: str
-    detected: bool
-    dice: float
-    centroid_ijk: tuple[float, float, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (NaN → None)."""
-        return {
-            "case": self.case,
-            "kind": self.kind,
-            "index": self.index,
-            "voxels": self.voxels,
-            "volume_ml": _json_float(self.volume_ml),
-            "size_bin": self.size_bin,
-            "detected": self.detected,
-            "dice": _json_float(self.dice),
-            "centroid_ijk": [round(float(v), 2) for v in self.centroid_ijk],
-        }
 
 
 @dataclass
@@ -169,9 +153,12 @@ class CaseMetrics:
         nsd: normalised surface Dice at ``nsd_tolerance_mm``.
         hd95_mm: 95th-percentile Hausdorff distance in mm; NaN when exactly one mask is empty.
         gt_lesions, pred_lesions: number of 26-connected components in GT / prediction.
-        tp, fp, fn: detected GT lesions, predicted components overlapping no GT lesion, missed GT lesions.
+        tp, fp, fn: detected GT lesions, unmatched predicted components, missed GT lesions (under the
+            ``lesion_matching`` rule).
         gt_volume_ml, pred_volume_ml: foreground volumes in ml.
         nsd_tolerance_mm: the NSD tolerance used.
+        assd_mm: average symmetric surface distance in mm; NaN when exactly one mask is empty.
+        panoptic: one-to-one IoU matching counts (RQ, SQ, PQ), whatever the detection rule.
         lesions: one :class:`LesionRecord` per GT lesion.
         false_positives: one :class:`LesionRecord` per false-positive predicted component.
     """
@@ -188,6 +175,8 @@ class CaseMetrics:
     gt_volume_ml: float
     pred_volume_ml: float
     nsd_tolerance_mm: float
+    assd_mm: float = math.nan
+    panoptic: Panoptic = field(default_factory=lambda: Panoptic(0, 0, 0, 0.0))
     lesions: list[LesionRecord] = field(default_factory=list)
     false_positives: list[LesionRecord] = field(default_factory=list)
 
@@ -218,6 +207,7 @@ class CaseMetrics:
             "dice": self.dice,
             "nsd": self.nsd,
             "hd95_mm": self.hd95_mm,
+            "assd_mm": self.assd_mm,
             "gt_lesions": self.gt_lesions,
             "pred_lesions": self.pred_lesions,
             "tp": self.tp,
@@ -228,15 +218,13 @@ class CaseMetrics:
             "precision": self.precision,
             "recall": self.recall,
             "f1": self.f1,
+            "rq": self.panoptic.rq,
+            "sq": self.panoptic.sq,
+            "pq": self.panoptic.pq,
         }
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _json_float(x: float) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) or math.isinf(x) else x
-
-
 def to_jsonable(obj: Any) -> Any:
     """Recursively turn NumPy scalars into Python ones and NaN/inf into None (strict JSON)."""
     if isinstance(obj, dict):
@@ -248,7 +236,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return _json_float(float(obj))
+        return json_float(float(obj))
     return obj
 
 
@@ -276,23 +264,6 @@ def _union_bbox(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[slice, .
     return tuple(out)
 
 
-def _surface_scores(
-    pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float], tol: float
-) -> tuple[float, float]:
-    """(NSD, HD95 mm) of two non-empty bool masks via MONAI (inputs (D, H, W), spacing in the same order)."""
-    import torch
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-
-    yp = torch.from_numpy(np.ascontiguousarray(pred))[None, None].float()
-    yt = torch.from_numpy(np.ascontiguousarray(gt))[None, None].float()
-    spacing_list = [float(s) for s in spacing]
-    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal use of a deprecated argument
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        nsd = compute_surface_dice(yp, yt, [float(tol)], include_background=True, spacing=spacing_list)
-        hd95 = compute_hausdorff_distance(yp, yt, include_background=True, percentile=95, spacing=spacing_list)
-    return float(nsd.item()), float(hd95.item())
-
-
 # ------------------------------------------------------------------------------------------------- per case
 def case_metrics(
     pred: np.ndarray,
@@ -300,6 +271,9 @@ def case_metrics(
     spacing_dhw: Sequence[float],
     *,
     nsd_tolerance_mm: float = 2.0,
+    nsd_mode: str = "area",
+    lesion_matching: str = "overlap",
+    lesion_iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     case: str = "",
 ) -> CaseMetrics:
     """Voxel, surface and lesion-wise metrics of one case.
@@ -310,14 +284,24 @@ def case_metrics(
         spacing_dhw: voxel size in mm in the **array** order (D, H, W) = ITK (k, j, i); for a
             :class:`~lesionsam.data.io.Volume` use ``spacing_dhw(volume.spacing)``.
         nsd_tolerance_mm: NSD tolerance in mm (default 2 mm).
+        nsd_mode: ``"area"`` (area-weighted surface Dice, default) or ``"voxel"`` (boundary-voxel count).
+        lesion_matching: lesion detection rule, ``"overlap"`` (default) or ``"iou"`` (one-to-one).
+        lesion_iou_threshold: IoU threshold of the ``"iou"`` rule and of panoptic quality, in (0, 1].
         case: case id stored in the result and its lesion records.
 
     Returns:
         A :class:`CaseMetrics` with one :class:`LesionRecord` per GT lesion and per false-positive component.
 
     Raises:
-        ValueError: masks not 3D or of different shapes, a non-positive spacing, a negative tolerance.
+        ValueError: masks not 3D or of different shapes, a non-positive spacing, a negative tolerance, an unknown
+            NSD mode or matching rule, an IoU threshold outside (0, 1].
     """
+    if nsd_mode not in NSD_MODES:
+        raise ValueError(f"unknown NSD mode {nsd_mode!r}; choose one of {', '.join(NSD_MODES)}")
+    if lesion_matching not in MATCHING_RULES:
+        raise ValueError(f"unknown lesion matching rule {lesion_matching!r}; choose one of {', '.join(MATCHING_RULES)}")
+    if not 0.0 < lesion_iou_threshold <= 1.0:
+        raise ValueError(f"the lesion IoU threshold must be in (0, 1], got {lesion_iou_threshold}")
     pred = np.asarray(pred) != 0
     gt = np.asarray(gt) != 0
     spacing = tuple(float(s) for s in spacing_dhw)
@@ -335,72 +319,37 @@ def case_metrics(
     empty = empty_case_scores(gt_empty=n_gt_vox == 0, pred_empty=n_pred_vox == 0)
     if empty is None:
         dice = 2.0 * inter / (n_pred_vox + n_gt_vox)
-        nsd, hd95 = _surface_scores(pred, gt, spacing, float(nsd_tolerance_mm))
+        nsd, hd95, assd = surface_scores(pred, gt, spacing, tolerance_mm=float(nsd_tolerance_mm), nsd_mode=nsd_mode)
     else:
-        dice, nsd, hd95 = empty
+        dice, nsd, hd95, assd = empty
 
-    lesions, fps, n_gt, n_pr, tp = _lesion_records(pred, gt, voxel_ml, offset, case)
+    match = lesion_match(
+        pred,
+        gt,
+        voxel_ml=voxel_ml,
+        offset=offset,
+        case=case,
+        matching=lesion_matching,
+        iou_threshold=float(lesion_iou_threshold),
+    )
     return CaseMetrics(
         case=case,
         dice=float(dice),
         nsd=float(nsd),
         hd95_mm=float(hd95),
-        gt_lesions=n_gt,
-        pred_lesions=n_pr,
-        tp=tp,
-        fp=len(fps),
-        fn=n_gt - tp,
+        gt_lesions=match.n_gt,
+        pred_lesions=match.n_pred,
+        tp=match.tp,
+        fp=len(match.false_positives),
+        fn=match.n_gt - match.tp,
         gt_volume_ml=n_gt_vox * voxel_ml,
         pred_volume_ml=n_pred_vox * voxel_ml,
         nsd_tolerance_mm=float(nsd_tolerance_mm),
-        lesions=lesions,
-        false_positives=fps,
+        assd_mm=float(assd),
+        panoptic=match.panoptic,
+        lesions=match.lesions,
+        false_positives=match.false_positives,
     )
-
-
-def _lesion_records(
-    pred: np.ndarray, gt: np.ndarray, voxel_ml: float, offset: np.ndarray, case: str
-) -> tuple[list[LesionRecord], list[LesionRecord], int, int, int]:
-    """Match 26-connected GT and predicted components; returns (gt records, fp records, n_gt, n_pred, tp)."""
-    gt_lab, n_gt = ndimage.label(gt, structure=_STRUCTURE)
-    pr_lab, n_pr = ndimage.label(pred, structure=_STRUCTURE)
-    gt_sizes = np.bincount(gt_lab.ravel(), minlength=n_gt + 1)
-    pr_sizes = np.bincount(pr_lab.ravel(), minlength=n_pr + 1)
-
-    both = (gt_lab > 0) & (pr_lab > 0)
-    pairs = gt_lab[both].astype(np.int64) * (n_pr + 1) + pr_lab[both]
-    uniq, counts = np.unique(pairs, return_counts=True)
-    pair_g, pair_p = uniq // (n_pr + 1), uniq % (n_pr + 1)
-
-    # Per GT lesion: voxels shared with overlapping components (components are disjoint, so sums are exact),
-    # and the total size of those overlapping predicted components.
-    inter_g = np.bincount(pair_g, weights=counts, minlength=n_gt + 1)
-    pred_union_g = np.bincount(pair_g, weights=pr_sizes[pair_p], minlength=n_gt + 1)
-    detected = inter_g > 0
-    matched_pred = np.zeros(n_pr + 1, dtype=bool)
-    matched_pred[pair_p] = True
-
-    def centroids(lab: np.ndarray, idx: np.ndarray) -> list[tuple[float, float, float]]:
-        if idx.size == 0:
-            return []
-        com = np.asarray(ndimage.center_of_mass(lab > 0, lab, idx), dtype=float).reshape(-1, 3)
-        com = com + offset
-        return [(float(c[2]), float(c[1]), float(c[0])) for c in com]  # (k, j, i) → (i, j, k)
-
-    gt_idx = np.arange(1, n_gt + 1)
-    records = []
-    for g, c in zip(gt_idx, centroids(gt_lab, gt_idx), strict=True):
-        vol = float(gt_sizes[g]) * voxel_ml
-        dice = 2.0 * inter_g[g] / (gt_sizes[g] + pred_union_g[g]) if detected[g] else 0.0
-        records.append(
-            LesionRecord(case, "gt", int(g), int(gt_sizes[g]), vol, volume_bin(vol), bool(detected[g]), float(dice), c)
-        )
-    fp_idx = np.flatnonzero(~matched_pred[1:]) + 1
-    fps = []
-    for p, c in zip(fp_idx, centroids(pr_lab, fp_idx), strict=True):
-        vol = float(pr_sizes[p]) * voxel_ml
-        fps.append(LesionRecord(case, "fp", int(p), int(pr_sizes[p]), vol, volume_bin(vol), False, math.nan, c))
-    return records, fps, int(n_gt), int(n_pr), int(detected[1:].sum())
 
 
 # ------------------------------------------------------------------------------------------------- summary
@@ -419,20 +368,69 @@ def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
+def _undefined_counted(values: Sequence[float]) -> dict[str, float | int | None]:
+    """:func:`_stats` of ``values`` plus ``n_undefined``: how many are NaN (left out of the statistics)."""
+    st = _stats(values)
+    st["n_undefined"] = sum(math.isnan(v) for v in values)
+    return st
+
+
+def _panoptic_summary(cases: Sequence[CaseMetrics]) -> dict[str, Any]:
+    """Case means of RQ/SQ/PQ (undefined cases left out and counted) and micro RQ/SQ/PQ from summed counts."""
+    total = Panoptic(0, 0, 0, 0.0)
+    for c in cases:
+        total = total + c.panoptic
+    return {
+        "rq": _undefined_counted([c.panoptic.rq for c in cases]),
+        "sq": _undefined_counted([c.panoptic.sq for c in cases]),
+        "pq": _undefined_counted([c.panoptic.pq for c in cases]),
+        "micro": {
+            "tp": total.tp,
+            "fp": total.fp,
+            "fn": total.fn,
+            "iou_sum": total.iou_sum,
+            "rq": total.rq,
+            "sq": total.sq,
+            "pq": total.pq,
+        },
+    }
+
+
+def _split_by_lesion(cases: Sequence[CaseMetrics]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(cases with a GT lesion: Dice/NSD statistics; lesion-free cases: empty predictions, FP components, volume)."""
+    with_lesion = [c for c in cases if c.gt_lesions > 0]
+    free = [c for c in cases if c.gt_lesions == 0]
+    return (
+        {
+            "n_cases": len(with_lesion),
+            "dice": _stats([c.dice for c in with_lesion]),
+            "nsd": _stats([c.nsd for c in with_lesion]),
+        },
+        {
+            "n_cases": len(free),
+            "predicted_empty": sum(c.pred_lesions == 0 for c in free),
+            "false_positive_components": sum(c.fp for c in free),
+            "pred_volume_ml": _stats([c.pred_volume_ml for c in free]),
+        },
+    )
+
+
 def summarise(cases: Sequence[CaseMetrics]) -> dict[str, Any]:
-    """Aggregate case metrics: mean/median per metric, micro lesion detection, Dice by lesion volume.
+    """Aggregate case metrics: mean/median per metric, micro lesion detection, PQ, Dice by lesion volume.
 
     Args:
         cases: the per-case results of :func:`case_metrics`.
 
     Returns:
         A JSON-ready dict (None where a statistic has no values) with keys ``n_cases``, ``dice``, ``nsd``,
-        ``hd95_mm`` (plus ``n_undefined``: cases with exactly one empty mask), ``lesion_detection``
-        (``tp``, ``fp``, ``fn`` summed over all cases and micro ``precision``/``recall``/``f1``, plus the
-        case-mean ``f1_case_mean``), and ``lesion_dice_by_volume`` (per :data:`VOLUME_BINS_ML` bin: ``count``,
+        ``hd95_mm`` and ``assd_mm`` (each plus ``n_undefined``: cases with exactly one empty mask),
+        ``lesion_detection`` (``tp``, ``fp``, ``fn`` summed over all cases and micro ``precision``/``recall``/
+        ``f1``, plus the case-mean ``f1_case_mean``), ``panoptic`` (``rq``/``sq``/``pq`` statistics over the cases
+        where defined, with ``n_undefined``, and ``micro`` from summed counts), ``cases_with_lesion`` (``n_cases``,
+        ``dice``, ``nsd``), ``lesion_free_cases`` (``n_cases``, ``predicted_empty``, ``false_positive_components``,
+        ``pred_volume_ml``), and ``lesion_dice_by_volume`` (per :data:`VOLUME_BINS_ML` bin: ``count``,
         ``detected``, ``recall``, ``mean_dice``, ``median_dice``, ``min_ml``, ``max_ml``).
     """
-    hd = [c.hd95_mm for c in cases]
     tp, fp, fn = (sum(getattr(c, k) for c in cases) for k in ("tp", "fp", "fn"))
     by_bin: dict[str, Any] = {}
     lesions = [les for c in cases for les in c.lesions]
@@ -449,14 +447,14 @@ def summarise(cases: Sequence[CaseMetrics]) -> dict[str, Any]:
             "mean_dice": st["mean"],
             "median_dice": st["median"],
         }
-    hd_stats = _stats(hd)
-    hd_stats["n_undefined"] = sum(math.isnan(v) for v in hd)
+    with_lesion, lesion_free = _split_by_lesion(cases)
     return to_jsonable(
         {
             "n_cases": len(cases),
             "dice": _stats([c.dice for c in cases]),
             "nsd": _stats([c.nsd for c in cases]),
-            "hd95_mm": hd_stats,
+            "hd95_mm": _undefined_counted([c.hd95_mm for c in cases]),
+            "assd_mm": _undefined_counted([c.assd_mm for c in cases]),
             "lesion_detection": {
                 "tp": tp,
                 "fp": fp,
@@ -466,6 +464,9 @@ def summarise(cases: Sequence[CaseMetrics]) -> dict[str, Any]:
                 "f1": ratio(2 * tp, 2 * tp + fp + fn),
                 "f1_case_mean": float(np.mean([c.f1 for c in cases])) if cases else None,
             },
+            "panoptic": _panoptic_summary(cases),
+            "cases_with_lesion": with_lesion,
+            "lesion_free_cases": lesion_free,
             "lesion_dice_by_volume": by_bin,
         }
     )

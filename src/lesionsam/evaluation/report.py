@@ -335,7 +335,7 @@ def write_report(
 
     Raises:
         ValueError: no run, a run name used twice, runs evaluated for another label or with different NSD
-            tolerances, a malformed metrics file or CSV.
+            tolerances or modes, a malformed metrics file or CSV.
         FileNotFoundError: a missing ``metrics.json``, gates CSV, image, label or prediction of an overlay case.
     """
     runs = list(runs)
@@ -349,13 +349,15 @@ def write_report(
 
     auto_notes: list[str] = []
     loaded = [_load_run(r, label, auto_notes) for r in runs]
-    tols = {item.metrics["settings"].get("nsd_tolerance_mm") for item in loaded}
-    if len(tols) > 1:
+    settings = [item.metrics["settings"] for item in loaded]
+    nsd = [(st.get("nsd_tolerance_mm"), st.get("nsd_mode", "voxel")) for st in settings]
+    if len(set(nsd)) > 1:  # metrics.json files from before nsd_mode existed counted boundary voxels
         raise ValueError(
-            "runs were evaluated with different NSD tolerances ("
-            + ", ".join(f"{i.run.name}: {i.metrics['settings'].get('nsd_tolerance_mm')} mm" for i in loaded)
-            + "); re-run the evaluation with one tolerance"
+            "runs were evaluated with different NSD settings ("
+            + ", ".join(f"{i.run.name}: {t} mm, {m}" for i, (t, m) in zip(loaded, nsd, strict=True))
+            + "); re-run the evaluation with one --nsd-tolerance and one --nsd"
         )
+    tols = {t for t, _ in nsd}
     case_sets = {tuple(sorted(item.dice_by_case)) for item in loaded}
     if len(case_sets) > 1:
         auto_notes.append(

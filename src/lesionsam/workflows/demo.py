@@ -34,11 +34,13 @@ from scipy import ndimage
 
 from lesionsam import __version__
 from lesionsam.config import DataConfig, RunConfig, TrainConfig
+from lesionsam.configs import packaged_sweep
 from lesionsam.data.io import is_image_path, read_image
 from lesionsam.data.synthetic import LESION, ORGAN, VESSEL, write_synthetic_dataset
 from lesionsam.data.transforms import Preprocessed, crop_or_pad
 from lesionsam.evaluation.metrics import volume_bin
 from lesionsam.evaluation.report import MethodRun, write_report
+from lesionsam.evaluation.sweeps import read_sweep_rows, sweep_summary
 from lesionsam.inference.predictor import Predictor
 from lesionsam.models import ModelConfig, Prompts
 from lesionsam.models.backbone import Sam3DConfig, get_preset
@@ -365,6 +367,17 @@ def evaluate_method(
     return pred_dir, eval_dir, gates
 
 
+def defaults_notes() -> list[str]:
+    """How the defaults the demo uses were chosen: one line per packaged validation sweep (every reading tried,
+    with its validation Dice, volume ratio and gate activation)."""
+    lines = []
+    for stage, what in (("loss", "Zoom Loss readings (finetune_zoom)"), ("gate", "SGP-SAM gate budgets")):
+        path = packaged_sweep(stage)
+        if path is not None:
+            lines.append(sweep_summary(read_sweep_rows(path), what=what))
+    return lines
+
+
 def demo(
     out: str | os.PathLike[str] = "runs/demo",
     *,
@@ -415,6 +428,7 @@ def demo(
         "metrics from lesionsam evaluate.",
         *timings,
         f"Total time {time.perf_counter() - t_all:.0f} s on {threads} CPU thread(s).",
+        *defaults_notes(),
     ]
     report = write_report(
         root / "report",

@@ -28,6 +28,9 @@ def evaluate(
     pred_label: int | None = None,
     out: str | os.PathLike[str] | None = None,
     nsd_tolerance_mm: float = 2.0,
+    nsd_mode: str = "area",
+    lesion_matching: str = "overlap",
+    lesion_iou_threshold: float = 0.5,
     allow_missing: bool = False,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
@@ -42,6 +45,10 @@ def evaluate(
         pred_label: only this prediction value is foreground (default: any value > 0).
         out: output folder (default :func:`default_out_dir`: ``<pred_dir>/metrics``).
         nsd_tolerance_mm: normalised-surface-Dice tolerance in mm.
+        nsd_mode: ``"area"`` (area-weighted surface Dice, the published definition; default) or ``"voxel"``
+            (boundary voxels counted).
+        lesion_matching: ``"overlap"`` (any voxel in common; default) or ``"iou"`` (one-to-one by IoU).
+        lesion_iou_threshold: IoU threshold of the ``"iou"`` rule and of panoptic quality.
         allow_missing: skip ground-truth cases without prediction instead of failing.
         progress: show a progress bar with ETA.
         announce: called with a one-line note when ``label`` was not given (which label is used, and from where).
@@ -71,6 +78,9 @@ def evaluate(
         pred_label=pred_label,
         out_dir=out_dir,
         nsd_tolerance_mm=nsd_tolerance_mm,
+        nsd_mode=nsd_mode,
+        lesion_matching=lesion_matching,
+        lesion_iou_threshold=lesion_iou_threshold,
         allow_missing=allow_missing,
         progress=progress,
     )

@@ -29,6 +29,7 @@ import numpy as np
 from lesionsam.data.io import image_suffix
 from lesionsam.data.layouts import load_msd_cases
 from lesionsam.data.splits import read_splits
+from lesionsam.evaluation.sweeps import SweepRow, sweep_markdown
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import DemoSettings, evaluate_method, prepare_data, pretrain, transfer
 
@@ -102,24 +103,6 @@ STAGES: dict[str, tuple[tuple[Variant, ...], str]] = {
     "loss": (LOSS_VARIANTS, "Zoom Loss readings"),
     "gate": (GATE_VARIANTS, "SGP-SAM gate budgets"),
 }
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    """What a sweep measured for one variant (validation split only)."""
-
-    name: str
-    method: str
-    overrides: tuple[str, ...]
-    note: str
-    val_cases: int
-    dice_mean: float
-    dice_sd: float
-    crop_val_dice: float
-    volume_ratio_median: float
-    gate_rate: float | None
-    minutes: float
-    gate_rates: dict[str, float] | None = None  # share of open gates per lesion size bin and "no lesion"
 
 
 def validation_folder(train_root: Path, run_dir: Path) -> Path:
@@ -241,29 +224,7 @@ def sweep(
 
 
 def write_sweep(root: Path, rows: Sequence[SweepRow], *, title: str, quick: bool) -> Path:
-    """``sweep.md`` (the table, best validation Dice in bold) and ``sweep.json``; returns the Markdown path."""
-    best = max(range(len(rows)), key=lambda i: rows[i].dice_mean if np.isfinite(rows[i].dice_mean) else -1)
-    lines = [
-        f"# Sweep: {title} (validation split)",
-        "",
-        f"Made by `lesionsam sweep{' --quick' if quick else ''}`. Validation split of the training data "
-        f"({rows[0].val_cases if rows else 0} cases, one centre click per tumour, whole volume); the test cases "
-        "are not used. Crop Dice: the trainer's best validation score (one click on the largest lesion's crop).",
-        "",
-        "| variant | method | settings | validation Dice | crop Dice | median volume ratio | gates open "
-        "| gates open by size bin |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for i, r in enumerate(rows):
-        dice = f"{r.dice_mean:.3f} ± {r.dice_sd:.3f}"
-        gate = "—" if r.gate_rate is None else f"{r.gate_rate:.2f}"
-        bins = "; ".join(f"{k} {v:.2f}" for k, v in (r.gate_rates or {}).items()) or "—"
-        settings = "; ".join(r.overrides) or "defaults"
-        dice = f"**{dice}**" if i == best else dice
-        lines.append(
-            f"| {r.name} | {r.method} | {r.note or settings} (`{settings}`) | {dice} "
-            f"| {r.crop_val_dice:.3f} | {r.volume_ratio_median:.2f} | {gate} | {bins} |"
-        )
-    lines.append("")
+    """``sweep.md`` (:func:`~lesionsam.evaluation.sweeps.sweep_markdown`) and ``sweep.json``; returns the Markdown
+    path."""
     atomic_write_bytes(root / "sweep.json", json.dumps([r.__dict__ for r in rows], indent=2).encode())
-    return atomic_write_bytes(root / "sweep.md", "\n".join(lines).encode())
+    return atomic_write_bytes(root / "sweep.md", sweep_markdown(rows, title=title, quick=quick).encode())

@@ -26,5 +26,5 @@ register_method(
     "finetune_zoom",
     description="ablation: SAM-Med3D fine-tuned with the Zoom Loss",
     loss="zoom",
-    loss_options={"balance": "alpha", "alpha": 0.25},  # as sgp_sam's (lesionsam sweep --stage loss)
+    loss_options={"balance": "none"},  # as sgp_sam's (lesionsam sweep --stage loss)
 )(_build)

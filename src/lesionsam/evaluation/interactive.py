@@ -1,0 +1,271 @@
+"""The interactive protocol: Dice after 1…N simulated clicks per lesion, the area under that curve, NoC@80/90.
+
+Interactive methods are judged by how Dice grows with clicks (SAM-Med3D reports Dice after 1 and 10 clicks; the
+3D interactive segmentation challenges score the area under the Dice-vs-interactions curve; NoC@90 counts the
+clicks needed to reach a Dice of 0.9, as in RITM). For every ground-truth lesion (a 26-connected component of
+``label == target``) of every case:
+
+1. the first click is a positive click inside the lesion; each later click is placed on the error region of the
+   current prediction (a false-negative voxel gives a positive click, a false-positive voxel a negative one) —
+   the training's click simulation (:class:`lesionsam.data.prompts.ClickSimulator`, mode ``"random"`` or
+   ``"center"``), seeded per lesion from ``(seed, case id, lesion number)`` so that results do not depend on
+   the order of cases;
+2. after click k the predictor segments the lesion from clicks 1…k through its public API
+   (:meth:`~lesionsam.inference.predictor.Predictor.predict`), which decodes the clicks one after another, each
+   decode receiving the previous low-res logits as its mask prompt (the previous mask fed back, as in training);
+3. Dice(k) compares the predicted mask (any predicted lesion voxel, on the image's own grid) with that one
+   lesion; other lesions count as background. When a prediction equals the lesion exactly there is nothing left
+   to click on: the remaining Dice values repeat it.
+
+Per lesion: **AUC** = trapezoidal area under Dice(k) for k = 1…N divided by N − 1 (the mean height, in [0, 1];
+Dice(1) when N = 1; multiply by N − 1 for the un-normalised area); **NoC@80 / NoC@90** = the first k with
+Dice(k) ≥ 0.8 / 0.9, or N when it is not reached within N clicks (counted as a failure, NoF).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lesionsam.data.io import Volume
+from lesionsam.evaluation.lesions import json_float
+from lesionsam.utils.components import label_lesions
+
+if TYPE_CHECKING:
+    from lesionsam.inference.predictor import Predictor
+
+#: Dice targets of the NoC columns (NoC@80, NoC@90).
+NOC_TARGETS: tuple[float, ...] = (0.8, 0.9)
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Voxel Dice of two (D, H, W) masks (1.0 when both are empty)."""
+    p, g = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    den = int(p.sum()) + int(g.sum())
+    return 1.0 if den == 0 else 2.0 * int(np.count_nonzero(p & g)) / den
+
+
+def curve_auc(values: Sequence[float]) -> float:
+    """Trapezoidal area under Dice(k), k = 1…N, divided by N − 1 (the value itself when N = 1)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError("an empty click curve has no area")
+    if v.size == 1:
+        return float(v[0])
+    return float(((v[1:] + v[:-1]) / 2).sum() / (v.size - 1))
+
+
+def clicks_to_reach(values: Sequence[float], target: float) -> tuple[int, bool]:
+    """(NoC, reached): the first click number k (1-based) with Dice(k) ≥ ``target``; (N, False) if none."""
+    for k, v in enumerate(values, start=1):
+        if v >= target:
+            return k, True
+    return len(values), False
+
+
+@dataclass
+class LesionCurve:
+    """The click curve of one lesion.
+
+    Attributes:
+        case: case id; lesion: component number (1-based, scipy's label order); voxels, volume_ml: its size.
+        dice: Dice after click 1…N.
+        clicks: the clicks given, (i, j, k, label) in ITK voxel indices of the image; fewer than N when a
+            prediction was exact before the last click.
+    """
+
+    case: str
+    lesion: int
+    voxels: int
+    volume_ml: float
+    dice: list[float]
+    clicks: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    @property
+    def auc(self) -> float:
+        """:func:`curve_auc` of :attr:`dice`."""
+        return curve_auc(self.dice)
+
+    def noc(self, target: float) -> tuple[int, bool]:
+        """:func:`clicks_to_reach` of :attr:`dice`."""
+        return clicks_to_reach(self.dice, target)
+
+    def row(self) -> dict[str, Any]:
+        """One CSV/JSON row: case, lesion, size, Dice after each click, AUC, NoC@80/90 and whether reached."""
+        row: dict[str, Any] = {"case": self.case, "lesion": self.lesion, "voxels": self.voxels}
+        row["volume_ml"] = self.volume_ml
+        row.update({f"dice_{k}": v for k, v in enumerate(self.dice, start=1)})
+        row["auc"] = self.auc
+        for t in NOC_TARGETS:
+            n, ok = self.noc(t)
+            row[f"noc{round(t * 100)}"] = n
+            row[f"reached{round(t * 100)}"] = ok
+        return row
+
+
+def _seed_for(seed: int, case: str, lesion: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), zlib.crc32(case.encode("utf-8")), int(lesion)])
+
+
+def lesion_click_curve(
+    predictor: Predictor,
+    lesion_mask: np.ndarray,
+    *,
+    n_clicks: int,
+    mode: str = "random",
+    rng: np.random.Generator | None = None,
+) -> tuple[list[float], list[tuple[int, int, int, int]]]:
+    """Dice after 1…``n_clicks`` simulated clicks on one lesion of the predictor's current image.
+
+    Args:
+        predictor: a click-promptable predictor whose :meth:`~Predictor.set_image` was called with the image.
+        lesion_mask: (D, H, W) bool, the lesion on the image's own grid (SimpleITK array order (k, j, i)).
+        n_clicks: N ≥ 1.
+        mode: click simulation mode, ``"random"`` or ``"center"`` (:data:`lesionsam.data.prompts.CLICK_MODES`).
+        rng: randomness of ``"random"`` mode.
+
+    Returns:
+        (Dice after each click, the clicks given as (i, j, k, label)).
+
+    Raises:
+        ValueError: an empty lesion mask or ``n_clicks`` < 1.
+    """
+    from lesionsam.data.prompts import first_click, next_click
+    from lesionsam.inference.predictor import LesionClicks
+
+    if n_clicks < 1:
+        raise ValueError(f"n_clicks must be >= 1, got {n_clicks}")
+    gt = np.asarray(lesion_mask, dtype=bool)
+    if not gt.any():
+        raise ValueError("the lesion mask is empty: nothing to click on")
+    dhw, label = first_click(gt, mode=mode, rng=rng)
+    points, labels = [dhw[::-1].astype(float)], [label]  # (k, j, i) array order → ITK (i, j, k)
+    values: list[float] = []
+    while len(values) < n_clicks:
+        pred = predictor.predict([LesionClicks(points=np.stack(points), labels=np.asarray(labels))]).labels > 0
+        values.append(dice(pred, gt))
+        if len(values) == n_clicks:
+            break
+        dhw, label = next_click(pred, gt, mode=mode, rng=rng)
+        if label < 0:  # the prediction is exact: nothing left to click on
+            values += [values[-1]] * (n_clicks - len(values))
+            break
+        points.append(dhw[::-1].astype(float))
+        labels.append(label)
+    clicks = [(int(p[0]), int(p[1]), int(p[2]), int(lab)) for p, lab in zip(points, labels, strict=True)]
+    return values, clicks[: len(values)]
+
+
+def case_click_curves(
+    predictor: Predictor,
+    image: Volume,
+    label_map: Volume,
+    *,
+    label: int,
+    n_clicks: int,
+    mode: str = "random",
+    seed: int = 0,
+    case: str = "",
+) -> list[LesionCurve]:
+    """One :class:`LesionCurve` per 26-connected lesion of ``label_map == label`` (none for a lesion-free case).
+
+    Args:
+        predictor: a click-promptable predictor (its current image is replaced by ``image``).
+        image: the scan (3D); label_map: its ground truth on the same grid.
+        label: the lesion value; n_clicks, mode: see :func:`lesion_click_curve`.
+        seed: seeds each lesion's clicks from ``(seed, case, lesion number)``; case: the case id.
+
+    Raises:
+        ValueError: the label map is not on the image's grid.
+    """
+    if not image.same_geometry(label_map):
+        raise ValueError(
+            f"case {case!r}: the label map is not on the image grid ({image.geometry_difference(label_map)})"
+        )
+    comps, n = label_lesions(np.asarray(label_map.array) == label)
+    if n == 0:
+        return []
+    voxel_ml = float(np.prod(image.spacing)) / 1000.0
+    sizes = np.bincount(comps.ravel(), minlength=n + 1)
+    predictor.set_image(image)
+    curves = []
+    for lesion in range(1, n + 1):
+        values, clicks = lesion_click_curve(
+            predictor, comps == lesion, n_clicks=n_clicks, mode=mode, rng=_seed_for(seed, case, lesion)
+        )
+        voxels = int(sizes[lesion])
+        curves.append(LesionCurve(case, lesion, voxels, voxels * voxel_ml, values, clicks))
+    return curves
+
+
+def summarise_curves(curves: Sequence[LesionCurve]) -> dict[str, Any]:
+    """Mean (and sd) Dice after each click over lesions, mean AUC, mean NoC@80/90 and failures (NoF).
+
+    Returns:
+        A JSON-ready dict: ``n_lesions``, ``n_clicks``, ``dice_mean`` and ``dice_sd`` (lists over k = 1…N),
+        ``auc_mean``, ``auc_sd``, and per target ``noc80``/``noc90`` (``mean``, ``failed``); None without lesions.
+    """
+    if not curves:
+        return {"n_lesions": 0, "n_clicks": None, "dice_mean": [], "dice_sd": [], "auc_mean": None, "auc_sd": None}
+    lengths = {len(c.dice) for c in curves}
+    if len(lengths) != 1:
+        raise ValueError(f"click curves of different lengths: {sorted(lengths)}")
+    d = np.asarray([c.dice for c in curves], dtype=float)
+    auc = np.asarray([c.auc for c in curves])
+    out: dict[str, Any] = {
+        "n_lesions": len(curves),
+        "n_clicks": int(d.shape[1]),
+        "dice_mean": [float(v) for v in d.mean(axis=0)],
+        "dice_sd": [float(v) for v in d.std(axis=0)],
+        "auc_mean": float(auc.mean()),
+        "auc_sd": float(auc.std()),
+    }
+    for t in NOC_TARGETS:
+        nocs = [c.noc(t) for c in curves]
+        out[f"noc{round(t * 100)}"] = {
+            "mean": float(np.mean([n for n, _ in nocs])),
+            "failed": sum(not ok for _, ok in nocs),
+        }
+    return out
+
+
+def curves_csv(curves: Sequence[LesionCurve]) -> str:
+    """``clicks.csv``: one row per lesion (:meth:`LesionCurve.row`); floats with 6 significant digits."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    rows = [c.row() for c in curves]
+    if not rows:
+        return ""
+    writer.writerow(list(rows[0]))
+    for row in rows:
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) and not isinstance(v, bool) else v for v in row.values()])
+    return buf.getvalue()
+
+
+def curves_json(curves: Sequence[LesionCurve], settings: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``clicks.json``: settings, the protocol's definitions, the summary and every lesion."""
+
+    def clean(v: Any) -> Any:
+        return json_float(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+    lesions = [{**{k: clean(v) for k, v in c.row().items()}, "clicks": [list(x) for x in c.clicks]} for c in curves]
+    return {
+        "format": "lesionsam-clicks",
+        "version": 1,
+        "settings": settings,
+        "protocol": (
+            "per GT lesion: first click inside, then one click per round on the error region (FN = positive, "
+            "FP = negative), seeded per (seed, case, lesion); the predictor decodes clicks 1..k with the previous "
+            "low-res logits fed back; Dice vs that lesion; AUC = trapezoid area of Dice(k), k=1..N, / (N-1); "
+            "NoC@t = first k with Dice >= t, N if never (counted as failed)"
+        ),
+        "summary": summarise_curves(curves),
+        "lesions": lesions,
+    }

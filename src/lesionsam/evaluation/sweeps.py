@@ -1,0 +1,109 @@
+"""What a validation sweep (``lesionsam sweep``) measured, as rows, a Markdown table and one-line summaries.
+
+The summaries let a report say how its defaults were chosen, with the numbers of every reading tried: the demo's
+report quotes the sweeps packaged with the defaults (``lesionsam/configs/sweeps/*.json``, written by
+``lesionsam sweep`` and copied there when the defaults were chosen).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """What a sweep measured for one variant (validation split only).
+
+    Attributes:
+        name, method, overrides, note: the variant (its run folder, method, ``key=value`` settings, description).
+        val_cases: validation cases with a lesion that were scored.
+        dice_mean, dice_sd: Dice over those cases (one centre click per lesion, whole volume).
+        crop_val_dice: the trainer's best validation score (one click on the largest lesion's crop).
+        volume_ratio_median: median predicted / ground-truth lesion volume over the cases.
+        gate_rate: mean share of open gates over the gate crops (None: the model has no gate).
+        minutes: wall time of the variant (training and scoring).
+        gate_rates: share of open gates per lesion size bin and for lesion-free crops (``"no lesion"``).
+    """
+
+    name: str
+    method: str
+    overrides: tuple[str, ...]
+    note: str
+    val_cases: int
+    dice_mean: float
+    dice_sd: float
+    crop_val_dice: float
+    volume_ratio_median: float
+    gate_rate: float | None
+    minutes: float
+    gate_rates: dict[str, float] | None = None
+
+
+def read_sweep_rows(path: str | os.PathLike[str]) -> list[SweepRow]:
+    """The rows of a ``sweep.json``."""
+    rows = json.loads(Path(path).read_text())
+    return [SweepRow(**{**r, "overrides": tuple(r.get("overrides", ()))}) for r in rows]
+
+
+def best_row(rows: Sequence[SweepRow]) -> int:
+    """Index of the row with the best validation Dice (the one a sweep chooses)."""
+    return max(range(len(rows)), key=lambda i: rows[i].dice_mean if np.isfinite(rows[i].dice_mean) else -1)
+
+
+def sweep_markdown(rows: Sequence[SweepRow], *, title: str, quick: bool = False) -> str:
+    """``sweep.md``: the table, best validation Dice in bold."""
+    best = best_row(rows) if rows else -1
+    lines = [
+        f"# Sweep: {title} (validation split)",
+        "",
+        f"Made by `lesionsam sweep{' --quick' if quick else ''}`. Validation split of the training data "
+        f"({rows[0].val_cases if rows else 0} cases, one centre click per tumour, whole volume); the test cases "
+        "are not used. Crop Dice: the trainer's best validation score (one click on the largest lesion's crop).",
+        "",
+        "| variant | method | settings | validation Dice | crop Dice | median volume ratio | gates open "
+        "| gates open by size bin |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows):
+        dice = f"{r.dice_mean:.3f} ± {r.dice_sd:.3f}"
+        gate = "—" if r.gate_rate is None else f"{r.gate_rate:.2f}"
+        bins = "; ".join(f"{k} {v:.2f}" for k, v in (r.gate_rates or {}).items()) or "—"
+        settings = "; ".join(r.overrides) or "defaults"
+        dice = f"**{dice}**" if i == best else dice
+        lines.append(
+            f"| {r.name} | {r.method} | {r.note or settings} (`{settings}`) | {dice} "
+            f"| {r.crop_val_dice:.3f} | {r.volume_ratio_median:.2f} | {gate} | {bins} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def _gates_text(r: SweepRow) -> str:
+    if r.gate_rate is None:
+        return ""
+    rates = sorted({round(v, 2) for v in (r.gate_rates or {}).values()})
+    same = len(rates) <= 1
+    return f", gates open {r.gate_rate:.2f}" + (" on every crop" if same else f" (by crop: {r.gate_rates})")
+
+
+def sweep_summary(rows: Sequence[SweepRow], *, what: str) -> str:
+    """One line: every variant's validation Dice, volume ratio and (with gates) its gate activation, the chosen one
+    named. ``what`` names the sweep (e.g. ``"gate budgets"``)."""
+    if not rows:
+        return f"{what}: no sweep rows."
+    best = rows[best_row(rows)]
+    parts = []
+    for r in rows:
+        ratio = "" if not math.isfinite(r.volume_ratio_median) else f", {r.volume_ratio_median:.2f}× volume"
+        parts.append(f"{r.note or r.name}: Dice {r.dice_mean:.3f}{ratio}{_gates_text(r)}")
+    return (
+        f"{what} tried on the validation split ({best.val_cases} cases; `lesionsam sweep`): "
+        + "; ".join(parts)
+        + f". Chosen by validation Dice: {best.note or best.name}."
+    )

@@ -1,0 +1,172 @@
+"""``lesionsam evaluate-clicks``: the interactive protocol (Dice after 1…N clicks, AUC, NoC@80/90) on a folder.
+
+See :mod:`lesionsam.evaluation.interactive` for the protocol. Images and label maps are paired by case id (file
+name without its image ending; an image may carry nnU-Net's ``_0000`` channel suffix).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
+
+log = logging.getLogger(__name__)
+
+#: Files written into the output folder.
+CSV_NAME, JSON_NAME = "clicks.csv", "clicks.json"
+
+
+@dataclass
+class ClickEvaluation:
+    """The interactive protocol on a folder: per-lesion curves, their summary, where they were written."""
+
+    curves: list[Any]
+    summary: dict[str, Any]
+    settings: dict[str, Any]
+    csv_path: Path | None = None
+    json_path: Path | None = None
+    lesion_free: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """A short printed summary: mean Dice after each click, AUC, NoC@80/90."""
+        s = self.summary
+        if not s["n_lesions"]:
+            return "no lesion to click on in any case"
+        dice = "  ".join(f"{k}:{v:.3f}" for k, v in enumerate(s["dice_mean"], start=1))
+        n = s["n_clicks"]
+        return "\n".join(
+            [
+                f"interactive protocol over {s['n_lesions']} lesion(s), {n} click(s) each "
+                f"({self.settings['click_mode']} clicks, seed {self.settings['seed']})",
+                f"  mean Dice after k clicks  {dice}",
+                f"  AUC (Dice vs clicks, /(N-1))  {s['auc_mean']:.3f} ± {s['auc_sd']:.3f}",
+                f"  NoC@80 {s['noc80']['mean']:.2f} ({s['noc80']['failed']} not reached in {n})   "
+                f"NoC@90 {s['noc90']['mean']:.2f} ({s['noc90']['failed']} not reached in {n})",
+            ]
+            + ([f"  lesion-free cases (no click): {len(self.lesion_free)}"] if self.lesion_free else [])
+        )
+
+
+def _pairs(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
+    """(case id, image, label map) for every label map; an image may add ``_0000`` to the case id."""
+    from lesionsam.evaluation.evaluate import _image_files
+
+    images = _image_files(images_dir, "image")
+    labels = _image_files(labels_dir, "label")
+    by_case = {
+        cid[: -len("_0000")] if cid.endswith("_0000") and cid not in labels else cid: p for cid, p in images.items()
+    }
+    missing = sorted(set(labels) - set(by_case))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" ... and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} label map(s) in {labels_dir} have no image in {images_dir}: {shown}")
+    return [(cid, by_case[cid], labels[cid]) for cid in sorted(labels)]
+
+
+def evaluate_clicks(
+    images_dir: str | os.PathLike[str],
+    labels_dir: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None,
+    preset: str | None = None,
+    label: int | None = None,
+    n_clicks: int = 10,
+    click_mode: str = "random",
+    seed: int = 0,
+    channel: int | None = None,
+    device: str = "cpu",
+    max_windows: int = 8,
+    announce: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> ClickEvaluation:
+    """Run the interactive protocol on every lesion of every case and write ``clicks.csv`` / ``clicks.json``.
+
+    Args:
+        images_dir, labels_dir: the scans and their label maps (e.g. an MSD ``imagesTr`` / ``labelsTr``).
+        out: output folder.
+        checkpoint: a lesionsam checkpoint or an official SAM-Med3D file (with ``preset``); None = random weights.
+        label: the lesion value (None: from the dataset.json beside ``labels_dir``, else the checkpoint's target).
+        n_clicks: N, clicks per lesion; click_mode: ``"random"`` (as training's default) or ``"center"``.
+        seed: seeds every lesion's clicks; channel: the channel of multi-channel images.
+        device, max_windows: passed to the predictor.
+        announce: called with a one-line note saying which label is used when ``label`` was not given.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError, FileNotFoundError: bad folders, no image for a label map, an output folder that cannot be
+            created or that would replace an input, a bad option (all checked before any work).
+    """
+    from lesionsam.data.prompts import CLICK_MODES
+
+    images_dir, labels_dir, out_dir = Path(images_dir), Path(labels_dir), Path(out)
+    if n_clicks < 1:
+        raise ValueError(f"--clicks must be >= 1, got {n_clicks}")
+    if click_mode not in CLICK_MODES:
+        raise ValueError(f"unknown click mode {click_mode!r}; choose one of {', '.join(CLICK_MODES)}")
+    pairs = _pairs(images_dir, labels_dir)
+    check_can_create(out_dir, what="--out", folder=True)
+    reads = [("an image", p) for _, p, _ in pairs] + [("a label map", q) for _, _, q in pairs]
+    refuse_inputs_as_outputs([("--out", out_dir / CSV_NAME), ("--out", out_dir / JSON_NAME)], reads)
+    if checkpoint is not None:
+        from lesionsam.models.checkpoint import check_checkpoint_file
+
+        check_checkpoint_file(checkpoint)
+    if label is None:
+        from lesionsam.data.labels import resolve_lesion_label
+        from lesionsam.workflows.predict import checkpoint_target_label
+
+        label, where = resolve_lesion_label(
+            None, labels_dir, checkpoint_label=lambda: checkpoint_target_label(checkpoint)
+        )
+        if announce is not None:
+            announce(f"lesion label {label} (from {where}; --label N to choose)")
+
+    from tqdm import tqdm
+
+    from lesionsam.data.io import read_image
+    from lesionsam.evaluation.interactive import case_click_curves, curves_csv, curves_json, summarise_curves
+    from lesionsam.inference.predictor import Predictor
+    from lesionsam.utils.dataclass_io import atomic_write_bytes
+
+    predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, max_windows=max_windows)
+    curves, lesion_free = [], []
+    for cid, image_path, label_path in tqdm(pairs, desc="clicks", unit="case", disable=not progress):
+        image = read_image(image_path, channel=channel)
+        if image.array.ndim == 4:
+            raise ValueError(f"{image_path}: {image.array.shape[0]} channels; choose one with --channel")
+        found = case_click_curves(
+            predictor,
+            image,
+            read_image(label_path),
+            label=int(label),
+            n_clicks=n_clicks,
+            mode=click_mode,
+            seed=seed,
+            case=cid,
+        )
+        if not found:
+            lesion_free.append(cid)
+        curves += found
+        log.info("case %s: %d lesion(s)", cid, len(found))
+    settings = {
+        "images_dir": str(images_dir),
+        "labels_dir": str(labels_dir),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "label": int(label),
+        "n_clicks": n_clicks,
+        "click_mode": click_mode,
+        "seed": seed,
+        "lesion_free_cases": lesion_free,
+    }
+    result = ClickEvaluation(curves, summarise_curves(curves), settings, lesion_free=lesion_free)
+    result.csv_path = atomic_write_bytes(out_dir / CSV_NAME, curves_csv(curves).encode())
+    payload = json.dumps(curves_json(curves, settings), indent=2, allow_nan=False) + "\n"
+    result.json_path = atomic_write_bytes(out_dir / JSON_NAME, payload.encode("utf-8"))
+    return result
