@@ -234,7 +234,13 @@ def check_ablation(s: Sizes, root: Path, out: Path, device: torch.device, epochs
     path, overrides = _config(s, root, device, f"train.epochs={epochs}", *ckpt)
     t0 = time.perf_counter()
     table = ablate_config(
-        path, overrides=overrides, out=out / "ablation", methods=ABLATION_METHODS, seeds=(0,), progress=False
+        path,
+        overrides=overrides,
+        out=out / "ablation",
+        clicks=3 if s.preset == "demo" else 10,
+        methods=ABLATION_METHODS,
+        seeds=(0,),
+        progress=False,
     )
     minutes = (time.perf_counter() - t0) / 60
     assert table is not None

@@ -55,6 +55,7 @@ def test_ablation_from_a_config_is_sharded_resumed_after_a_kill_and_collected(da
     out = tmp_path / "ablation"
     overrides = (f"data.root={data_root}", *OVERRIDES)
     kw: dict[str, Any] = {"overrides": overrides, "out": out, "methods": METHODS, "seeds": SEEDS, "progress": False}
+    kw["clicks"] = 3
     config = resolve_config("demo")
 
     # 1. One of two shards: method-major order, every second run from the first.
@@ -117,6 +118,20 @@ def test_ablation_from_a_config_is_sharded_resumed_after_a_kill_and_collected(da
         assert f"{np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}" in row
     assert "sgp_sam − finetune" in md and "## Gate activation rate by lesion size" in md
     assert "## Protocol" in md and f"{len(test)} test cases" in md
+    # The interactive protocol: per method, the mean over seeds of each seed's clicks.json summary.
+    curves = {c["method"]: c for c in summary["clicks"]}
+    for method in METHODS:
+        runs = [
+            json.loads((out / f"{method}_seed{seed}" / "test_clicks" / "clicks.json").read_text()) for seed in SEEDS
+        ]
+        first = [r["summary"]["dice_mean"][0] for r in runs]
+        assert all(r["settings"]["n_clicks"] == 3 for r in runs)
+        assert curves[method]["dice_after"][0]["values"] == first
+        assert curves[method]["auc"]["mean"] == pytest.approx(np.mean([r["summary"]["auc_mean"] for r in runs]))
+        row = next(
+            line for line in md.split("## Interactive protocol")[1].splitlines() if line.startswith(f"| {method} |")
+        )
+        assert f"{np.mean(first):.3f} ± {np.std(first, ddof=1):.3f}" in row
 
 
 def test_runs_are_selected_by_name_or_shard() -> None:
@@ -188,7 +203,19 @@ def test_a_torchrun_job_trains_each_run_with_ddp_and_tests_it_once(data_root: Pa
     out = tmp_path / "ddp"
     overrides = [f"data.root={data_root}", *OVERRIDES, "train.epochs=1", "train.device=cpu"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
-    cmd += ["-m", "lesionsam.cli.main", "ablate", "demo", *overrides, "--methods", "finetune", "--seeds", "0,1"]
+    cmd += [
+        "-m",
+        "lesionsam.cli.main",
+        "ablate",
+        "demo",
+        *overrides,
+        "--methods",
+        "finetune",
+        "--seeds",
+        "0,1",
+        "--clicks",
+        "2",
+    ]
     proc = subprocess.run(
         [*cmd, "--out", str(out)],
         env={**os.environ, "OMP_NUM_THREADS": "1"},

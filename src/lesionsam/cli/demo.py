@@ -68,6 +68,12 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         help="with CONFIG and no data.splits: share of the cases held out as the test set (default 0.2)",
     )
     p.add_argument(
+        "--clicks",
+        type=int,
+        default=None,
+        help="with CONFIG: clicks per test lesion of the interactive protocol (default 10; 0: none)",
+    )
+    p.add_argument(
         "--only-run", action="append", default=[], metavar="METHOD:SEED", help="make only this run (repeatable)"
     )
     p.add_argument("--shard", default=None, metavar="I/N", help="make every N-th run from the I-th (from 0)")
@@ -75,7 +81,15 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> int:
         from lesionsam.models import known_methods
         from lesionsam.utils.options import look_up_option
-        from lesionsam.workflows.ablate import TEST_FRACTION, ablate, ablate_config, parse_run, parse_seeds, parse_shard
+        from lesionsam.workflows.ablate import (
+            CLICKS,
+            TEST_FRACTION,
+            ablate,
+            ablate_config,
+            parse_run,
+            parse_seeds,
+            parse_shard,
+        )
 
         methods = [look_up_option(m.strip(), known_methods(), what="method") for m in a.methods.split(",") if m]
         seeds = parse_seeds(a.seeds)
@@ -85,8 +99,8 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         if a.config is None or "=" in a.config:
             if a.config is not None or a.overrides:
                 raise ValueError("key=value overrides need a CONFIG first (e.g. lesionsam ablate liver_sgp_sam ...)")
-            if a.test_fraction is not None:
-                raise ValueError("--test-fraction is for a CONFIG's data; the demo has its own test set")
+            if a.test_fraction is not None or a.clicks is not None:
+                raise ValueError("--test-fraction and --clicks are for a CONFIG's ablation, not the demo's")
             out = a.out or Path("runs/ablation")
             result = ablate(out, methods=methods, seeds=seeds, quick=a.quick, progress=progress, only=only, shard=shard)
         else:
@@ -101,6 +115,7 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
                 methods=methods,
                 seeds=seeds,
                 test_fraction=TEST_FRACTION if a.test_fraction is None else a.test_fraction,
+                clicks=CLICKS if a.clicks is None else a.clicks,
                 only=only,
                 shard=shard,
                 progress=progress,

@@ -17,7 +17,8 @@ only predicted (one centre click per lesion of ``data.target_label``) and scored
 cases (symbolic links, ``<out>/test_data/imagesTr`` and ``labelsTr``) is what prediction and evaluation read.
 
 Run folders: ``<out>/<method>_seed<seed>/`` (``config.yaml``, ``splits.json``, ``train_log.csv``, ``last.pt``,
-``best.pt``, ``test_predictions/``, ``gates.csv`` for gated methods, and ``test_metrics/metrics.json`` written last).
+``best.pt``, ``test_predictions/``, ``gates.csv`` for gated methods, ``test_clicks/`` — the interactive protocol,
+Dice after 1…``clicks`` error-region clicks per test lesion — and ``test_metrics/metrics.json`` written last).
 A run whose ``test_metrics/metrics.json`` exists is done and skipped; one with a ``last.pt`` resumes exactly from it
 (:meth:`Trainer.fit(resume=True) <lesionsam.training.trainer.Trainer.fit>`); a run folder whose ``config.yaml``
 differs from the planned config is refused. ``only`` / ``shard`` restrict a call to some runs (one process or GPU
@@ -40,12 +41,14 @@ from lesionsam.config import RunConfig, load_run_config
 from lesionsam.data.io import image_suffix
 from lesionsam.data.layouts import Case, listing
 from lesionsam.data.splits import make_splits, read_splits, write_splits
+from lesionsam.evaluation.ablation_clicks import click_markdown, click_summary
 from lesionsam.evaluation.report import AblationEntry, write_ablation
 from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.training.data import load_cases
 from lesionsam.training.distributed import DistContext
 from lesionsam.training.trainer import Callback, Trainer
 from lesionsam.utils.paths import check_can_create
+from lesionsam.workflows.clicks import evaluate_clicks
 from lesionsam.workflows.demo import (
     ABLATION_METHODS,
     DemoSettings,
@@ -74,6 +77,8 @@ __all__ = [
 
 #: Share of the cases held out as the test set when the config gives no ``data.splits``.
 TEST_FRACTION = 0.2
+#: Clicks per test lesion of the interactive protocol (SAM-Med3D reports Dice after 1 and 10 clicks).
+CLICKS = 10
 
 Run = tuple[str, int]
 
@@ -285,6 +290,7 @@ def _train_and_test(
     *,
     progress: bool,
     callbacks: Sequence[Callback],
+    clicks: int,
     main: bool = True,
 ) -> None:
     """Train (or resume) one run, then (on the main process only) predict and score its test cases (metrics
@@ -314,6 +320,19 @@ def _train_and_test(
         progress=False,
     )
     gate_rates(best, test_root, run_dir / "gates.csv", label=label, channel=channel)
+    if clicks:
+        evaluate_clicks(
+            test_root / "imagesTr",
+            test_root / "labelsTr",
+            out=run_dir / "test_clicks",
+            checkpoint=best,
+            label=label,
+            n_clicks=clicks,
+            click_mode=cfg.train.click_mode,
+            seed=0,
+            channel=channel,
+            device=_device(cfg),
+        )
     evaluate(pred_dir, test_root / "labelsTr", label=label, out=run_dir / "test_metrics", progress=False)
 
 
@@ -325,6 +344,7 @@ def ablate_config(
     methods: Sequence[str] = ABLATION_METHODS,
     seeds: Sequence[int] = (0, 1, 2),
     test_fraction: float = TEST_FRACTION,
+    clicks: int = CLICKS,
     only: Sequence[Run] = (),
     shard: tuple[int, int] | None = None,
     progress: bool = True,
@@ -340,6 +360,8 @@ def ablate_config(
         restrict the call (no table is written then).
     """
     _check_methods_seeds(methods, seeds)
+    if clicks < 0:
+        raise ValueError(f"--clicks must be >= 0 (0: no click curves), got {clicks}")
     base = load_run_config(config, overrides)
     if base.data.target_labels:
         raise ValueError("ablate scores one lesion label: set data.target_label and leave data.target_labels empty")
@@ -381,7 +403,9 @@ def ablate_config(
             _say(f"  {run_dir.name}: already done ({metrics.parent})")
         elif (m, s) in chosen:
             main = ctx.is_main
-            _train_and_test(cfg, run_dir, test_root, channel, progress=progress, callbacks=callbacks, main=main)
+            _train_and_test(
+                cfg, run_dir, test_root, channel, progress=progress, callbacks=callbacks, clicks=clicks, main=main
+            )
             _barrier(ctx)
             _say(f"  {run_dir.name}: done")
         gates = run_dir / "gates.csv"
@@ -389,13 +413,16 @@ def ablate_config(
     if only or shard is not None or not ctx.is_main:
         _say("  runs of this call done; collect the table with the same command without --only-run/--shard")
         return None
-    notes = _protocol(base, splits, splits_path, root)
-    path = write_ablation(root, entries, notes=notes)
+    notes = _protocol(base, splits, splits_path, root, clicks)
+    curves = click_summary([(m, s, root / f"{m}_seed{s}" / "test_clicks" / "clicks.json") for m, s in plan])
+    body = click_markdown(curves)
+    sections = [] if body is None else [("Interactive protocol: Dice after 1…N clicks", body)]
+    path = write_ablation(root, entries, notes=notes, sections=sections, extra={"clicks": curves})
     _say(f"ablation table: {path}")
     return path
 
 
-def _protocol(cfg: RunConfig, splits: dict[str, list[str]], splits_path: Path, root: Path) -> list[str]:
+def _protocol(cfg: RunConfig, splits: dict[str, list[str]], splits_path: Path, root: Path, clicks: int) -> list[str]:
     """The report's protocol lines."""
     d, t = cfg.data, cfg.train
     return [
@@ -407,5 +434,11 @@ def _protocol(cfg: RunConfig, splits: dict[str, list[str]], splits_path: Path, r
         f"{len(splits.get('val', []))} validation (choice of `best.pt`) and {len(splits['test'])} test cases; the "
         "test cases are used for nothing but these numbers.",
         "Test protocol: `best.pt` of each run predicts every test case with one click at the centre of each lesion "
-        "(`lesionsam predict --clicks-from`), scored by `lesionsam evaluate`.",
+        "(`lesionsam predict --clicks-from`), scored by `lesionsam evaluate`"
+        + (
+            f"; and per test lesion {clicks} clicks of the interactive protocol (`lesionsam evaluate-clicks`, "
+            f"{cfg.train.click_mode} error-region clicks as in training, seed 0)."
+            if clicks
+            else "."
+        ),
     ]
