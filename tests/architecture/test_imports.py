@@ -82,7 +82,8 @@ def test_the_import_graph_has_no_circle() -> None:
         ("lesionsam.data", ("lesionsam.models", "lesionsam.training", "lesionsam.inference", "lesionsam.cli")),
         ("lesionsam.losses", ("lesionsam.training", "lesionsam.inference", "lesionsam.cli", "lesionsam.workflows")),
         ("lesionsam.training", ("lesionsam.inference", "lesionsam.cli", "lesionsam.workflows")),
-        ("lesionsam.inference", ("lesionsam.training", "lesionsam.cli", "lesionsam.workflows")),
+        ("lesionsam.inference", ("lesionsam.training", "lesionsam.cli", "lesionsam.workflows", "lesionsam.serve")),
+        ("lesionsam.serve", ("lesionsam.training", "lesionsam.cli", "lesionsam.workflows")),
     ],
 )
 def test_layers_import_only_downwards(layer: str, forbidden: tuple[str, ...]) -> None:

@@ -68,6 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save({"model_state_dict": {}, "obj": Pickled()}, w / "unsafe.pt")
     (w / "bad.yaml").write_text("train:\n  epochs: 3\n   lr: [1\n")
     (w / "prompts_str.json").write_text(json.dumps({"lesions": [{"id": 4, "points": [["x", 10, 10]]}]}))
+    (w / "prompts_box.json").write_text(json.dumps({"lesions": [{"id": 1, "box": [1, 2, 3]}]}))
     (w / "afile").write_text("a file, not a folder\n")
     # A data set whose dataset.json names a file that is not there.
     shutil.copytree(ds, w / "ds_missing")
@@ -342,8 +343,38 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-bad-impl", ["bench", "backbone", "--impls", "bogus"], "bogus"),
     ("bench-bad-preset", ["bench", "backbone", "--preset", "bogus"], "bogus"),
     ("bench-json-parent-is-file", ["bench", "backbone", "--json", "{w}/afile/r.json"], "is a file, not a folder"),
+    ("predict-box-syntax", ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--box", "1,2,3"], "six comma"),
+    (
+        "predict-box-flat",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--box", "5,5,5,5,5,9"],
+        "flat on 2 axes",
+    ),
+    (
+        "predict-box-outside",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--preset", "tiny", "--box", "0,0,0,40,9,9"],
+        "leaves the image",
+    ),
+    (
+        "predict-box-world",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--box", "1,1,1,5,5,5", "--world"],
+        "--world",
+    ),
+    (
+        "predict-prompts-box",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/m.nii.gz", "--prompts", "{w}/prompts_box.json"],
+        "six integers",
+    ),
     ("bench-json-bad-suffix", ["bench", "backbone", "--json", "{w}/r.txt"], ".json"),
     ("bench-text-checkpoint", ["bench", "predict", "--checkpoint", "{w}/text.pt"], "is a text file"),
+    # ---- serve (refused before a model loads or a port opens)
+    ("serve-root-missing", ["serve", "--root", "{w}/nope"], "not an existing folder"),
+    ("serve-root-is-file", ["serve", "--root", "{w}/afile"], "not an existing folder"),
+    ("serve-bad-port", ["serve", "--root", "{w}", "--port", "0"], "--port must be in 1..65535"),
+    ("serve-bad-upload-limit", ["serve", "--root", "{w}", "--max-upload-mb", "-1"], "--max-upload-mb must be > 0"),
+    ("serve-zero-sessions", ["serve", "--root", "{w}", "--max-sessions", "0"], "--max-sessions must be >= 1"),
+    ("serve-missing-checkpoint", ["serve", "--root", "{w}", "--checkpoint", "{w}/nope.pth"], "checkpoint not found"),
+    ("serve-text-checkpoint", ["serve", "--root", "{w}", "--checkpoint", "{w}/text.pt"], "is a text file"),
+    ("serve-missing-proposals", ["serve", "--root", "{w}", "--proposals", "{w}/nope.pth"], "checkpoint not found"),
 ]
 
 
@@ -369,7 +400,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]
 
 def test_the_corpus_is_large_and_covers_every_command() -> None:
     assert len(CASES) >= 40
-    assert {argv[0] for _, argv, _ in CASES} >= {"predict", "evaluate", "train", "synth", "bench"}
+    assert {argv[0] for _, argv, _ in CASES} >= {"predict", "evaluate", "train", "synth", "bench", "serve"}
     assert len({name for name, _, _ in CASES}) == len(CASES)
 
 

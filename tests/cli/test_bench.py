@@ -66,3 +66,14 @@ def test_bench_auto_times_whole_volume_inference_and_one_window(capsys: pytest.C
     assert result.windows == 2 and repeats == 1
     table = format_auto_table(result)
     assert "windows=2" in table and "one window of tiny" in table
+
+
+def test_bench_interactive_times_each_step_for_both_dtypes() -> None:
+    from lesionsam.workflows.bench_interactive import STEPS, bench_interactive, format_interactive_table
+
+    r = bench_interactive(preset="tiny", shape_ijk=(64, 64, 24), spacing=(1.5, 1.5, 3.0), repeats=2, threads=1)
+    assert list(r.seconds) == ["float32", "bfloat16"]
+    assert all(set(r.seconds[d]) == set(STEPS) and min(r.seconds[d].values()) > 0 for d in r.seconds)
+    assert len(r.dice_vs_float32["bfloat16"]) == 2 and all(0.0 <= d <= 1.0 for d in r.dice_vs_float32["bfloat16"])
+    table = format_interactive_table(r)
+    assert "refining click" in table and "bfloat16 masks vs float32" in table

@@ -12,7 +12,7 @@ import pytest
 
 from lesionsam.cli.main import main
 from lesionsam.data.io import Volume, write_image
-from lesionsam.workflows.text_study import class_coverage
+from lesionsam.evaluation.coverage import class_coverage
 
 
 def test_quick_demo_writes_a_report_built_from_the_evaluator_files(

@@ -17,12 +17,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "target",
-        choices=["backbone", "sgp", "refsam3d", "predict", "auto"],
+        choices=["backbone", "sgp", "refsam3d", "predict", "auto", "interactive"],
         help="'backbone': the image encoder, fast vs naive attention; 'sgp': SGP-SAM's encoder with gates closed "
         "and open vs the plain backbone; 'refsam3d': RefSAM3D's encoder time and parameters vs the backbone; "
         "'predict': lesionsam predict end to end on a synthetic 512x512x120 int16 CT (NRRD) with one click; "
         "'auto': H-SAM's prompt-free whole-volume inference of that CT (--preset, default tiny) and the time of "
-        "one window of the full preset",
+        "one window of the full preset; 'interactive': an interactive session on that CT (first click on a new "
+        "lesion, refining click, box), float32 and bfloat16 side by side (2 threads unless --threads)",
     )
     p.add_argument("--preset", default=None, help="backbone preset (default: tiny for backbone, full for predict)")
     p.add_argument("--checkpoint", default=None, help="predict: weights to load (default: random weights)")
@@ -76,6 +77,18 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                 progress=True,
             )
             table = wb.format_auto_table(result)
+        elif a.target == "interactive":
+            from lesionsam.workflows.bench_interactive import bench_interactive, format_interactive_table
+
+            result = bench_interactive(
+                preset=full,
+                checkpoint=a.checkpoint,
+                device=a.device,
+                threads=a.threads or 2,
+                repeats=max(a.repeats, 5),
+                progress=True,
+            )
+            table = format_interactive_table(result)
         else:
             result = wb.bench_predict(
                 preset=full, checkpoint=a.checkpoint, device=a.device, threads=a.threads, progress=True

@@ -16,7 +16,11 @@ one that varies fastest on disk), as 3D Slicer shows it as IJK. With --world the
 millimetres in LPS, as ITK and DICOM use (3D Slicer displays RAS: negate x and y). The output label map has
 the input's exact size, spacing, origin and direction: one value per lesion (1, 2, ...) or 0/1 with --binary.
 
-Clicks come from exactly one of: --point/--negative (one lesion), --prompts FILE.json (several lesions, see
+A box (--box, or "box" in a prompt file) works with the official SAM-Med3D weights, which have no box embedding:
+the lesion's window is centred on the box, a positive click goes to its centre and the ellipsoid inscribed in the
+box is given as the prior mask (a 2D box is as deep as the mean of its two sides).
+
+Clicks come from exactly one of: --point/--negative (one lesion), --box, --prompts FILE.json (several lesions, see
 the README), --clicks-from LABELS (one centre click per connected lesion of --label in a label map; the
 standard first-click benchmark). A text-referred model (RefSAM3D) takes --text "liver tumour", alone (the
 whole volume is searched with sliding windows; each connected component becomes one lesion) or with clicks.
@@ -44,6 +48,14 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="backbone preset of an official file (default sam_med3d_vit_b)")
     p.add_argument("--point", action="append", default=[], metavar="i,j,k", help="positive click (repeatable)")
     p.add_argument("--negative", action="append", default=[], metavar="i,j,k", help="negative click (repeatable)")
+    p.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="i0,j0,k0,i1,j1,k1",
+        help="a box around a lesion: inclusive voxel indices of two opposite corners (k0 == k1: a 2D box drawn on "
+        "slice k); one lesion per --box (repeatable); --point/--negative with one --box refine it",
+    )
     p.add_argument("--world", action="store_true", help="--point/--negative are LPS millimetres, not voxel indices")
     p.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
     p.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
@@ -81,6 +93,12 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype of the click/box model windows: bfloat16 runs them under autocast (default float32)",
+    )
+    p.add_argument(
         "--modality",
         default=None,
         choices=["CT", "MRI"],
@@ -110,6 +128,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             preset=a.preset,
             points=a.point,
             negatives=a.negative,
+            boxes=a.box,
             world=a.world,
             prompts=a.prompts,
             clicks_from=a.clicks_from,
@@ -124,6 +143,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             probabilities=a.probabilities,
             binary=a.binary,
             device=a.device,
+            dtype=a.dtype,
             modality=a.modality,
             spacing=(a.spacing,) * 3 if a.spacing else None,
             max_windows=a.max_windows,

@@ -10,6 +10,8 @@ outside an irregular lesion's mask still selects it) and drops the rest. ``Predi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -46,3 +48,28 @@ def keep_clicked_components(mask: np.ndarray, clicks: np.ndarray, *, radius: int
         near = comps[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         keep.update(int(v) for v in np.unique(near) if v)
     return np.isin(comps, sorted(keep)) if keep else np.zeros(mask.shape, dtype=bool)
+
+
+def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_mm3: float) -> np.ndarray:
+    """``mask`` (D, H, W bool) without its 26-connected components smaller than ``min_mm3`` (voxel volume from
+    ``spacing``, mm); ``min_mm3 <= 0`` keeps everything."""
+    if min_mm3 < 0:
+        raise ValueError(f"the smallest lesion volume must be >= 0 mm³, got {min_mm3}")
+    if min_mm3 == 0 or not mask.any():
+        return mask
+    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    voxels = np.bincount(comps.ravel(), minlength=n + 1)
+    keep = voxels * float(np.prod(spacing)) >= min_mm3
+    keep[0] = False
+    return keep[comps]
+
+
+def components_by_size(mask: np.ndarray) -> np.ndarray:
+    """26-connected components of a boolean (D, H, W) mask, numbered 1.. by decreasing size (uint16)."""
+    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return comps.astype(np.uint16)
+    sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
+    rank = np.zeros(n + 1, dtype=np.uint16)
+    rank[1 + np.argsort(-sizes, kind="stable")] = np.arange(1, n + 1, dtype=np.uint16)
+    return rank[comps]

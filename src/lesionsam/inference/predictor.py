@@ -5,12 +5,14 @@ preprocesses a volume once (canonical orientation, isotropic spacing, normalised
 segments any number of lesions, each from its own clicks:
 
 1. the clicks (ITK voxel indices of the *original* image, or LPS millimetres) are mapped onto the canonical
-   grid; a model crop of side S is centred on the lesion's positive clicks;
+   grid; a model crop of side S is centred on the lesion's first positive click (where an interactive session's
+   first click puts it, so that both give the same mask for the same clicks);
 2. the crop is encoded once and the clicks are decoded one after another, each decode receiving the previous
    low-res logits as a mask prompt (as SAM-Med3D's interactive protocol and training do);
 3. while the mask touches a face of its crop that is not the volume's border, a window shifted by S/2 over
    that face is segmented too (prompted by the mask so far and its most confident voxel in the new window),
-   up to ``max_windows`` windows per lesion, so lesions larger than one crop are covered;
+   up to ``max_windows`` windows per lesion, so lesions larger than one crop are covered
+   (steps 1-3: :class:`~lesionsam.inference.windows.WindowRunner`, shared with the interactive session);
 4. probabilities are merged on the canonical grid (max over windows; each voxel goes to the most confident
    lesion), resampled linearly onto the original grid and thresholded at ``threshold``.
 
@@ -26,6 +28,7 @@ label map holding the data set's label values (e.g. 2 tumour, 4 cyst); each conn
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -42,16 +45,11 @@ from scipy import ndimage
 from scipy.special import expit
 
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
-from lesionsam.data.transforms import (
-    CropBox,
-    PreprocessConfig,
-    Preprocessed,
-    Preprocessor,
-    crop_box,
-    crop_or_pad,
-    take,
-)
-from lesionsam.inference.postprocess import keep_clicked_components
+from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor, crop_box, take
+from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
+from lesionsam.inference.postprocess import components_by_size as _components
+from lesionsam.inference.postprocess import drop_small_components, keep_clicked_components
+from lesionsam.inference.windows import ChainState, WindowRunner, first_center
 from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
 from lesionsam.models.checkpoint import FORMAT, load_sam_med3d_weights, read_weights_file
 from lesionsam.models.registry import load_model
@@ -66,13 +64,16 @@ class LesionClicks:
     Attributes:
         points: (N, 3) float; ITK voxel indices (i, j, k) of the original image, or LPS mm when the
             predictor is called with ``world=True``.
-        labels: (N,) int; 1 = inside the lesion (positive), 0 = outside (negative). At least one positive.
+        labels: (N,) int; 1 = inside the lesion (positive), 0 = outside (negative). At least one positive, unless
+            a box is given.
         lesion_id: the value this lesion gets in the output label map (1, 2, ...).
+        box: a box around the lesion (voxel indices; :mod:`lesionsam.inference.boxes`), its first prompt.
     """
 
     points: np.ndarray
     labels: np.ndarray
     lesion_id: int = 1
+    box: Box | None = None
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=float).reshape(-1, 3)
@@ -81,8 +82,8 @@ class LesionClicks:
             raise ValueError(f"lesion {self.lesion_id}: {len(self.points)} points but {len(self.labels)} labels")
         if not np.isin(self.labels, (0, 1)).all():
             raise ValueError(f"lesion {self.lesion_id}: click labels must be 1 (positive) or 0 (negative)")
-        if not (self.labels == 1).any():
-            raise ValueError(f"lesion {self.lesion_id}: needs at least one positive click inside the lesion")
+        if self.box is None and not (self.labels == 1).any():
+            raise ValueError(f"lesion {self.lesion_id}: needs at least one positive click inside the lesion (or a box)")
         if not 1 <= int(self.lesion_id) <= 65535:
             raise ValueError(f"lesion id must be in 1..65535, got {self.lesion_id}")
 
@@ -113,16 +114,6 @@ class Prediction:
 def _text_key(text: str) -> str:
     """A text prompt compared case- and spacing-insensitively ("Liver  Tumour" = "liver tumour")."""
     return " ".join(text.lower().split())
-
-
-def _faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:
-    """(axis, side) pairs (side -1 = low face, +1 = high face) where a (S, S, S) mask touches its crop."""
-    faces = []
-    for axis in range(3):
-        for side, idx in ((-1, 0), (1, fg.shape[axis] - 1)):
-            if np.take(fg, idx, axis=axis).any():
-                faces.append((axis, side))
-    return faces
 
 
 def _trained_class_texts(ckpt: Mapping[str, Any], data: Mapping[str, Any]) -> dict[int, list[str]]:
@@ -157,6 +148,9 @@ class Predictor:
             growing (logit adjustment, ``train.logit_adjustment``: the prior shift the training loss built in);
             :meth:`from_checkpoint` takes it from the checkpoint (``extra["logit_adjustment"]``; 0 for official
             weights and older runs). Prior logits fed back to the model keep the model's own scale.
+        dtype: "bfloat16" runs clicks and boxes under bfloat16 autocast, encoding with a copy of the model whose
+            linear and convolution weights are bfloat16 (made on first use: those weights again at half size), so
+            that autocast does not cast them at every crop (:class:`WindowRunner`).
 
     Example:
         >>> predictor = Predictor.from_checkpoint("sam_med3d_turbo.pth", preset="sam_med3d_vit_b")
@@ -176,12 +170,17 @@ class Predictor:
         class_texts: Mapping[int, Sequence[str]] | None = None,
         logit_offset: float = 0.0,
         clicked_only: bool = True,
+        dtype: str = "float32",
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
             raise ValueError(f"{model.display_name} takes neither clicks nor text and is not prompt-free")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        self.dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        self._encoder: SegModel | None = None  # the bfloat16 copy of the model that encodes (dtype bfloat16)
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
         if (
@@ -268,14 +267,19 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ image
     def set_image(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
         """Preprocess a volume (or read and preprocess a file) for the next :meth:`predict` calls."""
+        self._pre = self.prepare(image)
+        return self._pre
+
+    def prepare(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
+        """A volume (or file) checked and preprocessed onto the model's grid, without making it the current image
+        (sessions sharing this predictor each keep their own)."""
         volume = image if isinstance(image, Volume) else read_image(image)
         if volume.array.ndim != 3:
             raise ImageIOError(
                 f"the image has {volume.array.shape[0]} channels; choose one (e.g. the MRI sequence) first"
             )
         check_intensities(volume, source=str(image) if not isinstance(image, Volume) else "image")
-        self._pre = self.preprocessor(volume)
-        return self._pre
+        return self.preprocessor(volume)
 
     @property
     def preprocessed(self) -> Preprocessed:
@@ -300,93 +304,41 @@ class Predictor:
         return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
 
     # ------------------------------------------------------------------------------------------ model
-    def _run_window(
-        self,
-        box: CropBox,
-        clicks: np.ndarray,
-        labels: np.ndarray,
-        prior: np.ndarray | None,
-        text: str | None = None,
-    ) -> np.ndarray:
-        """Logits (S, S, S) of one window, prompted by crop-space clicks and optional prior logits, both on the
-        adjusted scale: :attr:`logit_offset` is subtracted from the model's logits (and added back to the prior)."""
-        pre = self.preprocessed
-        center = np.asarray(box.start) + np.asarray(box.size) // 2
-        crop, _ = crop_or_pad(pre.image, center, self.crop, pad_value=pre.background)
-        image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
-        low = None
-        if prior is not None:
-            prior_t = torch.from_numpy(prior + np.float32(self.logit_offset))[None, None].to(self.device)
-            size = (self.model.low_res_size,) * 3
-            low = torch.nn.functional.interpolate(prior_t, size=size, mode="trilinear", align_corners=False)
-        with torch.inference_mode():
-            embedding = self.model.encode(image)
-            out = None
-            # Clicks one after another, each with the previous low-res logits, as in SAM-Med3D.
-            for n in range(1, len(clicks) + 1):
-                pts = torch.as_tensor(clicks[None, :n], dtype=torch.float32, device=self.device)
-                lab = torch.as_tensor(labels[None, :n], dtype=torch.int64, device=self.device)
-                prompts = Prompts(points=pts, labels=lab, mask=low, text=[text] if text is not None else None)
-                out = self.model.decode(embedding, prompts)
-                low = out.low_res_logits[:, :1]
-        assert out is not None
-        return out.logits[0, 0].float().cpu().numpy() - np.float32(self.logit_offset)
+    def _lesion_prompts(self, les: LesionClicks, dhw: np.ndarray) -> tuple[np.ndarray, np.ndarray, ChainState, Any]:
+        """A lesion's canonical clicks, labels, first-window chain start and bound: a box becomes a positive click at
+        its centre (the first), a prior mask and a bound (:func:`~lesionsam.inference.boxes.box_prompt`)."""
+        if les.box is None:
+            return dhw, les.labels, ChainState(), None
+        takes_mask = "mask" in self.model.accepted_prompts | self.model.required_prompts
+        logit = BOX_PRIOR_LOGIT if takes_mask else None  # a model that takes no mask prompt gets no prior
+        centre, prior, bound = box_prompt(
+            les.box, self.preprocessed, self.crop, self.model.low_res_size, prior_logit=logit
+        )
+        state = ChainState(last=prior.to(self.device) if prior is not None else None)
+        labels = np.concatenate([[1], les.labels]).astype(np.int64)
+        return np.concatenate([centre[None], dhw]), labels, state, bound
 
-    def _segment_lesion(
-        self, dhw: np.ndarray, labels: np.ndarray, text: str | None = None
-    ) -> list[tuple[CropBox, np.ndarray]]:
-        """All windows (box, logits) of one lesion, growing while the mask touches an inner crop face."""
-        shape = self.preprocessed.grid.spatial_shape
-        positives = dhw[labels == 1]
-        start = positives.mean(axis=0)
-        if not crop_box(start, self.crop, shape).contains(positives[0]):
-            start = positives[0]  # positives spread wider than a crop: centre on the first one
-        queue = [np.floor(start + 0.5).astype(int)]
-        seen: set[tuple[int, ...]] = set()
-        windows: list[tuple[CropBox, np.ndarray]] = []
-        half = self.crop // 2
-        while queue and len(windows) < self.max_windows:
-            center = queue.pop(0)
-            if tuple(center) in seen:
-                continue
-            seen.add(tuple(center))
-            box = crop_box(center, self.crop, shape)
-            inside = np.array([box.contains(p) for p in dhw])
-            prior = self._assemble(windows, box) if windows else None
-            if inside.any() and not windows:
-                clicks, labs = box.to_crop(dhw[inside]), labels[inside]
-            else:
-                if prior is None or prior.max() <= 0:
-                    continue
-                # Prompt a grown window with the mask so far and its most confident voxel there.
-                peak = np.array(np.unravel_index(np.argmax(prior), prior.shape), dtype=float)
-                extra = box.to_crop(dhw[inside]) if inside.any() else np.zeros((0, 3))
-                clicks = np.concatenate([peak[None], extra])
-                labs = np.concatenate([[1], labels[inside]]).astype(np.int64)
-            clicks = np.clip(clicks, 0, self.crop - 1)
-            logits = self._run_window(box, clicks, labs, prior, text)
-            windows.append((box, logits))
-            for axis, side in _faces_touched(logits > 0):
-                at_border = box.start[axis] <= 0 if side < 0 else box.stop[axis] >= shape[axis]
-                if not at_border:
-                    nxt = center.copy()
-                    nxt[axis] += side * half
-                    queue.append(nxt)
-        return windows
+    def runner(self, pre: Preprocessed | None = None) -> WindowRunner:
+        """The window engine on ``pre`` (default: the current image); the interactive session uses the same one."""
+        return WindowRunner(
+            self.model,
+            pre if pre is not None else self.preprocessed,
+            device=self.device,
+            logit_offset=self.logit_offset,
+            max_windows=self.max_windows,
+            dtype=self.dtype,
+            encoder=self._low_precision_encoder(),
+        )
 
-    @staticmethod
-    def _assemble(windows: Sequence[tuple[CropBox, np.ndarray]], box: CropBox) -> np.ndarray:
-        """Logits of earlier windows inside ``box`` (max where they overlap; very negative elsewhere)."""
-        out = np.full(box.size, -20.0, dtype=np.float32)
-        for other, logits in windows:
-            lo = np.maximum(box.start, other.start)
-            hi = np.minimum(box.stop, other.stop)
-            if np.any(hi <= lo):
-                continue
-            dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, box.start, strict=True))
-            src = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, other.start, strict=True))
-            out[dst] = np.maximum(out[dst], logits[src])
-        return out
+    def _low_precision_encoder(self) -> SegModel | None:
+        if self.dtype == torch.float32:
+            return None
+        if self._encoder is None:  # matrix-product weights in bfloat16; norms, positions, tables stay float32
+            self._encoder = copy.deepcopy(self.model).eval()
+            for module in self._encoder.modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Conv3d)):
+                    module.to(self.dtype)
+        return self._encoder
 
     def _check_text(self, text: str | None) -> None:
         if self.model.prompt_free:
@@ -600,12 +552,16 @@ class Predictor:
         ids = [int(les.lesion_id) for les in lesions]
         if len(set(ids)) != len(ids):
             raise ValueError(f"lesion ids must be distinct, got {ids}")
+        if world and any(les.box is not None for les in lesions):
+            raise ValueError("boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'")
         canonical = [self._canonical_clicks(les, world=world) for les in lesions]
         best = np.zeros(pre.grid.spatial_shape, dtype=np.float32)
         owner = np.zeros(pre.grid.spatial_shape, dtype=np.uint16)
         counts: dict[int, int] = {}
-        for les, dhw in zip(lesions, canonical, strict=True):
-            windows = self._segment_lesion(dhw, les.labels, text)
+        runner = self.runner()
+        prompts = [self._lesion_prompts(les, dhw) for les, dhw in zip(lesions, canonical, strict=True)]
+        for les, (dhw, labs, state, bound) in zip(lesions, prompts, strict=True):
+            windows, _ = runner.segment(first_center(dhw, labs), dhw, labs, state, text=text, bound=bound)
             counts[les.lesion_id] = len(windows)
             for box, logits in windows:
                 vol_sl, crop_sl = box.overlap()
@@ -615,7 +571,7 @@ class Predictor:
                 region[better] = prob[better]
                 owner[vol_sl][better] = les.lesion_id
         if self.clicked_only:  # only the lesions that were clicked (see lesionsam.inference.postprocess)
-            positives = np.concatenate([dhw[les.labels == 1] for les, dhw in zip(lesions, canonical, strict=True)])
+            positives = np.concatenate([dhw[labs == 1] for dhw, labs, _, _ in prompts])
             best[~keep_clicked_components(best > self.threshold, positives)] = 0.0
         prob_orig = self.preprocessor.invert(best, pre, interpolation="linear")
         owner_orig = self.preprocessor.invert(owner, pre, interpolation="nearest")
@@ -627,31 +583,6 @@ class Predictor:
             windows=counts,
             seconds=time.perf_counter() - t0,
         )
-
-
-def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_mm3: float) -> np.ndarray:
-    """``mask`` (D, H, W bool) without its 26-connected components smaller than ``min_mm3`` (voxel volume from
-    ``spacing``, mm); ``min_mm3 <= 0`` keeps everything."""
-    if min_mm3 < 0:
-        raise ValueError(f"the smallest lesion volume must be >= 0 mm³, got {min_mm3}")
-    if min_mm3 == 0 or not mask.any():
-        return mask
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    voxels = np.bincount(comps.ravel(), minlength=n + 1)
-    keep = voxels * float(np.prod(spacing)) >= min_mm3
-    keep[0] = False
-    return keep[comps]
-
-
-def _components(mask: np.ndarray) -> np.ndarray:
-    """26-connected components of a boolean (D, H, W) mask, numbered 1.. by decreasing size (uint16)."""
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n == 0:
-        return comps.astype(np.uint16)
-    sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
-    rank = np.zeros(n + 1, dtype=np.uint16)
-    rank[1 + np.argsort(-sizes, kind="stable")] = np.arange(1, n + 1, dtype=np.uint16)
-    return rank[comps]
 
 
 def write_prediction(

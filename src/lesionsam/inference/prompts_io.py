@@ -5,8 +5,12 @@ JSON prompt file (one image)::
     {"coordinates": "voxel",            # or "world" (LPS mm); default "voxel" = ITK index (i, j, k)
      "lesions": [
         {"id": 1, "points": [[120, 88, 40], [130, 90, 41]], "labels": [1, 0]},
-        {"id": 2, "points": [[60, 150, 22]]}            # labels default to all positive
+        {"id": 2, "points": [[60, 150, 22]]},           # labels default to all positive
+        {"id": 3, "box": [40, 60, 10, 52, 75, 18]}      # a 3D box i0,j0,k0,i1,j1,k1 (inclusive voxel indices)
      ]}
+
+A lesion's ``box`` (voxel indices, ITK order, inclusive; ``k0 == k1`` for a 2D box drawn on slice k) is its first
+prompt; its ``points`` (optional then) refine it. Boxes are voxel indices even in a "world" file (refused there).
 
 For a folder of images, the file maps case ids (file names without their image suffix) to such objects:
 ``{"case_000": {"lesions": [...]}, "case_001": {...}}``.
@@ -25,6 +29,7 @@ from scipy import ndimage
 
 from lesionsam.data.io import Volume
 from lesionsam.data.prompts import first_click
+from lesionsam.inference.boxes import Box, parse_box
 from lesionsam.inference.predictor import LesionClicks
 
 
@@ -40,13 +45,26 @@ def parse_point(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def clicks_from_args(points: Sequence[str], negatives: Sequence[str] = ()) -> list[LesionClicks]:
-    """One lesion from ``--point`` (positive) and ``--negative`` clicks."""
-    if not points:
-        raise ValueError("give at least one positive --point i,j,k inside the lesion")
+def clicks_from_args(
+    points: Sequence[str], negatives: Sequence[str] = (), boxes: Sequence[str] = ()
+) -> list[LesionClicks]:
+    """One lesion from ``--point`` (positive) and ``--negative`` clicks, or one lesion per ``--box`` (the clicks
+    then refine the one box's lesion)."""
+    parsed = [parse_box(b) for b in boxes]
+    if len(parsed) > 1 and (points or negatives):
+        raise ValueError("--point/--negative refine one --box: give a single --box with them, or boxes alone")
+    if not points and not parsed:
+        raise ValueError("give at least one positive --point i,j,k inside the lesion (or a --box around it)")
     pts = [parse_point(p) for p in points] + [parse_point(n) for n in negatives]
     labels = [1] * len(points) + [0] * len(negatives)
-    return [LesionClicks(points=np.array(pts), labels=np.array(labels), lesion_id=1)]
+    if not parsed:
+        return [LesionClicks(points=np.array(pts), labels=np.array(labels), lesion_id=1)]
+    lesions = [
+        LesionClicks(points=np.zeros((0, 3)), labels=np.zeros(0), lesion_id=n, box=b) for n, b in enumerate(parsed, 1)
+    ]
+    if pts:
+        lesions[0] = LesionClicks(points=np.array(pts), labels=np.array(labels), lesion_id=1, box=parsed[0])
+    return lesions
 
 
 def _lesions_from_obj(obj: Any, where: str) -> tuple[list[LesionClicks], bool]:
@@ -59,18 +77,41 @@ def _lesions_from_obj(obj: Any, where: str) -> tuple[list[LesionClicks], bool]:
         raise ValueError(f"{where}: 'lesions' must be a list of {{'points': [[i, j, k], ...]}}")
     lesions = []
     for n, item in enumerate(obj["lesions"]):
-        if not isinstance(item, Mapping) or "points" not in item:
-            raise ValueError(f"{where}: lesion {n} needs a 'points' list of [i, j, k]")
+        if not isinstance(item, Mapping) or ("points" not in item and "box" not in item):
+            raise ValueError(
+                f"{where}: lesion {n} needs a 'points' list of [i, j, k] or a 'box' [i0, j0, k0, i1, j1, k1]"
+            )
         name = f"lesion {n}" + (f" (id {item['id']!r})" if "id" in item else "")
-        pts = _numbers(item["points"], float, f"{where}: {name}, field 'points'", "a list of [i, j, k] numbers")
+        box = _box(item["box"], f"{where}: {name}, field 'box'") if "box" in item else None
+        if box is not None and coords == "world":
+            raise ValueError(
+                f"{where}: {name}: a 'box' is in voxel indices; it cannot be used with 'coordinates': 'world'"
+            )
+        pts = _numbers(item.get("points", []), float, f"{where}: {name}, field 'points'", "a list of [i, j, k] numbers")
+        if box is not None and pts.size == 0:
+            pts = pts.reshape(0, 3)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise ValueError(f"{where}: {name} points must be a list of [i, j, k], got shape {pts.shape}")
         labels = _numbers(item.get("labels", [1] * len(pts)), np.int64, f"{where}: {name}, field 'labels'", "1 or 0")
         lesion_id = _numbers(item.get("id", n + 1), np.int64, f"{where}: {name}, field 'id'", "an integer")
-        lesions.append(LesionClicks(points=pts, labels=labels, lesion_id=int(lesion_id)))
+        try:
+            lesions.append(LesionClicks(points=pts, labels=labels, lesion_id=int(lesion_id), box=box))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     if not lesions:
         raise ValueError(f"{where}: the 'lesions' list is empty")
     return lesions, coords == "world"
+
+
+def _box(value: Any, where: str) -> Box:
+    """A prompt file's ``box`` field: six integers i0, j0, k0, i1, j1, k1 (inclusive voxel indices)."""
+    arr = _numbers(value, np.int64, where, "six integers i0, j0, k0, i1, j1, k1")
+    if arr.shape != (6,):
+        raise ValueError(f"{where} must be six integers [i0, j0, k0, i1, j1, k1], got {value!r}")
+    try:
+        return Box(lo=tuple(int(v) for v in arr[:3]), hi=tuple(int(v) for v in arr[3:]))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _numbers(value: Any, dtype: Any, where: str, expected: str) -> np.ndarray:

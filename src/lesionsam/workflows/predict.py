@@ -66,6 +66,7 @@ def predict(
     preset: str | None = None,
     points: Sequence[str] = (),
     negatives: Sequence[str] = (),
+    boxes: Sequence[str] = (),
     world: bool = False,
     prompts: str | os.PathLike[str] | None = None,
     clicks_from: str | os.PathLike[str] | None = None,
@@ -83,6 +84,7 @@ def predict(
     spacing: tuple[float, float, float] | None = None,
     max_windows: int = 8,
     all_components: bool = False,
+    dtype: str = "float32",
     predictor: Predictor | None = None,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
@@ -95,6 +97,8 @@ def predict(
     ``auto`` with ``refine_checkpoint``: the clicked lesions are then segmented again by that promptable model
     and replace what the automatic pass found there:
         * ``points``/``negatives``: ``"i,j,k"`` strings for one lesion (one image only);
+        * ``boxes``: ``"i0,j0,k0,i1,j1,k1"`` strings (voxel indices, inclusive; ``k0 == k1`` for a 2D box on slice
+          k), one lesion each (one image only); ``points``/``negatives`` with a single box refine its lesion;
         * ``prompts``: a JSON file (see :mod:`lesionsam.inference.prompts_io`);
         * ``clicks_from``: a label map (or a folder of them, paired by case id): one centre click per
           connected lesion of value ``label`` — the standard first-click benchmark protocol. ``label`` None takes
@@ -118,6 +122,7 @@ def predict(
             (each takes the class the automatic pass gave its first positive click, else the first class).
         all_components: with clicks, keep every component the windows found instead of only those a positive click
             touches (``Predictor(clicked_only=False)``).
+        dtype: "bfloat16" runs the click/box model windows under bfloat16 autocast (CPU or GPU); default float32.
         announce: called with a one-line note when ``label`` was not given (which label is used, and from where).
         predictor: reuse an existing :class:`Predictor` (then ``checkpoint``/``preset``/``device`` are unused).
 
@@ -131,10 +136,10 @@ def predict(
     src, dst = Path(input), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"input not found: {src}")
-    sources = [s for s in (bool(points), prompts is not None, clicks_from is not None) if s]
+    sources = [s for s in (bool(points or boxes), prompts is not None, clicks_from is not None) if s]
     if len(sources) > 1 or (not sources and text is None and not auto):
         raise ValueError(
-            "give exactly one of --point (with optional --negative), --prompts FILE or --clicks-from "
+            "give exactly one of --point (with optional --negative), --box, --prompts FILE or --clicks-from "
             "(or --text alone, for a text-referred method, or --auto, for a prompt-free one)"
         )
     if auto and text is not None:
@@ -146,15 +151,19 @@ def predict(
         )
     if refine_checkpoint is not None and not (auto and sources):
         raise ValueError("--refine-checkpoint goes with --auto and clicks (--point, --prompts or --clicks-from)")
-    if negatives and not points:
-        raise ValueError("--negative clicks need at least one positive --point")
+    if negatives and not (points or boxes):
+        raise ValueError("--negative clicks need at least one positive --point (or a --box)")
+    if boxes:
+        if auto or world:
+            raise ValueError("--box takes voxel indices and a promptable model: it goes without --auto and --world")
+        clicks_from_args(points, negatives, boxes)  # the boxes' syntax, before any work
     folder = src.is_dir() and not any(p.suffix == ".dcm" for p in src.iterdir())
     if folder:
         images = sorted(p for p in src.iterdir() if is_image_path(p))
         if not images:
             raise FileNotFoundError(f"{src}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-        if points:
-            raise ValueError("--point clicks describe one image; for a folder use --prompts FILE or --clicks-from")
+        if points or boxes:
+            raise ValueError("--point/--box describe one image; for a folder use --prompts FILE or --clicks-from")
         if dst.name.endswith(IMAGE_SUFFIXES):
             raise ValueError(f"{dst}: for a folder of images, --out must be a folder")
         jobs = [(img, dst / f"{case_id(img)}{image_suffix(img)}") for img in images]
@@ -222,6 +231,7 @@ def predict(
             spacing=spacing,
             max_windows=max_windows,
             clicked_only=not all_components,
+            dtype=dtype,
         )
 
     results = []
@@ -237,8 +247,8 @@ def predict(
         is_world = world
         if not sources:
             lesions = []  # text alone or --auto: the whole volume is searched
-        elif points:
-            lesions = clicks_from_args(points, negatives)
+        elif points or boxes:
+            lesions = clicks_from_args(points, negatives, boxes)
         elif table is not None:
             if cid not in table and folder:
                 log.warning("%s: no prompts for this case in %s; skipped", cid, prompts)
@@ -266,6 +276,7 @@ def predict(
                         spacing=spacing,
                         max_windows=max_windows,
                         clicked_only=not all_components,
+                        dtype=dtype,
                     )
                 refiner.set_image(volume)
                 refined = refiner.predict(lesions, world=is_world, probabilities=want_prob)

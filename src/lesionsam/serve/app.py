@@ -1,0 +1,232 @@
+"""The FastAPI application of ``lesionsam serve``: the HTTP API (:mod:`~lesionsam.serve.routes`), the page, errors.
+
+Every error is a JSON object ``{"detail": "one clear sentence"}`` with a 4xx status: 400 a request the engine
+refuses (a click outside the image, an image that cannot be read), 403 a path outside the served folder, 404 an
+unknown session, lesion or file, 409 an existing file without ``overwrite``, 413 an upload over the limit, 415 an
+upload that is not ``application/octet-stream``, 422 malformed JSON or a field of the wrong type, 429 too many open
+sessions. An unexpected exception answers 500 with its type (the traceback goes to the server's log) and the server
+keeps serving. Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and no CORS header is
+sent unless origins are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lesionsam import __version__
+from lesionsam.data.io import Volume
+from lesionsam.serve.paths import PathRefused
+from lesionsam.serve.sessions import SessionNotFound, SessionStore, TooManySessions
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+#: Largest body of a request other than an upload (the API's JSON bodies are a few hundred bytes).
+MAX_JSON_BYTES = 64 * 1024
+
+#: Host names a server bound to a loopback address answers to.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+_DESCRIPTION = """\
+Interactive lesion segmentation with SAM-Med3D models (lesionsam). Open an image of the served folder (or upload
+one), then click (positive / negative) and draw boxes; every interaction answers with the lesion's new volume and a
+patch of the label map (the region that changed), so a viewer updates only that region. Undo, redo and delete work
+per lesion. Save writes the label map on the input's exact grid, and the prompts used as JSON, inside the served
+folder. Coordinates are 0-based voxel indices (i, j, k) in ITK order = NIfTI's i, j, k (3D Slicer's IJK).
+"""
+
+
+@dataclass
+class ServeContext:
+    """What the routes share.
+
+    Attributes:
+        root: the served folder, resolved.
+        store: the open sessions.
+        make_session: builds an interactive session on a volume (the engine with the loaded model).
+        model_name: how ``/api/info`` names the model.
+        max_upload_bytes: largest upload accepted.
+        proposer: the predictor of ``--proposals`` (prompt-free or text-referred), or None.
+    """
+
+    root: Path
+    store: SessionStore
+    make_session: Callable[[Volume], Any]
+    model_name: str
+    max_upload_bytes: int
+    proposer: Any = None
+
+
+def _first_error(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    err = errors[0]
+    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where}: {err.get('msg', 'invalid value')}{more}"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _first_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(PathRefused)
+    async def _refused(_: Request, exc: PathRefused) -> JSONResponse:
+        return _error(403, str(exc))
+
+    @app.exception_handler(SessionNotFound)
+    async def _no_session(_: Request, exc: SessionNotFound) -> JSONResponse:
+        return _error(404, "no open session with this id (closed, timed out or never opened): open the image again")
+
+    @app.exception_handler(TooManySessions)
+    async def _full(_: Request, exc: TooManySessions) -> JSONResponse:
+        return _error(429, str(exc))
+
+    @app.exception_handler(FileNotFoundError)
+    async def _missing(_: Request, exc: FileNotFoundError) -> JSONResponse:
+        return _error(404, str(exc).replace(str(app.state.root) + os.sep, "") or "file not found")
+
+    @app.exception_handler(ValueError)
+    async def _bad(_: Request, exc: ValueError) -> JSONResponse:
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        return _error(400, message.replace(str(app.state.root) + os.sep, ""))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("error in %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
+def create_app(
+    root: str | os.PathLike[str],
+    *,
+    make_session: Callable[[Volume], Any],
+    model_name: str = "random weights",
+    max_upload_mb: float = 1024.0,
+    max_sessions: int = 4,
+    idle_seconds: float = 3600.0,
+    cors_origins: Sequence[str] = (),
+    allowed_hosts: Sequence[str] | None = LOCAL_HOSTS,
+    proposer: Any = None,
+) -> FastAPI:
+    """The web application serving ``root``.
+
+    Args:
+        root: the folder whose images are listed, opened and saved next to (nothing outside it is read or written,
+            except an upload's private temporary copy).
+        make_session: ``volume -> InteractiveSession`` (called once per opened image).
+        model_name: shown by ``/api/info``.
+        max_upload_mb: uploads larger than this answer 413.
+        max_sessions, idle_seconds: see :class:`~lesionsam.serve.sessions.SessionStore`.
+        cors_origins: origins allowed to call the API from other pages (none by default: no CORS header at all).
+        allowed_hosts: ``Host`` header values answered (DNS-rebinding protection); None answers any host.
+        proposer: a :class:`~lesionsam.inference.predictor.Predictor` of a prompt-free (H-SAM) or text-referred
+            (RefSAM3D) checkpoint for automatic / text proposals (:mod:`~lesionsam.serve.proposals`), or None.
+
+    Raises:
+        ValueError: ``root`` is not an existing folder, or a limit is not positive.
+    """
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise ValueError(f"--root {root_path}: not an existing folder; give the folder holding your images")
+    if not max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
+    from lesionsam.serve.proposal_routes import proposals_router
+    from lesionsam.serve.routes import api_router
+
+    ctx = ServeContext(
+        root=root_path.resolve(),
+        store=SessionStore(max_sessions=max_sessions, idle_seconds=idle_seconds),
+        make_session=make_session,
+        model_name=model_name,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        proposer=proposer,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        ctx.store.close_all()  # uploads' temporary copies go with their sessions
+
+    app = FastAPI(title="lesionsam serve", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app.state.root = ctx.root
+    app.state.ctx = ctx
+    _install_error_handlers(app)
+    app.include_router(api_router(ctx))
+    app.include_router(proposals_router(ctx))
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next: Callable) -> Response:
+        declared = request.headers.get("content-length", "")
+        if request.url.path != "/api/sessions/upload" and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            return _error(413, f"request body over {MAX_JSON_BYTES // 1024} kB: only uploads may be large")
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Callable) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    if allowed_hosts is not None:
+        hosts = {h.lower() for h in allowed_hosts}
+
+        @app.middleware("http")
+        async def _trusted_host(request: Request, call_next: Callable) -> Response:
+            host = request.headers.get("host", "").lower()
+            if host.startswith("["):  # [::1]:8765
+                name = host[: host.find("]") + 1]
+            else:
+                name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+            if name not in hosts:
+                return _error(400, f"Host {host!r} is not served: use http://127.0.0.1:PORT/ (DNS-rebinding guard)")
+            return await call_next(request)
+
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+        )
+
+    @app.get("/", include_in_schema=False)
+    def _page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def _favicon() -> Response:
+        return Response(status_code=204)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    return app

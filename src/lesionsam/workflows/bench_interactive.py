@@ -1,0 +1,154 @@
+"""``lesionsam bench interactive``: the time of each interaction of an :class:`InteractiveSession` on a full-size CT.
+
+On a synthetic 512 × 512 × 120 int16 CT (0.7 × 0.7 × 2.5 mm, :func:`~lesionsam.workflows.bench.synthetic_ct`), with
+the full ViT-B preset (random weights unless a checkpoint is given), for each compute dtype in turn (side by side
+in one run):
+
+* **open**: preprocessing the image once (reorient, resample to 1.5 mm, normalise);
+* **first click**: a positive click that starts a new lesion (one window encoded and decoded, the lesion's region
+  resampled onto the input grid, the label-map patch composed);
+* **refining click**: a click on that lesion (decoder only, from the cached embedding and previous low-res logits);
+* **box**: a 3D box that starts a new lesion (encode + decode, like a first click, plus the prior mask);
+* **encoder alone**: the encode of one crop (for bfloat16: the predictor's bfloat16 copy of the model under
+  autocast), the floor under a first click.
+
+Each lesion gets one window (``max_windows=1``): with random weights a mask may grow anywhere, which would time
+the weights rather than the engine. Medians over ``repeats`` lesions, each at a different place. The masks of the
+bfloat16 run are compared with those of the float32 run (Dice per lesion, same prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesionsam.utils.dataclass_io import atomic_write_bytes
+
+#: What is timed, in the order of the table.
+STEPS = ("open", "first click", "refining click", "box", "encoder alone")
+
+
+@dataclass
+class InteractiveBench:
+    """Median seconds of each step per dtype, and the bfloat16 masks' agreement with float32."""
+
+    preset: str
+    shape_ijk: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    device: str
+    threads: int
+    repeats: int
+    load: float
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    dice_vs_float32: dict[str, list[float]] = field(default_factory=dict)
+
+    def write_json(self, path: str | Path) -> Path:
+        return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def bench_interactive(
+    *,
+    preset: str = "sam_med3d_vit_b",
+    checkpoint: str | None = None,
+    shape_ijk: tuple[int, int, int] = (512, 512, 120),
+    spacing: tuple[float, float, float] = (0.7, 0.7, 2.5),
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    device: str = "cpu",
+    threads: int | None = 2,
+    repeats: int = 5,
+    progress: bool = False,
+) -> InteractiveBench:
+    """Time an interactive session's steps (see the module docstring)."""
+    import os
+
+    from lesionsam.inference.boxes import Box
+    from lesionsam.inference.predictor import Predictor
+    from lesionsam.inference.session import InteractiveSession
+    from lesionsam.workflows.bench import synthetic_ct
+
+    if threads:
+        torch.set_num_threads(threads)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    i, j, k = shape_ijk
+    image, center = synthetic_ct((k, j, i), spacing)
+    result = InteractiveBench(
+        preset=preset,
+        shape_ijk=shape_ijk,
+        spacing=spacing,
+        device=device,
+        threads=torch.get_num_threads(),
+        repeats=repeats,
+        load=os.getloadavg()[0],
+    )
+    # Lesion positions: around the synthetic lesion, spread so that no two share a window.
+    rng = np.random.default_rng(0)
+    offsets = rng.uniform(-1, 1, size=(repeats, 3)) * np.array([0.15 * i, 0.15 * j, 0.2 * k])
+    points = [tuple(int(v) for v in np.clip(center + o, 8, np.array(shape_ijk) - 9)) for o in offsets]
+    masks: dict[str, list[np.ndarray]] = {}
+    for dtype in dtypes:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, max_windows=1, dtype=dtype)
+        if progress:
+            print(f"  {dtype}: opening the image ...", file=sys.stderr)
+        t0 = time.perf_counter()
+        session = InteractiveSession(predictor, image)
+        opened = time.perf_counter() - t0
+        times: dict[str, list[float]] = {s: [] for s in STEPS[1:]}
+        masks[dtype] = []
+        for n, p in enumerate(points):
+            if progress:
+                print(f"  {dtype}: lesion {n + 1}/{repeats}", file=sys.stderr)
+            t0 = time.perf_counter()
+            lesion = session.click(p).lesion
+            times["first click"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            session.click((p[0] + 3, p[1] - 2, p[2]), positive=True, lesion=lesion)
+            times["refining click"].append(time.perf_counter() - t0)
+            masks[dtype].append(session.label_map() == lesion)
+            box = Box(tuple(v - 10 for v in p[:2]) + (p[2] - 3,), tuple(v + 10 for v in p[:2]) + (p[2] + 3,))
+            t0 = time.perf_counter()
+            session.box(box)
+            times["box"].append(time.perf_counter() - t0)
+            session.reset()
+            crop = torch.randn(1, 1, predictor.crop, predictor.crop, predictor.crop)
+            t0 = time.perf_counter()
+            with session.runner.compute():
+                session.runner.encoder.encode(crop)
+            times["encoder alone"].append(time.perf_counter() - t0)
+        result.seconds[dtype] = {"open": opened, **{s: statistics.median(v) for s, v in times.items()}}
+    for dtype in dtypes[1:]:
+        result.dice_vs_float32[dtype] = [_dice(a, b) for a, b in zip(masks[dtype], masks[dtypes[0]], strict=True)]
+    return result
+
+
+def format_interactive_table(r: InteractiveBench) -> str:
+    """A plain-text table of an :class:`InteractiveBench`."""
+    dtypes = list(r.seconds)
+    lines = [
+        f"lesionsam bench interactive: preset={r.preset} image={'x'.join(map(str, r.shape_ijk))} spacing={r.spacing} "
+        f"device={r.device} threads={r.threads} lesions={r.repeats} (median s; one window per lesion; "
+        f"load average at start {r.load:.2f})",
+        f"{'step':<16}" + "".join(f"{d:>12}" for d in dtypes),
+    ]
+    for step in STEPS:
+        lines.append(f"{step:<16}" + "".join(f"{r.seconds[d][step]:>12.3f}" for d in dtypes))
+    for dtype, dice in r.dice_vs_float32.items():
+        lines.append(f"{dtype} masks vs float32: Dice min {min(dice):.4f}, mean {float(np.mean(dice)):.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Fixtures of the ``lesionsam serve`` tests: a synthetic oblique, anisotropic case in a temporary served folder and
+a stand-in promptable model whose masks are known (the bright blob holding the last positive click)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from lesionsam.data.io import Volume, write_image
+from lesionsam.data.transforms import PreprocessConfig
+from lesionsam.inference.predictor import Predictor
+from lesionsam.inference.session import InteractiveSession
+from lesionsam.models import Prompts, SegModel, SegOutput
+
+#: Blobs of the synthetic case: (d, h, w, radius mm) in array order (k, j, i), placed off-centre on purpose so
+#: that a swapped or flipped axis lands the click off the lesion.
+BLOBS = ((10, 20, 42, 6.0), (20, 52, 15, 5.0))
+SHAPE = (30, 70, 60)  # (D, H, W) = (nk, nj, ni)
+SPACING = (0.8, 0.9, 2.0)  # (i, j, k) mm
+
+
+class BrightBlobModel(SegModel):
+    """Stand-in promptable model: the lesion is the bright (> 1, normalised units) connected region holding the
+    last positive click, minus a ball of radius 3 voxels around every negative click. Deterministic, so the server's
+    answers can be compared with the library's, and meaningful, so a click on a blob must give that blob."""
+
+    accepted_prompts = frozenset({"points", "mask"})
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        self._size = size
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def img_size(self) -> int:
+        return self._size
+
+    @property
+    def low_res_size(self) -> int:
+        return self._size // 4
+
+    def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
+        bright = (image > 1.0).numpy()
+        keep = np.zeros_like(bright)
+        grid = np.stack(np.meshgrid(*(np.arange(self._size),) * 3, indexing="ij"), axis=-1)
+        for b in range(image.shape[0]):
+            comps, _ = ndimage.label(bright[b, 0])
+            pts, labs = prompts.points[b].numpy(), prompts.labels[b].numpy()
+            click = np.clip(np.round(pts[labs == 1][-1]).astype(int), 0, self._size - 1)
+            comp = comps[tuple(click)]
+            keep[b, 0] = comps == comp if comp else False
+            for neg in pts[labs == 0]:
+                keep[b, 0] &= ((grid - neg) ** 2).sum(-1) > 9
+        logits = torch.where(torch.from_numpy(keep), 10.0, -10.0)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
+
+
+class BrightAuto(SegModel):
+    """Prompt-free stand-in: class 1 = voxels brighter than 1 (normalised units), as (B, 2, S³) logits."""
+
+    prompt_free = True
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        self._size = size
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def img_size(self) -> int:
+        return self._size
+
+    @property
+    def num_classes(self) -> int:
+        return 1
+
+    def forward(self, image: torch.Tensor, prompts: Prompts | None = None) -> SegOutput:
+        bright = (image > 1.0).float()
+        logits = 10.0 * torch.cat([1 - bright, bright], dim=1)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 2))
+
+
+def bright_predictor() -> Predictor:
+    return Predictor(BrightBlobModel(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), max_windows=4)
+
+
+def tiny_predictor() -> Predictor:
+    """The real tiny SAM-Med3D architecture with seeded random weights (a negative logit offset: non-empty masks)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Predictor.from_checkpoint(None, preset="tiny", max_windows=2, logit_offset=-1.0)
+
+
+def oblique_case() -> tuple[Volume, np.ndarray]:
+    """An int16 CT-like volume (HU), oblique direction, anisotropic spacing, with bright balls :data:`BLOBS`; and
+    its (D, H, W) label array (blob n = n)."""
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 5, SHAPE)
+    lab = np.zeros(SHAPE, np.uint8)
+    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    for n, (d, h, w, r) in enumerate(BLOBS, start=1):
+        inside = ((dd - d) * SPACING[2]) ** 2 + ((hh - h) * SPACING[1]) ** 2 + ((ww - w) * SPACING[0]) ** 2 < r**2
+        arr[inside] = 200.0
+        lab[inside] = n
+    a, b = np.deg2rad(20), np.deg2rad(15)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return Volume(arr.astype(np.int16), SPACING, (-40.0, 25.0, 100.0), tuple((rz @ rx).ravel())), lab
+
+
+def blob_centre_ijk(n: int) -> tuple[int, int, int]:
+    """The voxel (i, j, k) at the centre of blob ``n`` (1-based)."""
+    d, h, w, _ = BLOBS[n - 1]
+    return (w, h, d)
+
+
+@dataclass
+class ServedCase:
+    """A served folder holding ``case.nii.gz`` (and ``labels.nii.gz`` outside it, for reference)."""
+
+    root: Path
+    image: Path
+    volume: Volume
+    labels: np.ndarray
+
+
+@pytest.fixture
+def served_case(tmp_path: Path) -> ServedCase:
+    root = tmp_path / "root"
+    root.mkdir()
+    volume, labels = oblique_case()
+    image = write_image(volume.array, root / "case.nii.gz", reference=volume)
+    return ServedCase(root=root, image=image, volume=volume, labels=labels)
+
+
+@pytest.fixture
+def bright_sessions() -> Callable[[Volume], InteractiveSession]:
+    """``make_session`` of a server: one stand-in predictor shared by every session (as ``lesionsam serve`` does)."""
+    predictor = bright_predictor()
+    return lambda volume: InteractiveSession(predictor, volume)
+
+
+@pytest.fixture
+def kit() -> SimpleNamespace:
+    """The helpers above for the test modules (which cannot import this conftest by name)."""
+    return SimpleNamespace(
+        bright_predictor=bright_predictor,
+        tiny_predictor=tiny_predictor,
+        oblique_case=oblique_case,
+        blob_centre_ijk=blob_centre_ijk,
+        blobs=BLOBS,
+        auto_model=BrightAuto,
+    )
