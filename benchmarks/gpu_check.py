@@ -17,7 +17,7 @@ Checks, each one row of the printed table (also ``OUT/gpu_check.json`` and ``.md
 5. **DDP**: with two or more GPUs, ``torchrun --nproc_per_node N -m lesionsam.cli.main train`` (NCCL) for one
    epoch (skipped on one GPU or a CPU);
 6. **ablation**: ``lesionsam ablate`` with the 4 variants × seed 0 on the synthetic set at the same preset
-   (``--ablation-epochs`` epochs each): minutes per run and the table (random initial weights unless
+   (``--ablation-epochs`` epochs each, with its click curves): minutes per run and the table (random weights unless
    ``--checkpoint`` gives SAM-Med3D-turbo: the Dice says nothing then, the timing and the files do).
 
 ``--tiny`` shrinks every size (tiny backbone, 32³ crops, small volumes) so that the same code runs in about a minute
@@ -181,14 +181,22 @@ def check_predictor(s: Sizes, checkpoint: Path, device: torch.device) -> Check:
         if device.type == "cuda":
             modes["bf16 autocast"] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         for name, ctx in modes.items():
-            predict(image, Path(tmp) / "warm.nrrd", points=[point], predictor=predictor, progress=False)  # warm-up
-            _peak_reset(device)
-            t0 = time.perf_counter()
-            with ctx():
-                predict(image, Path(tmp) / f"{name}.nrrd", points=[point], predictor=predictor, progress=False)
-            rows[name] = {"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(device)}
-    text = "; ".join(f"{n}: {r['seconds']:.2f} s, peak {_mb(r['peak_mb'])}" for n, r in rows.items())
-    return Check("predictor", summary=f"{'x'.join(map(str, s.ct_shape_ijk))} CT, one click: {text}", figures=rows)
+            try:  # bf16 autocast is not a predictor setting: a failure there is reported, not fatal
+                predict(image, Path(tmp) / "warm.nrrd", points=[point], predictor=predictor, progress=False)
+                _peak_reset(device)
+                t0 = time.perf_counter()
+                with ctx():
+                    predict(image, Path(tmp) / f"{name}.nrrd", points=[point], predictor=predictor, progress=False)
+                rows[name] = {"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(device)}
+            except Exception as exc:
+                rows[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:160]}
+    text = "; ".join(
+        f"{n}: FAILED ({r['error']})" if "error" in r else f"{n}: {r['seconds']:.2f} s, peak {_mb(r['peak_mb'])}"
+        for n, r in rows.items()
+    )
+    status = "FAILED" if "error" in rows["fp32"] else "ok"
+    shape = "x".join(map(str, s.ct_shape_ijk))
+    return Check("predictor", status, f"{shape} CT, one click: {text}", figures=rows)
 
 
 def check_loader(s: Sizes, root: Path, out: Path, device: torch.device, workers: int) -> Check:

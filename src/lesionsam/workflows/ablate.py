@@ -319,7 +319,7 @@ def _train_and_test(
         device=_device(cfg),
         progress=False,
     )
-    gate_rates(best, test_root, run_dir / "gates.csv", label=label, channel=channel)
+    gate_rates(best, test_root, run_dir / "gates.csv", label=label, channel=channel, device=_device(cfg))
     if clicks:
         evaluate_clicks(
             test_root / "imagesTr",

@@ -287,7 +287,13 @@ NO_LESION_CROPS = 2
 
 
 def gate_rates(
-    checkpoint: Path, test_root: Path, out_csv: Path, *, label: int = LESION, channel: int | None = None
+    checkpoint: Path,
+    test_root: Path,
+    out_csv: Path,
+    *,
+    label: int = LESION,
+    channel: int | None = None,
+    device: str = "cpu",
 ) -> Path | None:
     """SGP-SAM's gate activation by crop content (None for gate-less models).
 
@@ -295,12 +301,13 @@ def gate_rates(
     spacing): the share of gates open for the crop centred on it, with a centre click as predicted. Per case also
     :data:`NO_LESION_CROPS` crops that hold no voxel of ``label``, centred on seeded random voxels of the labelled
     anatomy (else of the body), size bin ``"no lesion"``. Writes ``case, lesion, volume_ml, size_bin, gate_rate``
-    (``lesion`` and ``volume_ml`` 0 for the lesion-free crops). ``channel``: of multi-channel images.
+    (``lesion`` and ``volume_ml`` 0 for the lesion-free crops). ``channel``: of multi-channel images; ``device``: where
+    the model runs.
     """
     model, _ = load_model(checkpoint)
     if not hasattr(model, "sgpm"):
         return None
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     rows = []
     labels_dir = test_root / "labelsTr"
     rng = np.random.default_rng(0)
@@ -338,12 +345,13 @@ def _lesion_free_centres(pre: Preprocessed, label: int, crop: int, rng: np.rando
 def _gate_rate(predictor: Predictor, pre: Preprocessed, dhw: np.ndarray, *, click: bool) -> float:
     """Share of open gates for the crop centred at canonical ``dhw`` (with a click there, or encoded alone)."""
     crop, box = crop_or_pad(pre.image, dhw, predictor.crop, pad_value=pre.background)
-    image = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
+    image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(predictor.device)
     with torch.inference_mode():
         if not click:
             return float(predictor.model.encode(image).gates.float().mean())
-        point = torch.as_tensor(box.to_crop(dhw), dtype=torch.float32).clamp(0, predictor.crop - 1)
-        prompts = Prompts(points=point[None, None], labels=torch.ones(1, 1, dtype=torch.int64))
+        point = torch.as_tensor(box.to_crop(dhw), dtype=torch.float32, device=predictor.device)
+        point = point.clamp(0, predictor.crop - 1)
+        prompts = Prompts(points=point[None, None], labels=torch.ones(1, 1, dtype=torch.int64, device=predictor.device))
         return float(predictor.model(image, prompts).extras["gates"].float().mean())
 
 
