@@ -1,4 +1,4 @@
-"""``lesionsam demo`` (the main job) and ``lesionsam ablate`` (the ablation table)."""
+"""``lesionsam demo`` (the main job), ``lesionsam ablate`` (the ablation table) and the studies."""
 
 from __future__ import annotations
 
@@ -39,29 +39,89 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 def _ablate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ablate",
-        help="the SGP-SAM ablation (methods × seeds) on the demo's synthetic data",
+        help="the SGP-SAM ablation (methods × seeds): on the demo's synthetic data, or on any run config",
         description=(
-            "Trains every method (default: finetune, finetune_zoom, sgp_dice, sgp_sam) with every seed on the demo's "
-            "data and pretrained model, evaluates each on the test set and writes OUT/ablation.md and .json "
-            "(mean ± sd over seeds of Dice, Dice of lesions < 1 cm³, lesion F1, gate activation rate)."
+            "Trains every method (default: finetune, finetune_zoom, sgp_dice, sgp_sam) with every seed, each in "
+            "OUT/<method>_seed<seed>/, evaluates each on the test set (one centre click per lesion) and writes "
+            "OUT/ablation.md and .json (mean ± sd over seeds, paired comparison with the first method, gate "
+            "activation rate by lesion size). Without CONFIG: the demo's synthetic data and pretrained tiny model. "
+            "With CONFIG (a YAML or a preset such as liver_sgp_sam, with key=value overrides, e.g. "
+            "data.root=/data/Task03_Liver model.checkpoint=/weights/sam_med3d_turbo.pth): every run uses that "
+            "config but for model.method and train.seed; the test set is data.splits' test list, else a seeded "
+            "--test-fraction of the cases (OUT/splits.json), used for nothing else. A second call skips finished "
+            "runs and resumes a half-finished one from its last.pt; --only-run / --shard spread runs over processes "
+            "or GPUs, and a call without them collects the table."
         ),
     )
-    p.add_argument("--out", type=Path, default=Path("runs/ablation"), help="output folder (default runs/ablation)")
+    p.add_argument("config", nargs="?", default=None, help="run config YAML or packaged preset (default: the demo)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config changes (with CONFIG)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default runs/ablation, or runs/ablation_<config name>)"
+    )
     p.add_argument("--methods", default="finetune,finetune_zoom,sgp_dice,sgp_sam", help="comma-separated methods")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
-    p.add_argument("--quick", action="store_true", help="smoke-run sizes")
+    p.add_argument("--quick", action="store_true", help="smoke-run sizes (demo data only)")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="with CONFIG and no data.splits: share of the cases held out as the test set (default 0.2)",
+    )
+    p.add_argument(
+        "--clicks",
+        type=int,
+        default=None,
+        help="with CONFIG: clicks per test lesion of the interactive protocol (default 10; 0: none)",
+    )
+    p.add_argument(
+        "--only-run", action="append", default=[], metavar="METHOD:SEED", help="make only this run (repeatable)"
+    )
+    p.add_argument("--shard", default=None, metavar="I/N", help="make every N-th run from the I-th (from 0)")
 
     def run(a: argparse.Namespace) -> int:
         from lesionsam.models import known_methods
         from lesionsam.utils.options import look_up_option
-        from lesionsam.workflows.demo import ablate
+        from lesionsam.workflows.ablate import (
+            CLICKS,
+            TEST_FRACTION,
+            ablate,
+            ablate_config,
+            parse_run,
+            parse_seeds,
+            parse_shard,
+        )
 
         methods = [look_up_option(m.strip(), known_methods(), what="method") for m in a.methods.split(",") if m]
-        try:
-            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--seeds must be comma-separated integers, got {a.seeds!r}") from None
-        print(ablate(a.out, methods=methods, seeds=seeds, quick=a.quick, progress=sys.stderr.isatty()))
+        seeds = parse_seeds(a.seeds)
+        only = [parse_run(r) for r in a.only_run]
+        shard = parse_shard(a.shard) if a.shard is not None else None
+        progress = sys.stderr.isatty()
+        if a.config is None or "=" in a.config:
+            if a.config is not None or a.overrides:
+                raise ValueError("key=value overrides need a CONFIG first (e.g. lesionsam ablate liver_sgp_sam ...)")
+            if a.test_fraction is not None or a.clicks is not None:
+                raise ValueError("--test-fraction and --clicks are for a CONFIG's ablation, not the demo's")
+            out = a.out or Path("runs/ablation")
+            result = ablate(out, methods=methods, seeds=seeds, quick=a.quick, progress=progress, only=only, shard=shard)
+        else:
+            from lesionsam.configs import resolve_config
+
+            if a.quick:
+                raise ValueError("--quick sets the demo's sizes; with CONFIG set train.epochs=... instead")
+            result = ablate_config(
+                resolve_config(a.config),
+                overrides=a.overrides,
+                out=a.out,
+                methods=methods,
+                seeds=seeds,
+                test_fraction=TEST_FRACTION if a.test_fraction is None else a.test_fraction,
+                clicks=CLICKS if a.clicks is None else a.clicks,
+                only=only,
+                shard=shard,
+                progress=progress,
+            )
+        if result is not None:
+            print(result)
         return 0
 
     p.set_defaults(func=run)

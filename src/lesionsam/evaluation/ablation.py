@@ -321,14 +321,23 @@ def ablation_table(rows: Sequence[AblationEntry]) -> str:
 
 
 def write_ablation(
-    out_dir: str | os.PathLike[str], rows: Sequence[AblationEntry], *, n_boot: int = 10000, seed: int = 0
+    out_dir: str | os.PathLike[str],
+    rows: Sequence[AblationEntry],
+    *,
+    n_boot: int = 10000,
+    seed: int = 0,
+    notes: Sequence[str] = (),
+    sections: Sequence[tuple[str, str]] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/ablation.md`` (the :func:`ablation_table` with its sources) and ``ablation.json``.
 
     ``ablation.md`` also holds the paired comparison of each method with the first (the baseline), pooled over seeds
     (:func:`pooled_comparisons`, bootstrap with ``n_boot`` resamples and ``seed``), a warning line for a method whose
     median predicted/GT volume ratio (mean over seeds) leaves [0.5, 2], and the gate activation rate by lesion size
-    with the number of lesions per bin.
+    with the number of lesions per bin. ``sections`` (title, Markdown) follow (e.g. the click curves of
+    :mod:`lesionsam.evaluation.ablation_clicks`); ``notes`` (the protocol: data, split, test clicks) go in a section
+    of their own before the table's sources, one bullet each. ``extra`` adds keys to ``ablation.json``.
 
     ``ablation.json`` = ``{"format": "lesionsam-ablation", "version": 1, "sd": "...", "methods":
     ablation_summary(rows), "comparisons": pooled_comparisons(...)}`` (strict JSON; a missing value is null).
@@ -349,6 +358,7 @@ def write_ablation(
         "comparisons": [
             {**c, "comparison": None if c["comparison"] is None else c["comparison"].to_dict()} for c in comparisons
         ],
+        **(extra or {}),
     }
     atomic_write_bytes(out / "ablation.json", (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
     lines = [
@@ -393,6 +403,10 @@ def write_ablation(
             "n = lesions in the bin (per seed when the seeds differ).",
             "",
         ]
+    for title, body in sections:
+        lines += [f"## {title}", "", body, ""]
+    if notes:
+        lines += ["## Protocol", "", *(f"- {n}" for n in notes), ""]
     lines += ["## Sources", ""]
     for m in summary:
         for src in m["sources"]:

@@ -362,14 +362,7 @@ class Trainer:
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
-        loader = DataLoader(
-            train_set,
-            batch_size=t.batch_size,
-            sampler=sampler,
-            num_workers=self.cfg.data.num_workers,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=collate,
-        )
+        loader = self.loader(train_set, sampler, seed)
         per_epoch = self._steps_per_epoch(train_set)
         model.train()
         losses: list[float] = []
@@ -385,8 +378,8 @@ class Trainer:
         for step, batch in enumerate(loader):
             if step >= per_epoch:
                 break
-            image = batch["image"].to(self.device)
-            label = batch["label"].to(self.device)
+            image = batch["image"].to(self.device, non_blocking=True)
+            label = batch["label"].to(self.device, non_blocking=True)
             target = batch["target"]
             last_micro = (step + 1) % t.accumulate == 0 or step + 1 == per_epoch
             sync = nullcontext() if (last_micro or not self.dist.enabled) else step_module.no_sync()
@@ -422,6 +415,18 @@ class Trainer:
             "lr": float(optimizer.param_groups[-1]["lr"]),
             "seconds": round(seconds, 3),
         }
+
+    def loader(self, train_set: Dataset, sampler: Any, seed: int) -> DataLoader:
+        """The training batches: ``data.num_workers`` worker processes, page-locked (pinned) memory on CUDA."""
+        return DataLoader(
+            train_set,
+            batch_size=self.cfg.train.batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+            collate_fn=collate,
+        )
 
     def validate(self, model: SegModel, val_set: Dataset) -> float:
         """Mean Dice over the validation crops (:func:`~lesionsam.training.validation.validate`), with this run's

@@ -9,8 +9,8 @@ With nothing downloaded:
 4. predict the test set with one centre click per tumour, **evaluate** with ``lesionsam evaluate``'s evaluator,
    measure SGP-SAM's gate activation per tumour, and write a report (Markdown + PNG figures).
 
-``ablate`` runs step 3–4 for several methods and seeds on the same data and pretrained model and writes an
-ablation table (mean ± sd over seeds).
+``lesionsam ablate`` (:mod:`lesionsam.workflows.ablate`) runs step 3–4 for several methods and seeds on the same
+data and pretrained model and writes an ablation table (mean ± sd over seeds).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from lesionsam.data.io import is_image_path, read_image
 from lesionsam.data.synthetic import LESION, ORGAN, VESSEL, write_synthetic_dataset
 from lesionsam.data.transforms import Preprocessed
 from lesionsam.evaluation.metrics import volume_bin
-from lesionsam.evaluation.report import AblationEntry, MethodRun, write_ablation, write_report
+from lesionsam.evaluation.report import MethodRun, write_report
 from lesionsam.evaluation.sweeps import read_sweep_rows, sweep_summary
 from lesionsam.inference.predictor import Predictor
 from lesionsam.models import ModelConfig, Prompts
@@ -287,19 +287,28 @@ def transfer(
 NO_LESION_CROPS = 2
 
 
-def gate_rates(checkpoint: Path, test_root: Path, out_csv: Path, *, label: int = LESION) -> Path | None:
+def gate_rates(
+    checkpoint: Path,
+    test_root: Path,
+    out_csv: Path,
+    *,
+    label: int = LESION,
+    channel: int | None = None,
+    device: str = "cpu",
+) -> Path | None:
     """SGP-SAM's gate activation by crop content (None for gate-less models).
 
     Per test tumour (26-connected component of ``label`` on the image's own grid, its volume from that grid's
     spacing): the share of gates open for the crop centred on it, with a centre click as predicted. Per case also
     :data:`NO_LESION_CROPS` crops that hold no voxel of ``label``, centred on seeded random voxels of the labelled
     anatomy (else of the body), size bin ``"no lesion"``. Writes ``case, lesion, volume_ml, size_bin, gate_rate``
-    (``lesion`` and ``volume_ml`` 0 for the lesion-free crops).
+    (``lesion`` and ``volume_ml`` 0 for the lesion-free crops). ``channel``: of multi-channel images; ``device``: where
+    the model runs.
     """
     model, _ = load_model(checkpoint)
     if not hasattr(model, "sgpm"):
         return None
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     rows = []
     labels_dir = test_root / "labelsTr"
     rng = np.random.default_rng(0)
@@ -307,7 +316,7 @@ def gate_rates(checkpoint: Path, test_root: Path, out_csv: Path, *, label: int =
         cid = case_id(lab_path)
         label_vol = read_image(lab_path)
         image_path = next(p for p in (test_root / "imagesTr").iterdir() if case_id(p) == cid)
-        pre = predictor.preprocessor(read_image(image_path), label_vol)
+        pre = predictor.preprocessor(read_image(image_path, channel=channel), label_vol)
         comps, n = label_lesions(label_vol.array == label)
         voxel_ml = float(np.prod(label_vol.spacing)) / 1000.0
         for idx in range(1, n + 1):
@@ -337,12 +346,13 @@ def _lesion_free_centres(pre: Preprocessed, label: int, crop: int, rng: np.rando
 def _gate_rate(predictor: Predictor, pre: Preprocessed, dhw: np.ndarray, *, click: bool) -> float:
     """Share of open gates for the crop centred at canonical ``dhw`` (with a click there, or encoded alone)."""
     crop, box = crop_or_pad(pre.image, dhw, predictor.crop, pad_value=pre.background)
-    image = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
+    image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(predictor.device)
     with torch.inference_mode():
         if not click:
             return float(predictor.model.encode(image).gates.float().mean())
-        point = torch.as_tensor(box.to_crop(dhw), dtype=torch.float32).clamp(0, predictor.crop - 1)
-        prompts = Prompts(points=point[None, None], labels=torch.ones(1, 1, dtype=torch.int64))
+        point = torch.as_tensor(box.to_crop(dhw), dtype=torch.float32, device=predictor.device)
+        point = point.clamp(0, predictor.crop - 1)
+        prompts = Prompts(points=point[None, None], labels=torch.ones(1, 1, dtype=torch.int64, device=predictor.device))
         return float(predictor.model(image, prompts).extras["gates"].float().mean())
 
 
@@ -440,44 +450,3 @@ def demo(
     )
     _say(f"done in {time.perf_counter() - t_all:.0f} s: {report}")
     return report
-
-
-def ablate(
-    out: str | os.PathLike[str] = "runs/ablation",
-    *,
-    methods: Sequence[str] = ABLATION_METHODS,
-    seeds: Sequence[int] = (0, 1, 2),
-    quick: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Every method × seed on the demo's data and pretrained model; writes ``ablation.md`` and ``.json``.
-
-    A (method, seed) whose run folder already holds its test metrics (``test_metrics/metrics.json``, written
-    last) is not trained again, so an interrupted ablation continues where it stopped and runs made by
-    several processes into one folder are collected by a last call.
-    """
-    s = DemoSettings.quick() if quick else DemoSettings.full()
-    root = Path(out)
-    _say(
-        f"lesionsam ablate: {len(methods)} methods × {len(seeds)} seeds, about "
-        f"{2 + s.minutes_per_transfer * len(methods) * len(seeds):.0f} min on a 2-core CPU"
-    )
-    train_root, test_root = prepare_data(root, s, seed=0)
-    pretrained = pretrain(train_root, s, seed=0, progress=progress)
-    entries = []
-    for method in methods:
-        for seed in seeds:
-            run_dir = root / f"{method}_seed{seed}"
-            eval_dir, gates = run_dir / "test_metrics", run_dir / "gates.csv"
-            if (eval_dir / "metrics.json").is_file():
-                _say(f"  {method} seed {seed}: already done ({eval_dir})")
-            else:
-                best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
-                evaluate_method(best, test_root, run_dir)
-                _say(f"  {method} seed {seed}: done")
-            entries.append(
-                AblationEntry(method=method, seed=seed, eval_dir=eval_dir, gates_csv=gates if gates.is_file() else None)
-            )
-    path = write_ablation(root, entries)
-    _say(f"ablation table: {path}")
-    return path
