@@ -480,7 +480,7 @@ def test_auto_with_clicks_replaces_the_clicked_lesion_by_the_promptable_model(tm
 
 
 def test_small_components_are_dropped_by_volume_in_mm3() -> None:
-    from lesionsam.inference.predictor import drop_small_components
+    from lesionsam.inference.postprocess import drop_small_components
 
     mask = np.zeros((10, 10, 10), bool)
     mask[0:2, 0:2, 0:2] = True  # 8 voxels

@@ -35,23 +35,22 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.special import expit
 
-from lesionsam.data.crops import crop_box, take
 from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
-from lesionsam.inference.postprocess import components_by_size as _components
-from lesionsam.inference.postprocess import drop_small_components, keep_clicked_components
+from lesionsam.inference.postprocess import keep_clicked_components
+from lesionsam.inference.prediction import Prediction
+from lesionsam.inference.whole_volume import WholeVolumeModes
 from lesionsam.inference.windows import ChainState, WindowRunner, first_center
-from lesionsam.models import ModelConfig, Prompts, SegModel, build_model, competing_logits
+from lesionsam.models import ModelConfig, SegModel, build_model
 from lesionsam.models.checkpoint import FORMAT, load_sam_med3d_weights, read_weights_file
 from lesionsam.models.registry import load_model
 
@@ -89,34 +88,6 @@ class LesionClicks:
             raise ValueError(f"lesion id must be in 1..65535, got {self.lesion_id}")
 
 
-@dataclass
-class Prediction:
-    """A prediction on the original image grid.
-
-    Attributes:
-        labels: (D, H, W) uint16 label map on the input's grid: 0 background, elsewhere lesion ids (clicks, text)
-            or the classes' label values (:meth:`Predictor.predict_auto`).
-        probabilities: (D, H, W) float32 lesion probability on the input's grid (max over lesions), or None.
-        reference: the input's geometry (use it to write the arrays).
-        windows: number of model crops run per lesion id.
-        seconds: wall time of :meth:`Predictor.predict`.
-        competitors: text alone (:meth:`Predictor.predict_text`): the other class texts the text was decided
-            against (empty: the text's own logits were thresholded).
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray | None
-    reference: Volume
-    windows: dict[int, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    competitors: tuple[str, ...] = ()
-
-
-def _text_key(text: str) -> str:
-    """A text prompt compared case- and spacing-insensitively ("Liver  Tumour" = "liver tumour")."""
-    return " ".join(text.lower().split())
-
-
 def _trained_class_texts(ckpt: Mapping[str, Any], data: Mapping[str, Any]) -> dict[int, list[str]]:
     """The class texts a text-referred lesionsam checkpoint was trained on: what the trainer stored
     (``extra.class_texts``), else the run's ``data.label_texts`` for its target labels (older checkpoints)."""
@@ -128,7 +99,7 @@ def _trained_class_texts(ckpt: Mapping[str, Any], data: Mapping[str, Any]) -> di
     return {int(t): given[int(t)] for t in targets if given.get(int(t))}
 
 
-class Predictor:
+class Predictor(WholeVolumeModes):
     """Segments lesions from clicks in whole volumes (see the module docstring for the algorithm).
 
     Args:
@@ -340,190 +311,6 @@ class Predictor:
                 if isinstance(module, (torch.nn.Linear, torch.nn.Conv3d)):
                     module.to(self.dtype)
         return self._encoder
-
-    def _check_text(self, text: str | None) -> None:
-        if self.model.prompt_free:
-            raise ValueError(
-                f"{self.model.display_name} is prompt-free: it takes no clicks or text; use --auto "
-                "(Predictor.predict_auto), or refine with a promptable checkpoint"
-            )
-        kinds = self.model.accepted_prompts | self.model.required_prompts
-        if text is not None and "text" not in kinds:
-            raise ValueError(f"{self.model.display_name} does not take text prompts; give clicks instead")
-        if text is None and "text" in self.model.required_prompts:
-            raise ValueError(f'{self.model.display_name} needs a text prompt (--text "liver tumour")')
-        if text is not None and not text.strip():
-            raise ValueError("the text prompt is empty")
-
-    def competitors(self, text: str) -> tuple[str, ...]:
-        """The texts that text alone naming ``text`` is decided against: the first text of every other class the
-        model was trained on (:attr:`class_texts`), when ``text`` is one of exactly one class's texts (compared
-        case- and spacing-insensitively); otherwise none (a free text is not a known class)."""
-        key = _text_key(text)
-        own = [v for v, texts in self.class_texts.items() if key in {_text_key(t) for t in texts}]
-        if len(own) != 1:
-            return ()
-        return tuple(texts[0] for v, texts in self.class_texts.items() if v != own[0])
-
-    def predict_text(
-        self,
-        text: str,
-        *,
-        probabilities: bool = False,
-        overlap: float = 0.25,
-        batch_size: int = 1,
-        min_lesion_mm3: float = 0.0,
-        compete: bool = True,
-    ) -> Prediction:
-        """Segment everything the text refers to, with no click: sliding windows over the whole volume.
-
-        Windows of the model's crop size cover the canonical grid with ``overlap`` and Gaussian blending
-        (MONAI's ``sliding_window_inference``); each connected component of the thresholded result becomes one
-        lesion (ids 1, 2, ... by decreasing size); components under ``min_lesion_mm3`` are dropped.
-
-        With ``compete`` (the default), a text that names one of the classes the model was trained on is decided
-        against the others (:meth:`competitors`). A model with a region classifier (RefSAM3D's
-        ``region_scores``) decides lesion by lesion: every connected component of the text's own mask (on the
-        model's grid) is scored, in a window centred on it, against the text and its competitors, and is kept only
-        where the text wins (``train.region_classes`` trains that decision). Otherwise each window is decoded with
-        every class's text and a voxel is the text's where its class beats background and every other class in a
-        softmax over them (:func:`~lesionsam.models.competing_logits`; ``train.text_competition``). Without known
-        classes, or with ``compete=False``, the text's own logits are thresholded.
-        """
-        t0 = time.perf_counter()
-        self._check_text(text)
-        pre = self.preprocessed
-        rivals = self.competitors(text) if compete else ()
-        by_region = bool(rivals) and self.model.scores_regions
-        if rivals:
-            log.info('text "%s" is decided against the other trained class texts: %s', text, ", ".join(rivals))
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            n = x.shape[0]
-            if not rivals or by_region:
-                return self.model(x, Prompts(text=[text] * n)).logits[:, :1].float() - self.logit_offset
-            encoded = self.model.encode(x)
-            own, *others = (
-                self.model.decode(encoded, Prompts(text=[t] * n)).logits[:, :1].float() - self.logit_offset
-                for t in (text, *rivals)
-            )
-            return competing_logits(own, torch.cat(others, dim=1))
-
-        logits = self._sliding_windows(run, overlap=overlap, batch_size=batch_size)
-        prob = expit(logits[0])
-        if by_region:
-            prob = np.where(self._regions_won(prob > self.threshold, (text, *rivals)), prob, 0.0)
-        prob_orig = self.preprocessor.invert(prob.astype(np.float32), pre, interpolation="linear")
-        fg = drop_small_components(prob_orig > self.threshold, pre.source.spacing, min_lesion_mm3)
-        labels = _components(fg)
-        return Prediction(
-            labels=labels,
-            probabilities=prob_orig.astype(np.float32) if probabilities else None,
-            reference=pre.source,
-            windows={},
-            seconds=time.perf_counter() - t0,
-            competitors=rivals,
-        )
-
-    def _regions_won(self, mask: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """The part of a canonical-grid mask whose connected components the model's region classifier gives to
-        ``texts[0]`` rather than to any other of ``texts``: each component is scored in a model window centred
-        on its centre of mass (the part of it inside that window)."""
-        pre = self.preprocessed
-        keep = np.zeros_like(mask)
-        comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-        for c in range(1, n + 1):
-            component = comps == c
-            box = crop_box(ndimage.center_of_mass(component), self.crop, mask.shape)
-            window = take(pre.image.astype(np.float32, copy=False), box, pad_value=float(pre.background))
-            region = torch.from_numpy(take(component, box))[None, None]
-            with torch.inference_mode():
-                encoded = self.model.encode(torch.from_numpy(window)[None, None].to(self.device))
-                scores = self.model.region_scores(encoded, 0, region, list(texts))
-            if int(scores[0].argmax()) == 0:
-                keep |= component
-        return keep
-
-    def _sliding_windows(self, run: Any, *, overlap: float, batch_size: int, progress: bool = False) -> np.ndarray:
-        """``run`` ((n, 1, S, S, S) crops → (n, C, S, S, S) float) over the whole canonical grid with MONAI's
-        ``sliding_window_inference`` (Gaussian blending, ``batch_size`` windows per call; windows run on the
-        model's device, the blended result is kept on the CPU). Returns (C, D, H, W) float32."""
-        from monai.inferers import sliding_window_inference
-
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        pre = self.preprocessed
-        image = torch.from_numpy(np.ascontiguousarray(pre.image, dtype=np.float32))[None, None]
-        with torch.inference_mode():
-            out = sliding_window_inference(
-                image,
-                roi_size=(self.crop,) * 3,
-                sw_batch_size=batch_size,
-                predictor=run,
-                overlap=overlap,
-                mode="gaussian",
-                padding_mode="constant",
-                cval=float(pre.background),
-                sw_device=self.device,
-                device=torch.device("cpu"),
-                progress=progress,
-            )
-        return out[0].float().numpy()
-
-    def predict_auto(
-        self,
-        *,
-        probabilities: bool = False,
-        overlap: float = 0.25,
-        batch_size: int = 2,
-        progress: bool = False,
-        min_lesion_mm3: float = 0.0,
-    ) -> Prediction:
-        """Segment every lesion class of a prompt-free model in the whole volume, with no prompt at all.
-
-        Sliding windows (``overlap``, Gaussian blending of the softmax probabilities, ``batch_size`` windows per
-        forward pass) cover the canonical grid; the K + 1 class probabilities are resampled linearly onto the
-        input's grid and their arg-max is written as :attr:`class_values` (0 background). Each connected component
-        of a class is one lesion.
-
-        Args:
-            probabilities: also return the lesion probability (1 − background probability) on the input grid.
-            overlap: window overlap in [0, 1).
-            batch_size: windows per forward pass.
-            progress: show MONAI's progress bar over the window batches.
-            min_lesion_mm3: drop connected components (of each class) smaller than this volume, mm³.
-
-        Raises:
-            ValueError: the model needs prompts (``--auto`` needs a prompt-free method such as ``hsam``).
-        """
-        t0 = time.perf_counter()
-        if not self.model.prompt_free:
-            raise ValueError(
-                f"{self.model.display_name} needs clicks or text; --auto needs the checkpoint of a prompt-free method "
-                "(hsam)"
-            )
-        pre = self.preprocessed
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return self.model(x).logits.float().softmax(1)
-
-        prob = self._sliding_windows(run, overlap=overlap, batch_size=batch_size, progress=progress)
-        back = np.stack([self.preprocessor.invert(np.ascontiguousarray(c), pre, interpolation="linear") for c in prob])
-        lut = np.asarray((0, *self.class_values), dtype=np.uint16)
-        labels = lut[np.argmax(back, axis=0)]
-        if min_lesion_mm3 > 0:
-            for value in self.class_values:
-                small = (labels == value) & ~drop_small_components(labels == value, pre.source.spacing, min_lesion_mm3)
-                labels[small] = 0
-        return Prediction(
-            labels=labels,
-            probabilities=(1.0 - back[0]).astype(np.float32) if probabilities else None,
-            reference=pre.source,
-            windows={},
-            seconds=time.perf_counter() - t0,
-        )
 
     # ------------------------------------------------------------------------------------------ public
     def predict(

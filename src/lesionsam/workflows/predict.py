@@ -21,7 +21,8 @@ from lesionsam.data.io import (
     read_image,
     write_image,
 )
-from lesionsam.inference.predictor import LesionClicks, Prediction, Predictor, write_prediction
+from lesionsam.inference.prediction import Prediction
+from lesionsam.inference.predictor import LesionClicks, Predictor, write_prediction
 from lesionsam.inference.prompts_io import clicks_from_args, clicks_from_label, read_prompt_file
 from lesionsam.models.checkpoint import check_checkpoint_file
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
