@@ -26,7 +26,7 @@ from lesionsam.evaluation.overlays import (
     slice_orientation,
 )
 from lesionsam.evaluation.report_io import TrainCurve
-from lesionsam.inference.prompts_io import clicks_from_label
+from lesionsam.inference.prompt_files import clicks_from_label
 
 BINS = ["<1 cm3", "1-10 cm3", ">10 cm3"]
 CURVE = TrainCurve((0.0, 1.0, 2.0), (0.9, 0.5, 0.4), (1.0, 2.0), (0.2, 0.4))

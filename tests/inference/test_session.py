@@ -20,7 +20,7 @@ from lesionsam.data.io import Volume, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 from lesionsam.inference.boxes import Box, CanonicalBox, parse_box, prior_logits, to_canonical
 from lesionsam.inference.predictor import LesionClicks, Predictor
-from lesionsam.inference.prompts_io import read_prompt_file
+from lesionsam.inference.prompt_files import read_prompt_file
 from lesionsam.inference.regions import invert_region
 from lesionsam.inference.session import InteractiveSession
 from lesionsam.models import Prompts, SegModel, SegOutput

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lesionsam.config import load_run_config
-from lesionsam.data.prompts import ClickSimulator
+from lesionsam.data.clicks import ClickSimulator
 from lesionsam.losses import build_loss
 from lesionsam.models import ModelConfig, build_model
 from lesionsam.models.backbone import get_preset

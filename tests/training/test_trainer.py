@@ -183,7 +183,7 @@ def test_negative_crops_need_a_text_referred_method(dataset: Path, tmp_path: Pat
 
 def test_text_step_trains_on_empty_crops_with_error_clicks() -> None:
     """A crop without its target class (a negative crop) trains with text, then clicks on the false positives."""
-    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.data.clicks import ClickSimulator
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
@@ -253,7 +253,7 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     """With train.text_pairs a text batch doubles: the same crop again, with another class's text and mask."""
     import numpy as np
 
-    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.data.clicks import ClickSimulator
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
@@ -322,7 +322,7 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
     cross-entropy of both classes' lesions (one each here) against the pair's texts."""
     import numpy as np
 
-    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.data.clicks import ClickSimulator
     from lesionsam.losses import build_loss
     from lesionsam.models import competing_logits
     from lesionsam.models.backbone import get_preset
@@ -394,7 +394,7 @@ def test_text_pair_terms_need_text_pairs_and_a_non_negative_weight(term: str) ->
 
 
 def test_region_classes_need_a_region_classifier() -> None:
-    from lesionsam.data.prompts import ClickSimulator
+    from lesionsam.data.clicks import ClickSimulator
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import build_sam3d, get_preset
     from lesionsam.training.steps import InteractiveStep

@@ -7,7 +7,7 @@ clicks needed to reach a Dice of 0.9, as in RITM). For every ground-truth lesion
 
 1. the first click is a positive click inside the lesion; each later click is placed on the error region of the
    current prediction (a false-negative voxel gives a positive click, a false-positive voxel a negative one) —
-   the training's click simulation (:class:`lesionsam.data.prompts.ClickSimulator`, mode ``"random"`` or
+   the training's click simulation (:class:`lesionsam.data.clicks.ClickSimulator`, mode ``"random"`` or
    ``"center"``), seeded per lesion from ``(seed, case id, lesion number)`` so that results do not depend on
    the order of cases;
 2. after click k the predictor segments the lesion from clicks 1…k through its public API
@@ -128,7 +128,7 @@ def lesion_click_curve(
         predictor: a click-promptable predictor whose :meth:`~Predictor.set_image` was called with the image.
         lesion_mask: (D, H, W) bool, the lesion on the image's own grid (SimpleITK array order (k, j, i)).
         n_clicks: N ≥ 1.
-        mode: click simulation mode, ``"random"`` or ``"center"`` (:data:`lesionsam.data.prompts.CLICK_MODES`).
+        mode: click simulation mode, ``"random"`` or ``"center"`` (:data:`lesionsam.data.clicks.CLICK_MODES`).
         rng: randomness of ``"random"`` mode.
 
     Returns:
@@ -137,7 +137,7 @@ def lesion_click_curve(
     Raises:
         ValueError: an empty lesion mask or ``n_clicks`` < 1.
     """
-    from lesionsam.data.prompts import first_click, next_click
+    from lesionsam.data.clicks import first_click, next_click
     from lesionsam.inference.predictor import LesionClicks
 
     if n_clicks < 1:

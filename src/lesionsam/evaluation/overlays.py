@@ -118,13 +118,13 @@ def centre_clicks(gt: np.ndarray) -> list[np.ndarray]:
     """The centre click of every lesion, as ``lesionsam predict --clicks-from`` places it, in (D, H, W) order.
 
     One click per 26-connected component of ``gt``, largest component first: the interior-most voxel of
-    :func:`lesionsam.data.prompts.first_click` (``mode="center"``), exactly what
-    :func:`lesionsam.inference.prompts_io.clicks_from_label` gives (there in ITK (i, j, k) order; the evaluation
+    :func:`lesionsam.data.clicks.first_click` (``mode="center"``), exactly what
+    :func:`lesionsam.inference.prompt_files.clicks_from_label` gives (there in ITK (i, j, k) order; the evaluation
     layer does not import the inference layer, so the loop is repeated here and tested against it).
     """
     from scipy import ndimage
 
-    from lesionsam.data.prompts import first_click
+    from lesionsam.data.clicks import first_click
 
     comps, n = label_lesions(np.asarray(gt, dtype=bool))
     if n == 0:

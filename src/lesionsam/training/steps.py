@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lesionsam.data.prompts import ClickSimulator
+from lesionsam.data.clicks import ClickSimulator
 from lesionsam.losses import StagedLoss
 from lesionsam.models import Prompts, SegModel, competing_logits
 from lesionsam.models.methods.sgp import gate_budget

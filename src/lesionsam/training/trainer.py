@@ -50,9 +50,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from lesionsam.config import RunConfig
+from lesionsam.data.clicks import ClickSimulator
 from lesionsam.data.dataset_json import dataset_labels, read_dataset_json
 from lesionsam.data.layouts import Case
-from lesionsam.data.prompts import ClickSimulator
 from lesionsam.data.splits import write_splits
 from lesionsam.losses import build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import SegModel, build_model

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lesionsam.data.prompts import ClickSimulator
+from lesionsam.data.clicks import ClickSimulator
 from lesionsam.models import Prompts, SegModel, competing_logits
 from lesionsam.training.steps import class_dice, dice_score
 from lesionsam.training.text_terms import regions_won

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from lesionsam.data.clicks import first_click
 from lesionsam.data.io import read_image
-from lesionsam.data.prompts import first_click
 from lesionsam.data.synthetic import LESION
 from lesionsam.evaluation.statistics import paired_comparison
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box

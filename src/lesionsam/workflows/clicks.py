@@ -103,7 +103,7 @@ def evaluate_clicks(
         ValueError, FileNotFoundError: bad folders, no image for a label map, an output folder that cannot be
             created or that would replace an input, a bad option (all checked before any work).
     """
-    from lesionsam.data.prompts import CLICK_MODES
+    from lesionsam.data.clicks import CLICK_MODES
 
     images_dir, labels_dir, out_dir = Path(images_dir), Path(labels_dir), Path(out)
     if n_clicks < 1:

@@ -23,7 +23,7 @@ from lesionsam.data.io import (
 )
 from lesionsam.inference.prediction import Prediction
 from lesionsam.inference.predictor import LesionClicks, Predictor, write_prediction
-from lesionsam.inference.prompts_io import clicks_from_args, clicks_from_label, read_prompt_file
+from lesionsam.inference.prompt_files import clicks_from_args, clicks_from_label, read_prompt_file
 from lesionsam.models.checkpoint import check_checkpoint_file
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
@@ -100,7 +100,7 @@ def predict(
         * ``points``/``negatives``: ``"i,j,k"`` strings for one lesion (one image only);
         * ``boxes``: ``"i0,j0,k0,i1,j1,k1"`` strings (voxel indices, inclusive; ``k0 == k1`` for a 2D box on slice
           k), one lesion each (one image only); ``points``/``negatives`` with a single box refine its lesion;
-        * ``prompts``: a JSON file (see :mod:`lesionsam.inference.prompts_io`);
+        * ``prompts``: a JSON file (see :mod:`lesionsam.inference.prompt_files`);
         * ``clicks_from``: a label map (or a folder of them, paired by case id): one centre click per
           connected lesion of value ``label`` — the standard first-click benchmark protocol. ``label`` None takes
           the lesion label from the dataset.json beside the label maps, else from the checkpoint's training config

@@ -1,4 +1,8 @@
-"""Simulated user prompts for interactive lesion segmentation: clicks, boxes and the mask fed back.
+"""Simulated clicks for interactive lesion segmentation (training and evaluation), and the mask fed back.
+
+One of three kinds of "prompts" (docs/architecture.md): these are *simulated* clicks; the user's own clicks and
+boxes are read in :mod:`lesionsam.inference.prompt_files`, and the model's prompt tensors are
+:class:`lesionsam.models.Prompts`.
 
 The training loop, the evaluator and the predictor all "click" the same way (SAM-Med3D, Wang et al. 2023,
 *SAM-Med3D*, arXiv:2310.15161; the interior-most click follows RITM, Sofiiuk et al. 2022, *Reviving iterative

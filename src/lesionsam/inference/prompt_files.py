@@ -1,4 +1,6 @@
-"""Clicks from the command line, from a JSON file, or simulated from a label map.
+"""User prompts: clicks and boxes from the command line or a JSON prompts file, or clicks taken from a label map
+(the simulated clicks of training are in :mod:`lesionsam.data.clicks`; the model's tensors in
+:class:`lesionsam.models.Prompts`).
 
 JSON prompt file (one image)::
 
@@ -27,8 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lesionsam.data.clicks import first_click
 from lesionsam.data.io import Volume
-from lesionsam.data.prompts import first_click
 from lesionsam.inference.boxes import Box, parse_box
 from lesionsam.inference.predictor import LesionClicks
 

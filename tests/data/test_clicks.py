@@ -1,4 +1,4 @@
-"""Tests of the click / box simulation in ``lesionsam.data.prompts``."""
+"""Tests of the click / box simulation in ``lesionsam.data.clicks``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lesionsam.data.prompts import (
+from lesionsam.data.clicks import (
     ClickSimulator,
     box_from_label,
     boxes_from_labels,
