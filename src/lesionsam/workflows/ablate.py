@@ -28,7 +28,6 @@ each); such a call writes no table, and a later call without them collects every
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -47,6 +46,7 @@ from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.training.data import load_cases
 from lesionsam.training.distributed import DistContext
 from lesionsam.training.trainer import Callback, Trainer
+from lesionsam.utils.console import say
 from lesionsam.utils.paths import check_can_create
 from lesionsam.workflows.clicks import evaluate_clicks
 from lesionsam.workflows.demo import (
@@ -81,10 +81,6 @@ TEST_FRACTION = 0.2
 CLICKS = 10
 
 Run = tuple[str, int]
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- run selection
@@ -163,7 +159,7 @@ def ablate(
     s = DemoSettings.quick() if quick else DemoSettings.full()
     root = Path(out)
     check_can_create(root, what="--out", folder=True)
-    _say(
+    say(
         f"lesionsam ablate: {len(methods)} methods × {len(seeds)} seeds, about "
         f"{2 + s.minutes_per_transfer * len(methods) * len(seeds):.0f} min on a 2-core CPU"
     )
@@ -175,19 +171,19 @@ def ablate(
             run_dir = root / f"{method}_seed{seed}"
             eval_dir, gates = run_dir / "test_metrics", run_dir / "gates.csv"
             if (eval_dir / "metrics.json").is_file():
-                _say(f"  {method} seed {seed}: already done ({eval_dir})")
+                say(f"  {method} seed {seed}: already done ({eval_dir})")
             elif (method, seed) in chosen:
                 best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
                 evaluate_method(best, test_root, run_dir)
-                _say(f"  {method} seed {seed}: done")
+                say(f"  {method} seed {seed}: done")
             entries.append(
                 AblationEntry(method=method, seed=seed, eval_dir=eval_dir, gates_csv=gates if gates.is_file() else None)
             )
     if only or shard is not None:
-        _say("  runs of this call done; collect the table with the same command without --only-run/--shard")
+        say("  runs of this call done; collect the table with the same command without --only-run/--shard")
         return None
     path = write_ablation(root, entries)
-    _say(f"ablation table: {path}")
+    say(f"ablation table: {path}")
     return path
 
 
@@ -298,10 +294,10 @@ def _train_and_test(
     last = run_dir / "last.pt"
     resume = last.is_file()
     if resume and int(load_checkpoint(last)["epoch"]) >= cfg.train.epochs:
-        _say(f"  {run_dir.name}: trained already, testing")
+        say(f"  {run_dir.name}: trained already, testing")
     else:
         if resume:
-            _say(f"  {run_dir.name}: resuming from {last}")
+            say(f"  {run_dir.name}: resuming from {last}")
         lines = () if progress else (epoch_lines(run_dir.name, cfg.train.epochs),)
         Trainer(cfg, run_dir, progress=progress, callbacks=(*lines, *callbacks)).fit(resume=resume)
     if not main:
@@ -390,7 +386,7 @@ def ablate_config(
         link_test_cases(test_cases, root / "test_data", base.data.channel)
     test_root, channel = root / "test_data", _view_channel(test_cases, base.data.channel)
     _barrier(ctx)
-    _say(
+    say(
         f"lesionsam ablate {base.name}: {len(methods)} methods × {len(seeds)} seeds ({len(chosen)} in this call); "
         f"{len(splits.get('train', []))} training, {len(splits.get('val', []))} validation and "
         f"{len(splits['test'])} test cases (split: {splits_path})"
@@ -400,25 +396,25 @@ def ablate_config(
         run_dir = root / f"{m}_seed{s}"
         metrics = run_dir / "test_metrics" / "metrics.json"
         if metrics.is_file():
-            _say(f"  {run_dir.name}: already done ({metrics.parent})")
+            say(f"  {run_dir.name}: already done ({metrics.parent})")
         elif (m, s) in chosen:
             main = ctx.is_main
             _train_and_test(
                 cfg, run_dir, test_root, channel, progress=progress, callbacks=callbacks, clicks=clicks, main=main
             )
             _barrier(ctx)
-            _say(f"  {run_dir.name}: done")
+            say(f"  {run_dir.name}: done")
         gates = run_dir / "gates.csv"
         entries.append(AblationEntry(m, s, metrics.parent, gates if gates.is_file() else None))
     if only or shard is not None or not ctx.is_main:
-        _say("  runs of this call done; collect the table with the same command without --only-run/--shard")
+        say("  runs of this call done; collect the table with the same command without --only-run/--shard")
         return None
     notes = _protocol(base, splits, splits_path, root, clicks)
     curves = click_summary([(m, s, root / f"{m}_seed{s}" / "test_clicks" / "clicks.json") for m, s in plan])
     body = click_markdown(curves)
     sections = [] if body is None else [("Interactive protocol: Dice after 1…N clicks", body)]
     path = write_ablation(root, entries, notes=notes, sections=sections, extra={"clicks": curves})
-    _say(f"ablation table: {path}")
+    say(f"ablation table: {path}")
     return path
 
 

@@ -27,12 +27,10 @@ from typing import Any
 from lesionsam.config import RunConfig
 from lesionsam.data.synthetic import CYST, LESION
 from lesionsam.training.trainer import Trainer
+from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import (
     DemoSettings,
-    _data_config,
-    _say,
-    _train_config,
     two_class_setup,
 )
 from lesionsam.workflows.evaluate import evaluate
@@ -86,17 +84,17 @@ def auto_study(
     s = DemoSettings.quick() if quick else DemoSettings.studies()
     root = Path(out)
     flag = " --quick" if quick else ""
-    _say(
+    say(
         f"lesionsam auto-study{flag}: H-SAM (no prompt) vs {baseline} (one click per lesion) on tumours + cysts, "
         f"same budget; about {2 if quick else AUTO_STUDY_MINUTES:.0f} min on a 2-core CPU"
     )
     t_all = time.perf_counter()
     pretrained, train_root, test_root = two_class_setup(root, s, seed=seed, progress=progress)
-    data = _data_config(train_root, s, target_labels=tuple(CLASSES))
+    data = s.data_config(train_root, target_labels=tuple(CLASSES))
     # Same budget: H-SAM takes one crop per training case per epoch; the baseline's crops (one per case and
     # class present) are capped at the same number of steps.
     steps = math.ceil(round(s.train_cases * (1 - data.val_fraction)) / s.batch_size)
-    train = replace(_train_config(s, epochs=s.transfer_epochs, seed=seed), max_steps_per_epoch=steps, lr_new=s.lr)
+    train = replace(s.train_config(epochs=s.transfer_epochs, seed=seed), max_steps_per_epoch=steps, lr_new=s.lr)
     hsam_cfg = RunConfig(
         name="hsam",
         model=s.model("hsam", checkpoint=pretrained, options={"num_classes": len(CLASSES)}),
@@ -110,9 +108,9 @@ def auto_study(
         train=train,
     )
     hsam_ckpt, hsam_s = _train(hsam_cfg, root / "hsam", progress)
-    _say(f"  H-SAM trained in {hsam_s:.0f} s")
+    say(f"  H-SAM trained in {hsam_s:.0f} s")
     base_ckpt, base_s = _train(base_cfg, root / baseline, progress)
-    _say(f"  {baseline} trained in {base_s:.0f} s")
+    say(f"  {baseline} trained in {base_s:.0f} s")
 
     rows = []
     labels_dir, images_dir = test_root / "labelsTr", test_root / "imagesTr"
@@ -175,5 +173,5 @@ def auto_study(
     ]
     atomic_write_bytes(root / "auto_study.json", json.dumps(rows, indent=2).encode())
     path = atomic_write_bytes(root / "auto_study.md", "\n".join(lines).encode())
-    _say(f"done in {time.perf_counter() - t_all:.0f} s: {path}")
+    say(f"done in {time.perf_counter() - t_all:.0f} s: {path}")
     return path

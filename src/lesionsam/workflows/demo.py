@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -49,6 +48,7 @@ from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.models.registry import load_model
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.components import label_lesions
+from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import apply_overrides, atomic_write_bytes, from_dict, to_dict
 from lesionsam.workflows.evaluate import evaluate
 from lesionsam.workflows.predict import case_id, predict
@@ -98,6 +98,26 @@ class DemoSettings:
             **kw,
         )
 
+    def data_config(self, root: str | os.PathLike[str], **changes: object) -> DataConfig:
+        """The data section of a demo run on the synthetic set at ``root`` (tumours, 20% validation)."""
+        return replace(
+            DataConfig(root=str(root), target_label=LESION, spacing=(self.spacing,) * 3, val_fraction=0.2),
+            **changes,  # type: ignore[arg-type]
+        )
+
+    def train_config(self, *, epochs: int, seed: int) -> TrainConfig:
+        """The train section of a demo run: this recipe's batch, learning rate and click iterations."""
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            num_clicks=self.num_clicks,
+            mask_only_iterations=1 if self.num_clicks > 1 else 0,
+            warmup_steps=5,
+            seed=seed,
+            device="auto",
+        )
+
     @classmethod
     def full(cls) -> DemoSettings:
         """The demo's recipe (also ``ablate`` and ``sweep``): 48³ crops of 8³ patches, so that the decoder's
@@ -140,10 +160,6 @@ class DemoSettings:
         )
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def epoch_lines(what: str, epochs: int, *, every: int = 10) -> Callable[[Any, str, dict[str, Any]], None]:
     """A trainer callback that prints one line every ``every`` epochs (and at the last): what the progress bars
     show on a terminal, for a log file or a pipe."""
@@ -160,7 +176,7 @@ def epoch_lines(what: str, epochs: int, *, every: int = 10) -> Callable[[Any, st
             return
         elapsed = time.perf_counter() - t0
         val = info.get("val_dice")
-        _say(
+        say(
             f"    {what}: epoch {epoch}/{epochs}, loss {info['train_loss']:.3f}"
             + (f", validation Dice {val:.3f}" if val is not None else "")
             + f", {elapsed:.0f} s, ETA {elapsed / done * (epochs - epoch):.0f} s"
@@ -173,26 +189,6 @@ def cache_dir() -> Path:
     """Where pretrained demo models are kept (``$LESIONSAM_CACHE`` or ``~/.cache/lesionsam``)."""
     env = os.environ.get("LESIONSAM_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "lesionsam"
-
-
-def _data_config(root: Path, s: DemoSettings, **changes: object) -> DataConfig:
-    return replace(
-        DataConfig(root=str(root), target_label=LESION, spacing=(s.spacing,) * 3, val_fraction=0.2),
-        **changes,  # type: ignore[arg-type]
-    )
-
-
-def _train_config(s: DemoSettings, *, epochs: int, seed: int) -> TrainConfig:
-    return TrainConfig(
-        epochs=epochs,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        num_clicks=s.num_clicks,
-        mask_only_iterations=1 if s.num_clicks > 1 else 0,
-        warmup_steps=5,
-        seed=seed,
-        device="auto",
-    )
 
 
 def prepare_data(out: Path, s: DemoSettings, *, seed: int, test: bool = True) -> tuple[Path, Path]:
@@ -226,8 +222,8 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
     cfg = RunConfig(
         name="pretrain_anatomy",
         model=s.model("sam_med3d"),
-        data=_data_config(train_root, s, target_labels=(ORGAN, VESSEL)),
-        train=_train_config(s, epochs=s.pretrain_epochs, seed=seed),
+        data=s.data_config(train_root, target_labels=(ORGAN, VESSEL)),
+        train=s.train_config(epochs=s.pretrain_epochs, seed=seed),
     )
     # What the pretrained weights depend on (not the test set, the transfer nor the time estimates).
     unrelated = ("test_cases", "transfer_epochs", "expected_minutes", "minutes_per_transfer")
@@ -238,15 +234,15 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
     cached = cache_dir() / f"demo_pretrain_{key}" / "last.pt"
     resume = cached.is_file()
     if resume and load_checkpoint(cached)["epoch"] >= s.pretrain_epochs:
-        _say(f"  pretrained anatomy model found in the cache: {cached}")
+        say(f"  pretrained anatomy model found in the cache: {cached}")
         return cached
     if resume:
-        _say(f"  resuming an interrupted pretraining in {cached.parent}")
-    _say(f"  pretraining a tiny SAM-Med3D on the anatomy: {s.pretrain_epochs} epochs (cached in {cached.parent})")
+        say(f"  resuming an interrupted pretraining in {cached.parent}")
+    say(f"  pretraining a tiny SAM-Med3D on the anatomy: {s.pretrain_epochs} epochs (cached in {cached.parent})")
     t0 = time.perf_counter()
     lines = () if progress else (epoch_lines("pretraining", s.pretrain_epochs),)
     result = Trainer(cfg, cached.parent, progress=progress, callbacks=lines).fit(resume=resume)
-    _say(f"  pretrained on anatomy in {time.perf_counter() - t0:.0f} s (cached in {cached.parent})")
+    say(f"  pretrained on anatomy in {time.perf_counter() - t0:.0f} s (cached in {cached.parent})")
     assert result.last_checkpoint is not None
     return result.last_checkpoint
 
@@ -270,8 +266,8 @@ def transfer(
     cfg = RunConfig(
         name=method,
         model=s.model(method, checkpoint=pretrained),
-        data=_data_config(train_root, s),
-        train=_train_config(s, epochs=s.transfer_epochs, seed=seed),
+        data=s.data_config(train_root),
+        train=s.train_config(epochs=s.transfer_epochs, seed=seed),
     )
     if overrides:
         cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), overrides))
@@ -397,14 +393,14 @@ def demo(
     s = DemoSettings.quick() if quick else DemoSettings.full()
     root = Path(out)
     threads = torch.get_num_threads()
-    _say(
+    say(
         f"lesionsam demo{' --quick' if quick else ''}: synthetic CT → pretrain a tiny SAM-Med3D on anatomy → "
         f"transfer to tumours with {', '.join(methods)} (equal budget) → evaluate → report in {root / 'report'}.\n"
         f"  expected: under {s.expected_minutes:.0f} min on a 2-core CPU ({threads} threads here)"
     )
     t_all = time.perf_counter()
     train_root, test_root = prepare_data(root, s, seed=seed)
-    _say(f"  data: {s.train_cases} training and {s.test_cases} test cases of {s.size}³ in {root / 'data'}")
+    say(f"  data: {s.train_cases} training and {s.test_cases} test cases of {s.size}³ in {root / 'data'}")
     pretrained = pretrain(train_root, s, seed=seed, progress=progress)
     runs = []
     timings = []
@@ -424,7 +420,7 @@ def demo(
             )
         )
         timings.append(f"{method}: trained {s.transfer_epochs} epochs in {t_train:.0f} s")
-        _say(f"  {method}: trained in {t_train:.0f} s, evaluated in {time.perf_counter() - t0 - t_train:.0f} s")
+        say(f"  {method}: trained in {t_train:.0f} s, evaluated in {time.perf_counter() - t0 - t_train:.0f} s")
     notes = [
         f"Synthetic CT: {s.train_cases} training cases, {s.test_cases} test cases, {s.size}³ voxels; "
         f"model: tiny SAM-Med3D ({s.spacing:g} mm voxels, {s.crop_size}³ crops, {s.patch_size}³ patches, "
@@ -446,5 +442,5 @@ def demo(
         title="lesionsam demo: fine-tuning vs SGP-SAM on synthetic liver tumours",
         notes=notes,
     )
-    _say(f"done in {time.perf_counter() - t_all:.0f} s: {report}")
+    say(f"done in {time.perf_counter() - t_all:.0f} s: {report}")
     return report

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from lesionsam.data.io import image_suffix
 from lesionsam.data.layouts import load_msd_cases
 from lesionsam.data.splits import read_splits
 from lesionsam.evaluation.sweeps import SweepRow, sweep_markdown
+from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import DemoSettings, evaluate_method, prepare_data, pretrain, transfer
 
@@ -157,10 +157,6 @@ def best_crop_dice(train_log: Path) -> float:
     return max(values) if values else float("nan")
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def sweep(
     out: str | os.PathLike[str] = "runs/sweep",
     *,
@@ -176,7 +172,7 @@ def sweep(
         raise ValueError(f"sweep variant names must be distinct, got {names}")
     s = DemoSettings.quick() if quick else DemoSettings.full()
     root = Path(out)
-    _say(
+    say(
         f"lesionsam sweep: {len(variants)} variants on the validation split, about "
         f"{2 + s.minutes_per_transfer * len(variants):.0f} min on a 2-core CPU"
     )
@@ -188,7 +184,7 @@ def sweep(
         done = run_dir / "sweep_row.json"
         if done.is_file():
             rows.append(SweepRow(**{**json.loads(done.read_text()), "overrides": tuple(v.overrides)}))
-            _say(f"  {v.name}: already done ({done})")
+            say(f"  {v.name}: already done ({done})")
             continue
         t0 = time.perf_counter()
         best = transfer(
@@ -215,7 +211,7 @@ def sweep(
         )
         atomic_write_bytes(done, json.dumps(row.__dict__, indent=2).encode())
         rows.append(row)
-        _say(
+        say(
             f"  {v.name}: validation Dice {row.dice_mean:.3f}, volume ratio {row.volume_ratio_median:.2f}"
             + (f", gates open {row.gate_rate:.2f}" if row.gate_rate is not None else "")
             + f" ({row.minutes:.1f} min)"

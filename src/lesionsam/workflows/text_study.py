@@ -13,8 +13,9 @@ from lesionsam.data.synthetic import CYST, LESION
 from lesionsam.evaluation.coverage import class_coverage
 from lesionsam.inference.predictor import Predictor
 from lesionsam.training.trainer import Trainer
+from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import atomic_write_bytes
-from lesionsam.workflows.demo import DemoSettings, _data_config, _say, _train_config, two_class_setup
+from lesionsam.workflows.demo import DemoSettings, two_class_setup
 from lesionsam.workflows.evaluate import evaluate
 from lesionsam.workflows.predict import predict
 
@@ -53,7 +54,7 @@ def text_study(
     """
     s = DemoSettings.quick() if quick else DemoSettings.studies()
     root = Path(out)
-    _say(
+    say(
         f"lesionsam text-study{' --quick' if quick else ''}: RefSAM3D on tumours + cysts; per-class Dice for text, "
         f"clicks and both; about {1 if quick else TEXT_STUDY_MINUTES:.0f} min on a 2-core CPU"
     )
@@ -62,15 +63,14 @@ def text_study(
     cfg = RunConfig(
         name="refsam3d",
         model=s.model("refsam3d", checkpoint=pretrained),
-        data=_data_config(
+        data=s.data_config(
             train_root,
-            s,
             target_labels=(LESION, CYST),
             label_texts={str(k): v for k, v in TEXT_PROMPTS.items()},
             negative_fraction=TEXT_NEGATIVE_FRACTION,
         ),
         train=replace(
-            _train_config(s, epochs=s.transfer_epochs, seed=seed),
+            s.train_config(epochs=s.transfer_epochs, seed=seed),
             lr_new=s.lr,
             text_pairs=True,
             region_classes=REGION_CLASSES,
@@ -78,7 +78,7 @@ def text_study(
     )
     result = Trainer(cfg, root / "refsam3d", progress=progress).fit()
     assert result.best_checkpoint is not None
-    _say(f"  trained RefSAM3D in {time.perf_counter() - t0:.0f} s")
+    say(f"  trained RefSAM3D in {time.perf_counter() - t0:.0f} s")
     # The study's table was measured keeping every component of a clicked mask: keep that protocol.
     predictor = Predictor.from_checkpoint(result.best_checkpoint, clicked_only=False)
     rows = []
@@ -152,5 +152,5 @@ def text_study(
     lines += ["", f"Numbers read from the evaluator's files: {', '.join(r['source'] for r in rows)}.", ""]
     atomic_write_bytes(root / "text_study.json", json.dumps(rows, indent=2).encode())
     path = atomic_write_bytes(root / "text_study.md", "\n".join(lines).encode())
-    _say(f"done in {time.perf_counter() - t0:.0f} s: {path}")
+    say(f"done in {time.perf_counter() - t0:.0f} s: {path}")
     return path
