@@ -12,7 +12,7 @@ import pytest
 from lesionsam.cli.main import main
 from lesionsam.data.io import case_id, is_image_path
 from lesionsam.data.splits import read_splits
-from lesionsam.workflows.demo import NO_LESION_CROPS, _lesion_free_centres
+from lesionsam.inference.gates import NO_LESION_CROPS, lesion_free_centres
 from lesionsam.workflows.sweep import Variant, sweep
 
 
@@ -75,7 +75,7 @@ def test_lesion_free_centres_hold_no_lesion_voxel() -> None:
     label[8:11, 8:11, 8:11] = 2  # a lesion in one corner
     pre = SimpleNamespace(label=label, image=np.zeros(label.shape, np.float32), background=-1.0)
     crop = 16
-    centres = _lesion_free_centres(pre, 2, crop, np.random.default_rng(0))
+    centres = lesion_free_centres(pre, 2, crop, np.random.default_rng(0))
     assert len(centres) == NO_LESION_CROPS
     for c in centres.astype(int):
         lo = np.maximum(c - crop // 2, 0)
@@ -84,4 +84,4 @@ def test_lesion_free_centres_hold_no_lesion_voxel() -> None:
     # No room for a lesion-free crop: none.
     label[20:23, 20:23, 20:23] = 2
     label[30:33, 30:33, 30:33] = 2
-    assert len(_lesion_free_centres(pre, 2, 40, np.random.default_rng(0))) == 0
+    assert len(lesion_free_centres(pre, 2, 40, np.random.default_rng(0))) == 0

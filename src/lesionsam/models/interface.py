@@ -109,6 +109,8 @@ class SegModel(nn.Module):
     #: True: :meth:`region_scores` scores candidate lesions against texts (RefSAM3D's region classifier); the
     #: trainer's per-lesion class term and the predictor's lesion-by-lesion text decision use it.
     scores_regions: ClassVar[bool] = False
+    #: True: the model gates parts of its encoder per crop (SGP-SAM); :meth:`gate_decisions` reads the decisions.
+    has_gates: ClassVar[bool] = False
 
     @property
     def num_classes(self) -> int:
@@ -120,6 +122,10 @@ class SegModel(nn.Module):
         """(K, T) scores of K region masks (K, 1, S, S, S) of crop ``crop`` of ``encoded`` against T texts; a region
         belongs to the text with the highest score. Only where :attr:`scores_regions` is True."""
         raise NotImplementedError(f"{self.display_name} has no region classifier (scores_regions is False)")
+
+    def gate_decisions(self, encoded: Any) -> Tensor:
+        """(B, n_gates) float 0/1 gate decisions of what :meth:`encode` returned. Only where :attr:`has_gates`."""
+        raise NotImplementedError(f"{self.display_name} has no gates (has_gates is False)")
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in the backward pass instead of storing them (less memory, more time); a model

@@ -29,25 +29,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from lesionsam import __version__
 from lesionsam.config import DataConfig, RunConfig, TrainConfig
 from lesionsam.configs import packaged_sweep
-from lesionsam.data.crops import crop_or_pad
 from lesionsam.data.io import is_image_path, read_image
 from lesionsam.data.synthetic import LESION, ORGAN, VESSEL, write_synthetic_dataset
-from lesionsam.data.transforms import Preprocessed
 from lesionsam.evaluation.metrics import volume_bin
 from lesionsam.evaluation.report import MethodRun, write_report
 from lesionsam.evaluation.sweeps import read_sweep_rows, sweep_summary
+from lesionsam.inference.gates import gate_activation
 from lesionsam.inference.predictor import Predictor
-from lesionsam.models import ModelConfig, Prompts
+from lesionsam.models import ModelConfig
 from lesionsam.models.backbone import Sam3DConfig, get_preset
 from lesionsam.models.checkpoint import load_checkpoint
-from lesionsam.models.registry import load_model
 from lesionsam.training.trainer import Trainer
-from lesionsam.utils.components import label_lesions
 from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import apply_overrides, atomic_write_bytes, from_dict, to_dict
 from lesionsam.workflows.evaluate import evaluate
@@ -277,10 +273,6 @@ def transfer(
     return result.best_checkpoint
 
 
-#: Lesion-free crops per test case at which ``gate_rates`` also reads the gates (crop content "no lesion").
-NO_LESION_CROPS = 2
-
-
 def gate_rates(
     checkpoint: Path,
     test_root: Path,
@@ -290,64 +282,27 @@ def gate_rates(
     channel: int | None = None,
     device: str = "cpu",
 ) -> Path | None:
-    """SGP-SAM's gate activation by crop content (None for gate-less models).
-
-    Per test tumour (26-connected component of ``label`` on the image's own grid, its volume from that grid's
-    spacing): the share of gates open for the crop centred on it, with a centre click as predicted. Per case also
-    :data:`NO_LESION_CROPS` crops that hold no voxel of ``label``, centred on seeded random voxels of the labelled
-    anatomy (else of the body), size bin ``"no lesion"``. Writes ``case, lesion, volume_ml, size_bin, gate_rate``
-    (``lesion`` and ``volume_ml`` 0 for the lesion-free crops). ``channel``: of multi-channel images; ``device``: where
-    the model runs.
-    """
-    model, _ = load_model(checkpoint)
-    if not hasattr(model, "sgpm"):
-        return None
+    """SGP-SAM's gate activation by crop content (None for gate-less models):
+    :func:`~lesionsam.inference.gates.gate_activation` of every test case, written as ``case, lesion, volume_ml,
+    size_bin, gate_rate`` (``lesion`` and ``volume_ml`` 0 and size bin ``"no lesion"`` for the lesion-free crops).
+    ``channel``: of multi-channel images; ``device``: where the model runs."""
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    if not predictor.model.has_gates:
+        return None
     rows = []
-    labels_dir = test_root / "labelsTr"
     rng = np.random.default_rng(0)
-    for lab_path in sorted(p for p in labels_dir.iterdir() if is_image_path(p)):
+    for lab_path in sorted(p for p in (test_root / "labelsTr").iterdir() if is_image_path(p)):
         cid = case_id(lab_path)
-        label_vol = read_image(lab_path)
         image_path = next(p for p in (test_root / "imagesTr").iterdir() if case_id(p) == cid)
-        pre = predictor.preprocessor(read_image(image_path, channel=channel), label_vol)
-        comps, n = label_lesions(label_vol.array == label)
-        voxel_ml = float(np.prod(label_vol.spacing)) / 1000.0
-        for idx in range(1, n + 1):
-            where = np.argwhere(comps == idx)
-            dhw = predictor.preprocessor.to_canonical_index(where.mean(axis=0)[::-1], pre, world=False)
-            volume = len(where) * voxel_ml
-            rows.append((cid, idx, volume, volume_bin(volume), _gate_rate(predictor, pre, dhw, click=True)))
-        for dhw in _lesion_free_centres(pre, label, predictor.crop, rng):
-            rows.append((cid, 0, 0.0, "no lesion", _gate_rate(predictor, pre, dhw, click=False)))
+        image, label_map = read_image(image_path, channel=channel), read_image(lab_path)
+        for g in gate_activation(predictor, image, label_map, label=label, rng=rng):
+            size_bin = volume_bin(g.volume_ml) if g.lesion else "no lesion"
+            rows.append((cid, g.lesion, g.volume_ml, size_bin, g.gate_rate))
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["case", "lesion", "volume_ml", "size_bin", "gate_rate"])
     writer.writerows(rows)
     return atomic_write_bytes(out_csv, buf.getvalue().encode())
-
-
-def _lesion_free_centres(pre: Preprocessed, label: int, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to :data:`NO_LESION_CROPS` canonical (d, h, w) centres whose crop holds no voxel of ``label``."""
-    assert pre.label is not None
-    lesion = pre.label == label
-    near = ndimage.maximum_filter(lesion, size=crop + 1) if lesion.any() else lesion
-    anatomy = (pre.label > 0) & ~lesion
-    free = np.argwhere(~near & (anatomy if anatomy.any() else pre.image > pre.background))
-    return free[rng.choice(len(free), size=min(NO_LESION_CROPS, len(free)), replace=False)].astype(float)
-
-
-def _gate_rate(predictor: Predictor, pre: Preprocessed, dhw: np.ndarray, *, click: bool) -> float:
-    """Share of open gates for the crop centred at canonical ``dhw`` (with a click there, or encoded alone)."""
-    crop, box = crop_or_pad(pre.image, dhw, predictor.crop, pad_value=pre.background)
-    image = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(predictor.device)
-    with torch.inference_mode():
-        if not click:
-            return float(predictor.model.encode(image).gates.float().mean())
-        point = torch.as_tensor(box.to_crop(dhw), dtype=torch.float32, device=predictor.device)
-        point = point.clamp(0, predictor.crop - 1)
-        prompts = Prompts(points=point[None, None], labels=torch.ones(1, 1, dtype=torch.int64, device=predictor.device))
-        return float(predictor.model(image, prompts).extras["gates"].float().mean())
 
 
 def evaluate_method(

@@ -315,6 +315,8 @@ class SGPSam(Sam3D):
         ValueError: a block index outside the encoder, or an unknown gate mode.
     """
 
+    has_gates = True
+
     def __init__(
         self,
         *,
@@ -404,6 +406,10 @@ class SGPSam(Sam3D):
         out.extras["gates"] = encoded.gates
         out.extras["gate_probs"] = encoded.gate_probs
         return out
+
+    def gate_decisions(self, encoded: EncodedImage) -> Tensor:  # type: ignore[override]
+        """(B, n_modules) float32 0/1 decisions of the SGPMs for the encoded crops (columns in block order)."""
+        return encoded.gates
 
     @staticmethod
     def gate_cost(out: SegOutput, target: float | None = None) -> Tensor:
