@@ -22,6 +22,8 @@ class Prediction:
         seconds: wall time of :meth:`Predictor.predict`.
         competitors: text alone (:meth:`Predictor.predict_text`): the other class texts the text was decided
             against (empty: the text's own logits were thresholded).
+        stages: seconds per stage of a whole-volume prediction (``"sliding windows"``, ``"back to the input
+            grid"``), for benchmarks.
     """
 
     labels: np.ndarray
@@ -30,6 +32,7 @@ class Prediction:
     windows: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
     competitors: tuple[str, ...] = ()
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def text_key(text: str) -> str:

@@ -201,6 +201,7 @@ class WholeVolumeModes:
             return self.model(x).logits.float().softmax(1)
 
         prob = self._sliding_windows(run, overlap=overlap, batch_size=batch_size, progress=progress)
+        t_windows = time.perf_counter()
         back = np.stack([self.preprocessor.invert(np.ascontiguousarray(c), pre, interpolation="linear") for c in prob])
         lut = np.asarray((0, *self.class_values), dtype=np.uint16)
         labels = lut[np.argmax(back, axis=0)]
@@ -214,4 +215,5 @@ class WholeVolumeModes:
             reference=pre.source,
             windows={},
             seconds=time.perf_counter() - t0,
+            stages={"sliding windows": t_windows - t0, "back to the input grid": time.perf_counter() - t_windows},
         )
