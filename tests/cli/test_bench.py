@@ -77,3 +77,11 @@ def test_bench_interactive_times_each_step_for_both_dtypes() -> None:
     assert len(r.dice_vs_float32["bfloat16"]) == 2 and all(0.0 <= d <= 1.0 for d in r.dice_vs_float32["bfloat16"])
     table = format_interactive_table(r)
     assert "refining click" in table and "bfloat16 masks vs float32" in table
+    # The server round trip, through a real uvicorn server on loopback, beside the library's own timing.
+    assert set(r.round_trip) == {
+        "first click, HTTP",
+        "first click, library",
+        "refining click, HTTP",
+        "refining click, library",
+    }
+    assert min(r.round_trip.values()) > 0 and "server round trip, refining click, HTTP" in table

@@ -49,6 +49,8 @@ class InteractiveBench:
     load: float
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     dice_vs_float32: dict[str, list[float]] = field(default_factory=dict)
+    #: ``lesionsam serve``'s round trip (first dtype): the same clicks through HTTP and on the library, median s.
+    round_trip: dict[str, float] = field(default_factory=dict)
 
     def write_json(self, path: str | Path) -> Path:
         return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
@@ -71,6 +73,7 @@ def bench_interactive(
     threads: int | None = 2,
     repeats: int = 5,
     progress: bool = False,
+    round_trip: bool = True,
 ) -> InteractiveBench:
     """Time an interactive session's steps (see the module docstring)."""
     import os
@@ -135,6 +138,31 @@ def bench_interactive(
         result.seconds[dtype] = {"open": opened, **{s: statistics.median(v) for s, v in times.items()}}
     for dtype in dtypes[1:]:
         result.dice_vs_float32[dtype] = [_dice(a, b) for a, b in zip(masks[dtype], masks[dtypes[0]], strict=True)]
+    if round_trip:
+        from lesionsam.serve.bench import bench_round_trip
+
+        if progress:
+            print(f"  {dtypes[0]}: server round trip ...", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            predictor = Predictor.from_checkpoint(
+                checkpoint, preset=preset, device=device, max_windows=1, dtype=dtypes[0]
+            )
+        p = points[0]
+        trip = bench_round_trip(
+            image,
+            lambda volume: InteractiveSession(predictor, volume),
+            first=p,
+            refine=[((p[0] + 3, p[1] - 2, p[2]), True)],
+            repeats=min(repeats, 3),
+        )
+        result.round_trip = {
+            "first click, HTTP": trip.first_http,
+            "first click, library": trip.first_direct,
+            "refining click, HTTP": trip.refine_http,
+            "refining click, library": trip.refine_direct,
+        }
     return result
 
 
@@ -151,4 +179,6 @@ def format_interactive_table(r: InteractiveBench) -> str:
         lines.append(f"{step:<16}" + "".join(f"{r.seconds[d][step]:>12.3f}" for d in dtypes))
     for dtype, dice in r.dice_vs_float32.items():
         lines.append(f"{dtype} masks vs float32: Dice min {min(dice):.4f}, mean {float(np.mean(dice)):.4f}")
+    for step, seconds in r.round_trip.items():
+        lines.append(f"server round trip, {step}: {seconds:.3f} s ({dtypes[0]})")
     return "\n".join(lines)
