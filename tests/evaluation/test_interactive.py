@@ -25,8 +25,9 @@ from lesionsam.evaluation.interactive import (
     summarise_curves,
 )
 from lesionsam.inference.predictor import Predictor
-from lesionsam.models import Prompts, SegModel, SegOutput
+from lesionsam.models import Prompts, SegOutput
 from lesionsam.workflows.clicks import evaluate_clicks
+from stand_ins import StandInModel
 
 SHAPE = (24, 40, 40)
 CUBE = (slice(9, 15), slice(17, 23), slice(17, 23))  # a 6³ lesion
@@ -78,24 +79,11 @@ def test_a_false_positive_gets_a_negative_click_and_clicks_accumulate() -> None:
     assert len(fake.calls) == 2 and len(fake.calls[1][0]) == 2  # click 2 was decoded with click 1 before it
 
 
-class SlabThenWhole(SegModel):
+class SlabThenWhole(StandInModel):
     """Known behaviour: bright region of the last positive click, only the 3 slices around the click (first axis)
     while there is one positive click, all of it from the second positive click on."""
 
     accepted_prompts = frozenset({"points", "mask"})
-
-    def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    @property
-    def img_size(self) -> int:
-        return self._size
-
-    @property
-    def low_res_size(self) -> int:
-        return self._size // 4
 
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
         bright = (image > 1.0).numpy()

@@ -16,11 +16,12 @@ from scipy import ndimage
 from lesionsam.data.io import ImageIOError, Volume, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import LesionClicks, Predictor
-from lesionsam.models import Prompts, SegModel, SegOutput
+from lesionsam.models import Prompts, SegOutput
 from lesionsam.workflows.predict import predict
+from stand_ins import StandInModel
 
 
-class ThresholdModel(SegModel):
+class ThresholdModel(StandInModel):
     """A stand-in segmenter with known behaviour: lesion = voxels brighter than 1 (normalised units),
     restricted to the connected bright region containing the last positive click, or, with no click
     inside a bright region, to everything bright. It lets the tests check the predictor's geometry and
@@ -29,18 +30,8 @@ class ThresholdModel(SegModel):
     accepted_prompts = frozenset({"points", "mask"})
 
     def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        super().__init__(size)
         self.calls = 0
-
-    @property
-    def img_size(self) -> int:
-        return self._size
-
-    @property
-    def low_res_size(self) -> int:
-        return self._size // 4
 
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
         self.calls += 1
@@ -385,20 +376,11 @@ def test_text_alone_with_a_region_classifier_decides_lesion_by_lesion() -> None:
     assert model.scored == [] and _dice(plain.labels, bright | dark) > 0.85
 
 
-class AutoModel(SegModel):
+class AutoModel(StandInModel):
     """A prompt-free stand-in with known behaviour: class 1 = voxels brighter than 1, class 2 = darker than −1
     (normalised units), as (B, 3, S³) logits."""
 
     prompt_free = True
-
-    def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    @property
-    def img_size(self) -> int:
-        return self._size
 
     @property
     def num_classes(self) -> int:

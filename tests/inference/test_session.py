@@ -23,10 +23,11 @@ from lesionsam.inference.predictor import LesionClicks, Predictor
 from lesionsam.inference.prompt_files import read_prompt_file
 from lesionsam.inference.regions import invert_region
 from lesionsam.inference.session import InteractiveSession
-from lesionsam.models import Prompts, SegModel, SegOutput
+from lesionsam.models import Prompts, SegOutput
+from stand_ins import StandInModel
 
 
-class CachingBrightModel(SegModel):
+class CachingBrightModel(StandInModel):
     """A stand-in promptable model with an encode/decode split and known behaviour: the lesion is the bright
     (> 1, normalised units) connected region holding the last positive click, minus a ball of radius 3 voxels
     around every negative click. ``encode`` counts its calls."""
@@ -34,19 +35,9 @@ class CachingBrightModel(SegModel):
     accepted_prompts = frozenset({"points", "mask"})
 
     def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        super().__init__(size)
         self.encodes = 0
         self.decodes = 0
-
-    @property
-    def img_size(self) -> int:
-        return self._size
-
-    @property
-    def low_res_size(self) -> int:
-        return self._size // 4
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         self.encodes += 1

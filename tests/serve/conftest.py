@@ -19,7 +19,8 @@ from lesionsam.data.io import Volume, write_image
 from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.session import InteractiveSession
-from lesionsam.models import Prompts, SegModel, SegOutput
+from lesionsam.models import Prompts, SegOutput
+from stand_ins import StandInModel
 
 #: Blobs of the synthetic case: (d, h, w, radius mm) in array order (k, j, i), placed off-centre on purpose so
 #: that a swapped or flipped axis lands the click off the lesion.
@@ -28,25 +29,12 @@ SHAPE = (30, 70, 60)  # (D, H, W) = (nk, nj, ni)
 SPACING = (0.8, 0.9, 2.0)  # (i, j, k) mm
 
 
-class BrightBlobModel(SegModel):
+class BrightBlobModel(StandInModel):
     """Stand-in promptable model: the lesion is the bright (> 1, normalised units) connected region holding the
     last positive click, minus a ball of radius 3 voxels around every negative click. Deterministic, so the server's
     answers can be compared with the library's, and meaningful, so a click on a blob must give that blob."""
 
     accepted_prompts = frozenset({"points", "mask"})
-
-    def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    @property
-    def img_size(self) -> int:
-        return self._size
-
-    @property
-    def low_res_size(self) -> int:
-        return self._size // 4
 
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
         bright = (image > 1.0).numpy()
@@ -65,19 +53,10 @@ class BrightBlobModel(SegModel):
         return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
 
 
-class BrightAuto(SegModel):
+class BrightAuto(StandInModel):
     """Prompt-free stand-in: class 1 = voxels brighter than 1 (normalised units), as (B, 2, S³) logits."""
 
     prompt_free = True
-
-    def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    @property
-    def img_size(self) -> int:
-        return self._size
 
     @property
     def num_classes(self) -> int:

@@ -21,28 +21,16 @@ from lesionsam.inference.session import InteractiveSession
 from lesionsam.models import Prompts, SegModel, SegOutput
 from lesionsam.serve.app import create_app
 from lesionsam.serve.proposals import Proposal, box_of, components
+from stand_ins import StandInModel
 
 BASE = "http://127.0.0.1"
 
 
-class BrightText(SegModel):
+class BrightText(StandInModel):
     """Text-referred stand-in: "bright ..." segments voxels brighter than 1, any other text nothing."""
 
     required_prompts = frozenset({"text"})
     accepted_prompts = frozenset({"text", "points", "mask"})
-
-    def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        self._size = size
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    @property
-    def img_size(self) -> int:
-        return self._size
-
-    @property
-    def low_res_size(self) -> int:
-        return self._size // 4
 
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
         wanted = torch.tensor([t.startswith("bright") for t in prompts.text])[:, None, None, None, None]
