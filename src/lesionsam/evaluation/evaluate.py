@@ -30,11 +30,10 @@ from lesionsam.evaluation.metrics import (
     CONNECTIVITY,
     CONVENTIONS,
     DEFAULT_IOU_THRESHOLD,
-    MATCHING_RULES,
-    NSD_MODES,
     VOLUME_BINS_ML,
     CaseMetrics,
     case_metrics,
+    check_metric_options,
     spacing_dhw,
     summarise,
     to_jsonable,
@@ -404,12 +403,7 @@ def evaluate_folder(
 
     if not math.isfinite(nsd_tolerance_mm) or nsd_tolerance_mm < 0:
         raise ValueError(f"nsd_tolerance_mm must be a finite value >= 0, got {nsd_tolerance_mm}")
-    if nsd_mode not in NSD_MODES:
-        raise ValueError(f"unknown NSD mode {nsd_mode!r}; choose one of {', '.join(NSD_MODES)}")
-    if lesion_matching not in MATCHING_RULES:
-        raise ValueError(f"unknown lesion matching rule {lesion_matching!r}; choose one of {', '.join(MATCHING_RULES)}")
-    if not 0.0 < lesion_iou_threshold <= 1.0:
-        raise ValueError(f"the lesion IoU threshold must be in (0, 1], got {lesion_iou_threshold}")
+    check_metric_options(nsd_mode, lesion_matching, lesion_iou_threshold)
     pairs, missing, ignored = pair_cases(pred_dir, gt_dir, allow_missing=allow_missing)
 
     cases: list[CaseMetrics] = []

@@ -265,6 +265,17 @@ def _union_bbox(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[slice, .
 
 
 # ------------------------------------------------------------------------------------------------- per case
+def check_metric_options(nsd_mode: str, lesion_matching: str, lesion_iou_threshold: float) -> None:
+    """Raise ``ValueError`` naming the choices for an unknown NSD mode or lesion matching rule, or an IoU threshold
+    outside (0, 1]."""
+    if nsd_mode not in NSD_MODES:
+        raise ValueError(f"unknown NSD mode {nsd_mode!r}; choose one of {', '.join(NSD_MODES)}")
+    if lesion_matching not in MATCHING_RULES:
+        raise ValueError(f"unknown lesion matching rule {lesion_matching!r}; choose one of {', '.join(MATCHING_RULES)}")
+    if not 0.0 < lesion_iou_threshold <= 1.0:
+        raise ValueError(f"the lesion IoU threshold must be in (0, 1], got {lesion_iou_threshold}")
+
+
 def case_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -296,12 +307,7 @@ def case_metrics(
         ValueError: masks not 3D or of different shapes, a non-positive spacing, a negative tolerance, an unknown
             NSD mode or matching rule, an IoU threshold outside (0, 1].
     """
-    if nsd_mode not in NSD_MODES:
-        raise ValueError(f"unknown NSD mode {nsd_mode!r}; choose one of {', '.join(NSD_MODES)}")
-    if lesion_matching not in MATCHING_RULES:
-        raise ValueError(f"unknown lesion matching rule {lesion_matching!r}; choose one of {', '.join(MATCHING_RULES)}")
-    if not 0.0 < lesion_iou_threshold <= 1.0:
-        raise ValueError(f"the lesion IoU threshold must be in (0, 1], got {lesion_iou_threshold}")
+    check_metric_options(nsd_mode, lesion_matching, lesion_iou_threshold)
     pred = np.asarray(pred) != 0
     gt = np.asarray(gt) != 0
     spacing = tuple(float(s) for s in spacing_dhw)
