@@ -49,7 +49,8 @@ def test_cpu_smoke_run_makes_every_check_and_the_four_variant_ablation(
     figures = {c["name"]: c["figures"] for c in report["checks"]}
     train = figures["train step"]
     assert train["autocast"] == "fp32" and train["peak_mb"] is None  # no GPU figure is claimed on a CPU
-    assert load_checkpoint(train["checkpoint"])["epoch"] == 2 and len(train["seconds_all"]) >= 2
+    steps_timed = len(train["seconds_all"])  # one timing per training step: what is measured, not how fast
+    assert load_checkpoint(train["checkpoint"])["epoch"] == 2 and steps_timed >= 2
     loader = figures["data loader"]
     assert loader["workers=0"]["batches"] == loader["workers=1"]["batches"] > 0
     assert loader["workers=0"]["pin_memory"] is False and loader["pinned"] is None
