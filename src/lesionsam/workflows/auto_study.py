@@ -26,6 +26,7 @@ from typing import Any
 
 from lesionsam.config import RunConfig
 from lesionsam.data.synthetic import CYST, LESION
+from lesionsam.evaluation.studies import auto_study_table
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import atomic_write_bytes
@@ -153,16 +154,8 @@ def auto_study(
         f"gets no prompt (sliding windows over each whole volume); {baseline} gets one centre click per lesion of "
         f"the class. Training: H-SAM {hsam_s:.0f} s, {baseline} {base_s:.0f} s on this machine.",
         "",
-        "| class | method | prompts | Dice | lesion F1 | precision | recall |",
-        "|---|---|---|---|---|---|---|",
+        *auto_study_table(rows),
     ]
-    for r in rows:
-        prec = "—" if r["lesion_precision"] is None else f"{r['lesion_precision']:.3f}"
-        rec = "—" if r["lesion_recall"] is None else f"{r['lesion_recall']:.3f}"
-        lines.append(
-            f"| {r['class']} | {r['method']} | {r['prompts']} | {r['dice_mean']:.3f} ± {r['dice_sd']:.3f} | "
-            f"{r['lesion_f1']:.3f} | {prec} | {rec} |"
-        )
     lines += [
         "",
         "An oracle click tells the promptable model where every lesion is, so its lesion recall is near 1 by "

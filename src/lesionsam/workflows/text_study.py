@@ -11,6 +11,7 @@ from pathlib import Path
 from lesionsam.config import RunConfig
 from lesionsam.data.synthetic import CYST, LESION
 from lesionsam.evaluation.coverage import class_coverage
+from lesionsam.evaluation.studies import text_study_table
 from lesionsam.inference.predictor import Predictor
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.console import say
@@ -135,20 +136,8 @@ def text_study(
         "below the Dice. *Covers*: share of that class's voxels (all test cases pooled) inside the masks — a "
         "selective text covers much more of its own class than of the other.",
         "",
-        "| class | prompt | Dice | lesion F1 | Dice vs the other class | covers own class | covers other class |",
-        "|---|---|---|---|---|---|---|",
+        *text_study_table(rows),
     ]
-    for r in rows:
-        prompt = {
-            "text": f'text "{r["text"]}"',
-            "text_own": f'text "{r["text"]}", own mask',
-            "clicks": "clicks",
-            "both": f'clicks + "{r["text"]}"',
-        }[r["prompt"]]
-        lines.append(
-            f"| {r['class']} | {prompt} | {r['dice_mean']:.3f} ± {r['dice_sd']:.3f} | {r['lesion_f1']:.3f} | "
-            f"{r['dice_other_class']:.3f} | {r['covers_own_class']:.0%} | {r['covers_other_class']:.0%} |"
-        )
     lines += ["", f"Numbers read from the evaluator's files: {', '.join(r['source'] for r in rows)}.", ""]
     atomic_write_bytes(root / "text_study.json", json.dumps(rows, indent=2).encode())
     path = atomic_write_bytes(root / "text_study.md", "\n".join(lines).encode())
