@@ -70,3 +70,32 @@ def test_prompt_errors_name_the_method_not_the_class() -> None:
     assert model.method_name == "sam_med3d"
     with pytest.raises(ValueError, match=r"^method 'sam_med3d' does not take prompt\(s\) \['text'\]"):
         model.check_prompts(Prompts(text=["liver tumour"]))
+
+
+def test_loss_choices_are_presets_of_a_method_and_the_same_as_that_method_with_the_loss() -> None:
+    """``sgp_dice`` and ``finetune_zoom`` are names for a loss choice: the base method's model and builder with
+    another default loss; ``model.method=BASE train.loss=LOSS`` (with the preset's loss options) gives the same model
+    and the same loss."""
+    from lesionsam.config import load_run_config
+    from lesionsam.models.registry import method_spec, register_preset
+    from lesionsam.training.trainer import Trainer
+
+    cases = (
+        ("sgp_dice", "sgp_sam", "dice", []),
+        ("finetune_zoom", "finetune", "zoom", ["train.loss_options={balance: none}"]),
+    )
+    for preset, base, loss, options in cases:
+        spec, base_spec = method_spec(preset), method_spec(base)
+        assert spec.preset_of == base and base_spec.preset_of is None
+        assert (spec.builder, spec.options, spec.loss) == (base_spec.builder, base_spec.options, loss)
+        by_name = load_run_config(None, ["model.preset=tiny", f"model.method={preset}"])
+        by_loss = load_run_config(None, ["model.preset=tiny", f"model.method={base}", f"train.loss={loss}", *options])
+        loss_a, loss_b = Trainer(by_name, "unused").build_loss(), Trainer(by_loss, "unused").build_loss()
+        assert type(loss_a) is type(loss_b) and repr(loss_a) == repr(loss_b)
+        torch.manual_seed(0)
+        model_a = build_model(by_name.model)
+        torch.manual_seed(0)
+        model_b = build_model(by_loss.model)
+        assert type(model_a) is type(model_b) and model_a.state_dict().keys() == model_b.state_dict().keys()
+    with pytest.raises(ValueError, match="is not registered"):
+        register_preset("nope_dice", of="no_such_method", loss="dice")

@@ -21,7 +21,8 @@ Builder = Callable[[ModelConfig, Any], SegModel]
 class MethodSpec:
     """A registered method: its builder, its options dataclass (or None), its default training loss
     (a name known to ``lesionsam.losses.build_loss``) with the options it uses by default (``train.loss_options``
-    override them), and a one-line description."""
+    override them), and a one-line description. A *preset* (``preset_of`` set) is another method's model with another
+    default loss: a name for a loss choice (``sgp_dice`` = ``sgp_sam`` with ``train.loss=dice``)."""
 
     name: str
     builder: Builder
@@ -29,6 +30,7 @@ class MethodSpec:
     description: str
     loss: str = "dice_ce"
     loss_options: Mapping[str, Any] = field(default_factory=dict)
+    preset_of: str | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -57,6 +59,22 @@ def register_method(
         return builder
 
     return deco
+
+
+def register_preset(
+    name: str, *, of: str, loss: str, loss_options: Mapping[str, Any] | None = None, description: str = ""
+) -> None:
+    """Register ``name`` as method ``of`` (same model, options and builder) trained with another default loss: a
+    loss choice kept under a name (the ablations' ``finetune_zoom``, ``sgp_dice``). ``model.method=of
+    train.loss=LOSS`` trains the same model with the same loss."""
+    base = _METHODS.get(of)
+    if base is None:
+        raise ValueError(f"preset {name!r}: method {of!r} is not registered (register it first)")
+    if name in _METHODS and _METHODS[name].preset_of != of:
+        raise ValueError(f"method {name!r} is registered twice")
+    _METHODS[name] = MethodSpec(
+        name, base.builder, base.options, description, loss, dict(loss_options or {}), preset_of=of
+    )
 
 
 def _load_builtin_methods() -> None:

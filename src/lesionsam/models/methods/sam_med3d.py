@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lesionsam.models.backbone import Sam3D, build_sam3d
 from lesionsam.models.config import ModelConfig
-from lesionsam.models.registry import register_method
+from lesionsam.models.registry import register_method, register_preset
 
 
 def _build(config: ModelConfig, options: None) -> Sam3D:
@@ -22,9 +22,10 @@ register_method("sam_med3d", description="SAM-Med3D / SAM-Med3D-turbo with click
     _build
 )
 register_method("finetune", description="ablation: SAM-Med3D fine-tuned with DiceCE (baseline)", loss="dice_ce")(_build)
-register_method(
+register_preset(
     "finetune_zoom",
-    description="ablation: SAM-Med3D fine-tuned with the Zoom Loss",
+    of="finetune",
     loss="zoom",
     loss_options={"balance": "none"},  # as sgp_sam's (lesionsam sweep --stage loss)
-)(_build)
+    description="ablation: SAM-Med3D fine-tuned with the Zoom Loss",
+)

@@ -44,7 +44,7 @@ from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
 from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
-from lesionsam.models.registry import register_method
+from lesionsam.models.registry import register_method, register_preset
 from lesionsam.utils.options import look_up_option
 
 #: Gate modes: a learned self-gate, or the always-open / always-closed ablations.
@@ -469,4 +469,4 @@ register_method(
     loss="zoom",
     loss_options=ZOOM_DEFAULTS,
 )(_build)
-register_method("sgp_dice", options=SGPOptions, description="ablation: SGPM trained with Dice", loss="dice")(_build)
+register_preset("sgp_dice", of="sgp_sam", loss="dice", description="ablation: SGPM trained with Dice")
