@@ -1,9 +1,12 @@
-"""Shared base of the tests' stand-in models (deterministic models with known behaviour, no training)."""
+"""Shared test helpers: the base of the stand-in models (deterministic models with known behaviour, no training) and
+an oblique, anisotropic CT-like volume with bright balls."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from lesionsam.data.io import Volume
 from lesionsam.models import SegModel
 
 
@@ -23,3 +26,24 @@ class StandInModel(SegModel):
     @property
     def low_res_size(self) -> int:
         return self._size // 4
+
+
+def oblique_volume(shape=(30, 70, 60), spacing=(0.8, 0.9, 2.0), blobs=((15, 35, 30, 6),)) -> tuple[Volume, Volume]:
+    """A CT-like volume (HU) with bright ellipsoidal blobs, oblique direction, anisotropic spacing.
+
+    ``blobs`` are (d, h, w, radius_mm) in array order.
+    """
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 5, shape).astype(np.float32)
+    lab = np.zeros(shape, np.uint8)
+    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    sd, sh, sw = spacing[2], spacing[1], spacing[0]
+    for n, (d, h, w, r) in enumerate(blobs, start=1):
+        inside = ((dd - d) * sd) ** 2 + ((hh - h) * sh) ** 2 + ((ww - w) * sw) ** 2 < r**2
+        arr[inside] = 200.0
+        lab[inside] = n
+    a, b = np.deg2rad(20), np.deg2rad(15)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    ref = Volume(arr, spacing, (-40.0, 25.0, 100.0), tuple((rz @ rx).ravel()))
+    return ref, ref.with_array(lab)

@@ -18,7 +18,7 @@ from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import LesionClicks, Predictor
 from lesionsam.models import Prompts, SegOutput
 from lesionsam.workflows.predict import predict
-from stand_ins import StandInModel
+from stand_ins import StandInModel, oblique_volume
 
 
 class ThresholdModel(StandInModel):
@@ -47,27 +47,6 @@ class ThresholdModel(StandInModel):
         return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
 
 
-def _oblique_volume(shape=(30, 70, 60), spacing=(0.8, 0.9, 2.0), blobs=((15, 35, 30, 6),)) -> tuple[Volume, Volume]:
-    """A CT-like volume (HU) with bright ellipsoidal blobs, oblique direction, anisotropic spacing.
-
-    ``blobs`` are (d, h, w, radius_mm) in array order.
-    """
-    rng = np.random.default_rng(0)
-    arr = rng.normal(0, 5, shape).astype(np.float32)
-    lab = np.zeros(shape, np.uint8)
-    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    sd, sh, sw = spacing[2], spacing[1], spacing[0]
-    for n, (d, h, w, r) in enumerate(blobs, start=1):
-        inside = ((dd - d) * sd) ** 2 + ((hh - h) * sh) ** 2 + ((ww - w) * sw) ** 2 < r**2
-        arr[inside] = 200.0
-        lab[inside] = n
-    a, b = np.deg2rad(20), np.deg2rad(15)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    ref = Volume(arr, spacing, (-40.0, 25.0, 100.0), tuple((rz @ rx).ravel()))
-    return ref, ref.with_array(lab)
-
-
 def _predictor(size: int = 32, max_windows: int = 8) -> Predictor:
     cfg = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
     return Predictor(ThresholdModel(size), preprocess=cfg, max_windows=max_windows)
@@ -79,7 +58,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_mask_lands_on_the_clicked_lesion_on_the_original_grid() -> None:
-    image, label = _oblique_volume()
+    image, label = oblique_volume()
     pred = _predictor()
     pred.set_image(image)
     out = pred.predict([LesionClicks(points=[[30, 35, 15]], labels=[1])])  # (i, j, k) = (w, h, d)
@@ -88,7 +67,7 @@ def test_mask_lands_on_the_clicked_lesion_on_the_original_grid() -> None:
 
 
 def test_world_clicks_equal_voxel_clicks() -> None:
-    image, _ = _oblique_volume()
+    image, _ = oblique_volume()
     pred = _predictor()
     pred.set_image(image)
     ijk = np.array([[30.0, 35.0, 15.0]])
@@ -99,7 +78,7 @@ def test_world_clicks_equal_voxel_clicks() -> None:
 
 def test_lesion_larger_than_one_crop_is_covered_by_growing_windows() -> None:
     # A 36 mm-radius blob at 1.5 mm model spacing spans 48 voxels: more than one 32³ crop.
-    image, label = _oblique_volume(shape=(50, 100, 100), spacing=(1.0, 1.0, 2.0), blobs=((25, 50, 50, 36),))
+    image, label = oblique_volume(shape=(50, 100, 100), spacing=(1.0, 1.0, 2.0), blobs=((25, 50, 50, 36),))
     grown = _predictor(max_windows=16)
     grown.set_image(image)
     full = grown.predict([LesionClicks(points=[[50, 50, 25]], labels=[1])])
@@ -112,7 +91,7 @@ def test_lesion_larger_than_one_crop_is_covered_by_growing_windows() -> None:
 
 
 def test_several_lesions_get_their_own_values() -> None:
-    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    image, label = oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
     pred = _predictor()
     pred.set_image(image)
     out = pred.predict(
@@ -128,7 +107,7 @@ def test_several_lesions_get_their_own_values() -> None:
 
 
 def test_click_outside_the_image_is_refused() -> None:
-    image, _ = _oblique_volume()
+    image, _ = oblique_volume()
     pred = _predictor()
     pred.set_image(image)
     with pytest.raises(ValueError, match=r"click \[60.0, 10.0, 3.0\] .* outside the image of size \(60, 70, 30\)"):
@@ -144,7 +123,7 @@ def test_lesion_clicks_validation() -> None:
 
 # ------------------------------------------------------------------------------------------- workflow on files
 def _write_case(tmp_path: Path, suffix: str = ".nrrd") -> tuple[Path, Path, Volume]:
-    image, label = _oblique_volume()
+    image, label = oblique_volume()
     img = write_image(image.array.astype(np.int16), tmp_path / f"case{suffix}", reference=image)
     lab = write_image(label.array * 2, tmp_path / f"label{suffix}", reference=image)  # lesion value 2
     return img, lab, image
@@ -162,7 +141,7 @@ def test_predict_file_writes_mask_with_the_input_geometry(tmp_path: Path, suffix
 
 
 def test_predict_from_prompt_file_with_two_lesions(tmp_path: Path) -> None:
-    image, _ = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    image, _ = oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
     img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
     world = image.index_to_world([45.0, 50.0, 20.0]).tolist()
     prompts = tmp_path / "p.json"
@@ -217,7 +196,7 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path: Path, kind: str
 
 
 def test_folder_prediction(tmp_path: Path) -> None:
-    image, label = _oblique_volume()
+    image, label = oblique_volume()
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()
     for n in range(2):
@@ -253,7 +232,7 @@ class TextModel(ThresholdModel):
 
 
 def test_text_alone_searches_the_whole_volume_and_selects_by_text(tmp_path: Path) -> None:
-    image, _ = _oblique_volume(shape=(40, 80, 70), blobs=((12, 25, 20, 6), (28, 55, 50, 7)))
+    image, _ = oblique_volume(shape=(40, 80, 70), blobs=((12, 25, 20, 6), (28, 55, 50, 7)))
     arr = image.array.copy()
     dd, hh, ww = np.meshgrid(*(np.arange(n) for n in arr.shape), indexing="ij")
     dark = ((dd - 28) * 2.0) ** 2 + ((hh - 55) * 0.9) ** 2 + ((ww - 50) * 0.8) ** 2 < 7.0**2
@@ -395,7 +374,7 @@ class AutoModel(StandInModel):
 
 
 def _bright_and_dark() -> tuple[Volume, np.ndarray, np.ndarray]:
-    image, _ = _oblique_volume(shape=(40, 80, 70), blobs=((12, 25, 20, 6), (28, 55, 50, 7)))
+    image, _ = oblique_volume(shape=(40, 80, 70), blobs=((12, 25, 20, 6), (28, 55, 50, 7)))
     arr = image.array.copy()
     dd, hh, ww = np.meshgrid(*(np.arange(n) for n in arr.shape), indexing="ij")
     dark = ((dd - 28) * 2.0) ** 2 + ((hh - 55) * 0.9) ** 2 + ((ww - 50) * 0.8) ** 2 < 7.0**2
@@ -500,7 +479,7 @@ class SmoothModel(ThresholdModel):
 
 @pytest.mark.parametrize("offset", [2.5, -1.5])
 def test_logit_offset_equals_a_model_whose_logits_are_shifted_by_minus_the_offset(offset: float) -> None:
-    image, _ = _oblique_volume(blobs=((15, 35, 30, 8),))
+    image, _ = oblique_volume(blobs=((15, 35, 30, 8),))
     cfg = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
     clicks = [LesionClicks(points=[[30, 35, 15]], labels=[1])]
     outs = {}
@@ -538,7 +517,7 @@ class AllBrightModel(ThresholdModel):
 def test_clicked_only_drops_the_lesions_nobody_clicked() -> None:
     """The stand-in returns both bright blobs of the window: the predictor keeps the clicked one and drops the
     other, unless ``clicked_only=False``."""
-    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (15, 40, 35, 6)))  # both in one window
+    image, label = oblique_volume(blobs=((10, 20, 15, 5), (15, 40, 35, 6)))  # both in one window
     cfg = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
     masks = {}
     for clicked_only in (True, False):

@@ -24,7 +24,7 @@ from lesionsam.inference.prompt_files import read_prompt_file
 from lesionsam.inference.regions import invert_region
 from lesionsam.inference.session import InteractiveSession
 from lesionsam.models import Prompts, SegOutput
-from stand_ins import StandInModel
+from stand_ins import StandInModel, oblique_volume
 
 
 class CachingBrightModel(StandInModel):
@@ -64,23 +64,6 @@ class CachingBrightModel(StandInModel):
         return self.decode(self.encode(image), prompts)
 
 
-def _oblique_volume(shape=(30, 70, 60), spacing=(0.8, 0.9, 2.0), blobs=((15, 35, 30, 6),)) -> tuple[Volume, Volume]:
-    """A CT-like volume (HU) with bright balls ``blobs`` = (d, h, w, radius mm), oblique, anisotropic."""
-    rng = np.random.default_rng(0)
-    arr = rng.normal(0, 5, shape).astype(np.float32)
-    lab = np.zeros(shape, np.uint8)
-    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    for n, (d, h, w, r) in enumerate(blobs, start=1):
-        inside = ((dd - d) * spacing[2]) ** 2 + ((hh - h) * spacing[1]) ** 2 + ((ww - w) * spacing[0]) ** 2 < r**2
-        arr[inside] = 200.0
-        lab[inside] = n
-    a, b = np.deg2rad(20), np.deg2rad(15)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    ref = Volume(arr, spacing, (-40.0, 25.0, 100.0), tuple((rz @ rx).ravel()))
-    return ref, ref.with_array(lab)
-
-
 def _bright(max_windows: int = 8) -> Predictor:
     cfg = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
     return Predictor(CachingBrightModel(), preprocess=cfg, max_windows=max_windows)
@@ -105,7 +88,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ agreement, caching
 @pytest.mark.parametrize("max_windows", [1, 4])
 def test_click_sequence_equals_the_one_shot_predictor(max_windows: int) -> None:
-    image, _ = _oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    image, _ = oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
     pred = _tiny(max_windows=max_windows, spacing=0.9)
     session = InteractiveSession(pred, image)
     clicks = [((40, 45, 20), True), ((47, 45, 20), False), ((36, 50, 21), True), ((40, 40, 19), False)]
@@ -126,7 +109,7 @@ def test_click_sequence_equals_the_one_shot_predictor(max_windows: int) -> None:
 def test_lesion_larger_than_its_windows_equals_the_predictor(max_windows: int) -> None:
     # A 36 mm-radius blob spans 48 voxels of the 1.5 mm grid: more than one 32³ crop. With one window the mask is
     # cut by the window (the coverage is resampled too); with 16 the windows grow over it.
-    image, label = _oblique_volume(shape=(50, 100, 100), spacing=(1.0, 1.0, 2.0), blobs=((25, 50, 50, 36),))
+    image, label = oblique_volume(shape=(50, 100, 100), spacing=(1.0, 1.0, 2.0), blobs=((25, 50, 50, 36),))
     pred = _bright(max_windows=max_windows)
     session = InteractiveSession(pred, image)
     session.click((50, 50, 25))
@@ -136,7 +119,7 @@ def test_lesion_larger_than_its_windows_equals_the_predictor(max_windows: int) -
 
 
 def test_refining_click_runs_the_decoder_only() -> None:
-    image, _ = _oblique_volume()
+    image, _ = oblique_volume()
     pred = _tiny(max_windows=1)
     encoder_calls: list[int] = []
     decoder_calls: list[int] = []
@@ -154,7 +137,7 @@ def test_refining_click_runs_the_decoder_only() -> None:
 
 
 def test_bfloat16_runs_the_model_in_bfloat16_and_agrees_with_float32() -> None:
-    image, _ = _oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    image, _ = oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
     logits = {}
     for dtype in ("float32", "bfloat16"):
         torch.manual_seed(0)
@@ -181,7 +164,7 @@ def test_bfloat16_runs_the_model_in_bfloat16_and_agrees_with_float32() -> None:
 
 # ------------------------------------------------------------------------------------------ behaviour
 def test_negative_click_removes_voxels_and_updates_only_its_region() -> None:
-    image, label = _oblique_volume()
+    image, label = oblique_volume()
     session = InteractiveSession(_bright(), image)
     first = session.click((30, 35, 15))
     assert first.lesion == 1 and _dice(session.label_map(), label.array) > 0.85
@@ -198,7 +181,7 @@ def test_negative_click_removes_voxels_and_updates_only_its_region() -> None:
 
 
 def test_two_lesions_undo_redo_delete() -> None:
-    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    image, label = oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
     session = InteractiveSession(_bright(), image)
     session.click((15, 20, 10))
     maps = [session.label_map()]
@@ -232,8 +215,8 @@ def test_two_lesions_undo_redo_delete() -> None:
 
 
 def test_sessions_sharing_a_predictor_are_independent() -> None:
-    image_a, label_a = _oblique_volume()
-    image_b, _ = _oblique_volume(blobs=((10, 20, 15, 5),))
+    image_a, label_a = oblique_volume()
+    image_b, _ = oblique_volume(blobs=((10, 20, 15, 5),))
     pred = _bright()
     alone = InteractiveSession(pred, image_a)
     alone.click((30, 35, 15))
@@ -246,7 +229,7 @@ def test_sessions_sharing_a_predictor_are_independent() -> None:
 
 
 def test_errors_are_one_clear_value_error() -> None:
-    image, _ = _oblique_volume()
+    image, _ = oblique_volume()
     session = InteractiveSession(_bright(), image)
     with pytest.raises(ValueError, match=r"click \[60.0, 10.0, 3.0\] .*outside the image of size \(60, 70, 30\)"):
         session.click((60, 10, 3))
@@ -268,7 +251,7 @@ def test_errors_are_one_clear_value_error() -> None:
 
 # ------------------------------------------------------------------------------------------ boxes
 def test_3d_and_2d_boxes_segment_the_boxed_lesion() -> None:
-    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    image, label = oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
     session = InteractiveSession(_bright(), image)
     idx = np.argwhere(label.array == 2)  # (d, h, w)
     lo, hi = idx.min(axis=0)[::-1], idx.max(axis=0)[::-1]  # (i, j, k)
@@ -285,7 +268,7 @@ def test_3d_and_2d_boxes_segment_the_boxed_lesion() -> None:
 
 # ------------------------------------------------------------------------------------------ saving
 def test_save_round_trips_the_geometry_and_the_prompts(tmp_path: Path) -> None:
-    image, _ = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    image, _ = oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
     session = InteractiveSession(_bright(), image)
     session.click((15, 20, 10))
     session.click((45, 50, 20))
@@ -349,7 +332,7 @@ def test_prior_is_the_ellipsoid_inscribed_in_the_box() -> None:
 
 
 def test_a_3d_box_bounds_its_lesion_and_a_2d_box_does_not() -> None:
-    image, label = _oblique_volume(blobs=((15, 35, 30, 9),))
+    image, label = oblique_volume(blobs=((15, 35, 30, 9),))
     session = InteractiveSession(_bright(), image)
     whole = _blob_box(label.array, 1)
     half = Box(whole.lo, (whole.hi[0], whole.hi[1], (whole.lo[2] + whole.hi[2]) // 2))  # the lower half in k
@@ -368,7 +351,7 @@ def test_a_3d_box_bounds_its_lesion_and_a_2d_box_does_not() -> None:
 
 
 def test_box_in_the_session_equals_the_predictor_and_refines_with_clicks() -> None:
-    image, label = _oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    image, label = oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
     box = _blob_box(label.array, 1)
     pred = _tiny(max_windows=2, spacing=0.9)
     session = InteractiveSession(pred, image)
@@ -381,7 +364,7 @@ def test_box_in_the_session_equals_the_predictor_and_refines_with_clicks() -> No
 
 
 def test_saved_prompts_reproduce_the_session_through_the_predictor(tmp_path: Path) -> None:
-    image, label = _oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
+    image, label = oblique_volume(blobs=((10, 20, 15, 5), (20, 50, 45, 6)))
     session = InteractiveSession(_bright(), image)
     session.box(_blob_box(label.array, 2))
     session.click((45, 50, 20), positive=False, lesion=1)
@@ -417,7 +400,7 @@ def test_prompt_file_box_is_validated(tmp_path: Path, item: dict, message: str) 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_cli_box_and_bfloat16_write_masks_on_the_input_grid(tmp_path: Path) -> None:
-    image, _ = _oblique_volume()
+    image, _ = oblique_volume()
     img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
     code = main(
         ["predict", str(img), "--out", str(tmp_path / "m.nii.gz"), "--preset", "tiny", "--box", "25,30,12,35,40,18"]
@@ -431,7 +414,7 @@ def test_cli_box_and_bfloat16_write_masks_on_the_input_grid(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("resampled", [True, False])
 def test_region_inversion_equals_whole_volume_inversion(resampled: bool) -> None:
-    image, _ = _oblique_volume()
+    image, _ = oblique_volume()
     spacing = (1.5, 1.5, 1.5) if resampled else None
     pre = Preprocessor(PreprocessConfig(spacing=spacing))(image)
     assert pre._resampled == resampled
