@@ -54,13 +54,10 @@ from lesionsam.workflows.demo import (
     DemoSettings,
     epoch_lines,
     evaluate_method,
-    gate_rates,
     prepare_data,
     pretrain,
     transfer,
 )
-from lesionsam.workflows.evaluate import evaluate
-from lesionsam.workflows.predict import predict
 
 __all__ = [
     "ABLATION_METHODS",
@@ -304,18 +301,6 @@ def _train_and_test(
         return
     best = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else last
     label = cfg.data.target_label
-    pred_dir = run_dir / "test_predictions"
-    predict(
-        test_root / "imagesTr",
-        pred_dir,
-        checkpoint=best,
-        clicks_from=test_root / "labelsTr",
-        label=label,
-        channel=channel,
-        device=_device(cfg),
-        progress=False,
-    )
-    gate_rates(best, test_root, run_dir / "gates.csv", label=label, channel=channel, device=_device(cfg))
     if clicks:
         evaluate_clicks(
             test_root / "imagesTr",
@@ -329,7 +314,8 @@ def _train_and_test(
             channel=channel,
             device=_device(cfg),
         )
-    evaluate(pred_dir, test_root / "labelsTr", label=label, out=run_dir / "test_metrics", progress=False)
+    # Predictions, gates, then the metrics, written last: they mark the run done.
+    evaluate_method(best, test_root, run_dir, label=label, channel=channel, device=_device(cfg))
 
 
 def ablate_config(

@@ -306,22 +306,33 @@ def gate_rates(
 
 
 def evaluate_method(
-    checkpoint: Path, root: Path, run_dir: Path, *, split: str = "test"
+    checkpoint: Path,
+    root: Path,
+    run_dir: Path,
+    *,
+    split: str = "test",
+    label: int = LESION,
+    channel: int | None = None,
+    device: str = "cpu",
 ) -> tuple[Path, Path, Path | None]:
-    """Predict the cases of data set ``root`` (one centre click per tumour), measure the gates, evaluate; writes
-    ``<split>_predictions/``, the gates CSV (``gates.csv`` for the test split, else ``<split>_gates.csv``) and
-    ``<split>_metrics/`` (last); returns (predictions, metrics folder, gates CSV or None)."""
+    """Predict the cases of data set ``root`` (one centre click per lesion of ``label``), measure the gates, evaluate;
+    writes ``<split>_predictions/``, the gates CSV (``gates.csv`` for the test split, else ``<split>_gates.csv``)
+    and ``<split>_metrics/`` (last: it marks the run done); returns (predictions, metrics folder, gates CSV or
+    None). ``channel``: of multi-channel images; ``device``: where the model runs."""
     pred_dir, eval_dir = run_dir / f"{split}_predictions", run_dir / f"{split}_metrics"
     predict(
         root / "imagesTr",
         pred_dir,
         checkpoint=checkpoint,
         clicks_from=root / "labelsTr",
-        label=LESION,
+        label=label,
+        channel=channel,
+        device=device,
         progress=False,
     )
-    gates = gate_rates(checkpoint, root, run_dir / ("gates.csv" if split == "test" else f"{split}_gates.csv"))
-    evaluate(pred_dir, root / "labelsTr", label=LESION, out=eval_dir, progress=False)  # last: marks it done
+    gates_csv = run_dir / ("gates.csv" if split == "test" else f"{split}_gates.csv")
+    gates = gate_rates(checkpoint, root, gates_csv, label=label, channel=channel, device=device)
+    evaluate(pred_dir, root / "labelsTr", label=label, out=eval_dir, progress=False)  # last: marks it done
     return pred_dir, eval_dir, gates
 
 
