@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lesionsam.models.config import ModelConfig
-from lesionsam.utils.dataclass_io import apply_overrides, from_dict, load_yaml
+from lesionsam.models.registry import method_spec, train_option_owners
+from lesionsam.utils.dataclass_io import apply_overrides, from_dict, load_yaml, to_dict, unknown_key
 from lesionsam.utils.options import look_up_option
 
 SCHEDULES = ("cosine", "constant")
@@ -112,10 +113,6 @@ class TrainConfig:
         click_mode: ``"random"`` or ``"center"`` click simulation.
         loss: training loss name (None: the method's default, e.g. DiceCE for ``finetune``, Zoom for ``sgp_sam``).
         loss_options: keyword options of the loss (e.g. ``{lambda_focal: 1.0, gamma: 2.0}``).
-        gate_cost: weight of the gate budget term added to the loss (SGP-SAM;
-            :func:`~lesionsam.models.methods.sgp.gate_budget`; 0 = none): without ``gate_target`` the mean gate-open
-            probability (a linear compute cost), with it ``(mean - gate_target) ** 2``.
-        gate_target: a target activation rate of the gates in [0, 1] (None: the linear cost); needs ``gate_cost > 0``.
         logit_adjustment: ``tau`` of logit adjustment (Menon et al., "Long-tail learning via logit adjustment",
             ICLR 2021), for losses whose class weighting shifts the optimal logit (the Zoom Loss's focal balance,
             :mod:`lesionsam.losses.balance`). With ``tau > 0`` the trainer estimates the loss's prior shift ``s`` on
@@ -123,23 +120,6 @@ class TrainConfig:
             and stores the offset ``tau * s`` in every checkpoint (``extra["logit_adjustment"]``); validation and the
             predictor subtract it from the logits before thresholding. The Dice term and ``gamma > 0`` make the real
             shift smaller than ``s``, so ``tau`` is tuned (1 = the whole focal-only shift; 0 = off, the default).
-        text_pairs: text-referred methods with several target labels: every crop trained with its class's text is
-            also trained, in the same batch, with another target label's text and that label's voxels of the same
-            crop as target (a contrastive pair: same image, other text, other mask).
-        text_contrast: with ``text_pairs``, weight of a per-voxel margin term between the two texts of a pair on
-            their text-only predictions: on the voxels of either text's class, that text's logit must exceed the
-            other's (``softplus(l_other - l_own)``, mean over those voxels). The image-only parts of the logits
-            cancel in the difference, so the term trains only what makes the texts differ (0 = none).
-        text_competition: with ``text_pairs``, weight of the training loss applied once more to the two texts'
-            *competing* logits on their text-only predictions (:func:`lesionsam.models.interface.competing_logits`:
-            each text against background and the other text, a 3-way softmax) — the voxel-level decision text
-            alone uses for a model without a region classifier; RefSAM3D decides lesion by lesion instead
-            (``region_classes``), so for it this only shapes the logits (measured: no selectivity; 0 = none).
-        region_classes: with ``text_pairs``, weight of a per-lesion class term: every lesion (connected component
-            of at least :data:`~lesionsam.training.trainer.REGION_MIN_VOXELS` voxels) of the two classes in a
-            paired crop is scored against the pair's two texts by the model's region classifier
-            (``RefSAM3D.region_scores``) with cross-entropy, mean over the lesions; text alone then decides each
-            found lesion's class with it (0 = none).
         amp: bfloat16 autocast on CUDA (ignored on CPU).
         grad_checkpointing: recompute encoder activations in the backward pass (less memory).
         val_every: validate every N epochs (and after the last).
@@ -148,6 +128,11 @@ class TrainConfig:
             the same crops, clicks and noise.
         deterministic: ``torch.use_deterministic_algorithms(True)``.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        options: the method's own training options, an instance of the dataclass its registration declares
+            (:attr:`~lesionsam.models.registry.MethodSpec.train_options`: SGP-SAM's gate budget, RefSAM3D's text-pair
+            terms), or None for a method with none. In YAML and overrides they are keys of the ``train:`` section
+            itself (``train.gate_cost=0.01``), read as attributes too (``config.train.gate_cost``); the run config
+            checks them against its method when it is read.
     """
 
     epochs: int = 10
@@ -166,13 +151,7 @@ class TrainConfig:
     click_mode: str = "random"
     loss: str | None = None
     loss_options: dict[str, Any] = field(default_factory=dict)
-    gate_cost: float = 0.0
-    gate_target: float | None = None
     logit_adjustment: float = 0.0
-    text_pairs: bool = False
-    text_contrast: float = 0.0
-    text_competition: float = 0.0
-    region_classes: float = 0.0
     amp: bool = True
     grad_checkpointing: bool = False
     val_every: int = 1
@@ -180,6 +159,16 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    options: Any = field(default=None, metadata={"flatten": True})
+
+    def __getattr__(self, name: str) -> Any:
+        """A method's training option read as ``train.<name>`` (only called for names TrainConfig does not have)."""
+        if name.startswith("__") or name == "options":
+            raise AttributeError(name)
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"train.{name}: no such train setting (nor a training option of this run's method)")
 
     def __post_init__(self) -> None:
         look_up_option(self.schedule, SCHEDULES, what="schedule")
@@ -195,30 +184,13 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for name in (
-            "weight_decay",
-            "gate_cost",
-            "logit_adjustment",
-            "text_contrast",
-            "text_competition",
-            "region_classes",
-        ):
+        for name in ("weight_decay", "logit_adjustment"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.gate_target is not None:
-            if not 0.0 <= self.gate_target <= 1.0:  # NaN too
-                raise ValueError(
-                    f"train.gate_target is a share of open gates and must be in [0, 1], got {self.gate_target}"
-                )
-            if not self.gate_cost > 0:
-                raise ValueError("train.gate_target needs train.gate_cost > 0 (the weight of the budget term)")
         if not math.isfinite(self.logit_adjustment):
             raise ValueError(
                 f"train.logit_adjustment (tau) must be finite, got {self.logit_adjustment}; 1 = the whole shift"
             )
-        for name in ("text_contrast", "text_competition", "region_classes"):
-            if getattr(self, name) > 0 and not self.text_pairs:
-                raise ValueError(f"train.{name} compares the two texts of a pair: set train.text_pairs: true too")
 
 
 @dataclass(frozen=True)
@@ -229,6 +201,86 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        """``train.options`` are the method's own: its declared dataclass (defaults when None), or None for a method
+        that declares none."""
+        declared = method_spec(self.model.method).train_options
+        options = self.train.options
+        if declared is None and options is not None:
+            raise ValueError(
+                f"method {self.model.method!r} has no training options of its own, got {type(options).__name__}"
+            )
+        if declared is not None and options is None:
+            object.__setattr__(self, "train", replace(self.train, options=declared()))
+        elif declared is not None and not isinstance(options, declared):
+            raise ValueError(
+                f"train.options of method {self.model.method!r} are {declared.__name__}, got {type(options).__name__}"
+            )
+
+    @classmethod
+    def _from_dict_hook(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Read the method's own training options out of the ``train:`` section (see :func:`split_train_options`)."""
+        model = data.get("model")
+        method = model.get("method", ModelConfig.method) if isinstance(model, dict) else ModelConfig.method
+        train = data.get("train")
+        if isinstance(train, dict) and isinstance(method, str):
+            data["train"] = split_train_options(train, method)
+        return data
+
+    def for_method(self, method: str) -> RunConfig:
+        """This config for another method (ablations, sweeps, the demo): the same settings with ``model.method``
+        set, keeping the training options the new method also declares and leaving out the old method's others
+        (they do not apply to it)."""
+        declared = method_spec(method).train_options
+        kept = {}
+        if declared is not None and self.train.options is not None:
+            names = {f.name for f in fields(declared)}
+            kept = {k: v for k, v in to_dict(self.train.options).items() if k in names}
+        options = from_dict(declared, kept, where="train") if declared is not None else None
+        return replace(self, model=replace(self.model, method=method), train=replace(self.train, options=options))
+
+
+def split_train_options(train: dict[str, Any], method: str) -> dict[str, Any]:
+    """The ``train:`` section with the keys of ``method``'s own training options gathered into ``options`` (an
+    instance of its declared dataclass, checked).
+
+    A key that is another method's training option is dropped when it has that option's default value (a shared
+    YAML such as ``configs/demo.yaml`` serves several methods) and refused otherwise: it would have no effect.
+
+    Raises:
+        ValueError: an unknown method, a bad option value, or another method's option set away from its default.
+    """
+    spec = method_spec(method)
+    train = dict(train)
+    if "options" in train:
+        raise ValueError(
+            "train.options: write a method's training options as keys of the train section (e.g. train.gate_cost=0.01)"
+        )
+    own = {f.name for f in fields(spec.train_options)} if spec.train_options is not None else set()
+    given = {k: train.pop(k) for k in list(train) if k in own}
+    shared = {f.name for f in fields(TrainConfig)}
+    for key, owners in train_option_owners().items():
+        if key in train and key not in shared:
+            value = train.pop(key)
+            default = _option_default(owners[0], key)
+            if value != default:
+                raise ValueError(
+                    f"train.{key}={value!r} is a training option of {', '.join(owners)}, not of {method!r}: "
+                    f"remove it or set model.method to one of them"
+                )
+    known = [f.name for f in fields(TrainConfig) if f.name != "options"] + sorted(own)
+    for key in train:
+        if key not in known:
+            raise ValueError(unknown_key(str(key), known, "train"))
+    if spec.train_options is not None:
+        train["options"] = from_dict(spec.train_options, given, where="train")
+    return train
+
+
+def _option_default(method: str, key: str) -> Any:
+    declared = method_spec(method).train_options
+    return next(f.default for f in fields(declared) if f.name == key)  # type: ignore[arg-type]
 
 
 def load_run_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> RunConfig:

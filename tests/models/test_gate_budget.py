@@ -13,6 +13,7 @@ from lesionsam.losses import build_loss
 from lesionsam.models import ModelConfig, build_model
 from lesionsam.models.backbone import get_preset
 from lesionsam.models.methods.sgp import GatingUnit, SGPOptions, SGPSam, build_sgp_sam, gate_budget
+from lesionsam.models.methods.sgp_budget import SGPTrainOptions
 from lesionsam.training.steps import InteractiveStep
 
 TINY = get_preset("tiny")
@@ -56,8 +57,7 @@ def _step_gate_bias_grads(
         ClickSimulator(),
         num_clicks=2,
         mask_only_iterations=0,
-        gate_cost=gate_cost,
-        gate_target=target,
+        options=SGPTrainOptions(gate_cost=gate_cost, gate_target=target),
     )
     model.zero_grad(set_to_none=True)
     torch.manual_seed(7)
@@ -91,14 +91,14 @@ def test_the_trainer_adds_weight_times_the_budget_gradient_to_the_gate(target: f
 
 
 def test_gate_target_is_checked() -> None:
-    cfg = load_run_config(None, ["train.gate_cost=0.1", "train.gate_target=0.4"])
+    cfg = load_run_config(None, ["model.method=sgp_sam", "train.gate_cost=0.1", "train.gate_target=0.4"])
     assert cfg.train.gate_target == 0.4
-    assert load_run_config(None).train.gate_target is None
+    assert load_run_config(None, ["model.method=sgp_sam"]).train.gate_target is None
     for bad in ("-0.1", "1.2", ".nan"):
         with pytest.raises(ValueError, match=r"train.gate_target is a share of open gates and must be in \[0, 1\]"):
-            load_run_config(None, ["train.gate_cost=0.1", f"train.gate_target={bad}"])
+            load_run_config(None, ["model.method=sgp_sam", "train.gate_cost=0.1", f"train.gate_target={bad}"])
     with pytest.raises(ValueError, match=r"train.gate_target needs train.gate_cost > 0"):
-        load_run_config(None, ["train.gate_target=0.5"])
+        load_run_config(None, ["model.method=sgp_sam", "train.gate_target=0.5"])
 
 
 def test_gate_pool_lets_the_gate_see_what_the_mean_hides() -> None:

@@ -188,6 +188,7 @@ def test_text_step_trains_on_empty_crops_with_error_clicks() -> None:
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
     from lesionsam.training.steps import InteractiveStep
+    from lesionsam.training.text_step import TextStep
 
     torch.manual_seed(0)
     model = build_refsam3d(get_preset("tiny"))
@@ -203,7 +204,7 @@ def test_text_step_trains_on_empty_crops_with_error_clicks() -> None:
     model.decode = spy  # type: ignore[method-assign]
     image = torch.randn(2, 1, 64, 64, 64)
     empty = torch.zeros(2, 1, 64, 64, 64)
-    step = InteractiveStep(
+    step = TextStep(
         model, build_loss("dice_ce"), ClickSimulator(), num_clicks=3, mask_only_iterations=0, texts={2: ["tumour"]}
     )
     rng = __import__("numpy").random.default_rng(0)
@@ -257,7 +258,8 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
-    from lesionsam.training.steps import InteractiveStep
+    from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
+    from lesionsam.training.text_step import TextStep
 
     torch.manual_seed(0)
     model = build_refsam3d(get_preset("tiny"))
@@ -276,8 +278,14 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     values[0, 0, 40:44, 40:44, 40:44] = 4
     image = torch.randn(1, 1, 64, 64, 64)
     texts = {2: ["liver tumour"], 4: ["liver cyst"]}
-    step = InteractiveStep(
-        model, loss, ClickSimulator(), num_clicks=2, mask_only_iterations=0, texts=texts, text_pairs=True
+    step = TextStep(
+        model,
+        loss,
+        ClickSimulator(),
+        num_clicks=2,
+        mask_only_iterations=0,
+        texts=texts,
+        options=RefSAM3DTrainOptions(text_pairs=True),
     )
     rng = np.random.default_rng(1)
     for _ in range(8):  # a clicks-only batch (one in four) is not paired; a text batch always is
@@ -327,7 +335,8 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
     from lesionsam.models import competing_logits
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
-    from lesionsam.training.steps import InteractiveStep
+    from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
+    from lesionsam.training.text_step import TextStep
     from lesionsam.training.text_terms import region_class_loss, text_margin_loss
 
     torch.manual_seed(0)
@@ -352,15 +361,14 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
     texts = {2: ["liver tumour"], 4: ["liver cyst"]}
     losses = {}
     for weight in (0.0, 0.5):
-        step = InteractiveStep(
+        step = TextStep(
             model,
             build_loss("dice_ce"),
             ClickSimulator(),
             num_clicks=2,
             mask_only_iterations=0,
             texts=texts,
-            text_pairs=True,
-            **{term: weight},
+            options=RefSAM3DTrainOptions(text_pairs=True, **{term: weight}),
         )
         first.clear()
         rng = np.random.default_rng(2)  # a seed whose first batch has text (one in four has none)
@@ -388,25 +396,27 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
 @pytest.mark.parametrize("term", ["text_contrast", "text_competition", "region_classes"])
 def test_text_pair_terms_need_text_pairs_and_a_non_negative_weight(term: str) -> None:
     with pytest.raises(ValueError, match=f"train.{term} compares the two texts of a pair: set train.text_pairs"):
-        load_run_config(None, [f"train.{term}=1.0"])
+        load_run_config(None, ["model.method=refsam3d", f"train.{term}=1.0"])
     with pytest.raises(ValueError, match=f"train.{term} must be >= 0, got -1"):
-        load_run_config(None, [f"train.{term}=-1", "train.text_pairs=true"])
+        load_run_config(None, ["model.method=refsam3d", f"train.{term}=-1", "train.text_pairs=true"])
 
 
 def test_region_classes_need_a_region_classifier() -> None:
     from lesionsam.data.clicks import ClickSimulator
     from lesionsam.losses import build_loss
     from lesionsam.models.backbone import build_sam3d, get_preset
-    from lesionsam.training.steps import InteractiveStep
+    from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
+    from lesionsam.training.text_step import TextStep
 
     with pytest.raises(ValueError, match="train.region_classes needs a model with a region classifier"):
-        InteractiveStep(
+        TextStep(
             build_sam3d(get_preset("tiny")),
             build_loss("dice_ce"),
             ClickSimulator(),
             num_clicks=1,
             mask_only_iterations=0,
-            region_classes=1.0,
+            texts={2: ["tumour"], 4: ["cyst"]},
+            options=RefSAM3DTrainOptions(text_pairs=True, region_classes=1.0),
         )
 
 

@@ -71,6 +71,18 @@ class SegOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """Base of a method's own training options: the keys it adds to a run config's ``train:`` section (SGP-SAM's gate
+    budget, RefSAM3D's text-pair terms), declared with the method (``register_method(..., train_options=...)``) and
+    checked when the config is read. A subclass adds fields and may add a term to the training loss."""
+
+    def extra_loss(self, out: SegOutput) -> Tensor | None:
+        """A term added to the training loss of a click-trained method, from the last decoder iteration's output of
+        a crop batch (None: nothing to add)."""
+        return None
+
+
 def competing_logits(own: Tensor, others: Tensor) -> Tensor:
     """Log-odds of a text's class against background and every competing class, per voxel.
 

@@ -5,24 +5,42 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, load_sam_med3d_weights, model_config_of
 from lesionsam.models.config import ModelConfig
-from lesionsam.models.interface import SegModel
+from lesionsam.models.interface import SegModel, TrainOptions
 from lesionsam.utils.dataclass_io import from_dict
 from lesionsam.utils.options import look_up_option
 
 Builder = Callable[[ModelConfig, Any], SegModel]
 
 
+#: How a method trains (the trainer's step for it): ``"interactive"`` SAM-Med3D's click iterations, ``"text"`` the
+#: same with a text prompt for each crop's class first (text-referred), ``"automatic"`` one prompt-free forward pass
+#: on multi-class crops.
+TRAINING_STEPS = ("interactive", "text", "automatic")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its builder, its options dataclass (or None), its default training loss
-    (a name known to ``lesionsam.losses.build_loss``) with the options it uses by default (``train.loss_options``
-    override them), and a one-line description. A *preset* (``preset_of`` set) is another method's model with another
-    default loss: a name for a loss choice (``sgp_dice`` = ``sgp_sam`` with ``train.loss=dice``)."""
+    """A registered method, as the trainer and predictor see it.
+
+    Attributes:
+        name: the registry name (``model.method``).
+        builder: ``builder(config, options) -> SegModel``.
+        options: the dataclass of its model options (``model.options``), or None.
+        description: one line for ``lesionsam methods`` and the docs.
+        loss: its default training loss, a name known to ``lesionsam.losses.build_loss``.
+        loss_options: the options of that loss it uses by default (``train.loss_options`` override them).
+        training: its training step, one of :data:`TRAINING_STEPS`.
+        train_options: the dataclass of its own training options (a :class:`~lesionsam.models.interface.TrainOptions`
+            subclass whose fields are extra keys of the run config's ``train:`` section), or None.
+        preset_of: set for a *preset*: another method's model (same builder, options, training step and training
+            options) with another default loss, a name for a loss choice (``sgp_dice`` = ``sgp_sam`` with
+            ``train.loss=dice``).
+    """
 
     name: str
     builder: Builder
@@ -30,6 +48,8 @@ class MethodSpec:
     description: str
     loss: str = "dice_ce"
     loss_options: Mapping[str, Any] = field(default_factory=dict)
+    training: str = "interactive"
+    train_options: type[TrainOptions] | None = None
     preset_of: str | None = None
 
 
@@ -43,8 +63,11 @@ def register_method(
     description: str = "",
     loss: str = "dice_ce",
     loss_options: Mapping[str, Any] | None = None,
+    training: str = "interactive",
+    train_options: type[TrainOptions] | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(config, options) -> SegModel`` under ``name``.
+    """Decorator registering ``builder(config, options) -> SegModel`` under ``name``, with what it declares (see
+    :class:`MethodSpec`: its model options, default loss, training step and training options).
 
     Example:
         >>> @register_method("my_method", description="SAM-Med3D with a twist")
@@ -55,7 +78,12 @@ def register_method(
     def deco(builder: Builder) -> Builder:
         if name in _METHODS and _METHODS[name].builder is not builder:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodSpec(name, builder, options, description, loss, dict(loss_options or {}))
+        look_up_option(training, TRAINING_STEPS, what="training step")
+        if train_options is not None and not issubclass(train_options, TrainOptions):
+            raise TypeError(f"method {name!r}: train_options must subclass TrainOptions, got {train_options!r}")
+        _METHODS[name] = MethodSpec(
+            name, builder, options, description, loss, dict(loss_options or {}), training, train_options
+        )
         return builder
 
     return deco
@@ -73,7 +101,15 @@ def register_preset(
     if name in _METHODS and _METHODS[name].preset_of != of:
         raise ValueError(f"method {name!r} is registered twice")
     _METHODS[name] = MethodSpec(
-        name, base.builder, base.options, description, loss, dict(loss_options or {}), preset_of=of
+        name,
+        base.builder,
+        base.options,
+        description,
+        loss,
+        dict(loss_options or {}),
+        base.training,
+        base.train_options,
+        preset_of=of,
     )
 
 
@@ -91,6 +127,17 @@ def method_spec(name: str) -> MethodSpec:
     """The :class:`MethodSpec` of ``name`` (``ValueError`` listing the known methods otherwise)."""
     _load_builtin_methods()
     return _METHODS[look_up_option(name, sorted(_METHODS), what="method")]
+
+
+def train_option_owners() -> dict[str, list[str]]:
+    """Every registered training option name and the methods that declare it (for messages about a key that belongs
+    to another method)."""
+    _load_builtin_methods()
+    owners: dict[str, list[str]] = {}
+    for name, spec in sorted(_METHODS.items()):
+        for f in fields(spec.train_options) if spec.train_options is not None else ():
+            owners.setdefault(f.name, []).append(name)
+    return owners
 
 
 def build_model(config: ModelConfig) -> SegModel:

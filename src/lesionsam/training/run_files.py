@@ -14,7 +14,7 @@ from torch import nn
 
 from lesionsam.config import RunConfig
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint
-from lesionsam.utils.dataclass_io import atomic_write_bytes, to_dict
+from lesionsam.utils.dataclass_io import atomic_write_bytes, from_dict, to_dict
 
 log = logging.getLogger("lesionsam.training.trainer")
 
@@ -36,7 +36,11 @@ def resume_run(
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no {path}; start without --resume")
     ckpt = load_checkpoint(path)
-    saved, now = ckpt["config"], to_dict(cfg)
+    try:  # read back as a config, so that a run saved before a change of the config's layout compares by value
+        saved = to_dict(from_dict(RunConfig, ckpt["config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"--resume: the saved run's config in {path} no longer reads: {exc}") from None
+    now = to_dict(cfg)
     saved_train = {k: v for k, v in saved.get("train", {}).items() if k != "epochs"}
     now_train = {k: v for k, v in now["train"].items() if k != "epochs"}
     for section in ("model", "data"):

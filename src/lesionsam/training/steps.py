@@ -1,17 +1,22 @@
 """The training steps, each one ``nn.Module`` (so ``DistributedDataParallel`` can wrap it): SAM-Med3D's interactive
-click step (:class:`InteractiveStep`) and the prompt-free step (:class:`AutomaticStep`)."""
+click step (:class:`InteractiveStep`), its text-referred variant (:class:`~lesionsam.training.text_step.TextStep`)
+and the prompt-free step (:class:`AutomaticStep`). A method declares which one trains it
+(:attr:`~lesionsam.models.registry.MethodSpec.training`); :func:`build_step` builds it."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lesionsam.config import TrainConfig
 from lesionsam.data.clicks import ClickSimulator
 from lesionsam.losses import StagedLoss
-from lesionsam.models import Prompts, SegModel, competing_logits
-from lesionsam.models.methods.sgp import gate_budget
-from lesionsam.training.text_terms import region_class_loss, text_margin_loss
+from lesionsam.models import Prompts, SegModel, SegOutput
+from lesionsam.models.interface import TrainOptions
 
 
 def dice_score(pred: Tensor, target: Tensor) -> Tensor:
@@ -22,13 +27,33 @@ def dice_score(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-8), torch.ones_like(denom))
 
 
+@dataclass
+class StepBatch:
+    """The crops of one step as the decoder iterations see them (a text-referred step may double the batch).
+
+    Attributes:
+        image, label: (B, 1, S, S, S) float crops and 0/1 targets.
+        text: B text prompts given in every iteration (the first iteration has the text alone), or None.
+        paired: the batch is a text pair: its second half is the first half's crops with another class's text.
+    """
+
+    image: Tensor
+    label: Tensor
+    text: list[str] | None = None
+    paired: bool = False
+
+
 class InteractiveStep(nn.Module):
     """SAM-Med3D's interactive training step as one module (so ``DistributedDataParallel`` can wrap it).
 
     ``forward(image, label, rng)`` → (loss, stats): one encoder pass, ``num_clicks`` decoder iterations with
-    simulated clicks and mask feedback, the mean loss over iterations (+ ``gate_cost`` ×
-    :func:`~lesionsam.models.methods.sgp.gate_budget` of the gate-open probabilities, with ``gate_target``, when the
-    model reports gates in ``extras["gate_probs"]``).
+    simulated clicks and mask feedback, the mean loss over iterations, plus the method's own term from its training
+    options (:meth:`~lesionsam.models.interface.TrainOptions.extra_loss` of the last iteration's output: SGP-SAM's
+    gate budget). ``stats["gate_rate"]`` is the mean gate-open probability when the output reports gates
+    (``extras["gate_probs"]``).
+
+    Subclasses (:class:`~lesionsam.training.text_step.TextStep`) choose each crop's text and add terms through
+    :meth:`prompt_batch`, :meth:`encoded_terms` and :meth:`first_terms`.
     """
 
     def __init__(
@@ -39,31 +64,48 @@ class InteractiveStep(nn.Module):
         *,
         num_clicks: int,
         mask_only_iterations: int,
-        gate_cost: float = 0.0,
-        gate_target: float | None = None,
-        texts: dict[int, list[str]] | None = None,
-        text_pairs: bool = False,
-        text_contrast: float = 0.0,
-        text_competition: float = 0.0,
-        region_classes: float = 0.0,
+        options: TrainOptions | None = None,
     ) -> None:
         super().__init__()
-        if region_classes and not model.scores_regions:
-            raise ValueError(
-                f"train.region_classes needs a model with a region classifier (refsam3d), not {model.display_name}"
-            )
-        self.region_classes = region_classes
-        self.texts = texts or {}
-        self.text_pairs = text_pairs and len(self.texts) > 1
-        self.text_contrast = text_contrast
-        self.text_competition = text_competition
         self.model = model
         self.loss_fn = loss_fn
         self.clicks = clicks
         self.num_clicks = num_clicks
         self.mask_only = mask_only_iterations
-        self.gate_cost = gate_cost
-        self.gate_target = gate_target
+        self.options = options
+
+    @classmethod
+    def from_config(
+        cls, model: SegModel, loss_fn: nn.Module, train: TrainConfig, *, clicks: ClickSimulator, **_: Any
+    ) -> InteractiveStep:
+        """The step of a run's ``train`` section (its click iterations and the method's training options)."""
+        return cls(
+            model,
+            loss_fn,
+            clicks,
+            num_clicks=train.num_clicks,
+            mask_only_iterations=train.mask_only_iterations,
+            options=train.options,
+        )
+
+    def prompt_batch(
+        self,
+        image: Tensor,
+        label: Tensor,
+        rng: np.random.Generator,
+        target: Tensor | None,
+        label_values: Tensor | None,
+    ) -> StepBatch:
+        """The crops as the iterations see them: here unchanged, with no text."""
+        return StepBatch(image, label)
+
+    def encoded_terms(self, total: Tensor, encoded: Any, batch: StepBatch) -> Tensor:
+        """``total`` plus the terms computed on the encoded crops, before any decoder iteration (here none)."""
+        return total
+
+    def first_terms(self, total: Tensor, out: SegOutput, batch: StepBatch) -> Tensor:
+        """``total`` plus the terms of the first iteration's output (here none)."""
+        return total
 
     def forward(
         self,
@@ -74,43 +116,18 @@ class InteractiveStep(nn.Module):
         progress: float = 1.0,
         label_values: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample
-        (``progress``, the share of training done, is not used by the interactive step).
-
-        For text-referred methods, ``target`` (B,) holds each crop's label value; a text prompt for it is drawn
-        from ``texts`` and given in every iteration, and the first iteration has the text alone (no click). When
-        the model also works without text, one batch in four gets no text (clicks only), so both uses train.
-
-        With ``text_pairs`` (and ``label_values``, the crops' label values (B, 1, S, S, S)), a text batch doubles:
-        each crop comes again with another target label's text and that label's voxels as target; with
-        ``text_contrast`` the text-only logits of the two halves also get :func:`text_margin_loss`, and with
-        ``text_competition`` the loss again on their competing logits (each half against background and the other
-        half's text, :func:`~lesionsam.models.interface.competing_logits`); with ``region_classes`` every lesion of
-        either class in a pair's crop is classified between the pair's two texts (:func:`region_class_loss`). All
-        three weights are effective: the returned loss grows by weight × term.
+        """image, label: (B, 1, S, S, S); label 0/1 float with at least one foreground voxel per sample unless a
+        text is given (``progress``, the share of training done, is not used by the interactive step; ``target``
+        (B,) the crops' label values and ``label_values`` (B, 1, S, S, S) their label maps, for a text step).
 
         A crop may have an empty label (a negative crop, ``data.negative_fraction``) only when text is given: its
         clicks then come from the error region of the text-only prediction (a negative click on what was found,
         or a padding click when nothing was), the same rule for the whole batch.
         """
+        batch = self.prompt_batch(image, label, rng, target, label_values)
+        image, label, text = batch.image, batch.label, batch.text
         gt = label > 0.5
         has_lesion = bool(gt.flatten(1).any(1).all())
-        text = None
-        if self.texts:
-            if target is None:
-                raise ValueError("a text-referred method needs each crop's target label value")
-            text = [str(rng.choice(self.texts[int(t)])) for t in target.tolist()]
-            if "text" not in self.model.required_prompts and rng.random() < 0.25 and has_lesion:
-                text = None
-        paired = False
-        if text is not None and self.text_pairs and label_values is not None and target is not None:
-            paired = True
-            others = [int(rng.choice([v for v in self.texts if v != int(t)])) for t in target.tolist()]
-            text = text + [str(rng.choice(self.texts[v])) for v in others]
-            other_label = torch.stack([label_values[i] == v for i, v in enumerate(others)]).to(label.dtype)
-            image, label = torch.cat([image, image]), torch.cat([label, other_label])
-            gt = label > 0.5
-            has_lesion = bool(gt.flatten(1).any(1).all())
         if text is None and not has_lesion:
             raise ValueError(
                 "a training crop has no voxel of its target label, so there is no lesion for the first click; "
@@ -118,13 +135,10 @@ class InteractiveStep(nn.Module):
             )
         total = image.new_zeros(())
         encoded = self.model.encode(image)
-        if paired and self.region_classes:
-            region = region_class_loss(self.model, encoded, label, text)  # type: ignore[arg-type]
-            total = total + self.num_clicks * self.region_classes * region
+        total = self.encoded_terms(total, encoded, batch)
         later = list(range(1, self.num_clicks))
         mask_only = set(rng.choice(later, size=self.mask_only, replace=False).tolist()) if self.mask_only else set()
-        points = labels = low = pred = None
-        gates: list[Tensor] = []
+        points = labels = low = pred = out = None
         dice = None
         for it in range(self.num_clicks):
             if it == 0 and text is not None:
@@ -144,27 +158,19 @@ class InteractiveStep(nn.Module):
                 prompts = Prompts(points=points, labels=labels, mask=low, text=text)
             out = self.model.decode(encoded, prompts)
             total = total + self.loss_fn(out.logits.float(), label)
-            if it == 0 and paired and (self.text_contrast or self.text_competition):
-                half = label.shape[0] // 2
-                a, b = out.logits[:half].float(), out.logits[half:].float()
-                if self.text_contrast:
-                    margin = text_margin_loss(a, b, label[:half] > 0.5, label[half:] > 0.5)
-                    total = total + self.num_clicks * self.text_contrast * margin
-                if self.text_competition:
-                    competing = torch.cat([competing_logits(a, b), competing_logits(b, a)])
-                    total = total + self.num_clicks * self.text_competition * self.loss_fn(competing, label)
+            if it == 0:
+                total = self.first_terms(total, out, batch)
             pred = out.logits.detach() > 0
             low = out.low_res_logits.detach()
-            if "gate_probs" in out.extras:
-                gates.append(out.extras["gate_probs"])
             dice = dice_score(pred, gt)
         loss = total / self.num_clicks
         stats = {"dice": float(dice.mean()) if dice is not None else float("nan")}
-        if gates:
-            probs = gates[-1]
-            if self.gate_cost:
-                loss = loss + self.gate_cost * gate_budget(probs, self.gate_target)
-            stats["gate_rate"] = float(probs.detach().float().mean())
+        if out is not None:
+            extra = self.options.extra_loss(out) if self.options is not None else None
+            if extra is not None:
+                loss = loss + extra
+            if "gate_probs" in out.extras:
+                stats["gate_rate"] = float(out.extras["gate_probs"].detach().float().mean())
         return loss, stats
 
 
@@ -181,6 +187,11 @@ class AutomaticStep(nn.Module):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+
+    @classmethod
+    def from_config(cls, model: SegModel, loss_fn: nn.Module, train: TrainConfig, **_: Any) -> AutomaticStep:
+        """The step of a run's ``train`` section (nothing in it changes the prompt-free step)."""
+        return cls(model, loss_fn)
 
     def forward(
         self,

@@ -62,6 +62,7 @@ from lesionsam.training.data import check_dataset, class_datasets, collate, lesi
 from lesionsam.training.distributed import DistContext, seed_everything
 from lesionsam.training.run_files import resume_run, write_train_log
 from lesionsam.training.steps import AutomaticStep, InteractiveStep
+from lesionsam.training.text_step import TextStep
 from lesionsam.training.validation import validate
 from lesionsam.utils.dataclass_io import save_yaml
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
@@ -69,6 +70,13 @@ from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 log = logging.getLogger(__name__)
 
 Callback = Callable[["Trainer", str, dict[str, Any]], None]
+
+#: The training step of each kind a method may declare (``MethodSpec.training``).
+STEPS: dict[str, type[InteractiveStep] | type[AutomaticStep]] = {
+    "interactive": InteractiveStep,
+    "text": TextStep,
+    "automatic": AutomaticStep,
+}
 
 
 @dataclass
@@ -116,6 +124,8 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.logit_offset = 0.0  # train.logit_adjustment x the loss's prior shift: subtracted from the logits
+        #: How the method trains, as its registration declares: "interactive", "text" or "automatic".
+        self.step_kind = method_spec(config.model.method).training
 
     # ------------------------------------------------------------------------------------------ hooks
     def build_model(self) -> SegModel:
@@ -190,6 +200,11 @@ class Trainer:
                 shifts.append(loss_prior_shift(loss_fn, train_set[idx]["label"][None]))
         return estimate_prior_shift(shifts)
 
+    def build_step(self, model: SegModel, loss_fn: nn.Module, texts: dict[int, list[str]] | None) -> nn.Module:
+        """The training step the method declares (:data:`STEPS` by ``MethodSpec.training``), from ``train``."""
+        step = STEPS[self.step_kind]
+        return step.from_config(model, loss_fn, self.cfg.train, clicks=self.click_simulator(), texts=texts)
+
     def click_simulator(self) -> ClickSimulator:
         return ClickSimulator(mode=self.cfg.train.click_mode)
 
@@ -217,7 +232,8 @@ class Trainer:
         :func:`~lesionsam.training.data.lesion_datasets` for a prompted method, else
         :func:`~lesionsam.training.data.class_datasets`."""
         cases = self.load_cases()
-        if self.model is not None and self.model.prompt_free:
+        if self.step_kind == "automatic":
+            assert self.model is not None, "build_datasets: the model is built first (its class count)"
             train, val, self._splits = class_datasets(self.cfg, cases, self.model.num_classes)
         else:
             train, val, self._splits = lesion_datasets(self.cfg, cases)
@@ -239,7 +255,7 @@ class Trainer:
         self.model = model
         train_set, val_set = self.build_datasets()  # after the model: a prompt-free one trains on other crops
         check_dataset(self.cfg)  # every image and label readable, finite, on one grid, with known label values
-        if self.cfg.data.negative_fraction and not _takes_text(model):
+        if self.cfg.data.negative_fraction and self.step_kind != "text":
             raise ValueError(
                 f"data.negative_fraction={self.cfg.data.negative_fraction} needs a method prompted without a click "
                 f"(text-referred, e.g. refsam3d); {self.cfg.model.method!r} starts from a click inside the lesion. "
@@ -257,7 +273,7 @@ class Trainer:
             start, best, history = self._resume(model, optimizer, scheduler)
         loss_fn = self.build_loss().to(self.device)
         if t.logit_adjustment:
-            if model.prompt_free:
+            if self.step_kind == "automatic":
                 raise ValueError(
                     f"train.logit_adjustment is for sigmoid (one-vs-rest) losses; {self.cfg.model.method!r} is "
                     "prompt-free with softmax classes: set train.logit_adjustment=0"
@@ -270,7 +286,7 @@ class Trainer:
                 shift,
                 self.logit_offset,
             )
-        texts = self.label_texts() if not model.prompt_free and _takes_text(model) else None
+        texts = self.label_texts() if self.step_kind == "text" else None
         # Every input has been read and checked: only now is the run folder created or touched, so a failure above
         # leaves an existing run folder byte-for-byte as it was.
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,24 +300,7 @@ class Trainer:
             read_here = bool(given) and splits_path.exists() and os.path.samefile(given, splits_path)
             if self._splits is not None and not read_here:  # never over the data.splits file it was read from
                 write_splits(self._splits, splits_path)
-        step_module: nn.Module
-        if model.prompt_free:
-            step_module = AutomaticStep(model, loss_fn)
-        else:
-            step_module = InteractiveStep(
-                model,
-                loss_fn,
-                self.click_simulator(),
-                num_clicks=t.num_clicks,
-                mask_only_iterations=t.mask_only_iterations,
-                gate_cost=t.gate_cost,
-                gate_target=t.gate_target,
-                texts=texts,
-                text_pairs=t.text_pairs,
-                text_contrast=t.text_contrast,
-                text_competition=t.text_competition,
-                region_classes=t.region_classes,
-            )
+        step_module = self.build_step(model, loss_fn, texts)
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module,
@@ -431,7 +430,7 @@ class Trainer:
     def validate(self, model: SegModel, val_set: Dataset) -> float:
         """Mean Dice over the validation crops (:func:`~lesionsam.training.validation.validate`), with this run's
         ``train.val_clicks``, logit-adjustment offset and, for a text-referred method, the label texts."""
-        texts = self.label_texts() if not model.prompt_free and _takes_text(model) else None
+        texts = self.label_texts() if self.step_kind == "text" else None
         return validate(
             model,
             val_set,
@@ -486,7 +485,3 @@ class Trainer:
 
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         write_train_log(self.out_dir / "train_log.csv", history)
-
-
-def _takes_text(model: SegModel) -> bool:
-    return "text" in model.required_prompts | model.accepted_prompts

@@ -18,9 +18,18 @@ T = TypeVar("T")
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass (recursively) as plain dicts, lists and scalars, ready for YAML or a checkpoint."""
+    """A dataclass (recursively) as plain dicts, lists and scalars, ready for YAML or a checkpoint. A field with
+    ``metadata={"flatten": True}`` holding a dataclass gives its keys to its parent's mapping (the parent's
+    ``_from_dict_hook`` gathers them back)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = to_dict(getattr(obj, f.name))
+            if f.metadata.get("flatten"):  # a nested dataclass written as keys of its parent (None: nothing)
+                out.update(value or {})
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, Mapping):
@@ -50,12 +59,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise ValueError(_unknown_key(str(key), names, where))
+            raise ValueError(unknown_key(str(key), names, where))
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
 
 
-def _unknown_key(key: str, names: Sequence[str], where: str) -> str:
+def unknown_key(key: str, names: Sequence[str], where: str) -> str:
     """``unknown config key 'train.epoch'; did you mean 'train.epochs'?`` (or the list of known keys)."""
     dotted = lambda k: f"{where}.{k}" if where else k  # noqa: E731
     hint = difflib.get_close_matches(key, list(names), n=1)

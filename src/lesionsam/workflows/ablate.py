@@ -186,13 +186,11 @@ def ablate(
 
 # ---------------------------------------------------------------------------------------------- any run config
 def run_config(base: RunConfig, method: str, seed: int, splits: str) -> RunConfig:
-    """The config of one run: ``base`` with ``model.method``, ``train.seed``, ``data.splits`` and its name set."""
+    """The config of one run: ``base`` for ``method`` (:meth:`RunConfig.for_method`: the training options of
+    another method left out) with ``train.seed``, ``data.splits`` and its name set."""
+    cfg = base.for_method(method)
     return replace(
-        base,
-        name=f"{method}_seed{seed}",
-        model=replace(base.model, method=method),
-        train=replace(base.train, seed=seed),
-        data=replace(base.data, splits=splits),
+        cfg, name=f"{method}_seed{seed}", train=replace(cfg.train, seed=seed), data=replace(cfg.data, splits=splits)
     )
 
 

@@ -13,6 +13,7 @@ from lesionsam.data.synthetic import CYST, LESION
 from lesionsam.evaluation.coverage import class_coverage
 from lesionsam.evaluation.studies import text_study_table
 from lesionsam.inference.predictor import Predictor
+from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import atomic_write_bytes
@@ -73,8 +74,7 @@ def text_study(
         train=replace(
             s.train_config(epochs=s.transfer_epochs, seed=seed),
             lr_new=s.lr,
-            text_pairs=True,
-            region_classes=REGION_CLASSES,
+            options=RefSAM3DTrainOptions(text_pairs=True, region_classes=REGION_CLASSES),
         ),
     )
     result = Trainer(cfg, root / "refsam3d", progress=progress).fit()

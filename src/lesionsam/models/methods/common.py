@@ -46,3 +46,11 @@ def parameter_overhead(model: nn.Module, new_prefixes: Sequence[str], trainable:
     out["ratio"] = new / max(1, counts["backbone"])
     out["trainable"] = sum(sizes[n].numel() for n in trainable)
     return out
+
+
+def int_at_least(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int when it is a whole number >= ``minimum`` (``ValueError`` naming ``name`` otherwise)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or int(value) != value or value < minimum:  # type: ignore[operator, arg-type]
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
 from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
-from lesionsam.models.methods.common import parameter_overhead, upsampling_levels
+from lesionsam.models.methods.common import int_at_least, parameter_overhead, upsampling_levels
 from lesionsam.models.methods.hsam_parts import (
     HierarchicalPixelDecoder,
     PriorGuidedDecoder,
@@ -85,13 +85,6 @@ NEW_PREFIXES = ("lora.", "hsam_decoder.")
 
 #: Encoder layers that can carry LoRA.
 LORA_TARGETS = ("qkv",)
-
-
-def _int_at_least(name: str, value: object, minimum: int) -> int:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or int(value) != value or value < minimum:  # type: ignore[operator, arg-type]
-        raise ValueError(f"HSAMOptions.{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -121,9 +114,8 @@ class HSAMOptions:
     freeze_encoder: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "num_classes", _int_at_least("num_classes", self.num_classes, 1))
-        object.__setattr__(self, "lora_rank", _int_at_least("lora_rank", self.lora_rank, 1))
-        object.__setattr__(self, "decoder_channels", _int_at_least("decoder_channels", self.decoder_channels, 2))
+        for name, least in (("num_classes", 1), ("lora_rank", 1), ("decoder_channels", 2)):
+            object.__setattr__(self, name, int_at_least(f"HSAMOptions.{name}", getattr(self, name), least))
         alpha = self.lora_alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"HSAMOptions.lora_alpha must be a finite number > 0, got {alpha!r}")
@@ -496,5 +488,9 @@ def _build(config: ModelConfig, options: HSAMOptions | None) -> HSAM:
 
 
 register_method(
-    "hsam", options=HSAMOptions, description="H-SAM: prompt-free hierarchical decoding (multi-class)", loss="hsam"
+    "hsam",
+    options=HSAMOptions,
+    description="H-SAM: prompt-free hierarchical decoding (multi-class)",
+    loss="hsam",
+    training="automatic",
 )(_build)

@@ -84,6 +84,7 @@ from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
 from lesionsam.models.methods.common import parameter_overhead, upsampling_levels
+from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
 from lesionsam.models.methods.refsam3d_parts import (
     Adapter3D,
     MultiLevelMaskDecoder3D,
@@ -482,5 +483,10 @@ def _build(config: ModelConfig, options: RefSAM3DOptions | None) -> RefSAM3D:
 
 
 register_method(
-    "refsam3d", options=RefSAM3DOptions, description="RefSAM3D: text-referred 3D segmentation", loss="dice_ce"
+    "refsam3d",
+    options=RefSAM3DOptions,
+    description="RefSAM3D: text-referred 3D segmentation",
+    loss="dice_ce",
+    training="text",
+    train_options=RefSAM3DTrainOptions,
 )(_build)

@@ -44,6 +44,7 @@ from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
 from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
+from lesionsam.models.methods.sgp_budget import SGPTrainOptions, gate_budget
 from lesionsam.models.registry import register_method, register_preset
 from lesionsam.utils.options import look_up_option
 
@@ -417,30 +418,6 @@ class SGPSam(Sam3D):
         return gate_budget(out.extras["gate_probs"], target)
 
 
-def gate_budget(gate_probs: Tensor, target: float | None = None) -> Tensor:
-    """The budget term on the gates (unweighted; ``train.gate_cost`` is its weight), a scalar.
-
-    With ``m`` the mean keep probability over the samples and modules (``gate_probs``, (B, n_modules), the
-    differentiable ``softmax(gate logits)[:, 1]`` of every gating unit):
-
-    - ``target=None``: ``m``, a linear compute cost (in [0, 1]): every open gate costs, so a gate opens only where
-      the fusion lowers the segmentation loss by more than the weight;
-    - ``target=t`` in [0, 1]: ``(m - t) ** 2``, a target activation rate: the gates are pushed towards opening on a
-      share ``t`` of the crops, and the segmentation loss decides which.
-
-    0 when there is no gate (no module). This is the one place the budget is computed: the trainer adds
-    ``weight * gate_budget(...)`` to the loss.
-    """
-    if not gate_probs.numel():
-        return gate_probs.new_zeros(())
-    mean = gate_probs.float().mean()
-    if target is None:
-        return mean
-    if not 0.0 <= float(target) <= 1.0:
-        raise ValueError(f"gate_budget: target must be an activation rate in [0, 1], got {target!r}")
-    return (mean - float(target)) ** 2
-
-
 def build_sgp_sam(
     config: Sam3DConfig | None = None, options: SGPOptions | None = None, *, attn_impl: str = "fast"
 ) -> SGPSam:
@@ -468,5 +445,6 @@ register_method(
     description="SGP-SAM: self-gated prompting + Zoom Loss",
     loss="zoom",
     loss_options=ZOOM_DEFAULTS,
+    train_options=SGPTrainOptions,
 )(_build)
 register_preset("sgp_dice", of="sgp_sam", loss="dice", description="ablation: SGPM trained with Dice")
