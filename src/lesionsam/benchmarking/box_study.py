@@ -9,8 +9,9 @@ Every connected lesion (26-connectivity) of the label value is segmented alone i
 * ``box2d``: the lesion's bounding box on the slice (k) of its centre click, a 2D box as a user draws on one slice;
 * ``box2d_no_prior``: that 2D box without the prior mask.
 
-A box side of one voxel is widened to two (nobody draws a zero-width box). Dice is measured on the input grid
-between the lesion's mask and that lesion alone.
+A box side of one voxel is widened to two (nobody draws a zero-width box). Dice
+(:func:`lesionsam.evaluation.interactive.dice`) is measured on the input grid between the lesion's mask and that lesion
+alone.
 
 Run: ``python -m lesionsam.workflows.box_study CHECKPOINT DATA_ROOT [--out result.json] [--cases N]``;
 ``--bfloat16`` compares instead the masks of a bfloat16 (autocast) predictor with float32 ones
@@ -19,7 +20,6 @@ Run: ``python -m lesionsam.workflows.box_study CHECKPOINT DATA_ROOT [--out resul
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -32,12 +32,12 @@ import numpy as np
 from lesionsam.data.clicks import first_click
 from lesionsam.data.io import read_image
 from lesionsam.data.synthetic import LESION
+from lesionsam.evaluation.interactive import dice
 from lesionsam.evaluation.statistics import paired_comparison
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.session import InteractiveSession
 from lesionsam.utils.components import label_lesions
-from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 #: The prompts compared (see the module docstring).
 VARIANTS = ("click", "box3d", "box3d_no_prior", "box2d", "box2d_no_prior")
@@ -67,10 +67,6 @@ def lesion_prompts(component: np.ndarray) -> dict[str, Any]:
     lo2 = np.array([in_slice[:, 1].min(), in_slice[:, 0].min(), k])
     hi2 = np.array([in_slice[:, 1].max(), in_slice[:, 0].max(), k])
     return {"click": tuple(int(v) for v in dhw[::-1]), "box3d": box3d, "box2d": _widen(lo2, hi2, size, 2)}
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
 
 
 def box_vs_click(
@@ -111,7 +107,7 @@ def box_vs_click(
                     lesion = session.click(prompts["click"]).lesion
                 else:
                     lesion = session.box(prompts[variant.removesuffix("_no_prior")]).lesion
-                row[variant] = _dice(session.label_map() == lesion, component)
+                row[variant] = dice(session.label_map() == lesion, component)
             rows.append(row)
     summary = {}
     for variant in variants:
@@ -160,13 +156,10 @@ def compare_dtypes(
                 lesion = session.box(prompts["box3d"]).lesion
                 masks[dt]["box3d"].append(session.label_map() == lesion)
 
-    def agree(a: np.ndarray, b: np.ndarray) -> float:
-        return 1.0 if not (a.any() or b.any()) else _dice(a, b)
-
     return {
         "lesions": len(truths),
         "dice_bf16_vs_fp32": {
-            k: [agree(a, b) for a, b in zip(masks["bfloat16"][k], masks["float32"][k], strict=True)]
+            k: [dice(a, b) for a, b in zip(masks["bfloat16"][k], masks["float32"][k], strict=True)]
             for k in ("click", "box3d")
         },
         "nonempty": {
@@ -174,52 +167,39 @@ def compare_dtypes(
             for k in ("click", "box3d")
         },
         "dice_vs_truth": {
-            dt: {k: float(np.mean([_dice(m, t) for m, t in zip(v, truths, strict=True)])) for k, v in d.items()}
+            dt: {k: float(np.mean([dice(m, t) for m, t in zip(v, truths, strict=True)])) for k, v in d.items()}
             for dt, d in masks.items()
         },
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lesionsam.workflows.box_study CHECKPOINT ROOT``: print the summary table (and write JSON)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("root", type=Path, help="MSD-layout data set (imagesTr/, labelsTr/)")
-    p.add_argument("--label", type=int, default=LESION)
-    p.add_argument("--cases", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="write the per-lesion results as JSON")
-    p.add_argument("--bfloat16", action="store_true", help="instead: compare bfloat16 masks with float32 masks")
-    a = p.parse_args(argv)
-    if a.bfloat16:
-        cmp = compare_dtypes(a.checkpoint, a.root, label=a.label, cases=a.cases)
-        for prompt, dice in cmp["dice_bf16_vs_fp32"].items():
-            d = np.asarray(dice)[np.asarray(cmp["nonempty"][prompt], dtype=bool)]
-            print(
-                f"{prompt}: bf16 vs fp32 Dice mean {d.mean():.4f} min {d.min():.4f} over the {len(d)} lesions of "
-                f"{len(dice)} with a mask in either"
-            )
-        print("Dice vs truth:", json.dumps(cmp["dice_vs_truth"]))
-        if a.out is not None:
-            atomic_write_bytes(a.out, (json.dumps(cmp, indent=1) + "\n").encode())
-        return 0
-    predictor = Predictor.from_checkpoint(a.checkpoint)
-    result = box_vs_click(predictor, a.root, label=a.label, cases=a.cases)
+def format_box_table(result: dict[str, Any]) -> str:
+    """The summary of :func:`box_vs_click` as text: a count line, then a Markdown table (one row per prompt)."""
     n = len(result["lesions"])
-    print(f"{n} lesions, {result['seconds']:.0f} s")
-    print("| prompt | Dice mean ± sd | median | < 1 mL | >= 1 mL | − click [95% CI], Wilcoxon p |")
-    print("|---|---|---|---|---|---|")
+    lines = [
+        f"{n} lesions, {result['seconds']:.0f} s",
+        "| prompt | Dice mean ± sd | median | < 1 mL | >= 1 mL | − click [95% CI], Wilcoxon p |",
+        "|---|---|---|---|---|---|",
+    ]
     for variant, s in result["summary"].items():
         diff = ""
         if s.get("ci_low") is not None:
             diff = f"{s['diff_vs_click']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}], p = {s['p_wilcoxon']:.2g}"
-        print(
+        lines.append(
             f"| {variant} | {s['mean']:.3f} ± {s['sd']:.3f} | {s['median']:.3f} | {s['mean_under_1ml']:.3f} | "
             f"{s['mean_over_1ml']:.3f} | {diff} |"
         )
-    if a.out is not None:
-        atomic_write_bytes(a.out, (json.dumps(result, indent=1) + "\n").encode())
-    return 0
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def format_dtype_comparison(cmp: dict[str, Any]) -> str:
+    """The result of :func:`compare_dtypes` as text: bfloat16-vs-float32 Dice per prompt, then Dice vs the truth."""
+    lines = []
+    for prompt, dices in cmp["dice_bf16_vs_fp32"].items():
+        d = np.asarray(dices)[np.asarray(cmp["nonempty"][prompt], dtype=bool)]
+        lines.append(
+            f"{prompt}: bf16 vs fp32 Dice mean {d.mean():.4f} min {d.min():.4f} over the {len(d)} lesions of "
+            f"{len(dices)} with a mask in either"
+        )
+    lines.append(f"Dice vs truth: {json.dumps(cmp['dice_vs_truth'])}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""``lesionsam bench``: choose a benchmark, run it (:mod:`lesionsam.benchmarking`), print its table, write its JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: The benchmarks of ``lesionsam bench TARGET``.
+TARGETS = ("backbone", "sgp", "refsam3d", "predict", "auto", "interactive")
+
+
+def bench(
+    target: str,
+    *,
+    preset: str | None = None,
+    checkpoint: str | None = None,
+    batch: int = 1,
+    device: str = "cpu",
+    dtype: str = "float32",
+    repeats: int = 3,
+    threads: int | None = None,
+    impls: tuple[str, ...] = ("fast", "naive"),
+    json_path: Path | None = None,
+) -> Any:
+    """Run one benchmark, print its table and (with ``json_path``) write its results as JSON.
+
+    Args:
+        target: one of :data:`TARGETS`.
+        preset: backbone preset (default: ``tiny`` for ``backbone`` and ``auto``, ``sam_med3d_vit_b`` otherwise).
+        checkpoint: ``predict``/``interactive``: weights to load (default: random weights).
+        batch, device, dtype, repeats, threads: as the benchmark functions take them (``sgp`` runs at least 7
+            repeats, ``interactive`` at least 5 with 2 threads unless ``threads``, ``auto`` a batch of at least 2).
+        impls: ``backbone``: attention implementations to compare (the last one is the reference).
+        json_path: a ``.json`` file to write the results to; checked before measuring, written atomically.
+
+    Returns:
+        The benchmark's result dataclass.
+
+    Raises:
+        ValueError: an unknown target, an unusable ``json_path`` or checkpoint, or a bad benchmark argument.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown benchmark {target!r}; use one of {', '.join(TARGETS)}")
+    if json_path is not None:  # checked before minutes of measuring, not after
+        from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
+
+        if json_path.suffix.lower() != ".json":
+            raise ValueError(f"--json {json_path}: give a file name ending in .json")
+        check_can_create(json_path, what="--json")
+        refuse_inputs_as_outputs([("--json", json_path)], [("--checkpoint", checkpoint)])
+    if checkpoint is not None:
+        from lesionsam.models.checkpoint import check_checkpoint_file
+
+        check_checkpoint_file(checkpoint)
+    full = preset or "sam_med3d_vit_b"
+    common = {"batch": batch, "device": device, "dtype": dtype, "threads": threads}
+    if target == "backbone":
+        from lesionsam.benchmarking.backbone import bench_backbone, format_table
+
+        result = bench_backbone(preset=preset or "tiny", repeats=repeats, impls=impls, progress=True, **common)
+        table = format_table(result)
+    elif target == "sgp":
+        from lesionsam.benchmarking.sgp import bench_sgp, format_sgp_table
+
+        result = bench_sgp(preset=full, repeats=max(repeats, 7), progress=True, **common)
+        table = format_sgp_table(result)
+    elif target == "refsam3d":
+        from lesionsam.benchmarking.refsam3d import bench_refsam3d, format_refsam3d_table
+
+        result = bench_refsam3d(preset=full, batch=batch, device=device, repeats=repeats, threads=threads)
+        table = format_refsam3d_table(result)
+    elif target == "auto":
+        from lesionsam.benchmarking.auto import bench_auto, format_auto_table
+
+        result = bench_auto(
+            preset=preset or "tiny",
+            batch=max(batch, 2),
+            device=device,
+            repeats=repeats,
+            threads=threads,
+            progress=True,
+        )
+        table = format_auto_table(result)
+    elif target == "interactive":
+        from lesionsam.benchmarking.interactive import bench_interactive, format_interactive_table
+
+        result = bench_interactive(
+            preset=full,
+            checkpoint=checkpoint,
+            device=device,
+            threads=threads or 2,
+            repeats=max(repeats, 5),
+            progress=True,
+        )
+        table = format_interactive_table(result)
+    else:
+        from lesionsam.benchmarking.predict import bench_predict, format_predict_table
+        from lesionsam.workflows.predict import predict
+
+        result = bench_predict(
+            run_predict=predict, preset=full, checkpoint=checkpoint, device=device, threads=threads, progress=True
+        )
+        table = format_predict_table(result)
+    print(table)
+    if json_path:
+        result.write_json(json_path)
+    return result
