@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lesionsam.benchmarking.auto import AutoBench
+    from lesionsam.benchmarking.backbone import BenchResult
+    from lesionsam.benchmarking.interactive import InteractiveBench
+    from lesionsam.benchmarking.predict import PredictBench
+    from lesionsam.benchmarking.refsam3d import RefSAM3DBench
+    from lesionsam.benchmarking.sgp import SGPBenchResult
 
 #: The benchmarks of ``lesionsam bench TARGET``.
 TARGETS = ("backbone", "sgp", "refsam3d", "predict", "auto", "interactive")
@@ -21,7 +29,7 @@ def bench(
     threads: int | None = None,
     impls: tuple[str, ...] = ("fast", "naive"),
     json_path: Path | None = None,
-) -> Any:
+) -> BenchResult | SGPBenchResult | RefSAM3DBench | PredictBench | AutoBench | InteractiveBench:
     """Run one benchmark, print its table and (with ``json_path``) write its results as JSON.
 
     Args:
@@ -34,7 +42,7 @@ def bench(
         json_path: a ``.json`` file to write the results to; checked before measuring, written atomically.
 
     Returns:
-        The benchmark's result dataclass.
+        The chosen benchmark's result dataclass (each has ``write_json``).
 
     Raises:
         ValueError: an unknown target, an unusable ``json_path`` or checkpoint, or a bad benchmark argument.
