@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch.utils.data import RandomSampler
 
+from lesionsam.benchmarking.synthetic_ct import synthetic_ct
 from lesionsam.config import load_run_config
 from lesionsam.configs import resolve_config
 from lesionsam.data.io import write_image
@@ -53,7 +54,6 @@ from lesionsam.inference.predictor import Predictor
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.ablate import ABLATION_METHODS, ablate_config
-from lesionsam.workflows.bench import synthetic_ct
 from lesionsam.workflows.predict import predict
 
 

@@ -37,7 +37,7 @@ def test_unknown_preset_is_one_line(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_bench_sgp_compares_gates_closed_and_open_with_the_backbone(capsys: pytest.CaptureFixture) -> None:
-    from lesionsam.workflows.bench_sgp import bench_sgp, format_sgp_table
+    from lesionsam.benchmarking.sgp import bench_sgp, format_sgp_table
 
     result = bench_sgp(preset="tiny", repeats=1, warmup=0)
     table = format_sgp_table(result)
@@ -58,7 +58,7 @@ def test_bench_refsam3d_reports_time_and_new_parameters(capsys: pytest.CaptureFi
 
 
 def test_bench_auto_times_whole_volume_inference_and_one_window(capsys: pytest.CaptureFixture) -> None:
-    from lesionsam.workflows.bench import bench_auto, format_auto_table
+    from lesionsam.benchmarking.auto import bench_auto, format_auto_table
 
     result = bench_auto(preset="tiny", window_preset="tiny", shape_ijk=(96, 96, 40), repeats=1)
     # 96×96×40 voxels of 0.7×0.7×2.5 mm → 45×45×67 at 1.5 mm: 64³ windows with overlap 0.25 → 1×1×2 windows.
@@ -69,7 +69,7 @@ def test_bench_auto_times_whole_volume_inference_and_one_window(capsys: pytest.C
 
 
 def test_bench_interactive_times_each_step_for_both_dtypes() -> None:
-    from lesionsam.workflows.bench_interactive import STEPS, bench_interactive, format_interactive_table
+    from lesionsam.benchmarking.interactive import STEPS, bench_interactive, format_interactive_table
 
     r = bench_interactive(preset="tiny", shape_ijk=(64, 64, 24), spacing=(1.5, 1.5, 3.0), repeats=2, threads=1)
     steps_measured = {dtype: set(steps) for dtype, steps in r.seconds.items()}  # what is timed, not how fast

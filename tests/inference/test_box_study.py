@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from lesionsam.benchmarking.box_study import VARIANTS, box_vs_click, lesion_prompts
 from lesionsam.data.io import read_image
 from lesionsam.data.synthetic import LESION, write_synthetic_dataset
 from lesionsam.inference.boxes import Box
 from lesionsam.inference.predictor import Predictor
-from lesionsam.workflows.box_study import VARIANTS, box_vs_click, lesion_prompts
 
 
 def test_lesion_prompts_are_the_centre_click_and_the_bounding_boxes() -> None:

@@ -1,8 +1,8 @@
 """``lesionsam bench interactive``: the time of each interaction of an :class:`InteractiveSession` on a full-size CT.
 
-On a synthetic 512 × 512 × 120 int16 CT (0.7 × 0.7 × 2.5 mm, :func:`~lesionsam.workflows.bench.synthetic_ct`), with
-the full ViT-B preset (random weights unless a checkpoint is given), for each compute dtype in turn (side by side
-in one run):
+On a synthetic 512 × 512 × 120 int16 CT (0.7 × 0.7 × 2.5 mm,
+:func:`~lesionsam.benchmarking.synthetic_ct.synthetic_ct`), with the full ViT-B preset (random weights unless a
+checkpoint is given), for each compute dtype in turn (side by side in one run):
 
 * **open**: preprocessing the image once (reorient, resample to 1.5 mm, normalise);
 * **first click**: a positive click that starts a new lesion (one window encoded and decoded, the lesion's region
@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lesionsam.benchmarking.synthetic_ct import synthetic_ct
+from lesionsam.evaluation.interactive import dice as voxel_dice
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 #: What is timed, in the order of the table.
@@ -56,12 +58,6 @@ class InteractiveBench:
         return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
-
-
 def bench_interactive(
     *,
     preset: str = "sam_med3d_vit_b",
@@ -81,7 +77,6 @@ def bench_interactive(
     from lesionsam.inference.boxes import Box
     from lesionsam.inference.predictor import Predictor
     from lesionsam.inference.session import InteractiveSession
-    from lesionsam.workflows.bench import synthetic_ct
 
     if threads:
         torch.set_num_threads(threads)
@@ -137,7 +132,7 @@ def bench_interactive(
             times["encoder alone"].append(time.perf_counter() - t0)
         result.seconds[dtype] = {"open": opened, **{s: statistics.median(v) for s, v in times.items()}}
     for dtype in dtypes[1:]:
-        result.dice_vs_float32[dtype] = [_dice(a, b) for a, b in zip(masks[dtype], masks[dtypes[0]], strict=True)]
+        result.dice_vs_float32[dtype] = [voxel_dice(a, b) for a, b in zip(masks[dtype], masks[dtypes[0]], strict=True)]
     if round_trip:
         from lesionsam.serve.bench import bench_round_trip
 

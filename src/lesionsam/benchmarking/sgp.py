@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lesionsam.benchmarking.memory import DTYPES, sync
 from lesionsam.models.backbone import build_sam3d, get_preset
 from lesionsam.models.methods.sgp import SGPOptions, SGPSam
 from lesionsam.utils.dataclass_io import atomic_write_bytes
-from lesionsam.workflows.bench import DTYPES, _sync
 
 #: (label, gate mode or None for the plain backbone), in timing order.
 VARIANTS: tuple[tuple[str, str | None], ...] = (
@@ -181,13 +181,13 @@ def bench_sgp(
         for _, mode in VARIANTS:
             for _ in range(warmup):
                 run(mode)
-        _sync(dev)
+        sync(dev)
         for rep in range(repeats):
             # Rotate the order each repeat so that no variant always runs first (or after the same one).
             for label, mode in VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]:
                 t0 = time.perf_counter()
                 outputs[label] = run(mode)
-                _sync(dev)
+                sync(dev)
                 times[label].append(time.perf_counter() - t0)
             if progress:
                 done = ", ".join(f"{label} {times[label][-1]:.3f} s" for label, _ in VARIANTS)
@@ -203,7 +203,7 @@ def bench_sgp(
                 for n in range(warmup + max(20, repeats)):
                     t0 = time.perf_counter()
                     module(tokens)
-                    _sync(dev)
+                    sync(dev)
                     if n >= warmup:
                         calls.append(time.perf_counter() - t0)
                 module_seconds[mode] = min(calls)
