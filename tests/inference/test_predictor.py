@@ -419,7 +419,7 @@ def test_auto_with_clicks_replaces_the_clicked_lesion_by_the_promptable_model(tm
     centre = np.argwhere(bright).mean(axis=0)[::-1].round().astype(int)  # (i, j, k) of the bright blob
     refine.write_text(json.dumps({"lesions": [{"id": 1, "points": [centre.tolist()]}]}))
     # The refined lesion replaces the automatic one with the class --auto gave it; an empty refinement removes it.
-    from lesionsam.workflows.predict import refine_auto
+    from lesionsam.inference.modes import refine_auto
 
     auto.set_image(image)
     first = auto.predict_auto()

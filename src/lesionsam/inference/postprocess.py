@@ -15,8 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-#: 26-connectivity (a lesion is a 26-connected component, as the evaluator counts them).
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+from lesionsam.utils.components import label_lesions
 
 #: How far (voxels of the model grid, per axis) from a positive click a component may start and still be the
 #: clicked lesion.
@@ -39,7 +38,7 @@ def keep_clicked_components(mask: np.ndarray, clicks: np.ndarray, *, radius: int
         raise ValueError(f"radius must be >= 0 voxels, got {radius}")
     if not mask.any():
         return mask.astype(bool, copy=True)
-    comps, _ = ndimage.label(mask, structure=CONNECTIVITY_26)
+    comps, _ = label_lesions(mask)
     keep: set[int] = set()
     shape = np.asarray(mask.shape)
     for point in np.asarray(clicks, dtype=float).reshape(-1, 3):
@@ -57,7 +56,7 @@ def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_mm3: f
         raise ValueError(f"the smallest lesion volume must be >= 0 mm³, got {min_mm3}")
     if min_mm3 == 0 or not mask.any():
         return mask
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    comps, n = label_lesions(mask)
     voxels = np.bincount(comps.ravel(), minlength=n + 1)
     keep = voxels * float(np.prod(spacing)) >= min_mm3
     keep[0] = False
@@ -66,7 +65,7 @@ def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_mm3: f
 
 def components_by_size(mask: np.ndarray) -> np.ndarray:
     """26-connected components of a boolean (D, H, W) mask, numbered 1.. by decreasing size (uint16)."""
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    comps, n = label_lesions(mask)
     if n == 0:
         return comps.astype(np.uint16)
     sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))

@@ -33,6 +33,7 @@ from lesionsam.data.clicks import first_click
 from lesionsam.data.io import Volume
 from lesionsam.inference.boxes import Box, parse_box
 from lesionsam.inference.predictor import LesionClicks
+from lesionsam.utils.components import label_lesions
 
 
 def parse_point(text: str) -> tuple[float, float, float]:
@@ -176,7 +177,7 @@ def clicks_from_label(
             return []
         present = np.unique(arr)[:10].tolist()
         raise ValueError(f"{source}: label value {value} not found; values present: {present}")
-    comps, n = ndimage.label(target, structure=np.ones((3, 3, 3), dtype=bool))
+    comps, n = label_lesions(target)
     sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
     order = np.argsort(-sizes, kind="stable")
     lesions = []

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from lesionsam.data.io import Volume
+from lesionsam.utils.components import label_lesions
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def components(labels: np.ndarray, volume: Volume, *, min_volume_ml: float = 0.0
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     found: list[tuple[int, int, tuple[slice, ...], np.ndarray]] = []  # (size, class, bbox, mask in bbox)
     for value in (int(v) for v in np.unique(labels) if v != 0):
-        comps, n = ndimage.label(labels == value, structure=np.ones((3, 3, 3), bool))
+        comps, n = label_lesions(labels == value)
         for index, box in enumerate(ndimage.find_objects(comps), start=1):
             if box is None:
                 continue

@@ -21,7 +21,7 @@ from lesionsam.data.io import (
     read_image,
     write_image,
 )
-from lesionsam.inference.prediction import Prediction
+from lesionsam.inference.modes import count_lesions, predict_image
 from lesionsam.inference.predictor import LesionClicks, Predictor, write_prediction
 from lesionsam.inference.prompt_files import clicks_from_args, clicks_from_label, read_prompt_file
 from lesionsam.models.checkpoint import check_checkpoint_file
@@ -264,91 +264,36 @@ def predict(
                 results.append(PredictedCase(image_path, mask_path, 0, 0, 0.0))
                 continue
         predictor = predictor or build()  # built once the first image and its clicks are known to be valid
-        predictor.set_image(volume)
-        want_prob = probabilities is not None
-        if auto:
-            pred: Prediction = predictor.predict_auto(probabilities=want_prob, min_lesion_mm3=min_lesion_mm3)
-            if lesions:
-                if refiner is None:
-                    refiner = Predictor.from_checkpoint(
-                        refine_checkpoint,
-                        device=device,
-                        modality=modality,
-                        spacing=spacing,
-                        max_windows=max_windows,
-                        clicked_only=not all_components,
-                        dtype=dtype,
-                    )
-                refiner.set_image(volume)
-                refined = refiner.predict(lesions, world=is_world, probabilities=want_prob)
-                pred = refine_auto(pred, refined, lesions, predictor.class_values, refiner, world=is_world)
-        elif lesions:
-            pred = predictor.predict(lesions, world=is_world, probabilities=want_prob, text=text)
-        else:
-            pred = predictor.predict_text(
-                text,  # type: ignore[arg-type]
-                probabilities=want_prob,
-                min_lesion_mm3=min_lesion_mm3,
-                compete=compete,
+        if auto and lesions and refiner is None:
+            refiner = Predictor.from_checkpoint(
+                refine_checkpoint,
+                device=device,
+                modality=modality,
+                spacing=spacing,
+                max_windows=max_windows,
+                clicked_only=not all_components,
+                dtype=dtype,
             )
+        pred = predict_image(
+            predictor,
+            volume,
+            lesions,
+            world=is_world,
+            text=text,
+            auto=auto,
+            refiner=refiner,
+            probabilities=probabilities is not None,
+            min_lesion_mm3=min_lesion_mm3,
+            compete=compete,
+        )
         write_prediction(pred, mask_path, binary=binary, probabilities_path=prob_for[mask_path])
-        found = _count_lesions(pred.labels) if auto or not lesions else len(lesions)
+        found = count_lesions(pred.labels) if auto or not lesions else len(lesions)
         results.append(PredictedCase(image_path, mask_path, found, sum(pred.windows.values()), round(pred.seconds, 3)))
     return results
 
 
 def _same_path(a: Path, b: Path) -> bool:
     return Path(os.path.abspath(a)).resolve() == Path(os.path.abspath(b)).resolve()
-
-
-def _count_lesions(labels: np.ndarray) -> int:
-    """Connected components (26-neighbourhood) of each non-zero value of a label map, added up."""
-    from scipy import ndimage
-
-    structure = np.ones((3, 3, 3), dtype=bool)
-    return sum(int(ndimage.label(labels == v, structure=structure)[1]) for v in np.unique(labels) if v)
-
-
-def refine_auto(
-    auto: Prediction,
-    refined: Prediction,
-    lesions: Sequence[LesionClicks],
-    class_values: Sequence[int],
-    refiner: Predictor,
-    *,
-    world: bool,
-) -> Prediction:
-    """Merge a click-refined prediction into an automatic one (both on the input grid).
-
-    Each clicked lesion's automatic component (the 26-connected component of the automatic label map under any of
-    its positive clicks) is removed, and the refined mask of that lesion is written with the class the automatic
-    pass gave its first positive click (the first class where that click fell on background).
-    """
-    from scipy import ndimage
-
-    labels = auto.labels.copy()
-    comps, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
-    for les in lesions:
-        ijk = les.points[les.labels == 1]
-        if world:
-            ijk = refiner.preprocessed.source.world_to_index(ijk)
-        kji = np.clip(np.round(ijk[:, ::-1]).astype(int), 0, np.asarray(labels.shape) - 1)
-        under = [int(comps[tuple(v)]) for v in kji]
-        first = int(auto.labels[tuple(kji[0])])
-        value = first if first else int(class_values[0]) if class_values else 1
-        for c in set(under) - {0}:
-            labels[comps == c] = 0
-        labels[refined.labels == les.lesion_id] = value
-    probs = auto.probabilities
-    if probs is not None and refined.probabilities is not None:
-        probs = np.where(refined.labels > 0, refined.probabilities, probs).astype(np.float32)
-    return Prediction(
-        labels=labels,
-        probabilities=probs,
-        reference=auto.reference,
-        windows=refined.windows,
-        seconds=auto.seconds + refined.seconds,
-    )
 
 
 def _label_path_for(cid: str, source: Path, folder: bool) -> Path:
