@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
 from lesionsam.benchmarking.memory import sync
+from lesionsam.benchmarking.result import JsonResult
 from lesionsam.benchmarking.synthetic_ct import synthetic_ct
-from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 
 @dataclass
-class AutoBench:
+class AutoBench(JsonResult):
     """Automatic (prompt-free) whole-volume inference of one full-size CT, and the time per window of a preset."""
 
     preset: str
@@ -31,9 +29,6 @@ class AutoBench:
     stages: dict[str, float] = field(default_factory=dict)
     window_seconds: float = float("nan")
     window_seconds_all: list[float] = field(default_factory=list)
-
-    def write_json(self, path: str | Path) -> Path:
-        return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
 
 
 def bench_auto(

@@ -9,18 +9,16 @@ is ``torch.cuda.max_memory_allocated``.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
 from lesionsam.benchmarking.memory import DTYPES, rss_peak_reset, status_kb, sync
+from lesionsam.benchmarking.result import JsonResult
 from lesionsam.models.backbone import build_sam3d, get_preset
-from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 
 @dataclass
@@ -36,7 +34,7 @@ class BenchRow:
 
 
 @dataclass
-class BenchResult:
+class BenchResult(JsonResult):
     """Results of one side-by-side run."""
 
     target: str
@@ -47,9 +45,6 @@ class BenchResult:
     threads: int
     rows: list[BenchRow] = field(default_factory=list)
     reference: str = ""
-
-    def write_json(self, path: str | Path) -> Path:
-        return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
 
 
 def bench_backbone(

@@ -19,27 +19,25 @@ bfloat16 run are compared with those of the float32 run (Dice per lesion, same p
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from lesionsam.benchmarking.result import JsonResult
 from lesionsam.benchmarking.synthetic_ct import synthetic_ct
 from lesionsam.evaluation.interactive import dice as voxel_dice
-from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 #: What is timed, in the order of the table.
 STEPS = ("open", "first click", "refining click", "box", "encoder alone")
 
 
 @dataclass
-class InteractiveBench:
+class InteractiveBench(JsonResult):
     """Median seconds of each step per dtype, and the bfloat16 masks' agreement with float32."""
 
     preset: str
@@ -53,9 +51,6 @@ class InteractiveBench:
     dice_vs_float32: dict[str, list[float]] = field(default_factory=dict)
     #: ``lesionsam serve``'s round trip (first dtype): the same clicks through HTTP and on the library, median s.
     round_trip: dict[str, float] = field(default_factory=dict)
-
-    def write_json(self, path: str | Path) -> Path:
-        return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
 
 
 def bench_interactive(

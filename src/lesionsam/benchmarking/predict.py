@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lesionsam.benchmarking.result import JsonResult
 from lesionsam.benchmarking.synthetic_ct import synthetic_ct
-from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 
 @dataclass
-class PredictBench:
+class PredictBench(JsonResult):
     """End-to-end timing of ``lesionsam predict`` on one full-size CT with one click."""
 
     preset: str
@@ -27,9 +26,6 @@ class PredictBench:
     threads: int
     stages: dict[str, float] = field(default_factory=dict)
     windows: int = 0
-
-    def write_json(self, path: str | Path) -> Path:
-        return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
 
 
 def bench_predict(

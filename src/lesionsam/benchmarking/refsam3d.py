@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
 from lesionsam.benchmarking.memory import sync
+from lesionsam.benchmarking.result import JsonResult
 from lesionsam.models.backbone import build_sam3d, get_preset
-from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 
 @dataclass
-class RefSAM3DBench:
+class RefSAM3DBench(JsonResult):
     """Encoder time and parameters of RefSAM3D against the plain backbone (same backbone weights and input)."""
 
     preset: str
@@ -31,8 +29,8 @@ class RefSAM3DBench:
     def overhead(self) -> float:
         return self.refsam3d_seconds / self.backbone_seconds - 1.0
 
-    def write_json(self, path: str | Path) -> Path:
-        return atomic_write_bytes(path, json.dumps({**asdict(self), "overhead": self.overhead}, indent=2).encode())
+    def json_extra(self) -> dict[str, float]:
+        return {"overhead": self.overhead}
 
 
 def bench_refsam3d(

@@ -18,20 +18,18 @@ busy with other work.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from lesionsam.benchmarking.memory import DTYPES, sync
+from lesionsam.benchmarking.result import JsonResult
 from lesionsam.models.backbone import build_sam3d, get_preset
 from lesionsam.models.methods.sgp import SGPOptions, SGPSam
-from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 #: (label, gate mode or None for the plain backbone), in timing order.
 VARIANTS: tuple[tuple[str, str | None], ...] = (
@@ -71,7 +69,7 @@ class SGPBenchRow:
 
 
 @dataclass
-class SGPBenchResult:
+class SGPBenchResult(JsonResult):
     """Results of one side-by-side run of :func:`bench_sgp`."""
 
     preset: str
@@ -107,9 +105,6 @@ class SGPBenchResult:
             return None
         q1, _, q3 = statistics.quantiles(runs, n=4)
         return (q3 - q1) / statistics.median(runs)
-
-    def write_json(self, path: str | Path) -> Path:
-        return atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode())
 
 
 def bench_sgp(

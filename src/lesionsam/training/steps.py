@@ -43,6 +43,11 @@ class StepBatch:
     paired: bool = False
 
 
+def click_settings(train: TrainConfig) -> dict[str, int]:
+    """The click iterations of a run's ``train`` section, as a click step takes them."""
+    return {"num_clicks": train.num_clicks, "mask_only_iterations": train.mask_only_iterations}
+
+
 class InteractiveStep(nn.Module):
     """SAM-Med3D's interactive training step as one module (so ``DistributedDataParallel`` can wrap it).
 
@@ -79,14 +84,7 @@ class InteractiveStep(nn.Module):
         cls, model: SegModel, loss_fn: nn.Module, train: TrainConfig, *, clicks: ClickSimulator, **_: Any
     ) -> InteractiveStep:
         """The step of a run's ``train`` section (its click iterations and the method's training options)."""
-        return cls(
-            model,
-            loss_fn,
-            clicks,
-            num_clicks=train.num_clicks,
-            mask_only_iterations=train.mask_only_iterations,
-            options=train.options,
-        )
+        return cls(model, loss_fn, clicks, **click_settings(train), options=train.options)
 
     def prompt_batch(
         self,

@@ -14,7 +14,7 @@ from lesionsam.config import TrainConfig
 from lesionsam.data.clicks import ClickSimulator
 from lesionsam.models import SegModel, SegOutput, competing_logits
 from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
-from lesionsam.training.steps import InteractiveStep, StepBatch
+from lesionsam.training.steps import InteractiveStep, StepBatch, click_settings
 from lesionsam.training.text_terms import region_class_loss, text_margin_loss
 
 
@@ -72,15 +72,7 @@ class TextStep(InteractiveStep):
     ) -> TextStep:
         if not texts:
             raise ValueError("a text-referred method needs text prompts for its target labels")
-        return cls(
-            model,
-            loss_fn,
-            clicks,
-            num_clicks=train.num_clicks,
-            mask_only_iterations=train.mask_only_iterations,
-            texts=texts,
-            options=train.options,
-        )
+        return cls(model, loss_fn, clicks, **click_settings(train), texts=texts, options=train.options)
 
     def prompt_batch(
         self,

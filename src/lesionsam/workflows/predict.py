@@ -223,9 +223,9 @@ def predict(
             raise ValueError(f"{prompts}: holds several cases; for one image give {{'lesions': [...]}}")
         table = {None: next(iter(table.values()))}
 
-    def build() -> Predictor:
+    def build(ckpt: str | os.PathLike[str] | None = checkpoint, preset: str | None = preset) -> Predictor:
         return Predictor.from_checkpoint(
-            checkpoint,
+            ckpt,
             preset=preset,
             device=device,
             modality=modality,
@@ -265,15 +265,7 @@ def predict(
                 continue
         predictor = predictor or build()  # built once the first image and its clicks are known to be valid
         if auto and lesions and refiner is None:
-            refiner = Predictor.from_checkpoint(
-                refine_checkpoint,
-                device=device,
-                modality=modality,
-                spacing=spacing,
-                max_windows=max_windows,
-                clicked_only=not all_components,
-                dtype=dtype,
-            )
+            refiner = build(refine_checkpoint, None)
         pred = predict_image(
             predictor,
             volume,
