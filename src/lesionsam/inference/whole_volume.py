@@ -24,6 +24,7 @@ from lesionsam.inference.postprocess import components_by_size as _components
 from lesionsam.inference.postprocess import drop_small_components
 from lesionsam.inference.prediction import Prediction, text_key
 from lesionsam.models import Prompts, competing_logits
+from lesionsam.models.registry import methods_training_with
 from lesionsam.utils.components import label_lesions
 
 log = logging.getLogger("lesionsam.inference.predictor")
@@ -193,7 +194,7 @@ class WholeVolumeModes:
         if not self.model.prompt_free:
             raise ValueError(
                 f"{self.model.display_name} needs clicks or text; --auto needs the checkpoint of a prompt-free method "
-                "(hsam)"
+                f"({', '.join(methods_training_with('automatic'))})"
             )
         pre = self.preprocessed
 

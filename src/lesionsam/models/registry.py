@@ -129,6 +129,13 @@ def method_spec(name: str) -> MethodSpec:
     return _METHODS[look_up_option(name, sorted(_METHODS), what="method")]
 
 
+def methods_training_with(step: str) -> list[str]:
+    """The registered methods (presets aside) that declare training step ``step`` (for messages that point a user
+    to the methods that fit)."""
+    _load_builtin_methods()
+    return [name for name, spec in sorted(_METHODS.items()) if spec.training == step and spec.preset_of is None]
+
+
 def train_option_owners() -> dict[str, list[str]]:
     """Every registered training option name and the methods that declare it (for messages about a key that belongs
     to another method)."""

@@ -48,7 +48,8 @@ class TextStep(InteractiveStep):
         options = options or RefSAM3DTrainOptions()
         if options.region_classes and not model.scores_regions:
             raise ValueError(
-                f"train.region_classes needs a model with a region classifier (refsam3d), not {model.display_name}"
+                f"train.region_classes needs a model with a region classifier (scores_regions), "
+                f"not {model.display_name}"
             )
         super().__init__(
             model, loss_fn, clicks, num_clicks=num_clicks, mask_only_iterations=mask_only_iterations, options=options

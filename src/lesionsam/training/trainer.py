@@ -57,7 +57,7 @@ from lesionsam.data.splits import write_splits
 from lesionsam.losses import build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import SegModel, build_model
 from lesionsam.models.checkpoint import save_checkpoint
-from lesionsam.models.registry import method_spec
+from lesionsam.models.registry import method_spec, methods_training_with
 from lesionsam.training.data import check_dataset, class_datasets, collate, lesion_datasets, load_cases
 from lesionsam.training.distributed import DistContext, seed_everything
 from lesionsam.training.run_files import resume_run, write_train_log
@@ -258,7 +258,8 @@ class Trainer:
         if self.cfg.data.negative_fraction and self.step_kind != "text":
             raise ValueError(
                 f"data.negative_fraction={self.cfg.data.negative_fraction} needs a method prompted without a click "
-                f"(text-referred, e.g. refsam3d); {self.cfg.model.method!r} starts from a click inside the lesion. "
+                f"(text-referred: {', '.join(methods_training_with('text'))}); {self.cfg.model.method!r} starts "
+                "from a click inside the lesion. "
                 "Set data.negative_fraction=0"
             )
         groups = self.parameter_groups(model)
