@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 
 from lesionsam.data.io import Volume
-from lesionsam.models import SegModel
+from lesionsam.models import Prompts, SegModel, SegOutput
 
 
 class StandInModel(SegModel):
@@ -26,6 +28,28 @@ class StandInModel(SegModel):
     @property
     def low_res_size(self) -> int:
         return self._size // 4
+
+
+def bright_blob_output(image: torch.Tensor, prompts: Prompts, *, miss_keeps_bright: bool = False) -> SegOutput:
+    """The known answer of the bright-blob stand-ins: on (B, 1, S, S, S) crops, the bright (> 1, normalised units)
+    connected region holding each crop's last positive click, minus a ball of radius 3 voxels around every negative
+    click, as ±10 logits (S/4 low-res logits by trilinear downsampling). A click on no blob gives an empty mask, or
+    every bright voxel with ``miss_keeps_bright``."""
+    size = image.shape[-1]
+    bright = (image > 1.0).numpy()
+    keep = np.zeros_like(bright)
+    grid = np.stack(np.meshgrid(*(np.arange(size),) * 3, indexing="ij"), axis=-1)
+    for b in range(image.shape[0]):
+        comps, _ = ndimage.label(bright[b, 0])
+        pts, labs = prompts.points[b].numpy(), prompts.labels[b].numpy()
+        click = np.clip(np.round(pts[labs == 1][-1]).astype(int), 0, size - 1)
+        comp = comps[tuple(click)]
+        keep[b, 0] = comps == comp if comp else (bright[b, 0] if miss_keeps_bright else False)
+        for neg in pts[labs == 0]:
+            keep[b, 0] &= ((grid - neg) ** 2).sum(-1) > 9
+    logits = torch.where(torch.from_numpy(keep), 10.0, -10.0)
+    low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+    return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
 
 
 def oblique_volume(shape=(30, 70, 60), spacing=(0.8, 0.9, 2.0), blobs=((15, 35, 30, 6),)) -> tuple[Volume, Volume]:

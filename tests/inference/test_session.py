@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from lesionsam.cli.main import main
 from lesionsam.data.crops import CropBox
@@ -24,7 +22,7 @@ from lesionsam.inference.prompt_files import read_prompt_file
 from lesionsam.inference.regions import invert_region
 from lesionsam.inference.session import InteractiveSession
 from lesionsam.models import Prompts, SegOutput
-from stand_ins import StandInModel, oblique_volume
+from stand_ins import StandInModel, bright_blob_output, oblique_volume
 
 
 class CachingBrightModel(StandInModel):
@@ -45,20 +43,7 @@ class CachingBrightModel(StandInModel):
 
     def decode(self, encoded: torch.Tensor, prompts: Prompts, *, multimask_output: bool = False) -> SegOutput:
         self.decodes += 1
-        bright = (encoded > 1.0).numpy()
-        keep = np.zeros_like(bright)
-        grid = np.stack(np.meshgrid(*(np.arange(self._size),) * 3, indexing="ij"), axis=-1)
-        for b in range(encoded.shape[0]):
-            comps, _ = ndimage.label(bright[b, 0])
-            pts, labs = prompts.points[b].numpy(), prompts.labels[b].numpy()
-            click = np.round(pts[labs == 1][-1]).astype(int)
-            comp = comps[tuple(click)]
-            keep[b, 0] = comps == comp if comp else bright[b, 0]
-            for neg in pts[labs == 0]:
-                keep[b, 0] &= ((grid - neg) ** 2).sum(-1) > 9
-        logits = torch.where(torch.from_numpy(keep), 10.0, -10.0)
-        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
-        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(encoded.shape[0], 1))
+        return bright_blob_output(encoded, prompts, miss_keeps_bright=True)
 
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
         return self.decode(self.encode(image), prompts)

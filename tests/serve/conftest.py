@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from lesionsam.data.io import Volume, write_image
 from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.session import InteractiveSession
 from lesionsam.models import Prompts, SegOutput
-from stand_ins import StandInModel
+from stand_ins import StandInModel, bright_blob_output, oblique_volume
 
 #: Blobs of the synthetic case: (d, h, w, radius mm) in array order (k, j, i), placed off-centre on purpose so
 #: that a swapped or flipped axis lands the click off the lesion.
@@ -37,20 +36,7 @@ class BrightBlobModel(StandInModel):
     accepted_prompts = frozenset({"points", "mask"})
 
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
-        bright = (image > 1.0).numpy()
-        keep = np.zeros_like(bright)
-        grid = np.stack(np.meshgrid(*(np.arange(self._size),) * 3, indexing="ij"), axis=-1)
-        for b in range(image.shape[0]):
-            comps, _ = ndimage.label(bright[b, 0])
-            pts, labs = prompts.points[b].numpy(), prompts.labels[b].numpy()
-            click = np.clip(np.round(pts[labs == 1][-1]).astype(int), 0, self._size - 1)
-            comp = comps[tuple(click)]
-            keep[b, 0] = comps == comp if comp else False
-            for neg in pts[labs == 0]:
-                keep[b, 0] &= ((grid - neg) ** 2).sum(-1) > 9
-        logits = torch.where(torch.from_numpy(keep), 10.0, -10.0)
-        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
-        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
+        return bright_blob_output(image, prompts)
 
 
 class BrightAuto(StandInModel):
@@ -84,18 +70,8 @@ def tiny_predictor() -> Predictor:
 def oblique_case() -> tuple[Volume, np.ndarray]:
     """An int16 CT-like volume (HU), oblique direction, anisotropic spacing, with bright balls :data:`BLOBS`; and
     its (D, H, W) label array (blob n = n)."""
-    rng = np.random.default_rng(0)
-    arr = rng.normal(0, 5, SHAPE)
-    lab = np.zeros(SHAPE, np.uint8)
-    dd, hh, ww = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
-    for n, (d, h, w, r) in enumerate(BLOBS, start=1):
-        inside = ((dd - d) * SPACING[2]) ** 2 + ((hh - h) * SPACING[1]) ** 2 + ((ww - w) * SPACING[0]) ** 2 < r**2
-        arr[inside] = 200.0
-        lab[inside] = n
-    a, b = np.deg2rad(20), np.deg2rad(15)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    return Volume(arr.astype(np.int16), SPACING, (-40.0, 25.0, 100.0), tuple((rz @ rx).ravel())), lab
+    volume, labels = oblique_volume(SHAPE, SPACING, BLOBS)
+    return volume.with_array(volume.array.astype(np.int16)), labels.array
 
 
 def blob_centre_ijk(n: int) -> tuple[int, int, int]:
