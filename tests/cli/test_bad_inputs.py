@@ -155,6 +155,12 @@ CASES: list[tuple[str, list[str], str]] = [
         "--probabilities",
     ),
     (
+        # SimpleITK writes no float DICOM: refused before any work (it used to fail after the mask was written)
+        "predict-probabilities-dicom",
+        ["predict", "{w}/img.nii.gz", "--out", "{w}/new/m.nii.gz", "--point", "5,5,5", "--probabilities", "{w}/p.dcm"],
+        "DICOM cannot hold float probabilities",
+    ),
+    (
         "predict-probabilities-parent-is-file",
         ["predict", "{w}/img.nii.gz", "--out", "{w}/new/m.nii.gz", "--point", "5,5,5"]
         + ["--probabilities", "{w}/afile/p.nii.gz"],

@@ -275,3 +275,19 @@ def test_cli_user_errors_exit_2_with_one_line(
     assert len(err) == 1 and err[0].startswith("lesionsam evaluate: error:")
     assert ("label 4 not found" if not remove else "have no prediction") in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_binary_masks_need_no_label(dataset: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    """Ground truths holding only 0 and 1 (no dataset.json) are scored on value 1, said in one line; a folder whose
+    maps hold several values still needs --label."""
+    pred_dir, gt_dir = dataset
+    binary = tmp_path / "binary"
+    for name in ("case_a", "case_b"):
+        binary.mkdir(exist_ok=True)
+        (binary / f"{name}.nii.gz").write_bytes((gt_dir / f"{name}.nii.gz").read_bytes())
+    code = main(["evaluate", str(pred_dir), str(binary), "--out", str(tmp_path / "m1"), "--allow-missing"])
+    err = capsys.readouterr().err
+    assert code == 0 and "lesion label 1 (from the only foreground value of the label maps" in err
+    assert json.loads((tmp_path / "m1" / "metrics.json").read_text())["settings"]["label"] == 1
+    code = main(["evaluate", str(pred_dir), str(gt_dir), "--out", str(tmp_path / "m2")])  # case_c holds 1 and 2
+    assert code == 2 and "hold several foreground values: give --label N" in capsys.readouterr().err

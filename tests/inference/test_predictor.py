@@ -16,9 +16,15 @@ from scipy import ndimage
 from lesionsam.data.io import ImageIOError, Volume, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig
 from lesionsam.inference.predictor import LesionClicks, Predictor
+from lesionsam.inference.whole_volume import WholeVolume
 from lesionsam.models import Prompts, SegOutput
-from lesionsam.workflows.predict import predict
+from lesionsam.workflows.predict import PredictRequest, predict
 from stand_ins import StandInModel, oblique_volume
+
+
+def predict_of(image, out, *, predictor=None, **options):  # noqa: ANN001, ANN003, ANN201
+    """The predict workflow called with flat options (as the command line gives them)."""
+    return predict(PredictRequest.of(image, out, **options), predictor=predictor)
 
 
 class ThresholdModel(StandInModel):
@@ -133,7 +139,7 @@ def _write_case(tmp_path: Path, suffix: str = ".nrrd") -> tuple[Path, Path, Volu
 def test_predict_file_writes_mask_with_the_input_geometry(tmp_path: Path, suffix: str) -> None:
     img, lab, image = _write_case(tmp_path, suffix)
     out = tmp_path / "out" / f"mask{suffix}"
-    cases = predict(img, out, clicks_from=lab, label=2, predictor=_predictor(), probabilities=tmp_path / "p.nii.gz")
+    cases = predict_of(img, out, clicks_from=lab, label=2, predictor=_predictor(), probabilities=tmp_path / "p.nii.gz")
     mask = read_image(out)
     assert mask.same_geometry(read_image(img), atol=1e-6)
     assert cases[0].lesions == 1 and _dice(mask.array, read_image(lab).array) > 0.85
@@ -148,10 +154,10 @@ def test_predict_from_prompt_file_with_two_lesions(tmp_path: Path) -> None:
     prompts.write_text(
         json.dumps({"lesions": [{"id": 3, "points": [[15, 20, 10]]}, {"id": 7, "points": [[45, 50, 20]]}]})
     )
-    predict(img, tmp_path / "m.nii.gz", prompts=prompts, predictor=_predictor())
+    predict_of(img, tmp_path / "m.nii.gz", prompts=prompts, predictor=_predictor())
     assert set(np.unique(read_image(tmp_path / "m.nii.gz").array)) == {0, 3, 7}
     prompts.write_text(json.dumps({"coordinates": "world", "lesions": [{"points": [world]}]}))
-    predict(img, tmp_path / "w.nii.gz", prompts=prompts, predictor=_predictor(), binary=True)
+    predict_of(img, tmp_path / "w.nii.gz", prompts=prompts, predictor=_predictor(), binary=True)
     assert set(np.unique(read_image(tmp_path / "w.nii.gz").array)) == {0, 1}
 
 
@@ -162,7 +168,7 @@ def test_unwritable_output_fails_before_any_work(tmp_path: Path) -> None:
     model = ThresholdModel()
     pred = Predictor(model)
     with pytest.raises(ValueError, match="cannot create it because .*file is a file"):
-        predict(img, blocker / "sub" / "m.nii.gz", clicks_from=lab, label=2, predictor=pred)
+        predict_of(img, blocker / "sub" / "m.nii.gz", clicks_from=lab, label=2, predictor=pred)
     assert model.calls == 0
 
 
@@ -191,7 +197,7 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path: Path, kind: str
         lab = write_image(read_image(lab).array, tmp_path / "moved.nrrd", reference=moved)
     out = tmp_path / "out"
     with pytest.raises((ValueError, ImageIOError), match=message):
-        predict(img, out / "m.nii.gz", clicks_from=lab, label=label, predictor=_predictor())
+        predict_of(img, out / "m.nii.gz", clicks_from=lab, label=label, predictor=_predictor())
     assert not list(out.glob("*")) if out.exists() else True
 
 
@@ -202,7 +208,9 @@ def test_folder_prediction(tmp_path: Path) -> None:
     for n in range(2):
         write_image(image.array, tmp_path / "img" / f"case_{n}.nii.gz", reference=image)
         write_image(label.array, tmp_path / "lab" / f"case_{n}.nii.gz", reference=image)
-    cases = predict(tmp_path / "img", tmp_path / "pred", clicks_from=tmp_path / "lab", label=1, predictor=_predictor())
+    cases = predict_of(
+        tmp_path / "img", tmp_path / "pred", clicks_from=tmp_path / "lab", label=1, predictor=_predictor()
+    )
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["case_0.nii.gz", "case_1.nii.gz"]
     assert len(cases) == 2
 
@@ -212,7 +220,7 @@ def test_real_tiny_model_runs_end_to_end(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pred = Predictor.from_checkpoint(None, preset="tiny", max_windows=2)
-    predict(img, tmp_path / "m.nii.gz", clicks_from=lab, label=2, predictor=pred)
+    predict_of(img, tmp_path / "m.nii.gz", clicks_from=lab, label=2, predictor=pred)
     assert read_image(tmp_path / "m.nii.gz").same_geometry(read_image(img), atol=1e-6)
 
 
@@ -242,17 +250,17 @@ def test_text_alone_searches_the_whole_volume_and_selects_by_text(tmp_path: Path
     model = TextModel()
     pred = Predictor(model, preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)))
     pred.set_image(image)
-    out_bright = pred.predict_text("bright lesion")
-    out_dark = pred.predict_text("dark lesion")
+    out_bright = WholeVolume(pred).predict_text("bright lesion")
+    out_dark = WholeVolume(pred).predict_text("dark lesion")
     assert _dice(out_bright.labels, bright.array) > 0.85 and _dice(out_dark.labels, dark) > 0.85
     assert set(np.unique(out_bright.labels)) == {0, 1}
     with pytest.raises(ValueError, match="needs a text prompt"):
         pred.predict([LesionClicks(points=[[20, 25, 12]], labels=[1])])
     img = write_image(arr, tmp_path / "img.nii.gz", reference=image)
-    predict(img, tmp_path / "m.nii.gz", text="dark lesion", predictor=pred)
+    predict_of(img, tmp_path / "m.nii.gz", text="dark lesion", predictor=pred)
     assert _dice(read_image(tmp_path / "m.nii.gz").array, dark) > 0.85
     with pytest.raises(ValueError, match="exactly one of"):
-        predict(img, tmp_path / "n.nii.gz", predictor=pred)
+        predict_of(img, tmp_path / "n.nii.gz", predictor=pred)
     with pytest.raises(ValueError, match="does not take text"):
         plain = _predictor()
         plain.set_image(image)
@@ -295,26 +303,26 @@ def test_text_alone_naming_a_trained_class_is_decided_against_the_other_classes(
     model = OverlappingTextModel()
     texts = {2: ["liver tumour", "tumour"], 4: ["liver cyst", "hepatic cyst"]}
     pred = Predictor(model, preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_texts=texts)
-    assert pred.competitors("Liver  TUMOUR") == ("liver cyst",)
-    assert pred.competitors("hepatic cyst") == ("liver tumour",)
-    assert pred.competitors("kidney tumour") == ()  # not a trained class: nothing to decide against
+    assert WholeVolume(pred).competitors("Liver  TUMOUR") == ("liver cyst",)
+    assert WholeVolume(pred).competitors("hepatic cyst") == ("liver tumour",)
+    assert WholeVolume(pred).competitors("kidney tumour") == ()  # not a trained class: nothing to decide against
     pred.set_image(image)
-    plain = pred.predict_text("liver tumour", compete=False)
+    plain = WholeVolume(pred).predict_text("liver tumour", compete=False)
     assert plain.competitors == () and _dice(plain.labels, bright | dark) > 0.85
     model.encodes = model.calls = 0
-    tumour = pred.predict_text("liver tumour")
+    tumour = WholeVolume(pred).predict_text("liver tumour")
     assert tumour.competitors == ("liver cyst",)
     assert model.calls == 2 * model.encodes  # each window encoded once, decoded with both texts
     assert _dice(tumour.labels, bright) > 0.85 and not (tumour.labels[dark] > 0).any()
-    cyst = pred.predict_text("hepatic cyst")
+    cyst = WholeVolume(pred).predict_text("hepatic cyst")
     assert _dice(cyst.labels, dark) > 0.85 and not (cyst.labels[bright] > 0).any()
-    free = pred.predict_text("kidney tumour")
+    free = WholeVolume(pred).predict_text("kidney tumour")
     assert free.competitors == () and np.array_equal(free.labels > 0, plain.labels > 0)
     # Through the workflow: decided by default; compete=False thresholds the text's own mask.
     img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
-    cases = predict(img, tmp_path / "t.nii.gz", text="liver tumour", predictor=pred)
+    cases = predict_of(img, tmp_path / "t.nii.gz", text="liver tumour", predictor=pred)
     assert cases[0].lesions == 1 and _dice(read_image(tmp_path / "t.nii.gz").array, bright) > 0.85
-    cases = predict(img, tmp_path / "p.nii.gz", text="liver tumour", compete=False, predictor=pred)
+    cases = predict_of(img, tmp_path / "p.nii.gz", text="liver tumour", compete=False, predictor=pred)
     assert cases[0].lesions == 2 and _dice(read_image(tmp_path / "p.nii.gz").array, bright | dark) > 0.85
 
 
@@ -343,15 +351,15 @@ def test_text_alone_with_a_region_classifier_decides_lesion_by_lesion() -> None:
     texts = {2: ["liver tumour"], 4: ["liver cyst"]}
     pred = Predictor(model, preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_texts=texts)
     pred.set_image(image)
-    tumour = pred.predict_text("liver tumour", probabilities=True)
+    tumour = WholeVolume(pred).predict_text("liver tumour", probabilities=True)
     assert [t for t, _ in model.scored] == [["liver tumour", "liver cyst"]] * 2  # two components, one decision each
     assert all(n > 50 for _, n in model.scored)
     assert _dice(tumour.labels, bright) > 0.85 and not (tumour.labels[dark] > 0).any()
     assert tumour.probabilities is not None and tumour.probabilities[dark].max() == 0.0
-    cyst = pred.predict_text("liver cyst")
+    cyst = WholeVolume(pred).predict_text("liver cyst")
     assert _dice(cyst.labels, dark) > 0.85 and not (cyst.labels[bright] > 0).any()
     model.scored.clear()
-    plain = pred.predict_text("liver tumour", compete=False)
+    plain = WholeVolume(pred).predict_text("liver tumour", compete=False)
     assert model.scored == [] and _dice(plain.labels, bright | dark) > 0.85
 
 
@@ -387,14 +395,14 @@ def test_auto_finds_every_class_with_its_label_value_on_the_input_grid(tmp_path:
     image, bright, dark = _bright_and_dark()
     pred = Predictor(AutoModel(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_values=(2, 4))
     pred.set_image(image)
-    out = pred.predict_auto(probabilities=True, batch_size=3)
+    out = WholeVolume(pred).predict_auto(probabilities=True, batch_size=3)
     assert out.labels.shape == image.array.shape and set(np.unique(out.labels)) == {0, 2, 4}
     assert _dice(out.labels == 2, bright) > 0.85 and _dice(out.labels == 4, dark) > 0.85
     assert out.probabilities is not None and out.probabilities[bright].mean() > 0.9
     assert out.probabilities[~(bright | dark)].mean() < 0.05
     # Through the workflow: the file has the input's exact geometry and the class values.
     img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
-    cases = predict(img, tmp_path / "auto.nii.gz", auto=True, predictor=pred)
+    cases = predict_of(img, tmp_path / "auto.nii.gz", auto=True, predictor=pred)
     written = read_image(tmp_path / "auto.nii.gz")
     assert written.same_geometry(read_image(img)) and cases[0].lesions == 2
     assert _dice(written.array == 2, bright) > 0.85 and _dice(written.array == 4, dark) > 0.85
@@ -402,11 +410,11 @@ def test_auto_finds_every_class_with_its_label_value_on_the_input_grid(tmp_path:
     with pytest.raises(ValueError, match="is prompt-free"):
         pred.predict([LesionClicks(points=[[20, 25, 12]], labels=[1])])
     with pytest.raises(ValueError, match="is prompt-free"):
-        pred.predict_text("bright")
+        WholeVolume(pred).predict_text("bright")
     clicky = _predictor()
     clicky.set_image(image)
     with pytest.raises(ValueError, match="needs clicks or text; --auto needs the checkpoint of a prompt-free method"):
-        clicky.predict_auto()
+        WholeVolume(clicky).predict_auto()
     with pytest.raises(ValueError, match="class_values must be 2 distinct label values"):
         Predictor(AutoModel(), class_values=(2, 2))
 
@@ -422,7 +430,7 @@ def test_auto_with_clicks_replaces_the_clicked_lesion_by_the_promptable_model(tm
     from lesionsam.inference.modes import refine_auto
 
     auto.set_image(image)
-    first = auto.predict_auto()
+    first = WholeVolume(auto).predict_auto()
     refiner = _predictor()
     refiner.set_image(image)
     refined = refiner.predict([LesionClicks(points=[centre], labels=[1])])
@@ -433,11 +441,11 @@ def test_auto_with_clicks_replaces_the_clicked_lesion_by_the_promptable_model(tm
     assert not (gone.labels == 2).any()
     assert (gone.labels == 4).sum() == (first.labels == 4).sum()
     with pytest.raises(ValueError, match="give --refine-checkpoint"):
-        predict(img, tmp_path / "x.nii.gz", auto=True, prompts=refine, predictor=auto)
+        predict_of(img, tmp_path / "x.nii.gz", auto=True, prompts=refine, predictor=auto)
     with pytest.raises(ValueError, match="--refine-checkpoint goes with --auto and clicks"):
-        predict(img, tmp_path / "x.nii.gz", auto=True, refine_checkpoint="r.pt", predictor=auto)
+        predict_of(img, tmp_path / "x.nii.gz", auto=True, refine_checkpoint="r.pt", predictor=auto)
     with pytest.raises(ValueError, match="--auto and --text exclude each other"):
-        predict(img, tmp_path / "x.nii.gz", auto=True, text="lesion", predictor=auto)
+        predict_of(img, tmp_path / "x.nii.gz", auto=True, text="lesion", predictor=auto)
 
 
 def test_small_components_are_dropped_by_volume_in_mm3() -> None:
@@ -458,7 +466,9 @@ def test_small_components_are_dropped_by_volume_in_mm3() -> None:
     pred = Predictor(AutoModel(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)), class_values=(2, 4))
     pred.set_image(image)
     bright_mm3 = bright.sum() * float(np.prod(image.spacing))
-    out = pred.predict_auto(min_lesion_mm3=bright_mm3 * 1.3)  # the dark blob (7 mm radius) is 1.6× the bright (6 mm)
+    out = WholeVolume(pred).predict_auto(
+        min_lesion_mm3=bright_mm3 * 1.3
+    )  # the dark blob (7 mm radius) is 1.6× the bright (6 mm)
     assert not (out.labels == 2).any() and _dice(out.labels == 4, dark) > 0.85
 
 
@@ -526,3 +536,43 @@ def test_clicked_only_drops_the_lesions_nobody_clicked() -> None:
         masks[clicked_only] = pred.predict([LesionClicks(points=[[15, 20, 10]], labels=[1])]).labels > 0
     assert _dice(masks[True], label.array == 1) > 0.75 and not (masks[True] & (label.array == 2)).any()
     assert _dice(masks[False], label.array > 0) > 0.75
+
+
+def test_a_mask_and_its_probabilities_are_written_both_or_neither(tmp_path: Path) -> None:
+    """A probabilities file that cannot be written (float DICOM) leaves no mask behind either (it used to)."""
+    img, lab, _ = _write_case(tmp_path)
+    pred = _predictor()
+    pred.set_image(read_image(img))
+    out = pred.predict([LesionClicks(points=[[30, 35, 15]], labels=[1])], probabilities=True)
+    from lesionsam.inference.predictor import write_prediction
+
+    with pytest.raises(ImageIOError, match="p.dcm: could not write"):
+        write_prediction(out, tmp_path / "m.nii.gz", probabilities_path=tmp_path / "p.dcm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([img.name, lab.name])  # no mask, no temp file
+    write_prediction(out, tmp_path / "m.nii.gz", probabilities_path=tmp_path / "p.nrrd")
+    assert read_image(tmp_path / "m.nii.gz").array.max() == 1 and read_image(tmp_path / "p.nrrd").array.max() > 0.5
+
+
+def test_predict_reads_the_checkpoint_once(tmp_path: Path, monkeypatch) -> None:
+    """``predict --clicks-from`` without ``--label`` (the label from the checkpoint) reads the checkpoint file once
+    (it was read three times: the label, the format check, the weights)."""
+    from lesionsam.cli.main import main
+    from lesionsam.models import ModelConfig, build_model
+    from lesionsam.models.checkpoint import save_checkpoint
+
+    img, lab, _ = _write_case(tmp_path)
+    ckpt = save_checkpoint(
+        tmp_path / "run" / "best.pt",
+        model=build_model(ModelConfig.from_preset("tiny")),
+        config={"model": ModelConfig.from_preset("tiny"), "data": {"target_label": 2}},
+        method="sam_med3d",
+    )
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    code = main(
+        ["predict", str(img), "--out", str(tmp_path / "m.nii.gz"), "--clicks-from", str(lab)]
+        + ["--checkpoint", str(ckpt), "--max-windows", "1"]
+    )
+    assert code == 0 and read_image(tmp_path / "m.nii.gz").same_geometry(read_image(img), atol=1e-6)
+    assert [Path(p).name for p in loads] == ["best.pt"]

@@ -244,10 +244,12 @@ def test_text_referred_training_with_negative_crops_validates_on_both(tmp_path: 
     # The checkpoint keeps the class texts it was trained on (here dataset.json's label names), so text alone
     # can be decided against the other class.
     from lesionsam.inference.predictor import Predictor
+    from lesionsam.inference.whole_volume import WholeVolume
 
     predictor = Predictor.from_checkpoint(result.best_checkpoint)
     assert predictor.class_texts == {2: ("tumour",), 4: ("cyst",)}
-    assert predictor.competitors("Tumour") == ("cyst",) and predictor.competitors("kidney tumour") == ()
+    whole = WholeVolume(predictor)
+    assert whole.competitors("Tumour") == ("cyst",) and whole.competitors("kidney tumour") == ()
 
 
 def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:

@@ -49,6 +49,7 @@ def bench_auto(
     the K + 1 class probabilities and the arg-max — and one 128³ window of ``window_preset`` (median of
     ``repeats``; batch 1; an empty ``window_preset`` skips it)."""
     from lesionsam.inference.predictor import Predictor
+    from lesionsam.inference.whole_volume import WholeVolume
     from lesionsam.models import ModelConfig, build_model
 
     if threads:
@@ -84,7 +85,7 @@ def bench_auto(
     if progress:
         print(f"  automatic inference over the whole volume ({preset}) ...", file=sys.stderr)
     t0 = time.perf_counter()
-    pred = predictor.predict_auto(batch_size=batch, progress=progress)
+    pred = WholeVolume(predictor).predict_auto(batch_size=batch, progress=progress)
     hook.remove()
     result.stages["sliding windows + blending"] = pred.stages["sliding windows"]
     result.stages["inverse resampling + arg-max"] = pred.stages["back to the input grid"]

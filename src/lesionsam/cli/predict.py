@@ -44,11 +44,16 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", type=Path, metavar="IMAGE|INPUT_DIR", help="an image file, DICOM folder or folder")
     p.add_argument("--out", type=Path, required=True, metavar="MASK|OUTPUT_DIR", help="output mask or folder")
-    p.add_argument("--checkpoint", default=None, help="lesionsam checkpoint or official SAM-Med3D(-turbo) .pth")
-    p.add_argument("--preset", default=None, help="backbone preset of an official file (default sam_med3d_vit_b)")
-    p.add_argument("--point", action="append", default=[], metavar="i,j,k", help="positive click (repeatable)")
-    p.add_argument("--negative", action="append", default=[], metavar="i,j,k", help="negative click (repeatable)")
-    p.add_argument(
+    model = p.add_argument_group("model")
+    model.add_argument("--checkpoint", default=None, help="lesionsam checkpoint or official SAM-Med3D(-turbo) .pth")
+    model.add_argument("--preset", default=None, help="backbone preset of an official file (default sam_med3d_vit_b)")
+    prompts = p.add_argument_group(
+        "what to segment by",
+        "one source of clicks (--point/--negative/--box, --prompts or --clicks-from), or none with --text or --auto",
+    )
+    prompts.add_argument("--point", action="append", default=[], metavar="i,j,k", help="positive click (repeatable)")
+    prompts.add_argument("--negative", action="append", default=[], metavar="i,j,k", help="negative click (repeatable)")
+    prompts.add_argument(
         "--box",
         action="append",
         default=[],
@@ -56,31 +61,37 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         help="a box around a lesion: inclusive voxel indices of two opposite corners (k0 == k1: a 2D box drawn on "
         "slice k); one lesion per --box (repeatable); --point/--negative with one --box refine it",
     )
-    p.add_argument("--world", action="store_true", help="--point/--negative are LPS millimetres, not voxel indices")
-    p.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
-    p.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
-    p.add_argument("--text", default=None, help='text prompt for a text-referred model (RefSAM3D), e.g. "liver tumour"')
-    p.add_argument("--auto", action="store_true", help="no prompt: a prompt-free model (hsam) finds every lesion")
-    p.add_argument(
+    prompts.add_argument(
+        "--world", action="store_true", help="--point/--negative are LPS millimetres, not voxel indices"
+    )
+    files = prompts.add_mutually_exclusive_group()
+    files.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
+    files.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
+    whole = prompts.add_mutually_exclusive_group()
+    whole.add_argument(
+        "--text", default=None, help='text prompt for a text-referred model (RefSAM3D), e.g. "liver tumour"'
+    )
+    whole.add_argument("--auto", action="store_true", help="no prompt: a prompt-free model (hsam) finds every lesion")
+    prompts.add_argument(
         "--refine-checkpoint",
         default=None,
         metavar="CKPT",
         help="with --auto and clicks: promptable checkpoint that re-segments the clicked lesions",
     )
-    p.add_argument(
+    prompts.add_argument(
         "--min-lesion-mm3",
         type=float,
         default=0.0,
         metavar="V",
         help="--auto / --text alone: drop found components under V mm³ (default 0: keep all)",
     )
-    p.add_argument(
+    prompts.add_argument(
         "--no-compete",
         action="store_true",
         help="--text alone: threshold the text's own mask instead of deciding it against the checkpoint's other "
         "trained class texts",
     )
-    p.add_argument(
+    prompts.add_argument(
         "--label",
         type=int,
         default=None,
@@ -88,66 +99,75 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         help="lesion value in the --clicks-from label maps; default: the one label of their dataset.json named like "
         "a lesion (tumour, lesion, cancer...), else the checkpoint's data.target_label, else required",
     )
-    p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
-    p.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
-    p.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument(
+    output = p.add_argument_group("output")
+    output.add_argument("--channel", type=int, default=None, metavar="C", help="channel of a multi-channel image")
+    output.add_argument("--probabilities", type=Path, default=None, metavar="PATH", help="also write probabilities")
+    output.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
+    running = p.add_argument_group("how the model runs")
+    running.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    running.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16"],
         help="compute dtype of the click/box model windows: bfloat16 runs them under autocast (default float32)",
     )
-    p.add_argument(
+    running.add_argument(
         "--modality",
         default=None,
         choices=["CT", "MRI"],
         help="intensity normalisation (default: the checkpoint's training setting, else CT)",
     )
-    p.add_argument(
+    running.add_argument(
         "--spacing",
         type=float,
         default=None,
         metavar="MM",
         help="isotropic model spacing in mm (default: the checkpoint's training setting, else 1.5)",
     )
-    p.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
-    p.add_argument(
+    running.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
+    running.add_argument(
         "--all-components",
         action="store_true",
         help="keep every component the clicked windows found (default: only those a positive click touches)",
     )
 
     def run(a: argparse.Namespace) -> int:
-        from lesionsam.workflows.predict import predict
+        from lesionsam.workflows.predict import ModelChoice, PredictRequest, Prompting, predict
 
-        cases = predict(
+        request = PredictRequest(
             a.input,
             a.out,
-            checkpoint=a.checkpoint,
-            preset=a.preset,
-            points=a.point,
-            negatives=a.negative,
-            boxes=a.box,
-            world=a.world,
-            prompts=a.prompts,
-            clicks_from=a.clicks_from,
-            text=a.text,
-            auto=a.auto,
-            refine_checkpoint=a.refine_checkpoint,
-            min_lesion_mm3=a.min_lesion_mm3,
-            compete=not a.no_compete,
-            label=a.label,
-            announce=lambda note: print(f"lesionsam predict: {note}", file=sys.stderr),
+            Prompting(
+                points=tuple(a.point),
+                negatives=tuple(a.negative),
+                boxes=tuple(a.box),
+                world=a.world,
+                prompts=a.prompts,
+                clicks_from=a.clicks_from,
+                label=a.label,
+                text=a.text,
+                auto=a.auto,
+                refine_checkpoint=a.refine_checkpoint,
+                compete=not a.no_compete,
+                min_lesion_mm3=a.min_lesion_mm3,
+            ),
+            ModelChoice(
+                checkpoint=a.checkpoint,
+                preset=a.preset,
+                device=a.device,
+                modality=a.modality,
+                spacing=(a.spacing,) * 3 if a.spacing else None,
+                max_windows=a.max_windows,
+                all_components=a.all_components,
+                dtype=a.dtype,
+            ),
             channel=a.channel,
             probabilities=a.probabilities,
             binary=a.binary,
-            device=a.device,
-            dtype=a.dtype,
-            modality=a.modality,
-            spacing=(a.spacing,) * 3 if a.spacing else None,
-            max_windows=a.max_windows,
-            all_components=a.all_components,
+        )
+        cases = predict(
+            request,
+            announce=lambda note: print(f"lesionsam predict: {note}", file=sys.stderr),
             progress=sys.stderr.isatty(),
         )
         for c in cases:

@@ -12,6 +12,7 @@ Conventions used throughout lesionsam:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -257,22 +258,49 @@ def write_image(array: np.ndarray, path: str | os.PathLike[str], *, reference: V
     Raises:
         ImageIOError: the array does not match the reference grid, or the path cannot be written.
     """
-    p = Path(path)
-    if tuple(array.shape) != reference.spatial_shape:
-        raise ImageIOError(
-            f"{p}: array shape {array.shape} does not match the reference grid {reference.spatial_shape}"
-        )
-    suffix = image_suffix(p)
-    if suffix not in IMAGE_SUFFIXES:
-        raise ImageIOError(f"{p}: unknown image file ending; use one of {', '.join(IMAGE_SUFFIXES[:5])}")
+    return write_images([(array, path)], reference=reference, compress=compress)[0]
+
+
+def write_images(
+    items: Sequence[tuple[np.ndarray, str | os.PathLike[str]]], *, reference: Volume, compress: bool = True
+) -> list[Path]:
+    """Write several (D, H, W) arrays on ``reference``'s exact grid, all or none: every array goes to a temp file
+    beside its path first, and only when all were written are they renamed into place (a mask is never left behind
+    when its probabilities cannot be written).
+
+    Raises:
+        ImageIOError: an array does not match the reference grid, or a path cannot be written (nothing is renamed).
+    """
+    paths = [Path(path) for _, path in items]
+    for (array, _), p in zip(items, paths, strict=True):
+        if tuple(array.shape) != reference.spatial_shape:
+            raise ImageIOError(
+                f"{p}: array shape {array.shape} does not match the reference grid {reference.spatial_shape}"
+            )
+        if image_suffix(p) not in IMAGE_SUFFIXES:
+            raise ImageIOError(f"{p}: unknown image file ending; use one of {', '.join(IMAGE_SUFFIXES[:5])}")
+    temps: list[str] = []
+    try:
+        for (array, _), p in zip(items, paths, strict=True):
+            temps.append(_write_temp(array, p, reference, compress))
+        for tmp, p in zip(temps, paths, strict=True):
+            os.replace(tmp, p)
+    except BaseException:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return paths
+
+
+def _write_temp(array: np.ndarray, p: Path, reference: Volume, compress: bool) -> str:
+    """``array`` written to a new temp file beside ``p`` (its name returned); nothing is left on failure."""
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_beside(p, suffix)
+        tmp = make_temp_beside(p, image_suffix(p))
     except OSError as exc:
         raise ImageIOError(f"{p}: cannot write here ({exc.strerror or exc})") from None
     try:
         sitk.WriteImage(reference.to_sitk(array), tmp, compress)
-        os.replace(tmp, p)
     except (RuntimeError, OSError) as exc:
         Path(tmp).unlink(missing_ok=True)
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unknown error")
@@ -280,7 +308,7 @@ def write_image(array: np.ndarray, path: str | os.PathLike[str], *, reference: V
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return p
+    return tmp
 
 
 def check_intensities(volume: Volume, *, source: str = "image") -> None:

@@ -9,7 +9,9 @@ The rule, in order:
    neoplasm; case-insensitive). Several such labels (MSD brain: non-enhancing and enhancing tumour) or none:
    ``--label`` is required, and the message lists the labels.
 3. The checkpoint's training config, ``data.target_label`` (a lesionsam checkpoint trained on one target).
-4. Otherwise ``--label`` is required.
+4. ``evaluate``: the label maps themselves, when every one holds at most one foreground value and it is the same
+   (binary masks: 1) — nothing is ambiguous (:func:`single_foreground_value`).
+5. Otherwise ``--label`` is required.
 
 MSD liver names 1 "liver" and 2 "cancer", so the old default (1) scored the organ; this rule picks 2.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lesionsam.data.dataset_json import dataset_labels, read_dataset_json
@@ -52,6 +54,7 @@ def resolve_lesion_label(
     labels: str | os.PathLike[str] | None,
     *,
     checkpoint_label: Callable[[], int | None] | None = None,
+    single_value: Callable[[], int | None] | None = None,
 ) -> tuple[int, str]:
     """The lesion label value and a phrase saying where it came from (for a one-line note to the user).
 
@@ -59,6 +62,8 @@ def resolve_lesion_label(
         label: the user's ``--label`` (None: not given).
         labels: the label map file or folder the value applies to (its dataset.json is looked for).
         checkpoint_label: called if no dataset.json decides: the checkpoint's ``data.target_label`` or None.
+        single_value: called last: the one foreground value of the label maps, or None
+            (:func:`single_foreground_value`).
 
     Raises:
         ValueError: no rule applies (the message asks for ``--label``).
@@ -74,8 +79,28 @@ def resolve_lesion_label(
         value = checkpoint_label()
         if value is not None:
             return int(value), "the checkpoint's training config (data.target_label)"
+    if single_value is not None:
+        value = single_value()
+        if value is not None:
+            return int(value), "the only foreground value of the label maps"
     where = f" beside {labels}" if labels is not None else ""
+    several = " and the label maps hold several foreground values" if single_value is not None else ""
     raise ValueError(
-        f"no dataset.json{where} names the lesion label: give --label N (the lesion's value in the label map; "
+        f"no dataset.json{where} names the lesion label{several}: give --label N (the lesion's value in the label map; "
         "MSD liver tumour = 2, MSD brain enhancing tumour = 3)"
     )
+
+
+def single_foreground_value(files: Sequence[str | os.PathLike[str]]) -> int | None:
+    """The one non-zero value of the label maps ``files`` when each holds no other non-zero value and all agree
+    (binary masks: 1); None when a file holds several values or two files differ (then ``--label`` is needed)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    found: set[int] = set()
+    for f in files:
+        values = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f))))
+        found.update(int(v) for v in values if v != 0)
+        if len(found) > 1:
+            return None
+    return next(iter(found)) if found else None

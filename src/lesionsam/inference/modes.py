@@ -1,6 +1,7 @@
-"""The prediction modes of one image, as ``lesionsam predict`` offers them: clicks or boxes (with an optional text),
-text alone (a text-referred method searches the whole volume), automatic (a prompt-free method), and automatic with
-the clicked lesions segmented again by a promptable model (:func:`refine_auto`)."""
+"""The prediction modes of one image, as ``lesionsam predict`` offers them: clicks or boxes (with an optional text) go
+to the interactive engine (:meth:`Predictor.predict`, a throwaway session); text alone and automatic go to
+:class:`~lesionsam.inference.whole_volume.WholeVolume`, which wraps it; automatic with clicks has the clicked lesions
+segmented again by a promptable model (:func:`refine_auto`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from lesionsam.data.io import Volume
 from lesionsam.inference.prediction import Prediction
 from lesionsam.inference.predictor import LesionClicks, Predictor
+from lesionsam.inference.whole_volume import WholeVolume
 from lesionsam.utils.components import label_lesions
 
 
@@ -29,11 +31,11 @@ def predict_image(
 ) -> Prediction:
     """Segment one image with the mode its prompts choose.
 
-    * ``auto``: :meth:`Predictor.predict_auto`; with ``lesions`` (and ``refiner``, a promptable predictor) the
+    * ``auto``: :meth:`WholeVolume.predict_auto`; with ``lesions`` (and ``refiner``, a promptable predictor) the
       clicked lesions are segmented again by ``refiner`` and replace what the automatic pass found there;
     * ``lesions`` (clicks or boxes, ``world``: LPS mm instead of voxel indices): :meth:`Predictor.predict`, with
       ``text`` when given;
-    * neither: ``text`` alone, :meth:`Predictor.predict_text` (decided against the checkpoint's other classes with
+    * neither: ``text`` alone, :meth:`WholeVolume.predict_text` (decided against the checkpoint's other classes with
       ``compete``).
 
     ``min_lesion_mm3`` drops smaller found components in the whole-volume modes (automatic, text alone).
@@ -43,7 +45,7 @@ def predict_image(
     """
     predictor.set_image(volume)
     if auto:
-        pred = predictor.predict_auto(probabilities=probabilities, min_lesion_mm3=min_lesion_mm3)
+        pred = WholeVolume(predictor).predict_auto(probabilities=probabilities, min_lesion_mm3=min_lesion_mm3)
         if not lesions:
             return pred
         if refiner is None:
@@ -55,7 +57,9 @@ def predict_image(
         return predictor.predict(lesions, world=world, probabilities=probabilities, text=text)
     if text is None:
         raise ValueError("nothing to segment by: give clicks, a box, a text or the automatic mode")
-    return predictor.predict_text(text, probabilities=probabilities, min_lesion_mm3=min_lesion_mm3, compete=compete)
+    return WholeVolume(predictor).predict_text(
+        text, probabilities=probabilities, min_lesion_mm3=min_lesion_mm3, compete=compete
+    )
 
 
 def count_lesions(labels: np.ndarray) -> int:

@@ -35,21 +35,17 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import expit
 
-from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_image
+from lesionsam.data.io import ImageIOError, Volume, check_intensities, read_image, write_images
 from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocessor
-from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
-from lesionsam.inference.postprocess import keep_clicked_components
-from lesionsam.inference.prediction import Prediction
-from lesionsam.inference.whole_volume import WholeVolumeModes
-from lesionsam.inference.windows import ChainState, WindowRunner, first_center
+from lesionsam.inference.prediction import LesionClicks, Prediction
+from lesionsam.inference.session import InteractiveSession
+from lesionsam.inference.windows import WindowRunner
 from lesionsam.models import ModelConfig, SegModel, build_model
 from lesionsam.models.checkpoint import FORMAT, load_sam_med3d_weights, read_weights_file
 from lesionsam.models.registry import load_model
@@ -57,35 +53,11 @@ from lesionsam.models.registry import load_model
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LesionClicks:
-    """The clicks of one lesion.
-
-    Attributes:
-        points: (N, 3) float; ITK voxel indices (i, j, k) of the original image, or LPS mm when the
-            predictor is called with ``world=True``.
-        labels: (N,) int; 1 = inside the lesion (positive), 0 = outside (negative). At least one positive, unless
-            a box is given.
-        lesion_id: the value this lesion gets in the output label map (1, 2, ...).
-        box: a box around the lesion (voxel indices; :mod:`lesionsam.inference.boxes`), its first prompt.
-    """
-
-    points: np.ndarray
-    labels: np.ndarray
-    lesion_id: int = 1
-    box: Box | None = None
-
-    def __post_init__(self) -> None:
-        self.points = np.asarray(self.points, dtype=float).reshape(-1, 3)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        if len(self.points) != len(self.labels):
-            raise ValueError(f"lesion {self.lesion_id}: {len(self.points)} points but {len(self.labels)} labels")
-        if not np.isin(self.labels, (0, 1)).all():
-            raise ValueError(f"lesion {self.lesion_id}: click labels must be 1 (positive) or 0 (negative)")
-        if self.box is None and not (self.labels == 1).any():
-            raise ValueError(f"lesion {self.lesion_id}: needs at least one positive click inside the lesion (or a box)")
-        if not 1 <= int(self.lesion_id) <= 65535:
-            raise ValueError(f"lesion id must be in 1..65535, got {self.lesion_id}")
+def target_label_of(data: Mapping[str, Any]) -> int | None:
+    """The lesion label a training run's ``data`` section trained on: ``target_label`` when it trained on one target
+    (no ``target_labels``), else None."""
+    value = data.get("target_label")
+    return int(value) if isinstance(value, int) and not data.get("target_labels") else None
 
 
 def _trained_class_texts(ckpt: Mapping[str, Any], data: Mapping[str, Any]) -> dict[int, list[str]]:
@@ -99,7 +71,7 @@ def _trained_class_texts(ckpt: Mapping[str, Any], data: Mapping[str, Any]) -> di
     return {int(t): given[int(t)] for t in targets if given.get(int(t))}
 
 
-class Predictor(WholeVolumeModes):
+class Predictor:
     """Segments lesions from clicks in whole volumes (see the module docstring for the algorithm).
 
     Args:
@@ -175,6 +147,8 @@ class Predictor(WholeVolumeModes):
         self.logit_offset = float(logit_offset)
         self.clicked_only = bool(clicked_only)
         self._pre: Preprocessed | None = None
+        #: the ``data`` section of the training run of a lesionsam checkpoint (:meth:`from_checkpoint`), else empty
+        self.training_data: dict[str, Any] = {}
 
     @staticmethod
     def _class_values(model: SegModel, given: Sequence[int] | None) -> tuple[int, ...]:
@@ -219,7 +193,7 @@ class Predictor(WholeVolumeModes):
             if isinstance(obj, dict) and obj.get("format") == FORMAT:
                 if preset:
                     log.info("--preset %s ignored: the lesionsam checkpoint stores its own sizes", preset)
-                model, ckpt = load_model(checkpoint)
+                model, ckpt = load_model(checkpoint, content=obj)  # the file is read once
                 data = dict((ckpt.get("config") or {}).get("data") or {})
                 if model.prompt_free and "class_values" not in kwargs:
                     kwargs["class_values"] = data.get("target_labels") or [data.get("target_label", 1)]
@@ -234,7 +208,9 @@ class Predictor(WholeVolumeModes):
             modality=modality or data.get("modality") or "CT",
             spacing=tuple(spacing or data.get("spacing") or (1.5, 1.5, 1.5)),  # type: ignore[arg-type]
         )
-        return cls(model, device=device, preprocess=pre, **kwargs)
+        predictor = cls(model, device=device, preprocess=pre, **kwargs)
+        predictor.training_data = data
+        return predictor
 
     # ------------------------------------------------------------------------------------------ image
     def set_image(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
@@ -259,36 +235,26 @@ class Predictor(WholeVolumeModes):
             raise RuntimeError("call set_image() before predict()")
         return self._pre
 
-    def _canonical_clicks(self, lesion: LesionClicks, *, world: bool) -> np.ndarray:
-        """(N, 3) canonical (d, h, w) indices of a lesion's clicks; ValueError for a click outside the image."""
-        pre = self.preprocessed
-        size = np.asarray(pre.source.size_ijk, dtype=float)
-        ijk = pre.source.world_to_index(lesion.points) if world else lesion.points
-        outside = np.any((ijk < -0.5) | (ijk > size - 0.5), axis=1)
-        if outside.any():
-            n = int(np.argmax(outside))
-            given = lesion.points[n].round(2).tolist()
-            kind = "LPS mm" if world else "voxel index (i, j, k)"
+    def check_text(self, text: str | None) -> None:
+        """Whether ``text`` (None: no text) fits the model's prompts; ``ValueError`` saying what to give otherwise."""
+        model = self.model
+        if model.prompt_free:
             raise ValueError(
-                f"lesion {lesion.lesion_id}: click {given} ({kind}) is outside the image of size "
-                f"{tuple(int(s) for s in size)} (i, j, k); voxel indices run from 0 to size-1"
+                f"{model.display_name} is prompt-free: it takes no clicks or text; use --auto "
+                "(WholeVolume(predictor).auto()), or refine with a promptable checkpoint"
             )
-        return self.preprocessor.to_canonical_index(lesion.points, pre, world=world).reshape(-1, 3)
+        kinds = model.accepted_prompts | model.required_prompts
+        if text is not None and "text" not in kinds:
+            raise ValueError(f"{model.display_name} does not take text prompts; give clicks instead")
+        if text is None and "text" in model.required_prompts:
+            raise ValueError(f'{model.display_name} needs a text prompt (--text "liver tumour")')
+        if text is not None and not text.strip():
+            raise ValueError("the text prompt is empty")
 
-    # ------------------------------------------------------------------------------------------ model
-    def _lesion_prompts(self, les: LesionClicks, dhw: np.ndarray) -> tuple[np.ndarray, np.ndarray, ChainState, Any]:
-        """A lesion's canonical clicks, labels, first-window chain start and bound: a box becomes a positive click at
-        its centre (the first), a prior mask and a bound (:func:`~lesionsam.inference.boxes.box_prompt`)."""
-        if les.box is None:
-            return dhw, les.labels, ChainState(), None
-        takes_mask = "mask" in self.model.accepted_prompts | self.model.required_prompts
-        logit = BOX_PRIOR_LOGIT if takes_mask else None  # a model that takes no mask prompt gets no prior
-        centre, prior, bound = box_prompt(
-            les.box, self.preprocessed, self.crop, self.model.low_res_size, prior_logit=logit
-        )
-        state = ChainState(last=prior.to(self.device) if prior is not None else None)
-        labels = np.concatenate([[1], les.labels]).astype(np.int64)
-        return np.concatenate([centre[None], dhw]), labels, state, bound
+    @property
+    def trained_target_label(self) -> int | None:
+        """``data.target_label`` of the checkpoint's training run when it trained on one target, else None."""
+        return target_label_of(self.training_data)
 
     def runner(self, pre: Preprocessed | None = None) -> WindowRunner:
         """The window engine on ``pre`` (default: the current image); the interactive session uses the same one."""
@@ -333,44 +299,21 @@ class Predictor(WholeVolumeModes):
             :class:`Prediction` on the input's grid.
         """
         t0 = time.perf_counter()
-        pre = self.preprocessed
         if not lesions:
             raise ValueError("no lesion to segment: give at least one click")
-        self._check_text(text)
         ids = [int(les.lesion_id) for les in lesions]
         if len(set(ids)) != len(ids):
             raise ValueError(f"lesion ids must be distinct, got {ids}")
-        if world and any(les.box is not None for les in lesions):
-            raise ValueError("boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'")
-        canonical = [self._canonical_clicks(les, world=world) for les in lesions]
-        best = np.zeros(pre.grid.spatial_shape, dtype=np.float32)
-        owner = np.zeros(pre.grid.spatial_shape, dtype=np.uint16)
-        counts: dict[int, int] = {}
-        runner = self.runner()
-        prompts = [self._lesion_prompts(les, dhw) for les, dhw in zip(lesions, canonical, strict=True)]
-        for les, (dhw, labs, state, bound) in zip(lesions, prompts, strict=True):
-            windows, _ = runner.segment(first_center(dhw, labs), dhw, labs, state, text=text, bound=bound)
-            counts[les.lesion_id] = len(windows)
-            for box, logits in windows:
-                vol_sl, crop_sl = box.overlap()
-                prob = expit(logits[crop_sl])
-                region = best[vol_sl]
-                better = prob > region
-                region[better] = prob[better]
-                owner[vol_sl][better] = les.lesion_id
-        if self.clicked_only:  # only the lesions that were clicked (see lesionsam.inference.postprocess)
-            positives = np.concatenate([dhw[labs == 1] for dhw, labs, _, _ in prompts])
-            best[~keep_clicked_components(best > self.threshold, positives)] = 0.0
-        prob_orig = self.preprocessor.invert(best, pre, interpolation="linear")
-        owner_orig = self.preprocessor.invert(owner, pre, interpolation="nearest")
-        labels = np.where(prob_orig > self.threshold, owner_orig, 0).astype(np.uint16)
-        return Prediction(
-            labels=labels,
-            probabilities=prob_orig.astype(np.float32) if probabilities else None,
-            reference=pre.source,
-            windows=counts,
-            seconds=time.perf_counter() - t0,
-        )
+        session = InteractiveSession(self, self.preprocessed, text=text)
+        for les in lesions:  # every click is checked before the first lesion is segmented
+            if world and les.box is not None:
+                raise ValueError(
+                    "boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'"
+                )
+            session.check_points(les.points, world=world, lesion=les.lesion_id)
+        for les in lesions:
+            session.add(les, world=world)
+        return session.prediction(probabilities=probabilities, started=t0)
 
 
 def write_prediction(
@@ -380,13 +323,14 @@ def write_prediction(
     binary: bool = False,
     probabilities_path: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write the label map (uint8 when it fits) and optionally the probabilities, on the input's grid."""
+    """Write the label map (uint8 when it fits) and optionally the probabilities, on the input's grid: both or
+    neither (:func:`~lesionsam.data.io.write_images`)."""
     labels = (prediction.labels > 0).astype(np.uint8) if binary else prediction.labels
     if not binary and labels.max(initial=0) < 256:
         labels = labels.astype(np.uint8)
-    path = write_image(labels, out, reference=prediction.reference)
+    items: list[tuple[np.ndarray, str | os.PathLike[str]]] = [(labels, out)]
     if probabilities_path is not None:
         if prediction.probabilities is None:
             raise ValueError("probabilities were not computed: call predict(..., probabilities=True)")
-        write_image(prediction.probabilities, probabilities_path, reference=prediction.reference)
-    return path
+        items.append((prediction.probabilities, probabilities_path))
+    return write_images(items, reference=prediction.reference)[0]

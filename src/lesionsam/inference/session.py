@@ -1,6 +1,11 @@
-"""An interactive segmentation session on one image: clicks and boxes in, a label map patched lesion by lesion.
+"""The interactive engine: one image, clicks and boxes in, a label map patched lesion by lesion.
 
-The image is preprocessed once (:meth:`Predictor.set_image`). Each lesion keeps
+Every click- or box-prompted prediction goes through it: ``lesionsam serve``, the click-curve evaluation, and
+:meth:`Predictor.predict <lesionsam.inference.predictor.Predictor.predict>`, which opens a throwaway session, adds each
+lesion's prompts (:meth:`InteractiveSession.add`) and returns its label map. So there is one overlap rule, one check
+that a click lies in the image (:meth:`InteractiveSession.check_points`) and one cache of image embeddings.
+
+The image is preprocessed once (or given preprocessed). Each lesion keeps
 
 * its **window** (centred on its first prompt: the first positive click, or the box's centre), the windows' cached
   **image embeddings** (``model.encode``, once per window), and its first window's click chain (the previous
@@ -10,11 +15,9 @@ The image is preprocessed once (:meth:`Predictor.set_image`). Each lesion keeps
 * its probability on the **input grid, only inside its region** (the input voxels its canonical windows reach,
   :func:`~lesionsam.inference.regions.invert_region`): a click resamples that region, never the whole volume.
 
-The segmentation engine is the one-shot :class:`~lesionsam.inference.predictor.Predictor`'s
-(:class:`~lesionsam.inference.windows.WindowRunner`): a lesion clicked here gives the same mask as
-``Predictor.predict`` with the same clicks in the same order. Where two lesions overlap, a voxel goes to the more
-confident one (ties: the lower id). A box on an existing lesion starts it again from the box (undo brings the
-earlier prompts back).
+Windows are run by :class:`~lesionsam.inference.windows.WindowRunner`; clicks given one after another equal the same
+clicks given at once. Where two lesions overlap, a voxel goes to the more confident one on the input grid (ties: the
+lower id). A box on an existing lesion starts it again from the box (undo brings the earlier prompts back).
 
 Coordinates are 0-based voxel indices (i, j, k) of the input image (ITK order, 3D Slicer's IJK); arrays are NumPy in
 SimpleITK order (D, H, W) = (k, j, i). Errors a user can act on raise ``ValueError`` with one clear message.
@@ -24,100 +27,42 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lesionsam.data.io import IMAGE_SUFFIXES, Volume, image_suffix, write_image
+from lesionsam.data.transforms import Preprocessed
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
-from lesionsam.inference.predictor import Predictor
+from lesionsam.inference.prediction import LesionClicks, Prediction
 from lesionsam.inference.regions import invert_region
-from lesionsam.inference.windows import Bound, ChainState, WindowRunner, bounding_box, lesion_probability
+from lesionsam.inference.session_state import (
+    EMPTY,
+    Engine,
+    LesionEntry,
+    LesionInfo,
+    LesionState,
+    Slices3,
+    Update,
+    intersect,
+    size,
+    union,
+)
+from lesionsam.inference.windows import ChainState, WindowRunner, bounding_box, first_center, lesion_probability
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
-
-Slices3 = tuple[slice, slice, slice]
-_EMPTY: Slices3 = (slice(0, 0), slice(0, 0), slice(0, 0))
-
-
-@dataclass(frozen=True)
-class Update:
-    """What one interaction changed, for a viewer to patch its overlay.
-
-    Attributes:
-        lesion: the lesion's id (1, 2, ...; never reused in a session).
-        region: (D, H, W) slices of the input grid that changed (may be empty).
-        labels: (D, H, W) uint16 label-map patch for ``region``: 0 or lesion ids.
-        volume_ml: this lesion's volume after the update, mL.
-    """
-
-    lesion: int
-    region: Slices3
-    labels: np.ndarray
-    volume_ml: float
-
-
-@dataclass(frozen=True)
-class LesionInfo:
-    """One lesion of a session: its id, volume (mL), number of prompts and bounding slices (None when empty)."""
-
-    id: int
-    volume_ml: float
-    n_prompts: int
-    bbox: Slices3 | None
-
-
-@dataclass(frozen=True)
-class _State:
-    """One lesion after some prompts (immutable: undo/redo move between these)."""
-
-    prompts: tuple[dict[str, Any], ...] = ()
-    center: np.ndarray | None = None  # canonical (d, h, w) centre of the first window
-    dhw: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # canonical clicks, in order
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    chain: ChainState = field(default_factory=ChainState)
-    bound: Bound | None = None  # a 3D box's canonical extent the lesion is cut to
-    region: Slices3 = _EMPTY  # input-grid slices
-    score: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))  # prob where covered, else 0
-
-
-@dataclass
-class _Lesion:
-    history: list[_State]
-    position: int = 0  # index of the current state in ``history``
-    cache: dict[tuple[int, int, int], object] = field(default_factory=dict)  # window start → embedding
-
-    @property
-    def state(self) -> _State:
-        return self.history[self.position]
-
-
-def _union(a: Slices3, b: Slices3) -> Slices3:
-    if _size(a) == 0:
-        return b
-    if _size(b) == 0:
-        return a
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
-
-
-def _intersect(a: Slices3, b: Slices3) -> Slices3 | None:
-    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
-    return None if any(s.stop <= s.start for s in out) else out  # type: ignore[return-value]
-
-
-def _size(region: Slices3) -> int:
-    return int(np.prod([max(0, s.stop - s.start) for s in region]))
 
 
 class InteractiveSession:
     """Interactive lesion segmentation on one image (see the module docstring).
 
     Args:
-        predictor: a click-promptable predictor (its model, preprocessing, threshold, windows, logit offset and
-            dtype are used; its current image is left alone, so several sessions may share one predictor).
-        image: the image (a :class:`~lesionsam.data.io.Volume` or a file path).
+        predictor: a click-promptable :class:`~lesionsam.inference.predictor.Predictor` (what is used of it:
+            :class:`~lesionsam.inference.session_state.Engine`; its current image is left alone, so several sessions
+            may share one predictor).
+        image: the image (a :class:`~lesionsam.data.io.Volume`, a file path, or a volume the predictor preprocessed).
         text: a text prompt given with every decode (text-referred methods that need one).
         box_prior_logit: the magnitude of a box's prior mask (:mod:`lesionsam.inference.boxes`); None gives a box
             as its window and centre click only.
@@ -131,8 +76,8 @@ class InteractiveSession:
 
     def __init__(
         self,
-        predictor: Predictor,
-        image: Volume | str | os.PathLike[str],
+        predictor: Engine,
+        image: Volume | Preprocessed | str | os.PathLike[str],
         *,
         text: str | None = None,
         box_prior_logit: float | None = BOX_PRIOR_LOGIT,
@@ -140,21 +85,23 @@ class InteractiveSession:
         self.predictor = predictor
         self.text = text
         self.box_prior_logit = box_prior_logit
-        predictor._check_text(text)
-        self._image_path = None if isinstance(image, Volume) else Path(image)
-        self.pre = predictor.prepare(image)  # the predictor's own current image is left alone
+        predictor.check_text(text)
+        self._image_path = None if isinstance(image, (Volume, Preprocessed)) else Path(image)
+        # the predictor's own current image is left alone; an image already preprocessed by it is used as it is
+        self.pre = image if isinstance(image, Preprocessed) else predictor.prepare(image)
         self.runner: WindowRunner = predictor.runner(self.pre)
         self.shape_ijk: tuple[int, int, int] = tuple(int(s) for s in self.pre.source.size_ijk)  # type: ignore[assignment]
         self.spacing: tuple[float, float, float] = tuple(float(s) for s in self.pre.source.spacing)  # type: ignore[assignment]
         self._voxel_ml = float(np.prod(self.spacing)) / 1000.0
-        self._lesions: dict[int, _Lesion] = {}
+        self._lesions: dict[int, LesionEntry] = {}
         self._next_id = 1
 
     # ------------------------------------------------------------------------------------------ prompts
     def click(self, point: tuple[int, int, int], *, positive: bool = True, lesion: int | None = None) -> Update:
         """A click at voxel ``point`` (i, j, k). ``lesion=None`` starts a new lesion (the click must be positive);
         otherwise it refines that lesion (decoder only, from its cached embedding and previous low-res logits)."""
-        ijk = self._check_point(point)
+        ijk = self._point(point)
+        self.check_points(ijk[None])
         record = {"kind": "point", "point": [float(v) for v in ijk], "positive": bool(positive)}
         dhw = self.predictor.preprocessor.to_canonical_index(ijk[None], self.pre, world=False).reshape(1, 3)
         label = np.array([1 if positive else 0], dtype=np.int64)
@@ -162,11 +109,11 @@ class InteractiveSession:
             if not positive:
                 raise ValueError("a lesion starts with a positive click inside it; a negative click needs lesion=<id>")
             entry = self._new_lesion() if lesion is None else self._get(lesion)
-            start = _State(prompts=(record,), center=dhw[0], dhw=dhw, labels=label)
+            start = LesionState(prompts=(record,), center=dhw[0], dhw=dhw, labels=label)
             return self._apply(entry, start, created=lesion is None)
         entry = self._get(lesion)
         old = entry.state
-        new = _State(
+        new = LesionState(
             prompts=(*old.prompts, record),
             center=old.center,
             dhw=np.concatenate([old.dhw, dhw]),
@@ -179,26 +126,51 @@ class InteractiveSession:
     def box(self, box: Box, *, lesion: int | None = None) -> Update:
         """A 3D box, or a 2D box on one slice (see :mod:`lesionsam.inference.boxes`). ``lesion=None`` starts a new
         lesion; an existing lesion starts again from the box (undo restores its earlier prompts)."""
-        model = self.predictor.model
-        takes_mask = "mask" in model.accepted_prompts | model.required_prompts  # else no prior mask
-        centre, prior, bound = box_prompt(
-            box,
-            self.pre,
-            self.runner.crop,
-            model.low_res_size,
-            prior_logit=self.box_prior_logit if takes_mask else None,
-        )
+        centre, chain, bound = self._box_start(box)
         entry = self._get(lesion) if lesion is not None else self._new_lesion()
         record = {"kind": "box", "lo": list(box.lo), "hi": list(box.hi)}
-        state = _State(
+        state = LesionState(
             prompts=(record,),
             center=centre,
             dhw=centre[None],
             labels=np.array([1], dtype=np.int64),
-            chain=ChainState(last=prior.to(self.predictor.device) if prior is not None else None),
+            chain=chain,
             bound=bound,
         )
         return self._apply(entry, state, created=lesion is None)
+
+    def add(self, lesion: LesionClicks, *, world: bool = False) -> Update:
+        """A new lesion with id ``lesion.lesion_id`` from all its prompts at once: its box (if any) then its clicks in
+        order, decoded as one chain (the same as the box and then each click given one after another). ``world``: the
+        clicks are LPS mm instead of voxel indices (a box is always voxel indices)."""
+        lid = int(lesion.lesion_id)
+        if lid in self._lesions:
+            raise ValueError(f"lesion ids must be distinct: lesion {lid} exists already")
+        if world and lesion.box is not None:
+            raise ValueError("boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'")
+        self.check_points(lesion.points, world=world, lesion=lid)
+        dhw = self.predictor.preprocessor.to_canonical_index(lesion.points, self.pre, world=world).reshape(-1, 3)
+        ijk = self.pre.source.world_to_index(lesion.points) if world else lesion.points
+        records = [
+            {"kind": "point", "point": [float(v) for v in p], "positive": bool(lab)}
+            for p, lab in zip(ijk, lesion.labels, strict=True)
+        ]
+        labels = lesion.labels
+        chain, bound = ChainState(), None
+        if lesion.box is not None:
+            centre, chain, bound = self._box_start(lesion.box)
+            records.insert(0, {"kind": "box", "lo": list(lesion.box.lo), "hi": list(lesion.box.hi)})
+            dhw = np.concatenate([centre[None], dhw])
+            labels = np.concatenate([[1], labels]).astype(np.int64)
+        state = LesionState(
+            prompts=tuple(records),
+            center=first_center(dhw, labels),
+            dhw=dhw,
+            labels=labels,
+            chain=chain,
+            bound=bound,
+        )
+        return self._apply(self._new_lesion(lid), state, created=True)
 
     def undo(self, lesion: int) -> Update:
         """Go back one prompt on ``lesion`` (to an empty lesion after its first prompt)."""
@@ -226,12 +198,20 @@ class InteractiveSession:
         self._lesions.clear()
 
     # ------------------------------------------------------------------------------------------ results
+    def has_lesion(self, lesion: int) -> bool:
+        """Whether ``lesion`` is a lesion of this session (cheap: nothing is composed)."""
+        return int(lesion) in self._lesions
+
+    def lesion_ids(self) -> list[int]:
+        """The ids of the session's lesions, in order."""
+        return sorted(self._lesions)
+
     def lesions(self) -> list[LesionInfo]:
         """Every lesion, by id."""
         out = []
         for lid, entry in sorted(self._lesions.items()):
             region = entry.state.region
-            mine = self._compose(region) == lid if _size(region) else np.zeros((0, 0, 0), bool)
+            mine = self._compose(region) == lid if size(region) else np.zeros((0, 0, 0), bool)
             bbox = None
             box = bounding_box(mine) if mine.size else None
             if box is not None:
@@ -250,6 +230,20 @@ class InteractiveSession:
         """(D, H, W) uint16 label map on the input grid: 0 background, else lesion ids."""
         full = tuple(slice(0, n) for n in self.pre.source.spatial_shape)
         return self._compose(full)  # type: ignore[arg-type]
+
+    def prediction(self, *, probabilities: bool = False, started: float | None = None) -> Prediction:
+        """The whole label map as a :class:`~lesionsam.inference.prediction.Prediction` on the input grid, with the
+        lesions' probabilities (each lesion's inside its region, 0 elsewhere) on request and the windows run per
+        lesion; ``started``: the ``time.perf_counter()`` its seconds count from."""
+        full = tuple(slice(0, n) for n in self.pre.source.spatial_shape)
+        labels, best = self._scores(full)  # type: ignore[arg-type]
+        return Prediction(
+            labels=labels,
+            probabilities=best if probabilities else None,
+            reference=self.pre.source,
+            windows={lid: entry.state.windows for lid, entry in sorted(self._lesions.items())},
+            seconds=time.perf_counter() - started if started is not None else 0.0,
+        )
 
     def prompts_record(self) -> dict[str, Any]:
         """Every lesion's prompts in order, JSON-able. Also a valid ``lesionsam predict --prompts`` file: each
@@ -293,39 +287,74 @@ class InteractiveSession:
         atomic_write_bytes(json_p, payload)
 
     # ------------------------------------------------------------------------------------------ internals
-    def _check_point(self, point: tuple[int, int, int]) -> np.ndarray:
+    @staticmethod
+    def _point(point: tuple[int, int, int]) -> np.ndarray:
         try:
             ijk = np.asarray(point, dtype=float).reshape(-1)
         except (TypeError, ValueError):
             raise ValueError(f"a point must be three numbers (i, j, k), got {point!r}") from None
         if ijk.shape != (3,) or not np.isfinite(ijk).all():
             raise ValueError(f"a point must be three finite numbers (i, j, k), got {point!r}")
-        size = np.asarray(self.shape_ijk, dtype=float)
-        if np.any((ijk < -0.5) | (ijk > size - 0.5)):
-            raise ValueError(
-                f"click {ijk.round(2).tolist()} (voxel index i, j, k) is outside the image of size {self.shape_ijk}; "
-                "voxel indices run from 0 to size-1"
-            )
         return ijk
 
-    def _get(self, lesion: int) -> _Lesion:
+    def check_points(self, points: np.ndarray, *, world: bool = False, lesion: int | None = None) -> None:
+        """The one rule for a click inside the image: its voxel index (i, j, k) — LPS mm mapped to an index with
+        ``world`` — lies within [-0.5, size - 0.5) on every axis (it rounds to a voxel of the image).
+
+        Raises:
+            ValueError: the first point outside, in the coordinates it was given in.
+        """
+        pts = np.asarray(points, dtype=float).reshape(-1, 3)
+        ijk = self.pre.source.world_to_index(pts) if world else pts
+        bound = np.asarray(self.shape_ijk, dtype=float)
+        outside = np.any((ijk < -0.5) | (ijk > bound - 0.5), axis=1)
+        if outside.any():
+            n = int(np.argmax(outside))
+            kind = "LPS mm" if world else "voxel index i, j, k"
+            which = f"lesion {lesion}: " if lesion is not None else ""
+            raise ValueError(
+                f"{which}click {pts[n].round(2).tolist()} ({kind}) is outside the image of size {self.shape_ijk} "
+                "(i, j, k); voxel indices run from 0 to size-1"
+            )
+
+    def _box_start(self, box: Box) -> tuple[np.ndarray, ChainState, Any]:
+        """A box's canonical centre (its first, positive click), the chain start holding its prior mask, and its bound
+        (:func:`~lesionsam.inference.boxes.box_prompt`; a model that takes no mask prompt gets no prior)."""
+        model = self.predictor.model
+        takes_mask = "mask" in model.accepted_prompts | model.required_prompts
+        centre, prior, bound = box_prompt(
+            box,
+            self.pre,
+            self.runner.crop,
+            model.low_res_size,
+            prior_logit=self.box_prior_logit if takes_mask else None,
+        )
+        return centre, ChainState(last=prior.to(self.predictor.device) if prior is not None else None), bound
+
+    def _get(self, lesion: int) -> LesionEntry:
         if isinstance(lesion, bool) or not isinstance(lesion, (int, np.integer)) or int(lesion) not in self._lesions:
             known = ", ".join(str(k) for k in sorted(self._lesions)) or "none"
             raise ValueError(f"unknown lesion {lesion!r} (lesions in this session: {known})")
         return self._lesions[int(lesion)]
 
-    def _new_lesion(self) -> _Lesion:
-        if self._next_id > 65535:
-            raise ValueError("this session has used all 65535 lesion ids; start a new session")
-        entry = _Lesion(history=[_State()])
-        self._lesions[self._next_id] = entry
-        self._next_id += 1
+    def _new_lesion(self, lesion: int | None = None) -> LesionEntry:
+        """A new, empty lesion: the next id, or ``lesion`` (ids are never given twice)."""
+        lid = self._next_id if lesion is None else int(lesion)
+        if not 1 <= lid <= 65535:
+            raise ValueError(
+                "this session has used all 65535 lesion ids; start a new session"
+                if lesion is None
+                else f"lesion id must be in 1..65535, got {lesion}"
+            )
+        entry = LesionEntry(history=[LesionState()])
+        self._lesions[lid] = entry
+        self._next_id = max(self._next_id, lid + 1)
         return entry
 
-    def _id_of(self, entry: _Lesion) -> int:
+    def _id_of(self, entry: LesionEntry) -> int:
         return next(k for k, v in self._lesions.items() if v is entry)
 
-    def _apply(self, entry: _Lesion, state: _State, *, created: bool = False) -> Update:
+    def _apply(self, entry: LesionEntry, state: LesionState, *, created: bool = False) -> Update:
         """Segment ``state``'s prompts, make it the lesion's current state (dropping what could be redone)."""
         lid = self._id_of(entry)
         try:
@@ -338,16 +367,16 @@ class InteractiveSession:
         entry.history.append(state)
         return self._move(lid, entry, len(entry.history) - 1, previous=entry.state)
 
-    def _move(self, lid: int, entry: _Lesion, position: int, previous: _State | None = None) -> Update:
+    def _move(self, lid: int, entry: LesionEntry, position: int, previous: LesionState | None = None) -> Update:
         old = previous if previous is not None else entry.state
         entry.position = position
         new = entry.state
-        region = _union(old.region, new.region)
+        region = union(old.region, new.region)
         labels = self._compose(region)
         volume = float((labels == lid).sum()) * self._voxel_ml
         return Update(lesion=lid, region=region, labels=labels, volume_ml=volume)
 
-    def _segment(self, entry: _Lesion, state: _State) -> _State:
+    def _segment(self, entry: LesionEntry, state: LesionState) -> LesionState:
         """The lesion's windows for ``state``'s prompts and its score on its input-grid region."""
         assert state.center is not None
         windows, chain = self.runner.segment(
@@ -371,8 +400,8 @@ class InteractiveSession:
             score = np.ascontiguousarray(score[tight])
             region = tuple(slice(r.start + t.start, r.start + t.stop) for r, t in zip(region, tight, strict=True))
         else:
-            region, score = _EMPTY, np.zeros((0, 0, 0), np.float32)
-        return _State(
+            region, score = EMPTY, np.zeros((0, 0, 0), np.float32)
+        return LesionState(
             prompts=state.prompts,
             center=state.center,
             dhw=state.dhw,
@@ -381,19 +410,24 @@ class InteractiveSession:
             bound=state.bound,
             region=region,
             score=score,
+            windows=len(windows),
         )
 
     def _compose(self, region: Slices3) -> np.ndarray:
-        """The label map on ``region`` of the input grid: each voxel to the most confident lesion above the
-        threshold (ties: the lower id)."""
+        """The label map on ``region`` of the input grid (:meth:`_scores`)."""
+        return self._scores(region)[0]
+
+    def _scores(self, region: Slices3) -> tuple[np.ndarray, np.ndarray]:
+        """The one overlap rule, on ``region`` of the input grid: each voxel goes to the most confident lesion above
+        the threshold (ties: the lower id). Returns the (D, H, W) uint16 labels and float32 best probabilities."""
         shape = tuple(max(0, s.stop - s.start) for s in region)
         best = np.zeros(shape, dtype=np.float32)
         labels = np.zeros(shape, dtype=np.uint16)
         if 0 in shape:
-            return labels
+            return labels, best
         for lid, entry in sorted(self._lesions.items()):
             st = entry.state
-            common = _intersect(region, st.region) if _size(st.region) else None
+            common = intersect(region, st.region) if size(st.region) else None
             if common is None:
                 continue
             dst = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(common, region, strict=True))
@@ -403,7 +437,7 @@ class InteractiveSession:
             best[dst][better] = s[better]
             labels[dst][better] = lid
         labels[best <= self.predictor.threshold] = 0
-        return labels
+        return labels, best
 
 
 __all__ = ["Box", "InteractiveSession", "LesionInfo", "Update"]

@@ -1,10 +1,10 @@
-"""The whole-volume inference modes of the :class:`~lesionsam.inference.predictor.Predictor`, with no click: text
-alone (a text-referred method searches the volume for what the text names, decided against the other trained
-classes) and automatic (a prompt-free method segments every lesion class it was trained on). Both cover the
-canonical grid with MONAI's ``sliding_window_inference``.
+"""The whole-volume prediction modes, with no click: text alone (a text-referred method searches the volume for what
+the text names, decided against the other trained classes) and automatic (a prompt-free method segments every lesion
+class it was trained on). Both cover the canonical grid with MONAI's ``sliding_window_inference``.
 
-:class:`WholeVolumeModes` is a mixin of :class:`~lesionsam.inference.predictor.Predictor`: it uses the predictor's
-model, preprocessed image, threshold, logit offset, class texts and class values.
+:class:`WholeVolume` wraps a :class:`~lesionsam.inference.predictor.Predictor` (as segment-anything's automatic mask
+generator wraps its predictor) and uses what its properties declare: the model, the current preprocessed image,
+the threshold, the logit offset, the class texts and the class values.
 """
 
 from __future__ import annotations
@@ -20,32 +20,69 @@ from scipy import ndimage
 from scipy.special import expit
 
 from lesionsam.data.crops import crop_box, take
+from lesionsam.data.transforms import Preprocessed, Preprocessor
 from lesionsam.inference.postprocess import components_by_size as _components
 from lesionsam.inference.postprocess import drop_small_components
 from lesionsam.inference.prediction import Prediction, text_key
-from lesionsam.models import Prompts, competing_logits
+from lesionsam.inference.predictor import Predictor
+from lesionsam.models import Prompts, SegModel, competing_logits
 from lesionsam.models.registry import methods_training_with
 from lesionsam.utils.components import label_lesions
 
 log = logging.getLogger("lesionsam.inference.predictor")
 
 
-class WholeVolumeModes:
-    """Text-alone and automatic whole-volume prediction (mixed into the Predictor)."""
+class WholeVolume:
+    """Text-alone and automatic prediction over the whole volume of the predictor's current image.
 
-    def _check_text(self, text: str | None) -> None:
-        if self.model.prompt_free:
-            raise ValueError(
-                f"{self.model.display_name} is prompt-free: it takes no clicks or text; use --auto "
-                "(Predictor.predict_auto), or refine with a promptable checkpoint"
-            )
-        kinds = self.model.accepted_prompts | self.model.required_prompts
-        if text is not None and "text" not in kinds:
-            raise ValueError(f"{self.model.display_name} does not take text prompts; give clicks instead")
-        if text is None and "text" in self.model.required_prompts:
-            raise ValueError(f'{self.model.display_name} needs a text prompt (--text "liver tumour")')
-        if text is not None and not text.strip():
-            raise ValueError("the text prompt is empty")
+    Args:
+        predictor: the engine (its model, :meth:`~lesionsam.inference.predictor.Predictor.set_image`'s image and
+            settings are used, never changed).
+
+    Example:
+        >>> predictor = Predictor.from_checkpoint("hsam.pt")
+        >>> predictor.set_image(read_image("ct.nii.gz"))
+        >>> labels = WholeVolume(predictor).predict_auto().labels
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    @property
+    def model(self) -> SegModel:
+        return self.predictor.model
+
+    @property
+    def preprocessed(self) -> Preprocessed:
+        return self.predictor.preprocessed
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self.predictor.preprocessor
+
+    @property
+    def crop(self) -> int:
+        return self.predictor.crop
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    @property
+    def threshold(self) -> float:
+        return self.predictor.threshold
+
+    @property
+    def logit_offset(self) -> float:
+        return self.predictor.logit_offset
+
+    @property
+    def class_texts(self) -> dict[int, tuple[str, ...]]:
+        return self.predictor.class_texts
+
+    @property
+    def class_values(self) -> tuple[int, ...]:
+        return self.predictor.class_values
 
     def competitors(self, text: str) -> tuple[str, ...]:
         """The texts that text alone naming ``text`` is decided against: the first text of every other class the
@@ -83,7 +120,7 @@ class WholeVolumeModes:
         classes, or with ``compete=False``, the text's own logits are thresholded.
         """
         t0 = time.perf_counter()
-        self._check_text(text)
+        self.predictor.check_text(text)
         pre = self.preprocessed
         rivals = self.competitors(text) if compete else ()
         by_region = bool(rivals) and self.model.scores_regions

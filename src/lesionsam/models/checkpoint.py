@@ -313,7 +313,16 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a lesionsam checkpoint (``weights_only=True``) and check its format and version."""
-    obj = read_weights_file(path)
+    return as_checkpoint(read_weights_file(path), path)
+
+
+def as_checkpoint(obj: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``obj``, a file's content already read by :func:`read_weights_file`, checked as a lesionsam checkpoint (format
+    tag and version), so that a command reads a checkpoint file once.
+
+    Raises:
+        CheckpointError: no format tag (with what the weights look like) or a newer format version.
+    """
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
         hint = ""
         if isinstance(obj, Mapping):

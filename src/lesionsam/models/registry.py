@@ -8,7 +8,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lesionsam.models.checkpoint import CheckpointError, load_checkpoint, load_sam_med3d_weights, model_config_of
+from lesionsam.models.checkpoint import (
+    CheckpointError,
+    as_checkpoint,
+    load_checkpoint,
+    load_sam_med3d_weights,
+    model_config_of,
+)
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import SegModel, TrainOptions
 from lesionsam.utils.dataclass_io import from_dict
@@ -167,13 +173,18 @@ def build_model(config: ModelConfig) -> SegModel:
     return model
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[SegModel, dict[str, Any]]:
+def load_model(path: str | os.PathLike[str], *, content: Any = None) -> tuple[SegModel, dict[str, Any]]:
     """Rebuild the model stored in a lesionsam checkpoint and load its weights strictly.
+
+    Args:
+        path: the checkpoint file (named in errors).
+        content: the file's content when the caller has read it already (:func:`read_weights_file`), so that the
+            file is read once; None reads it.
 
     Returns:
         (model in eval mode, the checkpoint dict).
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if content is None else as_checkpoint(content, path)
     model = build_model(model_config_of(ckpt))
     result = model.load_state_dict(ckpt["state_dict"], strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -15,9 +15,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,8 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lesionsam import __version__
 from lesionsam.data.io import Volume
+from lesionsam.inference.predictor import Predictor
+from lesionsam.inference.session import InteractiveSession
 from lesionsam.serve.paths import PathRefused
-from lesionsam.serve.sessions import SessionNotFound, SessionStore, TooManySessions
+from lesionsam.serve.sessions import ServeContext, SessionNotFound, SessionStore, TooManySessions
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +47,6 @@ patch of the label map (the region that changed), so a viewer updates only that 
 per lesion. Save writes the label map on the input's exact grid, and the prompts used as JSON, inside the served
 folder. Coordinates are 0-based voxel indices (i, j, k) in ITK order = NIfTI's i, j, k (3D Slicer's IJK).
 """
-
-
-@dataclass
-class ServeContext:
-    """What the routes share.
-
-    Attributes:
-        root: the served folder, resolved.
-        store: the open sessions.
-        make_session: builds an interactive session on a volume (the engine with the loaded model).
-        model_name: how ``/api/info`` names the model.
-        max_upload_bytes: largest upload accepted.
-        proposer: the predictor of ``--proposals`` (prompt-free or text-referred), or None.
-    """
-
-    root: Path
-    store: SessionStore
-    make_session: Callable[[Volume], Any]
-    model_name: str
-    max_upload_bytes: int
-    proposer: Any = None
 
 
 def _first_error(exc: RequestValidationError) -> str:
@@ -124,14 +103,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(
     root: str | os.PathLike[str],
     *,
-    make_session: Callable[[Volume], Any],
+    make_session: Callable[[Volume], InteractiveSession],
     model_name: str = "random weights",
     max_upload_mb: float = 1024.0,
     max_sessions: int = 4,
     idle_seconds: float = 3600.0,
     cors_origins: Sequence[str] = (),
     allowed_hosts: Sequence[str] | None = LOCAL_HOSTS,
-    proposer: Any = None,
+    proposer: Predictor | None = None,
 ) -> FastAPI:
     """The web application serving ``root``.
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lesionsam.data.io import Volume, read_image, write_image
+from lesionsam.inference.session import InteractiveSession
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def _start(app: Any) -> tuple[Any, threading.Thread, str]:
 
 def bench_round_trip(
     image: Volume | str | Path,
-    make_session: Callable[[Volume], Any],
+    make_session: Callable[[Volume], InteractiveSession],
     *,
     first: tuple[int, int, int],
     refine: Sequence[tuple[tuple[int, int, int], bool]],

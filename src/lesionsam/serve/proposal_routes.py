@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
+from lesionsam.inference.predictor import Predictor
 from lesionsam.serve import schemas
 from lesionsam.serve.nifti import nifti_bytes
-from lesionsam.serve.proposals import box_of, components, proposal_kinds
+from lesionsam.serve.proposals import Proposal, box_of, components, proposal_kinds
 from lesionsam.serve.routes import check_lesion, update_response
-from lesionsam.serve.sessions import OpenCase
+from lesionsam.serve.sessions import OpenCase, ServeContext
 
 _DISABLED = (
     "no proposals on this server: start it with --proposals CKPT (a prompt-free H-SAM or a text-referred "
@@ -21,20 +22,21 @@ _DISABLED = (
 )
 
 
-def _proposals(case: OpenCase) -> tuple[Any, list[Any]]:
+def _proposals(case: OpenCase) -> tuple[np.ndarray, list[Proposal]]:
     if case.proposals is None:
         raise HTTPException(404, "no proposals yet: POST /api/sessions/{id}/proposals first")
     return case.proposals
 
 
-def proposals_router(ctx: Any) -> APIRouter:
+def proposals_router(ctx: ServeContext) -> APIRouter:
     """The proposal routes over ``ctx`` (a :class:`~lesionsam.serve.app.ServeContext`)."""
     from lesionsam.inference.session import Box
+    from lesionsam.inference.whole_volume import WholeVolume
 
     router = APIRouter(prefix="/api")
     store = ctx.store
 
-    def proposer() -> Any:
+    def proposer() -> Predictor:
         if ctx.proposer is None:
             raise HTTPException(404, _DISABLED)
         return ctx.proposer
@@ -58,9 +60,9 @@ def proposals_router(ctx: Any) -> APIRouter:
             with store.compute_lock:
                 predictor.set_image(case.volume)
                 if req.text is None:
-                    prediction = predictor.predict_auto()
+                    prediction = WholeVolume(predictor).predict_auto()
                 else:
-                    prediction = predictor.predict_text(req.text)
+                    prediction = WholeVolume(predictor).predict_text(req.text)
             case.proposals = components(prediction.labels, case.volume, min_volume_ml=req.min_volume_ml)
             seconds = time.perf_counter() - t0
             found = case.proposals[1]

@@ -12,8 +12,8 @@ import json
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -22,11 +22,12 @@ from fastapi.responses import Response
 
 from lesionsam import __version__
 from lesionsam.data.io import IMAGE_SUFFIXES, case_id, image_suffix, read_image
+from lesionsam.inference.session_state import Update
 from lesionsam.serve import schemas
 from lesionsam.serve.nifti import nifti_bytes, ras_affine
 from lesionsam.serve.paths import MAX_LISTED, list_images, relative_to_root, resolve_inside
 from lesionsam.serve.proposals import proposal_kinds
-from lesionsam.serve.sessions import OpenCase, lesion_colour
+from lesionsam.serve.sessions import OpenCase, ServeContext, lesion_colour
 
 #: Output endings by input ending where the input's own format cannot be written as one atomic file.
 _WRITE_SUFFIX = {
@@ -67,7 +68,7 @@ def _session_response(case: OpenCase) -> schemas.SessionResponse:
     )
 
 
-def update_response(case: OpenCase, update: Any) -> schemas.UpdateResponse:
+def update_response(case: OpenCase, update: Update) -> schemas.UpdateResponse:
     """An engine ``Update`` (region as (D, H, W) slices, labels (D, H, W)) as the API's ITK-order patch."""
     shape = case.volume.spatial_shape
     ranges = [sl.indices(n)[:2] for sl, n in zip(update.region, shape, strict=True)]  # (start, stop) for k, j, i
@@ -91,25 +92,14 @@ def update_response(case: OpenCase, update: Any) -> schemas.UpdateResponse:
 
 
 def check_lesion(case: OpenCase, lesion: int | None) -> None:
-    if lesion is None:
+    """404 unless ``lesion`` (None: a new one) is a lesion of the session (nothing is composed to know)."""
+    if lesion is None or case.session.has_lesion(lesion):
         return
-    ids = [info.id for info in case.session.lesions()]
-    if lesion not in ids:
-        known = ", ".join(str(i) for i in ids) or "none yet"
-        raise HTTPException(404, f"lesion {lesion} does not exist in this session (lesions: {known})")
+    known = ", ".join(str(info) for info in case.session.lesion_ids()) or "none yet"
+    raise HTTPException(404, f"lesion {lesion} does not exist in this session (lesions: {known})")
 
 
-def _check_point(case: OpenCase, point: tuple[int, int, int], what: str = "point") -> None:
-    size = case.volume.size_ijk
-    if any(not 0 <= p < n for p, n in zip(point, size, strict=True)):
-        raise HTTPException(
-            400,
-            f"{what} {tuple(point)} is outside the image: (i, j, k) must lie in [0, {size[0] - 1}] × "
-            f"[0, {size[1] - 1}] × [0, {size[2] - 1}]",
-        )
-
-
-def _output_paths(ctx: Any, case: OpenCase, req: schemas.SaveRequest) -> tuple[Path, Path]:
+def _output_paths(ctx: ServeContext, case: OpenCase, req: schemas.SaveRequest) -> tuple[Path, Path]:
     """The mask and prompts paths of a save request, checked: inside the root, writable, not the input."""
     source_suffix = image_suffix(case.source if case.source is not None else case.name).lower()
     if case.source is not None and case.source.is_dir():
@@ -137,14 +127,14 @@ def _output_paths(ctx: Any, case: OpenCase, req: schemas.SaveRequest) -> tuple[P
     return mask, prompts
 
 
-def api_router(ctx: Any) -> APIRouter:
+def api_router(ctx: ServeContext) -> APIRouter:
     """The ``/api`` routes over ``ctx`` (a :class:`~lesionsam.serve.app.ServeContext`)."""
     from lesionsam.inference.session import Box
 
     router = APIRouter(prefix="/api")
     store = ctx.store
 
-    def interact(sid: str, work: Any, *, lesion: int | None = None) -> schemas.UpdateResponse:
+    def interact(sid: str, work: Callable[[OpenCase], Update], *, lesion: int | None = None) -> schemas.UpdateResponse:
         case = store.get(sid)
         with case.lock:
             check_lesion(case, lesion)
@@ -275,19 +265,14 @@ def api_router(ctx: Any) -> APIRouter:
 
     @router.post("/sessions/{sid}/click", response_model=schemas.UpdateResponse, summary="a positive or negative click")
     def click(sid: str, req: schemas.ClickRequest) -> schemas.UpdateResponse:
-        def work(case: OpenCase) -> Any:
-            _check_point(case, req.point)
+        def work(case: OpenCase) -> Update:  # the engine checks the point (one rule: InteractiveSession.check_points)
             return case.session.click(tuple(req.point), positive=req.positive, lesion=req.lesion)
 
         return interact(sid, work, lesion=req.lesion)
 
     @router.post("/sessions/{sid}/box", response_model=schemas.UpdateResponse, summary="a 2D (one slice) or 3D box")
     def box(sid: str, req: schemas.BoxRequest) -> schemas.UpdateResponse:
-        def work(case: OpenCase) -> Any:
-            _check_point(case, req.lo, "lo")
-            _check_point(case, req.hi, "hi")
-            if any(lo > hi for lo, hi in zip(req.lo, req.hi, strict=True)):
-                raise HTTPException(400, f"lo {tuple(req.lo)} must be <= hi {tuple(req.hi)} on every axis")
+        def work(case: OpenCase) -> Update:  # Box and the engine check the corners (inside the image, lo <= hi)
             return case.session.box(Box(lo=tuple(req.lo), hi=tuple(req.hi)), lesion=req.lesion)
 
         return interact(sid, work, lesion=req.lesion)

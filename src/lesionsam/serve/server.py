@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the command's parser imports this module: nothing heavy at import time
     from lesionsam.data.io import Volume
+    from lesionsam.inference.predictor import Predictor
+    from lesionsam.inference.session import InteractiveSession
 
 #: Default TCP port of ``lesionsam serve``.
 DEFAULT_PORT = 8765
@@ -51,7 +53,7 @@ def session_factory(
     preset: str | None = None,
     device: str = "cpu",
     **predictor_options: Any,
-) -> tuple[Callable[[Volume], Any], str]:
+) -> tuple[Callable[[Volume], InteractiveSession], str]:
     """``(make_session, model_name)``: the model loaded once, and a function opening a session on a volume.
 
     Raises:
@@ -66,13 +68,13 @@ def session_factory(
     predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, **predictor_options)
     name = Path(checkpoint).name if checkpoint is not None else f"random weights ({preset or 'sam_med3d_vit_b'})"
 
-    def make_session(volume: Volume) -> Any:
+    def make_session(volume: Volume) -> InteractiveSession:
         return InteractiveSession(predictor, volume)
 
     return make_session, name
 
 
-def load_proposer(checkpoint: str | os.PathLike[str], *, device: str = "cpu") -> Any:
+def load_proposer(checkpoint: str | os.PathLike[str], *, device: str = "cpu") -> Predictor:
     """The predictor of ``--proposals``: a prompt-free (H-SAM) or text-referred (RefSAM3D) lesionsam checkpoint.
 
     Raises:

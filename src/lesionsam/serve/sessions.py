@@ -17,9 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from lesionsam.data.io import Volume
+from lesionsam.inference.predictor import Predictor
+from lesionsam.inference.session import InteractiveSession
+from lesionsam.serve.proposals import Proposal
 
 #: Display colours of lesions 1, 2, ... (cycled): saturated hues that stand out on a grey-scale CT or MRI.
 LESION_COLOURS = (
@@ -67,9 +71,9 @@ class OpenCase:
     name: str
     source: Path | None
     volume: Volume
-    session: Any
+    session: InteractiveSession
     upload_dir: Path | None = None
-    proposals: tuple[Any, list[Any]] | None = None
+    proposals: tuple[np.ndarray, list[Proposal]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = field(default_factory=time.monotonic)
 
@@ -125,7 +129,7 @@ class SessionStore:
                 f"{self.max_sessions} sessions are open already: close one (DELETE /api/sessions/ID) and try again"
             )
 
-    def add(self, **fields: Any) -> OpenCase:
+    def add(self, **fields: object) -> OpenCase:
         """Register a new session (fields of :class:`OpenCase` but ``sid``) under a fresh id."""
         with self._lock:
             if len(self._cases) >= self.max_sessions:
@@ -169,3 +173,24 @@ class SessionStore:
 def _cleanup(case: OpenCase) -> None:
     if case.upload_dir is not None:
         shutil.rmtree(case.upload_dir, ignore_errors=True)
+
+
+@dataclass
+class ServeContext:
+    """What the routes share.
+
+    Attributes:
+        root: the served folder, resolved.
+        store: the open sessions.
+        make_session: builds an interactive session on a volume (the engine with the loaded model).
+        model_name: how ``/api/info`` names the model.
+        max_upload_bytes: largest upload accepted.
+        proposer: the predictor of ``--proposals`` (prompt-free or text-referred), or None.
+    """
+
+    root: Path
+    store: SessionStore
+    make_session: Callable[[Volume], InteractiveSession]
+    model_name: str
+    max_upload_bytes: int
+    proposer: Predictor | None = None

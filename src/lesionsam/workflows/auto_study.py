@@ -35,7 +35,7 @@ from lesionsam.workflows.demo import (
     two_class_setup,
 )
 from lesionsam.workflows.evaluate import evaluate
-from lesionsam.workflows.predict import predict
+from lesionsam.workflows.predict import PredictRequest, predict
 
 #: The lesion classes of the study: label value → name.
 CLASSES: dict[int, str] = {LESION: "tumour", CYST: "cyst"}
@@ -119,7 +119,10 @@ def auto_study(
     for sub, min_mm3 in (("hsam_auto", 0.0), ("hsam_auto_min", AUTO_MIN_LESION_MM3)):
         auto_dir = root / "predictions" / sub
         t0 = time.perf_counter()
-        predict(images_dir, auto_dir, checkpoint=hsam_ckpt, auto=True, min_lesion_mm3=min_mm3, progress=False)
+        predict(
+            PredictRequest.of(images_dir, auto_dir, checkpoint=hsam_ckpt, auto=True, min_lesion_mm3=min_mm3),
+            progress=False,
+        )
         prompts = "none (--auto)" + (f", components < {min_mm3:g} mm³ dropped" if min_mm3 else "")
         auto_runs.append((auto_dir, prompts, time.perf_counter() - t0))
     for value, name in CLASSES.items():
@@ -130,15 +133,10 @@ def auto_study(
         click_dir = root / "predictions" / f"{baseline}_{name}_clicks"
         t0 = time.perf_counter()
         # The README's table was measured keeping every component of the clicked masks: keep that protocol.
-        predict(
-            images_dir,
-            click_dir,
-            checkpoint=base_ckpt,
-            clicks_from=labels_dir,
-            label=value,
-            all_components=True,
-            progress=False,
+        request = PredictRequest.of(
+            images_dir, click_dir, checkpoint=base_ckpt, clicks_from=labels_dir, label=value, all_components=True
         )
+        predict(request, progress=False)
         click_s = time.perf_counter() - t0
         metrics = click_dir / "metrics"
         evaluate(click_dir, labels_dir, label=value, out=metrics, progress=False)

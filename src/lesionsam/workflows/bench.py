@@ -103,10 +103,13 @@ def bench(
         table = format_interactive_table(result)
     else:
         from lesionsam.benchmarking.predict import bench_predict, format_predict_table
-        from lesionsam.workflows.predict import predict
+        from lesionsam.workflows.predict import PredictRequest, predict
+
+        def run_predict(image, out, *, predictor, progress, **prompts):  # noqa: ANN001, ANN003, ANN202
+            return predict(PredictRequest.of(image, out, **prompts), predictor=predictor, progress=progress)
 
         result = bench_predict(
-            run_predict=predict, preset=full, checkpoint=checkpoint, device=device, threads=threads, progress=True
+            run_predict=run_predict, preset=full, checkpoint=checkpoint, device=device, threads=threads, progress=True
         )
         table = format_predict_table(result)
     print(table)

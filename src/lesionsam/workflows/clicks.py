@@ -118,13 +118,13 @@ def evaluate_clicks(
         from lesionsam.models.checkpoint import check_checkpoint_file
 
         check_checkpoint_file(checkpoint)
-    if label is None:
-        from lesionsam.data.labels import resolve_lesion_label
-        from lesionsam.workflows.predict import checkpoint_target_label
+    from lesionsam.inference.predictor import Predictor
 
-        label, where = resolve_lesion_label(
-            None, labels_dir, checkpoint_label=lambda: checkpoint_target_label(checkpoint)
-        )
+    predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, max_windows=max_windows)
+    if label is None:  # the checkpoint was read once, above
+        from lesionsam.data.labels import resolve_lesion_label
+
+        label, where = resolve_lesion_label(None, labels_dir, checkpoint_label=lambda: predictor.trained_target_label)
         if announce is not None:
             announce(f"lesion label {label} (from {where}; --label N to choose)")
 
@@ -132,10 +132,8 @@ def evaluate_clicks(
 
     from lesionsam.data.io import read_image
     from lesionsam.evaluation.interactive import case_click_curves, curves_csv, curves_json, summarise_curves
-    from lesionsam.inference.predictor import Predictor
     from lesionsam.utils.dataclass_io import atomic_write_bytes
 
-    predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, max_windows=max_windows)
     curves, lesion_free = [], []
     for cid, image_path, label_path in tqdm(pairs, desc="clicks", unit="case", disable=not progress):
         image = read_image(image_path, channel=channel)

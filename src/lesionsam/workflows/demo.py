@@ -47,7 +47,7 @@ from lesionsam.training.trainer import Trainer
 from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import apply_overrides, atomic_write_bytes, from_dict, to_dict
 from lesionsam.workflows.evaluate import evaluate
-from lesionsam.workflows.predict import case_id, predict
+from lesionsam.workflows.predict import PredictRequest, case_id, predict
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def evaluate_method(
     and ``<split>_metrics/`` (last: it marks the run done); returns (predictions, metrics folder, gates CSV or
     None). ``channel``: of multi-channel images; ``device``: where the model runs."""
     pred_dir, eval_dir = run_dir / f"{split}_predictions", run_dir / f"{split}_metrics"
-    predict(
+    request = PredictRequest.of(
         root / "imagesTr",
         pred_dir,
         checkpoint=checkpoint,
@@ -328,8 +328,8 @@ def evaluate_method(
         label=label,
         channel=channel,
         device=device,
-        progress=False,
     )
+    predict(request, progress=False)
     gates_csv = run_dir / ("gates.csv" if split == "test" else f"{split}_gates.csv")
     gates = gate_rates(checkpoint, root, gates_csv, label=label, channel=channel, device=device)
     evaluate(pred_dir, root / "labelsTr", label=label, out=eval_dir, progress=False)  # last: marks it done

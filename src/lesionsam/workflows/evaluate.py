@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from lesionsam.data.labels import resolve_lesion_label
+from lesionsam.data.labels import resolve_lesion_label, single_foreground_value
 from lesionsam.evaluation.evaluate import EvaluationResult, _image_files, evaluate_folder
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
@@ -68,7 +68,8 @@ def evaluate(
     check_can_create(out_dir, what="--out", folder=True)
     refuse_inputs_as_outputs([("--out", out_dir / "metrics.csv"), ("--out", out_dir / "metrics.json")], reads)
     if label is None:
-        label, where = resolve_lesion_label(None, gt_dir)
+        gt_files = list(_image_files(Path(gt_dir), "ground-truth").values())
+        label, where = resolve_lesion_label(None, gt_dir, single_value=lambda: single_foreground_value(gt_files))
         if announce is not None:
             announce(f"lesion label {label} (from {where}; --label N to choose)")
     return evaluate_folder(

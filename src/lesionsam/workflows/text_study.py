@@ -13,13 +13,14 @@ from lesionsam.data.synthetic import CYST, LESION
 from lesionsam.evaluation.coverage import class_coverage
 from lesionsam.evaluation.studies import text_study_table
 from lesionsam.inference.predictor import Predictor
+from lesionsam.inference.whole_volume import WholeVolume
 from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import DemoSettings, two_class_setup
 from lesionsam.workflows.evaluate import evaluate
-from lesionsam.workflows.predict import predict
+from lesionsam.workflows.predict import PredictRequest, predict
 
 #: Text prompts per synthetic lesion class (label value → prompts; the first is used at test time).
 TEXT_PROMPTS: dict[int, list[str]] = {
@@ -88,16 +89,15 @@ def text_study(
         for mode in STUDY_PROMPTS:
             pred_dir = root / "predictions" / f"{name}_{mode}"
             alone = mode.startswith("text")
-            predict(
+            request = PredictRequest.of(
                 test_root / "imagesTr",
                 pred_dir,
                 clicks_from=None if alone else test_root / "labelsTr",
                 text=prompts[0] if mode != "clicks" else None,
                 compete=mode != "text_own",
                 label=value,
-                predictor=predictor,
-                progress=False,
             )
+            predict(request, predictor=predictor, progress=False)
             metrics = evaluate(pred_dir, test_root / "labelsTr", label=value, out=pred_dir / "metrics", progress=False)
             summary = metrics.summary
             # Does the text select its class? Score the same masks against the *other* class's labels too.
@@ -112,7 +112,7 @@ def text_study(
                     "label": value,
                     "prompt": mode,
                     "text": prompts[0] if mode != "clicks" else None,
-                    "competitors": list(predictor.competitors(prompts[0])) if mode == "text" else [],
+                    "competitors": list(WholeVolume(predictor).competitors(prompts[0])) if mode == "text" else [],
                     "dice_mean": summary["dice"]["mean"],
                     "dice_sd": summary["dice"]["std"],
                     "lesion_f1": summary["lesion_detection"]["f1"],
