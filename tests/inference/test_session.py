@@ -422,3 +422,29 @@ def test_region_inversion_equals_whole_volume_inversion(resampled: bool) -> None
         expected[out_region] = values
         np.testing.assert_allclose(expected, reference, atol=1e-6)
         assert values.size < reference.size / 4  # only a part of the volume was resampled
+
+
+def test_predict_and_the_session_share_one_overlap_rule() -> None:
+    """Two lesions whose windows overlap: ``Predictor.predict`` (a throwaway session, each lesion added at once) gives
+    exactly the label map of an interactive session clicked one click at a time — one engine, one overlap rule (the
+    more confident lesion on the input grid; it used to be decided on the model's grid by the predictor)."""
+    image, _ = oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    pred = _tiny(max_windows=2, spacing=0.9)
+    first = [((40, 45, 20), 1), ((47, 45, 20), 0)]
+    second = [((44, 47, 20), 1), ((36, 50, 21), 1)]
+    session = InteractiveSession(pred, image)
+    for n, (point, label) in enumerate(first):
+        session.click(point, positive=bool(label), lesion=None if n == 0 else 1)
+    for n, (point, label) in enumerate(second):
+        session.click(point, positive=bool(label), lesion=None if n == 0 else 2)
+    pred.set_image(image)
+    lesions = [
+        LesionClicks(points=[p for p, _ in clicks], labels=[lab for _, lab in clicks], lesion_id=lid)
+        for lid, clicks in ((1, first), (2, second))
+    ]
+    out = pred.predict(lesions, probabilities=True)
+    got = session.label_map()
+    assert (got == 1).any() and (got == 2).any(), "both lesions must be found for this test to mean anything"
+    np.testing.assert_array_equal(out.labels, got)
+    assert out.windows == {1: session._lesions[1].state.windows, 2: session._lesions[2].state.windows}
+    assert out.probabilities is not None and (out.probabilities[got > 0] > pred.threshold).all()

@@ -64,14 +64,15 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     prompts.add_argument(
         "--world", action="store_true", help="--point/--negative are LPS millimetres, not voxel indices"
     )
-    files = prompts.add_mutually_exclusive_group()
-    files.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
-    files.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
+    # The rules between these flags are checked in one place, Prompting.check (also for library calls), so that a
+    # wrong combination is one error line like every other (argparse's own exclusive groups print the usage).
+    prompts.add_argument("--prompts", type=Path, default=None, metavar="FILE", help="JSON prompts (several lesions)")
+    prompts.add_argument("--clicks-from", type=Path, default=None, metavar="LABELS", help="label map (or folder)")
     whole = prompts.add_mutually_exclusive_group()
     whole.add_argument(
         "--text", default=None, help='text prompt for a text-referred model (RefSAM3D), e.g. "liver tumour"'
     )
-    whole.add_argument("--auto", action="store_true", help="no prompt: a prompt-free model (hsam) finds every lesion")
+    prompts.add_argument("--auto", action="store_true", help="no prompt: a prompt-free model (hsam) finds every lesion")
     prompts.add_argument(
         "--refine-checkpoint",
         default=None,
