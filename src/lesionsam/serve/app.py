@@ -6,7 +6,8 @@ unknown session, lesion or file, 409 an existing file without ``overwrite``, 413
 upload that is not ``application/octet-stream``, 422 malformed JSON or a field of the wrong type, 429 too many open
 sessions. An unexpected exception answers 500 with its type (the traceback goes to the server's log) and the server
 keeps serving. Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and no CORS header is
-sent unless origins are given.
+sent unless origins are given. ``/docs`` is Swagger UI from the copy vendored in the package
+(``static/vendor/swagger-ui``): it works without a network, as the page does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,6 +35,9 @@ from lesionsam.serve.sessions import SessionNotFound, SessionStore, TooManySessi
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+#: Where ``/docs`` loads Swagger UI from: the copy vendored in the package (no CDN; see its VERSION file).
+SWAGGER_UI = "/static/vendor/swagger-ui"
 
 #: Largest body of a request other than an upload (the API's JSON bodies are a few hundred bytes).
 MAX_JSON_BYTES = 64 * 1024
@@ -172,7 +177,14 @@ def create_app(
         yield
         ctx.store.close_all()  # uploads' temporary copies go with their sessions
 
-    app = FastAPI(title="lesionsam serve", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="lesionsam serve",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's own /docs and /redoc load their scripts from a CDN: /docs is served below
+        redoc_url=None,
+    )
     app.state.root = ctx.root
     app.state.ctx = ctx
     _install_error_handlers(app)
@@ -222,6 +234,17 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def _page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_UI}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
 
     @app.get("/favicon.ico", include_in_schema=False)
     def _favicon() -> Response:
