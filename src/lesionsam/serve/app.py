@@ -5,14 +5,14 @@ refuses (a click outside the image, an image that cannot be read), 403 a path ou
 unknown session, lesion or file, 409 an existing file without ``overwrite``, 413 an upload over the limit, 415 an
 upload that is not ``application/octet-stream``, 422 malformed JSON or a field of the wrong type, 429 too many open
 sessions. An unexpected exception answers 500 with its type (the traceback goes to the server's log) and the server
-keeps serving. Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and no CORS header is
-sent unless origins are given. ``/docs`` is Swagger UI from the copy vendored in the package
+keeps serving. Messages name files relative to the served folder, never by the server's absolute paths
+(:mod:`~lesionsam.serve.errors`). Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and
+no CORS header is sent unless origins are given. ``/docs`` is Swagger UI from the copy vendored in the package
 (``static/vendor/swagger-ui``): it works without a network, as the page does.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -21,18 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lesionsam import __version__
 from lesionsam.data.io import Volume
-from lesionsam.serve.paths import PathRefused
-from lesionsam.serve.sessions import SessionNotFound, SessionStore, TooManySessions
-
-log = logging.getLogger(__name__)
+from lesionsam.serve.errors import error_response as _error
+from lesionsam.serve.errors import install_error_handlers
+from lesionsam.serve.sessions import SessionStore
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -73,57 +70,6 @@ class ServeContext:
     model_name: str
     max_upload_bytes: int
     proposer: Any = None
-
-
-def _first_error(exc: RequestValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid request"
-    err = errors[0]
-    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{where}: {err.get('msg', 'invalid value')}{more}"
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, _first_error(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(PathRefused)
-    async def _refused(_: Request, exc: PathRefused) -> JSONResponse:
-        return _error(403, str(exc))
-
-    @app.exception_handler(SessionNotFound)
-    async def _no_session(_: Request, exc: SessionNotFound) -> JSONResponse:
-        return _error(404, "no open session with this id (closed, timed out or never opened): open the image again")
-
-    @app.exception_handler(TooManySessions)
-    async def _full(_: Request, exc: TooManySessions) -> JSONResponse:
-        return _error(429, str(exc))
-
-    @app.exception_handler(FileNotFoundError)
-    async def _missing(_: Request, exc: FileNotFoundError) -> JSONResponse:
-        return _error(404, str(exc).replace(str(app.state.root) + os.sep, "") or "file not found")
-
-    @app.exception_handler(ValueError)
-    async def _bad(_: Request, exc: ValueError) -> JSONResponse:
-        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-        return _error(400, message.replace(str(app.state.root) + os.sep, ""))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("error in %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
 def create_app(
@@ -187,7 +133,7 @@ def create_app(
     )
     app.state.root = ctx.root
     app.state.ctx = ctx
-    _install_error_handlers(app)
+    install_error_handlers(app, (root_path.absolute(), ctx.root))
     app.include_router(api_router(ctx))
     app.include_router(proposals_router(ctx))
 
