@@ -1,10 +1,16 @@
 """Fixtures of the ``lesionsam serve`` tests: a synthetic oblique, anisotropic case in a temporary served folder and
-a stand-in promptable model whose masks are known (the bright blob holding the last positive click)."""
+a stand-in promptable model whose masks are known (the bright blob holding the last positive click).
+
+Every error answer any serve test provokes (TestClient or a real uvicorn server in this process) is recorded by
+:func:`error_answers` and checked when the test ends: none may name the served folder's absolute path, the system
+temp folder or a library's raw exception text.
+"""
 
 from __future__ import annotations
 
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi import FastAPI
 
 from lesionsam.data.io import Volume, write_image
 from lesionsam.data.transforms import PreprocessConfig
@@ -116,4 +123,48 @@ def kit() -> SimpleNamespace:
         blob_centre_ijk=blob_centre_ijk,
         blobs=BLOBS,
         auto_model=BrightAuto,
+        leaks=leaks,
     )
+
+
+#: Words of raw exception text (Python's, SimpleITK's) that no error answer may carry.
+RAW_EXCEPTION_TEXT = ("Traceback", "[Errno", "Exception thrown in", ".cxx", "is not in the subpath of")
+
+
+def leaks(detail: str, tmp_path: Path) -> list[str]:
+    """What ``detail`` (an error body) shows that only the server should know: the test's folders (the served
+    root lies under ``tmp_path``), the system temp folder, raw exception text."""
+    secret = {str(tmp_path), str(tmp_path.resolve()), tempfile.gettempdir(), *RAW_EXCEPTION_TEXT}
+    return sorted(s for s in secret if s in detail)
+
+
+@pytest.fixture(autouse=True)
+def error_answers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[tuple[str, int, str]]]:
+    """``(path, status, body)`` of every answer >= 400 that a FastAPI app gives during the test; when the test
+    ends, none may leak (:func:`leaks`)."""
+    seen: list[tuple[str, int, str]] = []
+    original = FastAPI.__call__
+
+    async def recording(self: FastAPI, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await original(self, scope, receive, send)
+            return
+        status, body = [0], []
+
+        async def spy(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and status[0] >= 400:
+                body.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await original(self, scope, receive, spy)
+        finally:
+            if status[0] >= 400:
+                seen.append((scope["path"], status[0], b"".join(body).decode("utf-8", "replace")))
+
+    monkeypatch.setattr(FastAPI, "__call__", recording)
+    yield seen
+    leaked = [(path, status, body, leaks(body, tmp_path)) for path, status, body in seen if leaks(body, tmp_path)]
+    assert not leaked, f"error answers show what only the server should know: {leaked}"

@@ -401,6 +401,24 @@ def test_page_openapi_and_vendored_niivue(served_case, bright_sessions) -> None:
     assert {"/api/images", "/api/sessions", "/api/sessions/{sid}/click", "/api/sessions/{sid}/box"} <= set(paths)
 
 
+def test_api_docs_use_the_vendored_swagger_ui(served_case, bright_sessions) -> None:
+    import hashlib
+
+    from lesionsam.serve.app import STATIC_DIR
+
+    client = _client(served_case.root, bright_sessions)
+    page = client.get("/docs")
+    assert page.status_code == 200 and "://" not in page.text  # no CDN: FastAPI's default loads from jsdelivr
+    vendor = STATIC_DIR / "vendor" / "swagger-ui"
+    version = (vendor / "VERSION").read_text()
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
+        assert f'"/static/vendor/swagger-ui/{name}"' in page.text
+        served = client.get(f"/static/vendor/swagger-ui/{name}")
+        assert served.status_code == 200 and hashlib.sha256(served.content).hexdigest() in version, name
+    assert "Apache License" in (vendor / "LICENSE").read_text() and "SmartBear" in (vendor / "NOTICE").read_text()
+    assert client.get("/redoc").status_code == 404  # ReDoc would load its script from a CDN: not served
+
+
 def test_root_must_be_a_folder(tmp_path: Path, bright_sessions) -> None:
     with pytest.raises(ValueError, match="not an existing folder"):
         create_app(tmp_path / "missing", make_session=bright_sessions)

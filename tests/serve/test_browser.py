@@ -81,21 +81,61 @@ def server(served_case, kit) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+#: Chromium with the network unplugged: every host name but the loopback fails to resolve, no proxy.
+OFFLINE_FLAGS = ("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--no-proxy-server")
+
+
+@contextlib.contextmanager
+def _chrome(tmp_path: Path, *flags: str, log_requests: bool = False) -> Iterator[Any]:
+    """Headless Chromium (extra ``flags``); ``log_requests`` keeps DevTools' performance log (every request)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
+    for flag in (*CHROME_FLAGS, *flags, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
         options.add_argument(flag)
+    if log_requests:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_script_timeout(30)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    with _chrome(tmp_path) as driver:
+        yield driver
+
+
+@pytest.fixture
+def offline_browser(tmp_path: Path) -> Iterator[Any]:
+    """A browser with the network unplugged that records every request its pages make."""
+    with _chrome(tmp_path, *OFFLINE_FLAGS, log_requests=True) as driver:
+        yield driver
+
+
+def _requested_urls(driver: Any) -> list[str]:
+    """Every URL the page requested since the last call (DevTools' ``Network.requestWillBeSent`` events)."""
+    import json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def _off_host(urls: list[str]) -> list[str]:
+    """The network requests (http, https, ws) among ``urls`` that went anywhere but 127.0.0.1."""
+    from urllib.parse import urlsplit
+
+    network = [u for u in urls if urlsplit(u).scheme in ("http", "https", "ws", "wss", "ftp")]
+    return [u for u in network if urlsplit(u).hostname != "127.0.0.1"]
 
 
 def _wait(what: str, condition: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -321,3 +361,39 @@ def test_upload_in_a_real_browser(served_case, server, browser, tmp_path) -> Non
     driver.find_element("id", "save").click()
     _wait("the save", lambda: "Saved" in driver.find_element("id", "status").text)
     assert read_image(served_case.root / "scan_lesions.nii.gz").same_geometry(served_case.volume, atol=1e-4)
+
+
+def test_api_docs_render_offline_from_the_server_alone(served_case, server, offline_browser) -> None:
+    """``/docs`` (Swagger UI) with the network unplugged: every request it makes goes to the server itself, and
+    every operation of the API is rendered."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server}/openapi.json") as answer:
+        operations = {(method.upper(), path) for path, item in json.load(answer)["paths"].items() for method in item}
+    driver = offline_browser
+    _requested_urls(driver)  # drop the new tab's own requests
+    driver.get(server + "/docs")
+    _wait("the docs page to load", lambda: driver.execute_script("return document.readyState") == "complete")
+    requested = _requested_urls(driver)
+    elsewhere = _off_host(requested)
+    assert not elsewhere, f"/docs fetched from outside the server: {elsewhere}"
+    assert any(u.endswith("/swagger-ui-bundle.js") for u in requested), requested  # the log did record requests
+
+    def rendered() -> set[tuple[str, str]]:
+        return {
+            (op["method"], op["path"])
+            for op in driver.execute_script(
+                "return Array.from(document.querySelectorAll('.opblock')).map(b => ({"
+                "method: b.querySelector('.opblock-summary-method').textContent.trim(),"
+                "path: b.querySelector('.opblock-summary-path').getAttribute('data-path')}))"
+            )
+        }
+
+    _wait("the API's operations on /docs", lambda: rendered() >= operations, timeout=60)
+    assert rendered() == operations
+    requested += _requested_urls(driver)  # Swagger UI fetched openapi.json and rendered: still nothing from outside
+    elsewhere = _off_host(requested)
+    assert not elsewhere, f"/docs fetched from outside the server: {elsewhere}"
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors

@@ -5,34 +5,36 @@ refuses (a click outside the image, an image that cannot be read), 403 a path ou
 unknown session, lesion or file, 409 an existing file without ``overwrite``, 413 an upload over the limit, 415 an
 upload that is not ``application/octet-stream``, 422 malformed JSON or a field of the wrong type, 429 too many open
 sessions. An unexpected exception answers 500 with its type (the traceback goes to the server's log) and the server
-keeps serving. Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and no CORS header is
-sent unless origins are given.
+keeps serving. Messages name files relative to the served folder, never by the server's absolute paths
+(:mod:`~lesionsam.serve.errors`). Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and
+no CORS header is sent unless origins are given. ``/docs`` is Swagger UI from the copy vendored in the package
+(``static/vendor/swagger-ui``): it works without a network, as the page does.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lesionsam import __version__
 from lesionsam.data.io import Volume
 from lesionsam.inference.predictor import Predictor
 from lesionsam.inference.session import InteractiveSession
-from lesionsam.serve.paths import PathRefused
-from lesionsam.serve.sessions import ServeContext, SessionNotFound, SessionStore, TooManySessions
-
-log = logging.getLogger(__name__)
+from lesionsam.serve.errors import error_response as _error
+from lesionsam.serve.errors import install_error_handlers
+from lesionsam.serve.sessions import ServeContext, SessionStore
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+#: Where ``/docs`` loads Swagger UI from: the copy vendored in the package (no CDN; see its VERSION file).
+SWAGGER_UI = "/static/vendor/swagger-ui"
 
 #: Largest body of a request other than an upload (the API's JSON bodies are a few hundred bytes).
 MAX_JSON_BYTES = 64 * 1024
@@ -47,57 +49,6 @@ patch of the label map (the region that changed), so a viewer updates only that 
 per lesion. Save writes the label map on the input's exact grid, and the prompts used as JSON, inside the served
 folder. Coordinates are 0-based voxel indices (i, j, k) in ITK order = NIfTI's i, j, k (3D Slicer's IJK).
 """
-
-
-def _first_error(exc: RequestValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid request"
-    err = errors[0]
-    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{where}: {err.get('msg', 'invalid value')}{more}"
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, _first_error(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(PathRefused)
-    async def _refused(_: Request, exc: PathRefused) -> JSONResponse:
-        return _error(403, str(exc))
-
-    @app.exception_handler(SessionNotFound)
-    async def _no_session(_: Request, exc: SessionNotFound) -> JSONResponse:
-        return _error(404, "no open session with this id (closed, timed out or never opened): open the image again")
-
-    @app.exception_handler(TooManySessions)
-    async def _full(_: Request, exc: TooManySessions) -> JSONResponse:
-        return _error(429, str(exc))
-
-    @app.exception_handler(FileNotFoundError)
-    async def _missing(_: Request, exc: FileNotFoundError) -> JSONResponse:
-        return _error(404, str(exc).replace(str(app.state.root) + os.sep, "") or "file not found")
-
-    @app.exception_handler(ValueError)
-    async def _bad(_: Request, exc: ValueError) -> JSONResponse:
-        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-        return _error(400, message.replace(str(app.state.root) + os.sep, ""))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("error in %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
 def create_app(
@@ -151,10 +102,17 @@ def create_app(
         yield
         ctx.store.close_all()  # uploads' temporary copies go with their sessions
 
-    app = FastAPI(title="lesionsam serve", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="lesionsam serve",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's own /docs and /redoc load their scripts from a CDN: /docs is served below
+        redoc_url=None,
+    )
     app.state.root = ctx.root
     app.state.ctx = ctx
-    _install_error_handlers(app)
+    install_error_handlers(app, (root_path.absolute(), ctx.root))
     app.include_router(api_router(ctx))
     app.include_router(proposals_router(ctx))
 
@@ -201,6 +159,17 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def _page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_UI}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
 
     @app.get("/favicon.ico", include_in_schema=False)
     def _favicon() -> Response:

@@ -2,8 +2,9 @@
 
 Every path a client names is relative to the root, written with ``/``. It is refused when it is empty, absolute
 (``/x``, ``C:\\x``, ``\\\\host``), holds a ``..`` part, a backslash or a NUL byte, or when it resolves (symlinks
-followed, :meth:`pathlib.Path.resolve`) to a place outside the root: a symlink inside the root that points out of it
-is refused too. Listing walks the root without following symlinked folders and lists a symlinked file only when it
+followed, :meth:`pathlib.Path.resolve`) to a place outside the root or into a loop of symlinks: a symlink inside the
+root that points out of it is refused too. A refusal does not repeat an absolute path (the client's own or the
+server's). Listing walks the root without following symlinked folders and lists a symlinked file only when it
 resolves inside the root.
 """
 
@@ -41,14 +42,17 @@ def resolve_inside(root: Path, relative: str, *, what: str = "path") -> Path:
     if not isinstance(relative, str) or not relative.strip():
         raise PathRefused(f"{what} is empty: give a path relative to the served folder")
     if "\x00" in relative or "\\" in relative:
-        raise PathRefused(f"{what} {relative!r}: backslashes and NUL bytes are not allowed; use '/' between folders")
+        raise PathRefused(f"{what}: backslashes and NUL bytes are not allowed; use '/' between folders")
     windows = PureWindowsPath(relative)
     if PurePosixPath(relative).is_absolute() or windows.is_absolute() or windows.drive:
-        raise PathRefused(f"{what} {relative!r} is absolute: give a path relative to the served folder")
+        raise PathRefused(f"{what} is absolute: give a path relative to the served folder")
     parts = PurePosixPath(relative).parts
     if ".." in parts:
         raise PathRefused(f"{what} {relative!r} contains '..': only paths inside the served folder are allowed")
-    resolved = (root / PurePosixPath(*parts)).resolve(strict=False)
+    try:
+        resolved = (root / PurePosixPath(*parts)).resolve(strict=False)
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise PathRefused(f"{what} {relative!r} is a loop of symlinks: refused") from None
     if not _inside(resolved, root):
         raise PathRefused(f"{what} {relative!r} leads outside the served folder (a symlink?): refused")
     return resolved

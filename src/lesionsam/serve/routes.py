@@ -21,9 +21,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from lesionsam import __version__
-from lesionsam.data.io import IMAGE_SUFFIXES, case_id, image_suffix, read_image
+from lesionsam.data.io import IMAGE_SUFFIXES, case_id, image_suffix
 from lesionsam.inference.session_state import Update
 from lesionsam.serve import schemas
+from lesionsam.serve.errors import read_client_image
 from lesionsam.serve.nifti import nifti_bytes, ras_affine
 from lesionsam.serve.paths import MAX_LISTED, list_images, relative_to_root, resolve_inside
 from lesionsam.serve.proposals import proposal_kinds
@@ -117,6 +118,15 @@ def _output_paths(ctx: ServeContext, case: OpenCase, req: schemas.SaveRequest) -
         folder = case.source.parent if case.source is not None else ctx.root
         mask = folder / f"{case_id(case.name)}_lesions{suffix}"
     prompts = mask.with_name(mask.name[: -len(suffix)] + ".prompts.json") if suffix else mask.with_suffix(".json")
+    # a planted symlink under either name: followed if it stays inside the root (then an existing target is 409),
+    # refused (403) if it leads out of it or loops
+    mask = resolve_inside(ctx.root, mask.relative_to(ctx.root).as_posix(), what="path")
+    prompts = resolve_inside(ctx.root, prompts.relative_to(ctx.root).as_posix(), what="prompts path")
+    for folder in mask.parents:  # a file where a folder of the path should be
+        if folder == ctx.root:
+            break
+        if folder.exists() and not folder.is_dir():
+            raise HTTPException(400, f"{relative_to_root(ctx.root, folder)} is a file, not a folder: give another path")
     for out in (mask, prompts):
         if out.is_dir():
             raise HTTPException(400, f"{relative_to_root(ctx.root, out)} is a folder: give a file name")
@@ -144,7 +154,7 @@ def api_router(ctx: ServeContext) -> APIRouter:
 
     def open_volume(name: str, source: Path | None, volume_path: Path, channel: int | None, upload_dir: Path | None):
         store.reserve()
-        volume = read_image(volume_path, channel=channel)
+        volume = read_client_image(name, volume_path, channel)
         if volume.array.ndim != 3:
             raise HTTPException(
                 400, f"{name} has {volume.array.shape[0]} channels: open it again with 'channel' set (0-based)"
@@ -193,7 +203,7 @@ def api_router(ctx: ServeContext) -> APIRouter:
         name = Path(filename.replace("\\", "/")).name
         suffix = image_suffix(name).lower()
         if suffix not in IMAGE_SUFFIXES or suffix in (".dcm", ".mhd", ".nhdr") or name.startswith("."):
-            raise HTTPException(400, f"filename {filename!r}: upload one file ending in .nii.gz, .nii, .nrrd or .mha")
+            raise HTTPException(400, f"filename {name!r}: upload one file ending in .nii.gz, .nii, .nrrd or .mha")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/octet-stream":
             raise HTTPException(415, "send the file's bytes as the body with Content-Type application/octet-stream")
