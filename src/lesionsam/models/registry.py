@@ -36,7 +36,7 @@ class MethodSpec:
         loss_options: the options of that loss it uses by default (``train.loss_options`` override them).
         training: its training step, one of :data:`TRAINING_STEPS`.
         train_options: the dataclass of its own training options (a :class:`~lesionsam.models.interface.TrainOptions`
-            subclass whose fields are extra keys of the run config's ``train:`` section), or None.
+            subclass, the run config's ``train.options``), or None.
         preset_of: set for a *preset*: another method's model (same builder, options, training step and training
             options) with another default loss, a name for a loss choice (``sgp_dice`` = ``sgp_sam`` with
             ``train.loss=dice``).
