@@ -13,17 +13,21 @@ config is saved as ``config.yaml`` beside every checkpoint.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lesionsam.models.config import ModelConfig
+from lesionsam.models.interface import TrainOptions
 from lesionsam.models.registry import method_spec, train_option_owners
 from lesionsam.utils.dataclass_io import apply_overrides, from_dict, load_yaml, to_dict, unknown_key
 from lesionsam.utils.options import look_up_option
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "constant")
 CLICK_MODES = ("random", "center")
@@ -130,9 +134,10 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         options: the method's own training options, an instance of the dataclass its registration declares
             (:attr:`~lesionsam.models.registry.MethodSpec.train_options`: SGP-SAM's gate budget, RefSAM3D's text-pair
-            terms), or None for a method with none. In YAML and overrides they are keys of the ``train:`` section
-            itself (``train.gate_cost=0.01``), read as attributes too (``config.train.gate_cost``); the run config
-            checks them against its method when it is read.
+            terms), or None for a method with none. In YAML they are the ``options:`` section of ``train:``
+            (``train: {options: {gate_cost: 0.01}}``), in overrides ``train.options.gate_cost=0.01``, in code
+            ``config.train.options.gate_cost``; the run config checks them against its method when it is read
+            (:func:`read_train_options`). Written only when not None.
     """
 
     epochs: int = 10
@@ -159,18 +164,14 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    options: Any = field(default=None, metadata={"flatten": True})
-
-    def __getattr__(self, name: str) -> Any:
-        """A method's training option read as ``train.<name>`` (only called for names TrainConfig does not have)."""
-        if name.startswith("__") or name == "options":
-            raise AttributeError(name)
-        options = self.__dict__.get("options")
-        if options is not None and name in {f.name for f in fields(options)}:
-            return getattr(options, name)
-        raise AttributeError(f"train.{name}: no such train setting (nor a training option of this run's method)")
+    options: TrainOptions | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
+        if self.options is not None and not isinstance(self.options, TrainOptions):
+            raise TypeError(
+                f"train.options must be a method's TrainOptions (read a whole RunConfig to have them checked against "
+                f"the method), got {type(self.options).__name__}"
+            )
         look_up_option(self.schedule, SCHEDULES, what="schedule")
         look_up_option(self.click_mode, CLICK_MODES, what="click mode")
         look_up_option(self.device, ("auto", "cpu", "cuda"), what="device")
@@ -220,12 +221,15 @@ class RunConfig:
 
     @classmethod
     def _from_dict_hook(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """Read the method's own training options out of the ``train:`` section (see :func:`split_train_options`)."""
+        """Read ``train.options`` as the method's own training options (see :func:`read_train_options`)."""
         model = data.get("model")
         method = model.get("method", ModelConfig.method) if isinstance(model, dict) else ModelConfig.method
         train = data.get("train")
         if isinstance(train, dict) and isinstance(method, str):
-            data["train"] = split_train_options(train, method)
+            moved = move_old_option_keys(train)
+            if moved:
+                log.warning(old_spelling_note(moved))
+            data["train"] = read_train_options(train, method)
         return data
 
     def for_method(self, method: str) -> RunConfig:
@@ -237,44 +241,85 @@ class RunConfig:
         if declared is not None and self.train.options is not None:
             names = {f.name for f in fields(declared)}
             kept = {k: v for k, v in to_dict(self.train.options).items() if k in names}
-        options = from_dict(declared, kept, where="train") if declared is not None else None
+        options = from_dict(declared, kept, where="train.options") if declared is not None else None
         return replace(self, model=replace(self.model, method=method), train=replace(self.train, options=options))
 
 
-def split_train_options(train: dict[str, Any], method: str) -> dict[str, Any]:
-    """The ``train:`` section with the keys of ``method``'s own training options gathered into ``options`` (an
-    instance of its declared dataclass, checked).
+def old_option_keys() -> list[str]:
+    """The keys a method's training options had when they were written in the ``train:`` section itself (before
+    ``train.options``): every registered training option name that is no shared train setting."""
+    shared = {f.name for f in fields(TrainConfig)}
+    return [key for key in train_option_owners() if key not in shared]
 
-    A key that is another method's training option is dropped when it has that option's default value (a shared
-    YAML such as ``configs/demo.yaml`` serves several methods) and refused otherwise: it would have no effect.
+
+def move_old_option_keys(train: dict[str, Any]) -> list[str]:
+    """Move the training options written in the old spelling (``train.gate_cost``) into ``train["options"]``, in
+    place; returns the moved names. The old spelling replaces a value of the new one (it comes from an override of
+    a saved config)."""
+    moved = [key for key in old_option_keys() if key in train]
+    options = train.get("options")
+    if moved and (options is None or isinstance(options, (Mapping, TrainOptions))):
+        merged = dict(to_dict(options) if isinstance(options, TrainOptions) else options or {})
+        merged.update({key: train.pop(key) for key in moved})
+        train["options"] = merged
+        return moved
+    return []
+
+
+def old_spelling_note(moved: Sequence[str]) -> str:
+    """The one line said when old-spelling training options are read (``train.gate_cost`` → ``train.options...``)."""
+    old = ", ".join(f"train.{key}" for key in moved)
+    new = ", ".join(f"train.options.{key}" for key in moved)
+    return f"{old}: old spelling, read as {new} (a method's training options live in train.options)"
+
+
+def read_train_options(train: dict[str, Any], method: str) -> dict[str, Any]:
+    """The ``train:`` section with ``options`` read as ``method``'s own training options (an instance of its declared
+    dataclass, checked; None for a method that declares none).
+
+    A key that is another method's training option is left out when it has that option's default value (a shared
+    YAML such as ``configs/demo.yaml`` serves several methods), with one log line saying so, and refused otherwise:
+    it would have no effect.
 
     Raises:
-        ValueError: an unknown method, a bad option value, or another method's option set away from its default.
+        ValueError: an unknown method or option (with the method's options), a bad option value, or another
+            method's option set away from its default.
     """
     spec = method_spec(method)
+    declared = spec.train_options
+    own = [f.name for f in fields(declared)] if declared is not None else []
     train = dict(train)
-    if "options" in train:
-        raise ValueError(
-            "train.options: write a method's training options as keys of the train section (e.g. train.gate_cost=0.01)"
-        )
-    own = {f.name for f in fields(spec.train_options)} if spec.train_options is not None else set()
-    given = {k: train.pop(k) for k in list(train) if k in own}
-    shared = {f.name for f in fields(TrainConfig)}
-    for key, owners in train_option_owners().items():
-        if key in train and key not in shared:
-            value = train.pop(key)
-            default = _option_default(owners[0], key)
-            if value != default:
-                raise ValueError(
-                    f"train.{key}={value!r} is a training option of {', '.join(owners)}, not of {method!r}: "
-                    f"remove it or set model.method to one of them"
-                )
-    known = [f.name for f in fields(TrainConfig) if f.name != "options"] + sorted(own)
+    shared = [f.name for f in fields(TrainConfig) if f.name != "options"]
     for key in train:
-        if key not in known:
-            raise ValueError(unknown_key(str(key), known, "train"))
-    if spec.train_options is not None:
-        train["options"] = from_dict(spec.train_options, given, where="train")
+        if key not in shared and key != "options":
+            raise ValueError(unknown_key(str(key), shared + [f"options.{name}" for name in own], "train"))
+    options = train.get("options")
+    if options is None or isinstance(options, TrainOptions):
+        return train  # checked against the method by RunConfig
+    if not isinstance(options, Mapping):
+        raise TypeError(f"train.options: expected a mapping of the training options of {method!r}, got {options!r}")
+    given = dict(options)
+    owners = train_option_owners()
+    dropped: list[str] = []
+    for key in [k for k in given if k not in own]:
+        if key not in owners:
+            if declared is None:
+                raise ValueError(
+                    f"unknown config key 'train.options.{key}': method {method!r} has no training options of its own"
+                )
+            raise ValueError(unknown_key(str(key), own, "train.options"))
+        value = given.pop(key)
+        if value != _option_default(owners[key][0], key):
+            raise ValueError(
+                f"train.options.{key}={value!r} is a training option of {', '.join(owners[key])}, not of "
+                f"{method!r}: remove it or set model.method to one of them"
+            )
+        dropped.append(f"train.options.{key} (of {', '.join(owners[key])})")
+    if dropped:
+        log.warning(
+            "%s: other methods' training options at their defaults, left out for %r", ", ".join(dropped), method
+        )
+    train["options"] = from_dict(declared, given, where="train.options") if declared is not None else None
     return train
 
 
@@ -288,12 +333,26 @@ def load_run_config(path: str | os.PathLike[str] | None, overrides: Sequence[str
 
     Relative paths in ``data.root``, ``data.splits`` and ``model.checkpoint`` are resolved against the YAML's
     folder when they come from the file, against the working directory when they come from an override.
+    A method's training options in the old spelling (``train.gate_cost``, in the YAML or an override) are read as
+    ``train.options.gate_cost``, with one log line saying the new spelling.
     """
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
     if path is not None:
         _resolve_paths(data, Path(path).resolve().parent)
-    apply_overrides(data, overrides)
+    train = data.get("train")
+    moved = move_old_option_keys(train) if isinstance(train, dict) else []
+    old = {f"train.{key}": key for key in old_option_keys()}
+    renamed = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if eq and key.strip() in old:
+            moved.append(old[key.strip()])
+            item = f"train.options.{old[key.strip()]}={value}"
+        renamed.append(item)
+    apply_overrides(data, renamed)
     _resolve_paths(data, Path.cwd())
+    if moved:
+        log.warning(old_spelling_note(list(dict.fromkeys(moved))))
     return from_dict(RunConfig, data)
 
 

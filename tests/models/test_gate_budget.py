@@ -1,4 +1,4 @@
-"""The gate budget of SGP-SAM (``train.gate_cost``, ``train.gate_target``) against hand-computed gradients, and a gate
+"""The gate budget of SGP-SAM (``train.options.gate_cost``, ``gate_target``) against hand-computed gradients, and a gate
 that sees more of its input than the mean token (``SGPOptions.gate_pool``)."""
 
 from __future__ import annotations
@@ -91,14 +91,19 @@ def test_the_trainer_adds_weight_times_the_budget_gradient_to_the_gate(target: f
 
 
 def test_gate_target_is_checked() -> None:
-    cfg = load_run_config(None, ["model.method=sgp_sam", "train.gate_cost=0.1", "train.gate_target=0.4"])
-    assert cfg.train.gate_target == 0.4
-    assert load_run_config(None, ["model.method=sgp_sam"]).train.gate_target is None
+    cfg = load_run_config(
+        None, ["model.method=sgp_sam", "train.options.gate_cost=0.1", "train.options.gate_target=0.4"]
+    )
+    assert cfg.train.options.gate_target == 0.4
+    assert load_run_config(None, ["model.method=sgp_sam"]).train.options.gate_target is None
     for bad in ("-0.1", "1.2", ".nan"):
-        with pytest.raises(ValueError, match=r"train.gate_target is a share of open gates and must be in \[0, 1\]"):
-            load_run_config(None, ["model.method=sgp_sam", "train.gate_cost=0.1", f"train.gate_target={bad}"])
-    with pytest.raises(ValueError, match=r"train.gate_target needs train.gate_cost > 0"):
-        load_run_config(None, ["model.method=sgp_sam", "train.gate_target=0.5"])
+        share = r"train.options.gate_target is a share of open gates and must be in \[0, 1\]"
+        with pytest.raises(ValueError, match=share):
+            load_run_config(
+                None, ["model.method=sgp_sam", "train.options.gate_cost=0.1", f"train.options.gate_target={bad}"]
+            )
+    with pytest.raises(ValueError, match=r"train.options.gate_target needs train.options.gate_cost > 0"):
+        load_run_config(None, ["model.method=sgp_sam", "train.options.gate_target=0.5"])
 
 
 def test_gate_pool_lets_the_gate_see_what_the_mean_hides() -> None:

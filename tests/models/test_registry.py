@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,37 @@ def test_loss_choices_are_presets_of_a_method_and_the_same_as_that_method_with_t
         assert type(model_a) is type(model_b) and model_a.state_dict().keys() == model_b.state_dict().keys()
     with pytest.raises(ValueError, match="is not registered"):
         register_preset("nope_dice", of="no_such_method", loss="dice")
+
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _registered_in_source() -> set[str]:
+    """Every method name the modules of ``lesionsam/models/methods`` register (``register_method("name", ...)`` and
+    ``register_preset("name", ...)`` calls), read from the source."""
+    names = set()
+    for path in (SRC / "lesionsam" / "models" / "methods").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("register_method", "register_preset"):
+                names.add(node.args[0].value)  # type: ignore[attr-defined]
+    return names
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "from lesionsam.models.registry import build_model",
+        "from lesionsam.models.registry import load_model",
+        "from lesionsam.config import load_run_config",
+        "import lesionsam.models.checkpoint",  # imports no registry itself: the package registers the methods
+    ],
+)
+def test_a_fresh_interpreter_knows_every_builtin_method_after_any_entry_import(entry: str) -> None:
+    """The registry imports no method; importing anything under ``lesionsam.models`` runs the package, which imports
+    ``lesionsam.models.methods`` (each module registers itself), so every entry point finds every method."""
+    code = f"{entry}; import sys; print(' '.join(sorted(sys.modules['lesionsam.models.registry']._METHODS)))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    expected = _registered_in_source()
+    assert {"sam_med3d", "finetune", "sgp_sam", "refsam3d", "hsam"} <= expected
+    assert set(out.split()) == expected

@@ -397,10 +397,11 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
 
 @pytest.mark.parametrize("term", ["text_contrast", "text_competition", "region_classes"])
 def test_text_pair_terms_need_text_pairs_and_a_non_negative_weight(term: str) -> None:
-    with pytest.raises(ValueError, match=f"train.{term} compares the two texts of a pair: set train.text_pairs"):
-        load_run_config(None, ["model.method=refsam3d", f"train.{term}=1.0"])
-    with pytest.raises(ValueError, match=f"train.{term} must be >= 0, got -1"):
-        load_run_config(None, ["model.method=refsam3d", f"train.{term}=-1", "train.text_pairs=true"])
+    pairs = "set train.options.text_pairs"
+    with pytest.raises(ValueError, match=f"train.options.{term} compares the two texts of a pair: {pairs}"):
+        load_run_config(None, ["model.method=refsam3d", f"train.options.{term}=1.0"])
+    with pytest.raises(ValueError, match=f"train.options.{term} must be >= 0, got -1"):
+        load_run_config(None, ["model.method=refsam3d", f"train.options.{term}=-1", "train.options.text_pairs=true"])
 
 
 def test_region_classes_need_a_region_classifier() -> None:

@@ -73,7 +73,7 @@ class SegOutput:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Base of a method's own training options: the keys it adds to a run config's ``train:`` section (SGP-SAM's gate
+    """Base of a method's own training options: the run config's ``train.options`` (SGP-SAM's gate
     budget, RefSAM3D's text-pair terms), declared with the method (``register_method(..., train_options=...)``) and
     checked when the config is read. A subclass adds fields and may add a term to the training loss."""
 

@@ -1,8 +1,13 @@
-"""One registry of methods: ``build_model(config)`` builds any of them from a :class:`ModelConfig`."""
+"""One registry of methods: ``build_model(config)`` builds any of them from a :class:`ModelConfig`.
+
+The registry imports no method: each method module registers itself with :func:`register_method` when it is
+imported, and the package ``lesionsam.models`` imports the built-in ones (``lesionsam.models.methods``), so whatever
+reaches this module through the package (``from lesionsam.models.registry import build_model``, the run config) finds
+every built-in method registered.
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -42,7 +47,7 @@ class MethodSpec:
         loss_options: the options of that loss it uses by default (``train.loss_options`` override them).
         training: its training step, one of :data:`TRAINING_STEPS`.
         train_options: the dataclass of its own training options (a :class:`~lesionsam.models.interface.TrainOptions`
-            subclass whose fields are extra keys of the run config's ``train:`` section), or None.
+            subclass, the run config's ``train.options``), or None.
         preset_of: set for a *preset*: another method's model (same builder, options, training step and training
             options) with another default loss, a name for a loss choice (``sgp_dice`` = ``sgp_sam`` with
             ``train.loss=dice``).
@@ -119,33 +124,25 @@ def register_preset(
     )
 
 
-def _load_builtin_methods() -> None:
-    importlib.import_module("lesionsam.models.methods")
-
-
 def known_methods() -> dict[str, str]:
     """Registered method names and their one-line descriptions."""
-    _load_builtin_methods()
     return {name: spec.description for name, spec in sorted(_METHODS.items())}
 
 
 def method_spec(name: str) -> MethodSpec:
     """The :class:`MethodSpec` of ``name`` (``ValueError`` listing the known methods otherwise)."""
-    _load_builtin_methods()
     return _METHODS[look_up_option(name, sorted(_METHODS), what="method")]
 
 
 def methods_training_with(step: str) -> list[str]:
     """The registered methods (presets aside) that declare training step ``step`` (for messages that point a user
     to the methods that fit)."""
-    _load_builtin_methods()
     return [name for name, spec in sorted(_METHODS.items()) if spec.training == step and spec.preset_of is None]
 
 
 def train_option_owners() -> dict[str, list[str]]:
     """Every registered training option name and the methods that declare it (for messages about a key that belongs
     to another method)."""
-    _load_builtin_methods()
     owners: dict[str, list[str]] = {}
     for name, spec in sorted(_METHODS.items()):
         for f in fields(spec.train_options) if spec.train_options is not None else ():

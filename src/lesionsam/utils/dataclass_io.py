@@ -19,16 +19,13 @@ T = TypeVar("T")
 
 def to_dict(obj: Any) -> Any:
     """A dataclass (recursively) as plain dicts, lists and scalars, ready for YAML or a checkpoint. A field with
-    ``metadata={"flatten": True}`` holding a dataclass gives its keys to its parent's mapping (the parent's
-    ``_from_dict_hook`` gathers them back)."""
+    ``metadata={"omit_none": True}`` is left out while it is None (reading it back gives its default, None)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
-            value = to_dict(getattr(obj, f.name))
-            if f.metadata.get("flatten"):  # a nested dataclass written as keys of its parent (None: nothing)
-                out.update(value or {})
-            else:
-                out[f.name] = value
+            value = getattr(obj, f.name)
+            if value is not None or not f.metadata.get("omit_none"):
+                out[f.name] = to_dict(value)
         return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]

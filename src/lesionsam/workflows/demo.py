@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 
 DEMO_METHODS = ("finetune", "sgp_sam")
 #: Run-config settings of a method in the demo and the ablation beyond its registered defaults. None: the gate
-#: budget chosen by validation Dice in ``lesionsam sweep --stage gate`` is no budget (``train.gate_cost=0``; every
-#: budget tried gave constant gates and a lower validation Dice; README).
+#: budget chosen by validation Dice in ``lesionsam sweep --stage gate`` is no budget
+#: (``train.options.gate_cost=0``; every budget tried gave constant gates and a lower validation Dice; README).
 METHOD_SETTINGS: dict[str, tuple[str, ...]] = {}
 ABLATION_METHODS = ("finetune", "finetune_zoom", "sgp_dice", "sgp_sam")
 

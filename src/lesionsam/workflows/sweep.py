@@ -76,24 +76,29 @@ LOSS_VARIANTS: tuple[Variant, ...] = (
 #: cost, and target activation rates.
 GATE_VARIANTS: tuple[Variant, ...] = (
     Variant("sgp_free", "sgp_sam", note="no budget: nothing rewards a closed gate"),
-    Variant("sgp_cost", "sgp_sam", ("train.gate_cost=0.1",), "linear compute cost 0.1 x mean keep probability"),
-    Variant("sgp_target50", "sgp_sam", ("train.gate_cost=1.0", "train.gate_target=0.5"), "target activation rate 0.5"),
+    Variant("sgp_cost", "sgp_sam", ("train.options.gate_cost=0.1",), "linear compute cost 0.1 x mean keep probability"),
+    Variant(
+        "sgp_target50",
+        "sgp_sam",
+        ("train.options.gate_cost=1.0", "train.options.gate_target=0.5"),
+        "target activation rate 0.5",
+    ),
     Variant(
         "sgp_target50_pool",
         "sgp_sam",
-        ("train.gate_cost=1.0", "train.gate_target=0.5", "model.options={gate_pool: [mean, max, std]}"),
+        ("train.options.gate_cost=1.0", "train.options.gate_target=0.5", "model.options={gate_pool: [mean, max, std]}"),
         "target rate 0.5, gate sees mean, max and sd of the tokens",
     ),
     # A small linear cost: a gate stays open only where its straight-through utility <dL/dtokens, msff(tokens)>
     # outweighs the cost, so between 0 (all open) and 0.1 (all closed) the decision can depend on the crop.
-    Variant("sgp_cost001", "sgp_sam", ("train.gate_cost=0.001",), "linear compute cost 0.001"),
-    Variant("sgp_cost003", "sgp_sam", ("train.gate_cost=0.003",), "linear compute cost 0.003"),
-    Variant("sgp_cost01", "sgp_sam", ("train.gate_cost=0.01",), "linear compute cost 0.01"),
-    Variant("sgp_cost03", "sgp_sam", ("train.gate_cost=0.03",), "linear compute cost 0.03"),
+    Variant("sgp_cost001", "sgp_sam", ("train.options.gate_cost=0.001",), "linear compute cost 0.001"),
+    Variant("sgp_cost003", "sgp_sam", ("train.options.gate_cost=0.003",), "linear compute cost 0.003"),
+    Variant("sgp_cost01", "sgp_sam", ("train.options.gate_cost=0.01",), "linear compute cost 0.01"),
+    Variant("sgp_cost03", "sgp_sam", ("train.options.gate_cost=0.03",), "linear compute cost 0.03"),
     Variant(
         "sgp_cost03_pool",
         "sgp_sam",
-        ("train.gate_cost=0.03", "model.options={gate_pool: [mean, max, std]}"),
+        ("train.options.gate_cost=0.03", "model.options={gate_pool: [mean, max, std]}"),
         "linear cost 0.03, gate sees mean, max and sd of the tokens",
     ),
 )

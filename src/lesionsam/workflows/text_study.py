@@ -32,7 +32,7 @@ TEXT_PROMPTS: dict[int, list[str]] = {
 #: Share of RefSAM3D's training crops centred away from the referred class (on the other class or anywhere): text
 #: alone searches whole volumes, so the model must learn to find nothing where the referred class is absent.
 TEXT_NEGATIVE_FRACTION = 0.5
-#: Weight of the per-lesion class term (``train.region_classes``) in the text study: text alone decides each
+#: Weight of the per-lesion class term (``train.options.region_classes``) in the text study: text alone decides each
 #: found lesion's class with RefSAM3D's region classifier, so training teaches it on every lesion of a crop.
 REGION_CLASSES = 0.5
 #: The prompts of the text study: text alone (decided against the other class), text alone thresholding its own

@@ -13,7 +13,7 @@ from lesionsam.models.interface import TrainOptions
 
 @dataclass(frozen=True)
 class RefSAM3DTrainOptions(TrainOptions):
-    """RefSAM3D's training options (keys of the run config's ``train:`` section).
+    """RefSAM3D's training options (the run config's ``train.options``).
 
     Attributes:
         text_pairs: with several target labels, every crop trained with its class's text is also trained, in the
@@ -45,7 +45,9 @@ class RefSAM3DTrainOptions(TrainOptions):
         weights["region_classes"] = self.region_classes
         for name, value in weights.items():
             if not value >= 0:  # NaN too
-                raise ValueError(f"train.{name} must be >= 0, got {value}")
+                raise ValueError(f"train.options.{name} must be >= 0, got {value}")
         for name, value in weights.items():
             if value > 0 and not self.text_pairs:
-                raise ValueError(f"train.{name} compares the two texts of a pair: set train.text_pairs: true too")
+                raise ValueError(
+                    f"train.options.{name} compares the two texts of a pair: set train.options.text_pairs: true too"
+                )

@@ -1,4 +1,5 @@
-"""SGP-SAM's gate budget: its training options (``train.gate_cost``, ``train.gate_target``) and the budget term.
+"""SGP-SAM's gate budget: its training options (``train.options.gate_cost``, ``train.options.gate_target``) and the
+budget term.
 
 The presets and the demo train with no budget (``gate_cost: 0``), chosen on the validation split by
 ``lesionsam sweep --stage gate`` (README).
@@ -16,7 +17,7 @@ from lesionsam.models.interface import SegOutput, TrainOptions
 
 @dataclass(frozen=True)
 class SGPTrainOptions(TrainOptions):
-    """SGP-SAM's own training options (keys of the run config's ``train:`` section).
+    """SGP-SAM's own training options (the run config's ``train.options``).
 
     Attributes:
         gate_cost: weight of the gate budget term added to the loss (:func:`gate_budget`; 0 = none): without
@@ -31,16 +32,18 @@ class SGPTrainOptions(TrainOptions):
 
     def __post_init__(self) -> None:
         if not self.gate_cost >= 0:  # NaN too
-            raise ValueError(f"train.gate_cost must be >= 0, got {self.gate_cost}")
+            raise ValueError(f"train.options.gate_cost must be >= 0, got {self.gate_cost}")
         if not math.isfinite(self.gate_cost):
-            raise ValueError(f"train.gate_cost must be finite, got {self.gate_cost}")
+            raise ValueError(f"train.options.gate_cost must be finite, got {self.gate_cost}")
         if self.gate_target is not None:
             if not 0.0 <= self.gate_target <= 1.0:  # NaN too
                 raise ValueError(
-                    f"train.gate_target is a share of open gates and must be in [0, 1], got {self.gate_target}"
+                    f"train.options.gate_target is a share of open gates and must be in [0, 1], got {self.gate_target}"
                 )
             if not self.gate_cost > 0:
-                raise ValueError("train.gate_target needs train.gate_cost > 0 (the weight of the budget term)")
+                raise ValueError(
+                    "train.options.gate_target needs train.options.gate_cost > 0 (the weight of the budget term)"
+                )
 
     def extra_loss(self, out: SegOutput) -> Tensor | None:
         """``gate_cost`` × :func:`gate_budget` of the output's gate-open probabilities (None when ``gate_cost`` is
@@ -51,7 +54,7 @@ class SGPTrainOptions(TrainOptions):
 
 
 def gate_budget(gate_probs: Tensor, target: float | None = None) -> Tensor:
-    """The budget term on the gates (unweighted; ``train.gate_cost`` is its weight), a scalar.
+    """The budget term on the gates (unweighted; ``train.options.gate_cost`` is its weight), a scalar.
 
     With ``m`` the mean keep probability over the samples and modules (``gate_probs``, (B, n_modules), the
     differentiable ``softmax(gate logits)[:, 1]`` of every gating unit):
@@ -62,7 +65,7 @@ def gate_budget(gate_probs: Tensor, target: float | None = None) -> Tensor:
       share ``t`` of the crops, and the segmentation loss decides which.
 
     0 when there is no gate (no module). This is the one place the budget is computed: training adds
-    ``train.gate_cost * gate_budget(...)`` to the loss (:meth:`SGPTrainOptions.extra_loss`).
+    ``train.options.gate_cost * gate_budget(...)`` to the loss (:meth:`SGPTrainOptions.extra_loss`).
     """
     if not gate_probs.numel():
         return gate_probs.new_zeros(())
