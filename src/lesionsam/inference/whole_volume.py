@@ -114,10 +114,10 @@ class WholeVolume:
         against the others (:meth:`competitors`). A model with a region classifier (RefSAM3D's
         ``region_scores``) decides lesion by lesion: every connected component of the text's own mask (on the
         model's grid) is scored, in a window centred on it, against the text and its competitors, and is kept only
-        where the text wins (``train.region_classes`` trains that decision). Otherwise each window is decoded with
-        every class's text and a voxel is the text's where its class beats background and every other class in a
-        softmax over them (:func:`~lesionsam.models.competing_logits`; ``train.text_competition``). Without known
-        classes, or with ``compete=False``, the text's own logits are thresholded.
+        where the text wins (``train.options.region_classes`` trains that decision). Otherwise each window is decoded
+        with every class's text and a voxel is the text's where its class beats background and every other class in a
+        softmax over them (:func:`~lesionsam.models.competing_logits`; ``train.options.text_competition``). Without
+        known classes, or with ``compete=False``, the text's own logits are thresholded.
         """
         t0 = time.perf_counter()
         self.predictor.check_text(text)

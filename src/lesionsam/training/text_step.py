@@ -48,7 +48,7 @@ class TextStep(InteractiveStep):
         options = options or RefSAM3DTrainOptions()
         if options.region_classes and not model.scores_regions:
             raise ValueError(
-                f"train.region_classes needs a model with a region classifier (scores_regions), "
+                f"train.options.region_classes needs a model with a region classifier (scores_regions), "
                 f"not {model.display_name}"
             )
         super().__init__(

@@ -23,7 +23,7 @@ def lesion_components(mask: np.ndarray, min_voxels: int = REGION_MIN_VOXELS) -> 
 
 
 def region_class_loss(model: Any, encoded: Any, label: Tensor, text: Sequence[str]) -> Tensor:
-    """Per-lesion class term of a paired text batch (``train.region_classes``).
+    """Per-lesion class term of a paired text batch (``train.options.region_classes``).
 
     The batch's first half holds the crops with their own class's voxels as ``label`` and texts, the second half
     the same crops with the other class's; every lesion (:func:`lesion_components`) of either is scored against
