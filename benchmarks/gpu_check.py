@@ -54,7 +54,7 @@ from lesionsam.inference.predictor import Predictor
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.ablate import ABLATION_METHODS, ablate_config
-from lesionsam.workflows.predict import predict
+from lesionsam.workflows.predict import PredictRequest, predict
 
 
 @dataclass
@@ -182,11 +182,16 @@ def check_predictor(s: Sizes, checkpoint: Path, device: torch.device) -> Check:
             modes["bf16 autocast"] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         for name, ctx in modes.items():
             try:  # bf16 autocast is not a predictor setting: a failure there is reported, not fatal
-                predict(image, Path(tmp) / "warm.nrrd", points=[point], predictor=predictor, progress=False)
+                predict(
+                    PredictRequest.of(image, Path(tmp) / "warm.nrrd", points=[point]),
+                    predictor=predictor,
+                    progress=False,
+                )
                 _peak_reset(device)
                 t0 = time.perf_counter()
                 with ctx():
-                    predict(image, Path(tmp) / f"{name}.nrrd", points=[point], predictor=predictor, progress=False)
+                    request = PredictRequest.of(image, Path(tmp) / f"{name}.nrrd", points=[point])
+                    predict(request, predictor=predictor, progress=False)
                 rows[name] = {"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(device)}
             except Exception as exc:
                 rows[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:160]}
