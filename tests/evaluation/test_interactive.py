@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -47,22 +48,29 @@ def test_auc_and_noc_hand_computed() -> None:
     assert s["auc_mean"] == pytest.approx((curve_auc([0.5, 0.85, 0.95]) + 0.9) / 2)
 
 
-class _Result:
-    def __init__(self, labels: np.ndarray) -> None:
-        self.labels = labels
-
-
 class OverSegmenter:
-    """A stand-in with the predictor's ``predict`` API: the lesion plus a stray blob until a negative click."""
+    """A stand-in with the interactive session's API (``click``, ``label_map``, ``reset``): the lesion plus a stray
+    blob until a negative click; ``calls`` holds the lesion's clicks so far after each click."""
 
     def __init__(self, gt: np.ndarray, extra: np.ndarray) -> None:
         self.gt, self.extra, self.calls = gt, extra, []
+        self.reset()
 
-    def predict(self, lesions: list) -> _Result:
-        les = lesions[0]
-        self.calls.append((les.points.copy(), les.labels.copy()))
-        out = self.gt | (self.extra if not (les.labels == 0).any() else np.zeros_like(self.extra))
-        return _Result(out.astype(np.uint16))
+    def reset(self) -> None:
+        self.points: list[np.ndarray] = []
+        self.labels: list[int] = []
+
+    def click(self, point: tuple, *, positive: bool = True, lesion: int | None = None) -> SimpleNamespace:
+        if lesion is None:
+            self.reset()
+        self.points.append(np.asarray(point, dtype=float))
+        self.labels.append(int(positive))
+        self.calls.append((np.stack(self.points), np.asarray(self.labels)))
+        return SimpleNamespace(lesion=1)
+
+    def label_map(self) -> np.ndarray:
+        out = self.gt | (self.extra if 0 not in self.labels else np.zeros_like(self.extra))
+        return out.astype(np.uint16)
 
 
 def test_a_false_positive_gets_a_negative_click_and_clicks_accumulate() -> None:
@@ -172,3 +180,102 @@ def test_cli_refuses_bad_options_with_one_line(tmp_path: Path, capsys: pytest.Ca
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert err == ["lesionsam evaluate-clicks: error: --clicks must be >= 1, got 0"]
     assert not (tmp_path / "o").exists()
+
+
+class BallAroundClicks(StandInModel):
+    """Known, never exact masks: a ball of radius 4 voxels around the last positive click, minus a ball of radius 3
+    around every negative click (so a 6³ cube always has errors of both kinds). ``encode`` counts its calls."""
+
+    accepted_prompts = frozenset({"points", "mask"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encodes = 0
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        self.encodes += 1
+        return image
+
+    def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
+        grid = np.stack(np.meshgrid(*(np.arange(self.img_size),) * 3, indexing="ij"), axis=-1)
+        keep = np.zeros((image.shape[0], 1, *(self.img_size,) * 3), dtype=bool)
+        for b in range(image.shape[0]):
+            pts, labs = prompts.points[b].numpy(), prompts.labels[b].numpy()
+            keep[b, 0] = ((grid - pts[labs == 1][-1]) ** 2).sum(-1) <= 16
+            for neg in pts[labs == 0]:
+                keep[b, 0] &= ((grid - neg) ** 2).sum(-1) > 9
+        logits = torch.where(torch.from_numpy(keep), 10.0, -10.0)
+        low = F.interpolate(logits, scale_factor=0.25, mode="trilinear", align_corners=False)
+        return SegOutput(low_res_logits=low, logits=logits, iou=torch.ones(image.shape[0], 1))
+
+
+def _per_click_predictor_curve(
+    predictor: Predictor, gt: np.ndarray, *, n_clicks: int, mode: str, rng: np.random.Generator
+) -> tuple[list[float], list[tuple[int, int, int, int]]]:
+    """The protocol as it was before the session: ``predictor.predict`` with clicks 1…k after every click."""
+    from lesionsam.data.clicks import first_click, next_click
+    from lesionsam.evaluation.dice import dice
+    from lesionsam.inference.predictor import LesionClicks
+
+    dhw, label = first_click(gt, mode=mode, rng=rng)
+    points, labels = [dhw[::-1].astype(float)], [label]
+    values: list[float] = []
+    while len(values) < n_clicks:
+        pred = predictor.predict([LesionClicks(points=np.stack(points), labels=np.asarray(labels))]).labels > 0
+        values.append(dice(pred, gt))
+        if len(values) == n_clicks:
+            break
+        dhw, label = next_click(pred, gt, mode=mode, rng=rng)
+        if label < 0:
+            values += [values[-1]] * (n_clicks - len(values))
+            break
+        points.append(dhw[::-1].astype(float))
+        labels.append(label)
+    clicks = [(int(p[0]), int(p[1]), int(p[2]), int(lab)) for p, lab in zip(points, labels, strict=True)]
+    return values, clicks[: len(values)]
+
+
+@pytest.mark.parametrize(
+    ("model", "mode"), [(BallAroundClicks, "random"), (BallAroundClicks, "center"), (SlabThenWhole, "center")]
+)
+def test_session_curves_equal_the_per_click_predictor_lesion_by_lesion(model: type, mode: str) -> None:
+    """Two lesions in one case: each curve equals clicking that lesion alone through ``predictor.predict`` (so the
+    first lesion's mask does not count in the second's Dice), click for click and Dice for Dice."""
+    image, labels = _case()
+    lab = labels.array.copy()
+    lab[2:5, 2:5, 2:5] = 2
+    arr = image.array.copy()
+    arr[2:5, 2:5, 2:5] = 200.0
+    image, labels = image.with_array(arr), labels.with_array(lab)
+    predictor = Predictor(model(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)))
+    curves = case_click_curves(predictor, image, labels, label=2, n_clicks=6, mode=mode, seed=4, case="c")
+    assert len(curves) == 2
+    from lesionsam.evaluation.interactive import _seed_for
+    from lesionsam.utils.components import label_lesions
+
+    comps, _ = label_lesions(lab == 2)
+    predictor.set_image(image)
+    for curve in curves:
+        values, clicks = _per_click_predictor_curve(
+            predictor, comps == curve.lesion, n_clicks=6, mode=mode, rng=_seed_for(4, "c", curve.lesion)
+        )
+        assert curve.dice == values and curve.clicks == clicks
+    assert any(len(set(c.dice)) > 1 for c in curves)  # real, changing masks were compared
+    if model is BallAroundClicks:
+        assert {c[3] for c in curves[1].clicks} == {0, 1}  # positive and negative clicks were compared
+
+
+def test_ten_clicks_in_one_window_encode_the_image_once() -> None:
+    image, labels = _case()
+    predictor = Predictor(BallAroundClicks(), preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5)))
+    (curve,) = case_click_curves(predictor, image, labels, label=2, n_clicks=10, mode="random", case="c")
+    assert len(curve.clicks) == 10 and curve.dice[-1] < 1.0  # ten clicks, never exact
+    assert predictor.model.encodes == 1  # the window's embedding is cached: the decoder alone refines
+    predictor.model.encodes = 0
+    predictor.set_image(image)
+    from lesionsam.evaluation.interactive import _seed_for
+
+    values, _ = _per_click_predictor_curve(
+        predictor, labels.array == 2, n_clicks=10, mode="random", rng=_seed_for(0, "c", 1)
+    )
+    assert values == curve.dice and predictor.model.encodes == 10  # one encode per click without the session

@@ -248,3 +248,41 @@ def test_bad_inputs_raise_value_errors() -> None:
         case_metrics(a, a, (1, 1, 1), lesion_matching="dice")
     with pytest.raises(ValueError, match="IoU threshold"):
         case_metrics(a, a, (1, 1, 1), lesion_iou_threshold=0.0)
+
+
+def test_one_dice_for_numpy_torch_and_batches() -> None:
+    """The evaluator's Dice (:func:`lesionsam.evaluation.metrics.dice`) scores NumPy masks exactly, batches of tensors
+    with the training's float32 arithmetic (bit for bit the formula it replaced), and empty pairs as 1."""
+    from lesionsam.evaluation.metrics import dice
+
+    gt = cube()
+    pred = shifted(gt, 3, 0)
+    assert dice(pred, gt) == 2 * 700 / 2000 == case_metrics(pred, gt, (1.0, 1.0, 1.0)).dice
+    assert dice(np.zeros_like(gt), np.zeros_like(gt)) == 1.0 and dice(gt, np.zeros_like(gt)) == 0.0
+    np.testing.assert_array_equal(
+        dice(np.stack([pred, gt, 0 * gt]), np.stack([gt, gt, 0 * gt]), batch=True), [0.7, 1, 1]
+    )
+    rng = np.random.default_rng(0)
+    p = torch.from_numpy(rng.random((4, 1, 9, 9, 9)) > 0.6)
+    g = torch.from_numpy(rng.random((4, 1, 9, 9, 9)) > 0.7)
+    p[3], g[3] = False, False
+    pf, gf = p.flatten(1).float(), g.flatten(1).float()  # the training's dice_score before the one Dice
+    inter, denom = (pf * gf).sum(1), pf.sum(1) + gf.sum(1)
+    before = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-8), torch.ones_like(denom))
+    got = dice(p, g)
+    assert got.dtype == torch.float32 and torch.equal(got, before) and float(got[3]) == 1.0
+    np.testing.assert_allclose(got.numpy(), dice(p.numpy(), g.numpy(), batch=True), rtol=1e-6)
+    with pytest.raises(ValueError, match="different shapes"):
+        dice(gt, gt[1:])
+
+
+def test_class_dice_is_the_mean_over_the_classes_present() -> None:
+    from lesionsam.training.steps import class_dice
+
+    target = torch.zeros(2, 1, 4, 4, 4, dtype=torch.int64)
+    target[0, 0, :2] = 1  # 32 voxels of class 1
+    target[0, 0, 3, 0, 0] = 2
+    pred = target.clone()
+    pred[0, 0, 0] = 0  # 16 of class 1 found; class 2 exact; sample 1: nothing anywhere
+    got = class_dice(pred, target, num_classes=3)  # class 3: in neither, left out
+    torch.testing.assert_close(got, torch.tensor([(2 * 16 / 48 + 1.0) / 2, 1.0]))

@@ -69,3 +69,22 @@ def test_bad_inputs_and_options_are_refused() -> None:
         build_loss("hsam", w_end=1.5)
     with pytest.raises(ValueError, match=r"dice_weight must be in \[0, 1\]"):
         build_loss("hsam", dice_weight=2)
+
+
+def test_the_staged_loss_called_with_an_output_and_a_batch_reads_its_stage1_logits_and_progress() -> None:
+    """``batch_loss(loss)(output, batch)``: the staged loss gets the output's logits, its ``stage1_logits`` extra and
+    the batch's label and training progress; without the extra, the stage loss of the logits alone."""
+    from types import SimpleNamespace
+
+    from lesionsam.losses import batch_loss
+
+    loss = build_loss("hsam", w_start=0.2, w_end=0.8)
+    s2, target = _inputs(1)
+    s1, _ = _inputs(2)
+    adapted = batch_loss(loss)
+    assert batch_loss(adapted) is adapted
+    batch = SimpleNamespace(label=target, progress=0.25)
+    output = SimpleNamespace(logits=s2, extras={"stage1_logits": s1})
+    torch.testing.assert_close(adapted(output, batch), loss(s2, target, stage1_logits=s1, progress=0.25))
+    alone = SimpleNamespace(logits=s2, extras={})
+    torch.testing.assert_close(adapted(alone, batch), _reference(s2, target))

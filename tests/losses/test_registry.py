@@ -160,3 +160,18 @@ def test_register_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loss_options("l1_probability") == {"scale": 1.0}
     with pytest.raises(ValueError, match="registered twice"):
         register_loss("l1_probability")(lambda: nn.Identity())
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_every_loss_called_with_an_output_and_a_batch_is_the_loss_of_its_float_logits(name: str) -> None:
+    """The training steps call ``batch_loss(loss)(output, batch)``: exactly ``loss(output.logits.float(),
+    batch.label)`` (bfloat16 logits are scored in float32)."""
+    from types import SimpleNamespace
+
+    from lesionsam.losses import batch_loss
+
+    loss = build_loss(name)
+    logits, target = _inputs(3)
+    output = SimpleNamespace(logits=logits.bfloat16(), extras={})
+    got = batch_loss(loss)(output, SimpleNamespace(label=target, progress=0.5))
+    assert got.dtype == torch.float32 and torch.equal(got, loss(logits.bfloat16().float(), target))

@@ -9,12 +9,12 @@ import torch
 
 from lesionsam.config import load_run_config
 from lesionsam.data.clicks import ClickSimulator
-from lesionsam.losses import build_loss
+from lesionsam.losses import batch_loss, build_loss
 from lesionsam.models import ModelConfig, build_model
 from lesionsam.models.backbone import get_preset
 from lesionsam.models.methods.sgp import GatingUnit, SGPOptions, SGPSam, build_sgp_sam, gate_budget
 from lesionsam.models.methods.sgp_budget import SGPTrainOptions
-from lesionsam.training.steps import InteractiveStep
+from lesionsam.training.steps import InteractiveStep, TrainBatch
 
 TINY = get_preset("tiny")
 
@@ -53,7 +53,7 @@ def _step_gate_bias_grads(
 ) -> dict[str, torch.Tensor]:
     step = InteractiveStep(
         model,
-        build_loss("dice"),
+        batch_loss(build_loss("dice")),
         ClickSimulator(),
         num_clicks=2,
         mask_only_iterations=0,
@@ -61,7 +61,7 @@ def _step_gate_bias_grads(
     )
     model.zero_grad(set_to_none=True)
     torch.manual_seed(7)
-    loss, _ = step(image, label, np.random.default_rng(0))
+    loss = step(TrainBatch(image, label, np.random.default_rng(0)))["loss"]
     loss.backward()
     return {key: m.gate.fc2.bias.grad.clone() for key, m in model.sgpm.items()}
 

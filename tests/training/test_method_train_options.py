@@ -284,9 +284,10 @@ def test_the_method_options_extra_loss_is_what_the_click_step_adds() -> None:
     """InteractiveStep adds exactly ``options.extra_loss`` of the last iteration's output: for SGP-SAM, gate_cost x
     the gate budget of that output's gate-open probabilities."""
     from lesionsam.data.clicks import ClickSimulator
-    from lesionsam.losses import build_loss
+    from lesionsam.losses import batch_loss, build_loss
     from lesionsam.models.methods.sgp import SGPOptions, build_sgp_sam
     from lesionsam.models.methods.sgp_budget import gate_budget
+    from lesionsam.training.steps import TrainBatch
 
     torch.manual_seed(0)
     model = build_sgp_sam(get_preset("tiny"), SGPOptions(gate_open_bias=0.5))
@@ -299,11 +300,16 @@ def test_the_method_options_extra_loss_is_what_the_click_step_adds() -> None:
     losses = {}
     for options in (None, SGPTrainOptions(gate_cost=0.7, gate_target=0.2)):
         step = InteractiveStep(
-            model, build_loss("dice"), ClickSimulator(), num_clicks=2, mask_only_iterations=0, options=options
+            model,
+            batch_loss(build_loss("dice")),
+            ClickSimulator(),
+            num_clicks=2,
+            mask_only_iterations=0,
+            options=options,
         )
         outs.clear()
         with torch.no_grad():
-            losses[options], _ = step(image, label, np.random.default_rng(3))
+            losses[options] = step(TrainBatch(image, label, np.random.default_rng(3)))["loss"]
     probs = outs[-1].extras["gate_probs"]
     assert float(gate_budget(probs, 0.2)) > 0.01
     added = float(losses[SGPTrainOptions(gate_cost=0.7, gate_target=0.2)] - losses[None])

@@ -184,10 +184,10 @@ def test_negative_crops_need_a_text_referred_method(dataset: Path, tmp_path: Pat
 def test_text_step_trains_on_empty_crops_with_error_clicks() -> None:
     """A crop without its target class (a negative crop) trains with text, then clicks on the false positives."""
     from lesionsam.data.clicks import ClickSimulator
-    from lesionsam.losses import build_loss
+    from lesionsam.losses import batch_loss, build_loss
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
-    from lesionsam.training.steps import InteractiveStep
+    from lesionsam.training.steps import InteractiveStep, TrainBatch
     from lesionsam.training.text_step import TextStep
 
     torch.manual_seed(0)
@@ -204,21 +204,20 @@ def test_text_step_trains_on_empty_crops_with_error_clicks() -> None:
     model.decode = spy  # type: ignore[method-assign]
     image = torch.randn(2, 1, 64, 64, 64)
     empty = torch.zeros(2, 1, 64, 64, 64)
-    step = TextStep(
-        model, build_loss("dice_ce"), ClickSimulator(), num_clicks=3, mask_only_iterations=0, texts={2: ["tumour"]}
-    )
+    dice_ce = batch_loss(build_loss("dice_ce"))
+    step = TextStep(model, dice_ce, ClickSimulator(), num_clicks=3, mask_only_iterations=0, texts={2: ["tumour"]})
     rng = __import__("numpy").random.default_rng(0)
     for _ in range(4):  # clicks-only batches would need a lesion: an empty batch always keeps its text
         seen.clear()
-        loss, stats = step(image, empty, rng, torch.tensor([2, 2]))
+        loss = step(TrainBatch(image, empty, rng, torch.tensor([2, 2])))["loss"]
         assert torch.isfinite(loss) and all(p.text == ["tumour", "tumour"] for p in seen)
         assert seen[0].points is None  # text alone first
         assert seen[1].points.shape == (2, 1, 3) and set(seen[1].labels.flatten().tolist()) <= {0, -1}
     loss.backward()
     assert model.ref_decoder.head[-1].weight.grad is not None
-    no_text = InteractiveStep(model, build_loss("dice_ce"), ClickSimulator(), num_clicks=2, mask_only_iterations=0)
+    no_text = InteractiveStep(model, dice_ce, ClickSimulator(), num_clicks=2, mask_only_iterations=0)
     with pytest.raises(ValueError, match="no voxel of its target label"):
-        no_text(image, empty, rng, torch.tensor([2, 2]))
+        no_text(TrainBatch(image, empty, rng, torch.tensor([2, 2])))
 
 
 def test_text_referred_training_with_negative_crops_validates_on_both(tmp_path: Path) -> None:
@@ -257,10 +256,11 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     import numpy as np
 
     from lesionsam.data.clicks import ClickSimulator
-    from lesionsam.losses import build_loss
+    from lesionsam.losses import batch_loss, build_loss
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
     from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
+    from lesionsam.training.steps import TrainBatch
     from lesionsam.training.text_step import TextStep
 
     torch.manual_seed(0)
@@ -282,7 +282,7 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     texts = {2: ["liver tumour"], 4: ["liver cyst"]}
     step = TextStep(
         model,
-        loss,
+        batch_loss(loss),
         ClickSimulator(),
         num_clicks=2,
         mask_only_iterations=0,
@@ -293,7 +293,7 @@ def test_text_pairs_train_the_other_class_text_on_the_same_crop() -> None:
     for _ in range(8):  # a clicks-only batch (one in four) is not paired; a text batch always is
         for v in seen.values():
             v.clear()
-        out, _ = step(image, (values == 2).float(), rng, torch.tensor([2]), 1.0, values)
+        out = step(TrainBatch(image, (values == 2).float(), rng, torch.tensor([2]), values))["loss"]
         assert torch.isfinite(out)
         if seen["text"][0] is not None:
             break
@@ -333,11 +333,12 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
     import numpy as np
 
     from lesionsam.data.clicks import ClickSimulator
-    from lesionsam.losses import build_loss
+    from lesionsam.losses import batch_loss, build_loss
     from lesionsam.models import competing_logits
     from lesionsam.models.backbone import get_preset
     from lesionsam.models.methods.refsam3d import build_refsam3d
     from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
+    from lesionsam.training.steps import TrainBatch
     from lesionsam.training.text_step import TextStep
     from lesionsam.training.text_terms import region_class_loss, text_margin_loss
 
@@ -365,7 +366,7 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
     for weight in (0.0, 0.5):
         step = TextStep(
             model,
-            build_loss("dice_ce"),
+            batch_loss(build_loss("dice_ce")),
             ClickSimulator(),
             num_clicks=2,
             mask_only_iterations=0,
@@ -375,7 +376,8 @@ def test_text_pair_terms_add_their_weight_times_the_term_of_the_text_only_logits
         first.clear()
         rng = np.random.default_rng(2)  # a seed whose first batch has text (one in four has none)
         with torch.no_grad():
-            losses[weight], _ = step(image, (values == 2).float(), rng, torch.tensor([2]), 1.0, values)
+            batch = TrainBatch(image, (values == 2).float(), rng, torch.tensor([2]), values)
+            losses[weight] = step(batch)["loss"]
         assert len(first) == 1 and first[0].shape[0] == 2
     a, b = first[0][:1], first[0][1:]
     pair_label = torch.cat([values == 2, values == 4]).float()

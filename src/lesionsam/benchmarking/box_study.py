@@ -10,7 +10,7 @@ Every connected lesion (26-connectivity) of the label value is segmented alone i
 * ``box2d_no_prior``: that 2D box without the prior mask.
 
 A box side of one voxel is widened to two (nobody draws a zero-width box). Dice
-(:func:`lesionsam.evaluation.interactive.dice`) is measured on the input grid between the lesion's mask and that lesion
+(:func:`lesionsam.evaluation.dice.dice`) is measured on the input grid between the lesion's mask and that lesion
 alone.
 
 Run: ``python -m lesionsam.workflows.box_study CHECKPOINT DATA_ROOT [--out result.json] [--cases N]``;
@@ -32,7 +32,7 @@ import numpy as np
 from lesionsam.data.clicks import first_click
 from lesionsam.data.io import read_image
 from lesionsam.data.synthetic import LESION
-from lesionsam.evaluation.interactive import dice
+from lesionsam.evaluation.dice import dice
 from lesionsam.evaluation.statistics import paired_comparison
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box
 from lesionsam.inference.predictor import Predictor

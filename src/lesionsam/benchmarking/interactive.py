@@ -30,7 +30,7 @@ import torch
 
 from lesionsam.benchmarking.result import JsonResult
 from lesionsam.benchmarking.synthetic_ct import synthetic_ct
-from lesionsam.evaluation.interactive import dice as voxel_dice
+from lesionsam.evaluation.dice import dice as voxel_dice
 
 #: What is timed, in the order of the table.
 STEPS = ("open", "first click", "refining click", "box", "encoder alone")

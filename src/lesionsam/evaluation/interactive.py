@@ -7,15 +7,18 @@ clicks needed to reach a Dice of 0.9, as in RITM). For every ground-truth lesion
 
 1. the first click is a positive click inside the lesion; each later click is placed on the error region of the
    current prediction (a false-negative voxel gives a positive click, a false-positive voxel a negative one) —
-   the training's click simulation (:class:`lesionsam.data.clicks.ClickSimulator`, mode ``"random"`` or
+   the training's click rounds (:class:`lesionsam.data.click_rounds.ClickRounds`, clicks of mode ``"random"`` or
    ``"center"``), seeded per lesion from ``(seed, case id, lesion number)`` so that results do not depend on
    the order of cases;
-2. after click k the predictor segments the lesion from clicks 1…k through its public API
-   (:meth:`~lesionsam.inference.predictor.Predictor.predict`), which decodes the clicks one after another, each
-   decode receiving the previous low-res logits as its mask prompt (the previous mask fed back, as in training);
-3. Dice(k) compares the predicted mask (any predicted lesion voxel, on the image's own grid) with that one
-   lesion; other lesions count as background. When a prediction equals the lesion exactly there is nothing left
-   to click on: the remaining Dice values repeat it.
+2. the clicks go to an interactive session on the case's image
+   (:class:`~lesionsam.inference.session.InteractiveSession`, one per case, emptied before each lesion): the first
+   click opens a lesion, each later click refines it — the decoder only, from the window's cached image embedding,
+   with the previous low-res logits as its mask prompt (the previous mask fed back, as in training). The mask after
+   click k is the one the predictor (:meth:`~lesionsam.inference.predictor.Predictor.predict`) gives for clicks
+   1…k;
+3. Dice(k) (:func:`~lesionsam.evaluation.dice.dice`) compares the session's mask (any lesion voxel, on the image's
+   own grid) with that one lesion; other lesions count as background. When a prediction equals the lesion exactly
+   there is nothing left to click on: the remaining Dice values repeat it.
 
 Per lesion: **AUC** = trapezoidal area under Dice(k) for k = 1…N divided by N − 1 (the mean height, in [0, 1];
 Dice(1) when N = 1; multiply by N − 1 for the un-normalised area); **NoC@80 / NoC@90** = the first k with
@@ -34,22 +37,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lesionsam.data.click_rounds import ClickRounds, Decoded, Round
 from lesionsam.data.io import Volume
+from lesionsam.evaluation.dice import dice
 from lesionsam.evaluation.lesions import json_float
 from lesionsam.utils.components import label_lesions
 
 if TYPE_CHECKING:
     from lesionsam.inference.predictor import Predictor
+    from lesionsam.inference.session import InteractiveSession
 
 #: Dice targets of the NoC columns (NoC@80, NoC@90).
 NOC_TARGETS: tuple[float, ...] = (0.8, 0.9)
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Voxel Dice of two (D, H, W) masks (1.0 when both are empty)."""
-    p, g = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
-    den = int(p.sum()) + int(g.sum())
-    return 1.0 if den == 0 else 2.0 * int(np.count_nonzero(p & g)) / den
 
 
 def curve_auc(values: Sequence[float]) -> float:
@@ -115,17 +114,17 @@ def _seed_for(seed: int, case: str, lesion: int) -> np.random.Generator:
 
 
 def lesion_click_curve(
-    predictor: Predictor,
+    session: InteractiveSession,
     lesion_mask: np.ndarray,
     *,
     n_clicks: int,
     mode: str = "random",
     rng: np.random.Generator | None = None,
 ) -> tuple[list[float], list[tuple[int, int, int, int]]]:
-    """Dice after 1…``n_clicks`` simulated clicks on one lesion of the predictor's current image.
+    """Dice after 1…``n_clicks`` simulated clicks on one lesion of a session's image.
 
     Args:
-        predictor: a click-promptable predictor whose :meth:`~Predictor.set_image` was called with the image.
+        session: an interactive session on the image (its lesions are removed first, so only this one counts).
         lesion_mask: (D, H, W) bool, the lesion on the image's own grid (SimpleITK array order (k, j, i)).
         n_clicks: N ≥ 1.
         mode: click simulation mode, ``"random"`` or ``"center"`` (:data:`lesionsam.data.clicks.CLICK_MODES`).
@@ -137,30 +136,29 @@ def lesion_click_curve(
     Raises:
         ValueError: an empty lesion mask or ``n_clicks`` < 1.
     """
-    from lesionsam.data.clicks import first_click, next_click
-    from lesionsam.inference.predictor import LesionClicks
-
     if n_clicks < 1:
         raise ValueError(f"n_clicks must be >= 1, got {n_clicks}")
     gt = np.asarray(lesion_mask, dtype=bool)
     if not gt.any():
         raise ValueError("the lesion mask is empty: nothing to click on")
-    dhw, label = first_click(gt, mode=mode, rng=rng)
-    points, labels = [dhw[::-1].astype(float)], [label]  # (k, j, i) array order → ITK (i, j, k)
+    session.reset()
     values: list[float] = []
-    while len(values) < n_clicks:
-        pred = predictor.predict([LesionClicks(points=np.stack(points), labels=np.asarray(labels))]).labels > 0
+    clicks: list[tuple[int, int, int, int]] = []
+    lesion: int | None = None
+
+    def click(r: Round) -> Decoded:
+        nonlocal lesion
+        d, h, w = (int(v) for v in r.points[-1])  # (k, j, i) array order → ITK (i, j, k)
+        label = int(r.labels[-1])
+        lesion = session.click((w, h, d), positive=label == 1, lesion=lesion).lesion
+        pred = session.label_map() > 0
         values.append(dice(pred, gt))
-        if len(values) == n_clicks:
-            break
-        dhw, label = next_click(pred, gt, mode=mode, rng=rng)
-        if label < 0:  # the prediction is exact: nothing left to click on
-            values += [values[-1]] * (n_clicks - len(values))
-            break
-        points.append(dhw[::-1].astype(float))
-        labels.append(label)
-    clicks = [(int(p[0]), int(p[1]), int(p[2]), int(lab)) for p, lab in zip(points, labels, strict=True)]
-    return values, clicks[: len(values)]
+        clicks.append((w, h, d, label))
+        return Decoded(pred)
+
+    ClickRounds.lesion(gt, rounds=n_clicks, mode=mode, rng=rng).run(click)
+    values += [values[-1]] * (n_clicks - len(values))  # exact before the last click: nothing left to click on
+    return values, clicks
 
 
 def case_click_curves(
@@ -177,7 +175,8 @@ def case_click_curves(
     """One :class:`LesionCurve` per 26-connected lesion of ``label_map == label`` (none for a lesion-free case).
 
     Args:
-        predictor: a click-promptable predictor (its current image is replaced by ``image``).
+        predictor: a click-promptable predictor; one :class:`~lesionsam.inference.session.InteractiveSession` on
+            ``image`` runs every lesion's clicks (the predictor's own current image is left alone).
         image: the scan (3D); label_map: its ground truth on the same grid.
         label: the lesion value; n_clicks, mode: see :func:`lesion_click_curve`.
         seed: seeds each lesion's clicks from ``(seed, case, lesion number)``; case: the case id.
@@ -185,6 +184,8 @@ def case_click_curves(
     Raises:
         ValueError: the label map is not on the image's grid.
     """
+    from lesionsam.inference.session import InteractiveSession
+
     if not image.same_geometry(label_map):
         raise ValueError(
             f"case {case!r}: the label map is not on the image grid ({image.geometry_difference(label_map)})"
@@ -194,11 +195,11 @@ def case_click_curves(
         return []
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
     sizes = np.bincount(comps.ravel(), minlength=n + 1)
-    predictor.set_image(image)
+    session = InteractiveSession(predictor, image)
     curves = []
     for lesion in range(1, n + 1):
         values, clicks = lesion_click_curve(
-            predictor, comps == lesion, n_clicks=n_clicks, mode=mode, rng=_seed_for(seed, case, lesion)
+            session, comps == lesion, n_clicks=n_clicks, mode=mode, rng=_seed_for(seed, case, lesion)
         )
         voxels = int(sizes[lesion])
         curves.append(LesionCurve(case, lesion, voxels, voxels * voxel_ml, values, clicks))

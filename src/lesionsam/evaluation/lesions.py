@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lesionsam.evaluation.dice import dice_from_counts, dice_from_iou
 from lesionsam.utils.components import CONNECTIVITY as LESION_CONNECTIVITY
 from lesionsam.utils.components import label_lesions
 
@@ -241,12 +242,12 @@ def lesion_match(
         inter_g = np.bincount(pair_g, weights=counts, minlength=n_gt + 1)
         pred_union_g = np.bincount(pair_g, weights=pr_sizes[pair_p], minlength=n_gt + 1)
         detected = inter_g > 0
-        dice[detected] = 2.0 * inter_g[detected] / (gt_sizes[detected] + pred_union_g[detected])
+        dice[detected] = dice_from_counts(inter_g[detected], pred_union_g[detected], gt_sizes[detected])
         matched_pred[pair_p] = True
     else:
         for g, p, iou in iou_pairs:
             detected[g], matched_pred[p] = True, True
-            dice[g] = 2.0 * iou / (1.0 + iou)  # Dice = 2 IoU / (1 + IoU) for one pair
+            dice[g] = dice_from_iou(iou)
     detected[0] = False
 
     def centroids(lab: np.ndarray, idx: np.ndarray) -> list[tuple[float, float, float]]:

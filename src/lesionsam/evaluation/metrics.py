@@ -5,7 +5,8 @@ Conventions (also written into every ``metrics.json`` as :data:`CONVENTIONS`):
 * Arrays are ``(D, H, W)`` in SimpleITK's NumPy order ``(k, j, i)``; the spacing passed to
   :func:`case_metrics` is in the **same array order** ``(sD, sH, sW)`` in mm. ``Volume.spacing`` is ITK's
   ``(i, j, k)`` order: pass ``tuple(reversed(volume.spacing))`` (or use :func:`spacing_dhw`).
-* Dice = 2|P∩G| / (|P| + |G|) over voxels.
+* Dice = 2|P∩G| / (|P| + |G|) over voxels: :func:`dice` (:mod:`lesionsam.evaluation.dice`, the one Dice of the
+  package, also the per-lesion Dice's, the click curves' and the training's).
 * NSD (normalised surface Dice, Nikolov et al., J Med Internet Res 2021, arXiv:1809.04430) at a tolerance in mm, by
   default area-weighted (``nsd_mode="area"``: the published surface Dice of DeepMind's ``surface-distance``, =
   MONAI's ``compute_surface_dice(..., use_subvoxels=True)``); ``nsd_mode="voxel"`` counts boundary voxels instead
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from lesionsam.evaluation.dice import dice, dice_from_counts
 from lesionsam.evaluation.lesions import (
     CONNECTIVITY,
     DEFAULT_IOU_THRESHOLD,
@@ -55,6 +57,7 @@ __all__ = [
     "CaseMetrics",
     "LesionRecord",
     "case_metrics",
+    "dice",
     "empty_case_scores",
     "ratio",
     "spacing_dhw",
@@ -324,10 +327,10 @@ def case_metrics(
     inter = int(np.count_nonzero(pred & gt))
     empty = empty_case_scores(gt_empty=n_gt_vox == 0, pred_empty=n_pred_vox == 0)
     if empty is None:
-        dice = 2.0 * inter / (n_pred_vox + n_gt_vox)
+        dice_value = dice_from_counts(inter, n_pred_vox, n_gt_vox)
         nsd, hd95, assd = surface_scores(pred, gt, spacing, tolerance_mm=float(nsd_tolerance_mm), nsd_mode=nsd_mode)
     else:
-        dice, nsd, hd95, assd = empty
+        dice_value, nsd, hd95, assd = empty
 
     match = lesion_match(
         pred,
@@ -340,7 +343,7 @@ def case_metrics(
     )
     return CaseMetrics(
         case=case,
-        dice=float(dice),
+        dice=float(dice_value),
         nsd=float(nsd),
         hd95_mm=float(hd95),
         gt_lesions=match.n_gt,

@@ -25,7 +25,8 @@ from lesionsam.inference.postprocess import components_by_size as _components
 from lesionsam.inference.postprocess import drop_small_components
 from lesionsam.inference.prediction import Prediction, text_key
 from lesionsam.inference.predictor import Predictor
-from lesionsam.models import Prompts, SegModel, competing_logits
+from lesionsam.models import Prompts, SegModel
+from lesionsam.models.interface import TextCompetition
 from lesionsam.models.registry import methods_training_with
 from lesionsam.utils.components import label_lesions
 
@@ -123,20 +124,18 @@ class WholeVolume:
         self.predictor.check_text(text)
         pre = self.preprocessed
         rivals = self.competitors(text) if compete else ()
-        by_region = bool(rivals) and self.model.scores_regions
+        competition = TextCompetition.of(self.model, rivals)
+        by_region = competition.by_region
         if rivals:
             log.info('text "%s" is decided against the other trained class texts: %s', text, ", ".join(rivals))
 
         def run(x: torch.Tensor) -> torch.Tensor:
             n = x.shape[0]
-            if not rivals or by_region:
+            if not competition.by_voxel:
                 return self.model(x, Prompts(text=[text] * n)).logits[:, :1].float() - self.logit_offset
             encoded = self.model.encode(x)
-            own, *others = (
-                self.model.decode(encoded, Prompts(text=[t] * n)).logits[:, :1].float() - self.logit_offset
-                for t in (text, *rivals)
-            )
-            return competing_logits(own, torch.cat(others, dim=1))
+            own = self.model.decode(encoded, Prompts(text=[text] * n)).logits[:, :1].float() - self.logit_offset
+            return competition.logits(self.model, encoded, own, offset=self.logit_offset)
 
         logits = self._sliding_windows(run, overlap=overlap, batch_size=batch_size)
         prob = expit(logits[0])

@@ -139,6 +139,11 @@ class SegModel(nn.Module):
         """(B, n_gates) float 0/1 gate decisions of what :meth:`encode` returned. Only where :attr:`has_gates`."""
         raise NotImplementedError(f"{self.display_name} has no gates (has_gates is False)")
 
+    def step_statistics(self, output: SegOutput) -> dict[str, float]:
+        """Statistics of the method's own that a training step logs beside its loss and Dice (e.g. SGP-SAM's
+        ``gate_rate``), from the step's last output; none by default."""
+        return {}
+
     def set_grad_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in the backward pass instead of storing them (less memory, more time); a model
         with nothing to checkpoint ignores it."""
@@ -184,3 +189,47 @@ class SegModel(nn.Module):
 
     def forward(self, image: Tensor, prompts: Prompts) -> SegOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TextCompetition:
+    """How text alone naming one trained class is decided against the other trained classes' texts (``rivals``): the
+    one rule of the training's validation and the predictor's text mode.
+
+    With no rival the text's own logits stand. A model with a region classifier (:attr:`SegModel.scores_regions`)
+    decides lesion by lesion (:attr:`by_region`: the caller scores each connected component of the text's mask
+    against ``(text, *rivals)`` with :meth:`SegModel.region_scores`); any other model decides voxel by voxel:
+    :meth:`logits` are the text's :func:`competing_logits` against every rival's.
+
+    Attributes:
+        rivals: the competing texts, in order.
+        by_region: the decision is lesion by lesion.
+    """
+
+    rivals: tuple[str, ...]
+    by_region: bool
+
+    @classmethod
+    def of(cls, model: SegModel, rivals: Sequence[str]) -> TextCompetition:
+        """The competition of ``model``'s text-alone output against ``rivals`` (none: no competition)."""
+        rivals = tuple(rivals)
+        return cls(rivals, bool(rivals) and model.scores_regions)
+
+    @property
+    def by_voxel(self) -> bool:
+        """The decision is voxel by voxel (:meth:`logits` differ from the text's own)."""
+        return bool(self.rivals) and not self.by_region
+
+    def logits(self, model: SegModel, encoded: Any, own: Tensor, *, offset: float = 0.0) -> Tensor:
+        """The text's logits after the voxel-by-voxel decision (``own`` itself unless :attr:`by_voxel`).
+
+        Args:
+            model: the model; each rival's text alone is decoded on ``encoded`` (what ``model.encode`` gave).
+            own: (B, 1, ...) float logits of the text alone on those crops, ``offset`` already subtracted.
+            offset: the logit-adjustment offset, subtracted from every rival's logits as from ``own``.
+        """
+        if not self.by_voxel:
+            return own
+        n = own.shape[0]
+        others = [model.decode(encoded, Prompts(text=[r] * n)).logits[:, :1].float() - offset for r in self.rivals]
+        return competing_logits(own, torch.cat(others, dim=1))

@@ -4,17 +4,18 @@ crop's class, with the method's text-pair terms
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lesionsam.config import TrainConfig
 from lesionsam.data.clicks import ClickSimulator
+from lesionsam.losses import BatchLoss
 from lesionsam.models import SegModel, SegOutput, competing_logits
 from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
-from lesionsam.training.steps import InteractiveStep, StepBatch, click_settings
+from lesionsam.training.steps import InteractiveStep, StepBatch, TrainBatch, click_settings
 from lesionsam.training.text_terms import region_class_loss, text_margin_loss
 
 
@@ -37,7 +38,7 @@ class TextStep(InteractiveStep):
     def __init__(
         self,
         model: SegModel,
-        loss_fn: nn.Module,
+        loss_fn: BatchLoss,
         clicks: ClickSimulator,
         *,
         num_clicks: int,
@@ -64,7 +65,7 @@ class TextStep(InteractiveStep):
     def from_config(
         cls,
         model: SegModel,
-        loss_fn: nn.Module,
+        loss_fn: BatchLoss,
         train: TrainConfig,
         *,
         clicks: ClickSimulator,
@@ -75,28 +76,25 @@ class TextStep(InteractiveStep):
             raise ValueError("a text-referred method needs text prompts for its target labels")
         return cls(model, loss_fn, clicks, **click_settings(train), texts=texts, options=train.options)
 
-    def prompt_batch(
-        self,
-        image: Tensor,
-        label: Tensor,
-        rng: np.random.Generator,
-        target: Tensor | None,
-        label_values: Tensor | None,
-    ) -> StepBatch:
-        """Draw each crop's text (``target`` (B,) holds the crops' label values); with text pairs (and
-        ``label_values``, the crops' label maps (B, 1, S, S, S)) double the batch with the other class's text."""
+    def prompt_batch(self, batch: TrainBatch) -> StepBatch:
+        """Draw each crop's text (``batch.target`` (B,) holds the crops' label values); with text pairs (and
+        ``batch.label_values``, the crops' label maps (B, 1, S, S, S)) double the batch with the other class's
+        text."""
+        image, label, rng, target, label_values = batch.image, batch.label, batch.rng, batch.target, batch.label_values
         if target is None:
             raise ValueError("a text-referred method needs each crop's target label value")
+        assert rng is not None, "a text step draws each crop's text from the batch's generator"
         has_lesion = bool((label > 0.5).flatten(1).any(1).all())
         text: list[str] | None = [str(rng.choice(self.texts[int(t)])) for t in target.tolist()]
         if "text" not in self.model.required_prompts and rng.random() < 0.25 and has_lesion:
             text = None
         if text is None or not self.text_pairs or label_values is None:
-            return StepBatch(image, label, text)
+            return StepBatch(image, label, text, progress=batch.progress)
         others = [int(rng.choice([v for v in self.texts if v != int(t)])) for t in target.tolist()]
         text = text + [str(rng.choice(self.texts[v])) for v in others]
         other_label = torch.stack([label_values[i] == v for i, v in enumerate(others)]).to(label.dtype)
-        return StepBatch(torch.cat([image, image]), torch.cat([label, other_label]), text, paired=True)
+        pair_image, pair_label = torch.cat([image, image]), torch.cat([label, other_label])
+        return StepBatch(pair_image, pair_label, text, paired=True, progress=batch.progress)
 
     def encoded_terms(self, total: Tensor, encoded: Any, batch: StepBatch) -> Tensor:
         """Plus ``num_clicks`` × ``region_classes`` × the per-lesion class term of a paired batch."""
@@ -116,5 +114,6 @@ class TextStep(InteractiveStep):
                 total = total + self.num_clicks * self.text_contrast * margin
             if self.text_competition:
                 competing = torch.cat([competing_logits(a, b), competing_logits(b, a)])
-                total = total + self.num_clicks * self.text_competition * self.loss_fn(competing, label)
+                term = self.loss_fn(replace(out, logits=competing), batch)  # the loss of the competing logits
+                total = total + self.num_clicks * self.text_competition * term
         return total

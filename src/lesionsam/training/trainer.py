@@ -54,14 +54,14 @@ from lesionsam.data.clicks import ClickSimulator
 from lesionsam.data.dataset_json import dataset_labels, read_dataset_json
 from lesionsam.data.layouts import Case
 from lesionsam.data.splits import write_splits
-from lesionsam.losses import build_loss, estimate_prior_shift, loss_prior_shift
+from lesionsam.losses import BatchLoss, batch_loss, build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import SegModel, build_model
 from lesionsam.models.checkpoint import save_checkpoint
 from lesionsam.models.registry import method_spec, methods_training_with
 from lesionsam.training.data import check_dataset, class_datasets, collate, lesion_datasets, load_cases
 from lesionsam.training.distributed import DistContext, seed_everything
 from lesionsam.training.run_files import resume_run, write_train_log
-from lesionsam.training.steps import AutomaticStep, InteractiveStep
+from lesionsam.training.steps import AutomaticStep, InteractiveStep, TrainBatch
 from lesionsam.training.text_step import TextStep
 from lesionsam.training.validation import validate
 from lesionsam.utils.dataclass_io import save_yaml
@@ -200,8 +200,9 @@ class Trainer:
                 shifts.append(loss_prior_shift(loss_fn, train_set[idx]["label"][None]))
         return estimate_prior_shift(shifts)
 
-    def build_step(self, model: SegModel, loss_fn: nn.Module, texts: dict[int, list[str]] | None) -> nn.Module:
-        """The training step the method declares (:data:`STEPS` by ``MethodSpec.training``), from ``train``."""
+    def build_step(self, model: SegModel, loss_fn: BatchLoss, texts: dict[int, list[str]] | None) -> nn.Module:
+        """The training step the method declares (:data:`STEPS` by ``MethodSpec.training``), from ``train``: called
+        as ``step(TrainBatch)``, it returns ``{"loss": tensor, **statistics}``."""
         step = STEPS[self.step_kind]
         return step.from_config(model, loss_fn, self.cfg.train, clicks=self.click_simulator(), texts=texts)
 
@@ -301,7 +302,7 @@ class Trainer:
             read_here = bool(given) and splits_path.exists() and os.path.samefile(given, splits_path)
             if self._splits is not None and not read_here:  # never over the data.splits file it was read from
                 write_splits(self._splits, splits_path)
-        step_module = self.build_step(model, loss_fn, texts)
+        step_module = self.build_step(model, batch_loss(loss_fn), texts)  # the steps call loss(output, batch)
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module,
@@ -378,19 +379,21 @@ class Trainer:
         for step, batch in enumerate(loader):
             if step >= per_epoch:
                 break
-            image = batch["image"].to(self.device, non_blocking=True)
-            label = batch["label"].to(self.device, non_blocking=True)
-            target = batch["target"]
+            values = batch.get("label_values")
+            crops = TrainBatch(
+                image=batch["image"].to(self.device, non_blocking=True),
+                label=batch["label"].to(self.device, non_blocking=True),
+                rng=rng,
+                target=batch["target"],
+                label_values=values.to(self.device) if values is not None else None,
+                progress=(epoch + step / per_epoch) / t.epochs,
+            )
             last_micro = (step + 1) % t.accumulate == 0 or step + 1 == per_epoch
             sync = nullcontext() if (last_micro or not self.dist.enabled) else step_module.no_sync()
             with sync:
                 with self._autocast():
-                    progress = (epoch + step / per_epoch) / t.epochs
-                    values = batch.get("label_values")
-                    if values is not None:
-                        loss, stats = step_module(image, label, rng, target, progress, values.to(self.device))
-                    else:
-                        loss, stats = step_module(image, label, rng, target, progress)
+                    stats = step_module(crops)
+                loss = stats.pop("loss")
                 (loss / t.accumulate).backward()
             if last_micro:
                 optimizer.step()

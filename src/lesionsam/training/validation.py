@@ -10,9 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lesionsam.data.click_rounds import ClickRounds, Decoded, Round
 from lesionsam.data.clicks import ClickSimulator
-from lesionsam.models import Prompts, SegModel, competing_logits
-from lesionsam.training.steps import class_dice, dice_score
+from lesionsam.evaluation.dice import dice
+from lesionsam.models import Prompts, SegModel
+from lesionsam.models.interface import TextCompetition
+from lesionsam.training.steps import class_dice
 from lesionsam.training.text_terms import regions_won
 
 
@@ -29,8 +32,9 @@ def validate(
 ) -> float:
     """Mean Dice over validation crops: ``val_clicks`` deterministic centre clicks each, or, for a text-referred
     method (``texts``: the prompts per target label), the label's first text prompt (alone, then with centre clicks;
-    with several target labels the text alone is decided against the other labels' first texts, as
-    :meth:`~lesionsam.inference.predictor.Predictor.predict_text` does: lesion by lesion with a region classifier
+    with several target labels the text alone is decided against the other labels' first texts by the rule
+    :meth:`~lesionsam.inference.predictor.Predictor.predict_text` follows,
+    :class:`~lesionsam.models.interface.TextCompetition`: lesion by lesion with a region classifier
     (:func:`~lesionsam.training.text_terms.regions_won`), else voxel by voxel); for a prompt-free method the mean
     foreground Dice of its arg-max (:func:`~lesionsam.training.steps.class_dice`). Click-prompted logits are
     thresholded after the logit-adjustment offset (``train.logit_adjustment``) is subtracted, as the predictor
@@ -77,30 +81,27 @@ def _score_interactive(
     rounds: int,
     offset: float,
 ) -> float:
+    """Dice of one validation crop after ``rounds`` click rounds (:class:`~lesionsam.data.click_rounds.ClickRounds`:
+    centre clicks, the previous low-res logits fed back; a text-referred method's round 0 is its text alone)."""
     image = item["image"][None].to(device)
     gt = item["label"][None].to(device) > 0.5
     text = [texts[int(item["target"])][0]] if texts else None
-    rivals = [t[0] for v, t in (texts or {}).items() if v != int(item["target"])]
-    points = labels = low = pred = None
+    competition = TextCompetition.of(model, [t[0] for v, t in (texts or {}).items() if v != int(item["target"])])
     encoded = model.encode(image)
-    for it in range(rounds):
-        if it == 0 and text is not None:
-            prompts = Prompts(text=text)
-        else:
-            if points is None and bool(gt.any()):
-                points, labels = clicks.first(gt)
-            else:  # after a text-only prediction of a negative crop: click on its errors
-                points, labels = clicks.next(pred, gt, points, labels)
-            prompts = Prompts(points=points, labels=labels, mask=low, text=text)
-        out = model.decode(encoded, prompts)
+
+    def decode(r: Round) -> Decoded:
+        out = model.decode(encoded, Prompts(points=r.points, labels=r.labels, mask=r.mask, text=text))
         logits = out.logits.float() - offset  # as the predictor will threshold them
-        pred, low = logits > 0, out.low_res_logits
-        if it == 0 and text is not None and rivals and model.scores_regions:
-            pred = regions_won(model, encoded, pred, [*text, *rivals])
-        elif it == 0 and text is not None and rivals:
-            others = torch.cat([model.decode(encoded, Prompts(text=[r])).logits for r in rivals], dim=1)
-            pred = competing_logits(logits, others.float() - offset) > 0
-    return float(dice_score(pred, gt).mean())
+        pred = logits > 0
+        if r.index == 0 and text is not None and competition.by_region:
+            pred = regions_won(model, encoded, pred, [*text, *competition.rivals])
+        elif r.index == 0 and text is not None and competition.by_voxel:
+            pred = competition.logits(model, encoded, logits, offset=offset) > 0
+        return Decoded(pred, out.low_res_logits)
+
+    last = ClickRounds.batch(clicks, gt, None, rounds=rounds, text_first=text is not None).run(decode)
+    assert last is not None, "validation needs at least one click round (train.val_clicks >= 1)"
+    return float(dice(last.pred, gt).mean())
 
 
 def _score_automatic(model: SegModel, item: dict[str, Any], device: torch.device) -> float:

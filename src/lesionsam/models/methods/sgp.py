@@ -408,6 +408,11 @@ class SGPSam(Sam3D):
         out.extras["gate_probs"] = encoded.gate_probs
         return out
 
+    def step_statistics(self, output: SegOutput) -> dict[str, float]:
+        """``gate_rate``: the mean gate-open probability of the output's crops (``extras["gate_probs"]``)."""
+        probs = output.extras.get("gate_probs")
+        return {} if probs is None else {"gate_rate": float(probs.detach().float().mean())}
+
     def gate_decisions(self, encoded: EncodedImage) -> Tensor:  # type: ignore[override]
         """(B, n_modules) float32 0/1 decisions of the SGPMs for the encoded crops (columns in block order)."""
         return encoded.gates
