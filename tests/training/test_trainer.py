@@ -413,7 +413,7 @@ def test_region_classes_need_a_region_classifier() -> None:
     from lesionsam.models.methods.refsam3d_pairs import RefSAM3DTrainOptions
     from lesionsam.training.text_step import TextStep
 
-    with pytest.raises(ValueError, match="train.region_classes needs a model with a region classifier"):
+    with pytest.raises(ValueError, match="train.options.region_classes needs a model with a region classifier"):
         TextStep(
             build_sam3d(get_preset("tiny")),
             build_loss("dice_ce"),

@@ -24,7 +24,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         "'predict': lesionsam predict end to end on a synthetic 512x512x120 int16 CT (NRRD) with one click; "
         "'auto': H-SAM's prompt-free whole-volume inference of that CT (--preset, default tiny) and the time of "
         "one window of the full preset; 'interactive': an interactive session on that CT (first click on a new "
-        "lesion, refining click, box), float32 and bfloat16 side by side (2 threads unless --threads)",
+        "lesion, refining click, box), float32 and bfloat16 side by side (2 threads unless --threads); 'clicks': the "
+        "click-curve protocol (evaluate-clicks, 10 clicks per lesion) through the engine vs one predict per click, "
+        "on --data (default: small synthetic cases)",
     )
     p.add_argument("--preset", default=None, help="backbone preset (default: tiny for backbone, full for predict)")
     p.add_argument("--checkpoint", default=None, help="predict: weights to load (default: random weights)")
@@ -35,6 +37,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--impls", default="fast,naive", help="comma-separated attention implementations")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument(
+        "--data", type=Path, default=None, metavar="DIR", help="clicks: a data set folder (imagesTr, labelsTr)"
+    )
 
     def run(a: argparse.Namespace) -> int:
         from lesionsam.workflows.bench import bench
@@ -50,6 +55,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
             threads=a.threads,
             impls=tuple(s.strip() for s in a.impls.split(",") if s.strip()),
             json_path=a.json,
+            data=a.data,
         )
         return 0
 

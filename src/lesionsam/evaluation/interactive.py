@@ -31,7 +31,7 @@ import csv
 import io
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +171,7 @@ def case_click_curves(
     mode: str = "random",
     seed: int = 0,
     case: str = "",
+    open_session: Callable[[Volume], InteractiveSession] | None = None,
 ) -> list[LesionCurve]:
     """One :class:`LesionCurve` per 26-connected lesion of ``label_map == label`` (none for a lesion-free case).
 
@@ -180,6 +181,8 @@ def case_click_curves(
         image: the scan (3D); label_map: its ground truth on the same grid.
         label: the lesion value; n_clicks, mode: see :func:`lesion_click_curve`.
         seed: seeds each lesion's clicks from ``(seed, case, lesion number)``; case: the case id.
+        open_session: what opens the session on ``image`` (default ``InteractiveSession(predictor, image)``; a
+            benchmark gives another engine with the same ``reset``/``click``/``label_map``).
 
     Raises:
         ValueError: the label map is not on the image's grid.
@@ -195,7 +198,7 @@ def case_click_curves(
         return []
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
     sizes = np.bincount(comps.ravel(), minlength=n + 1)
-    session = InteractiveSession(predictor, image)
+    session = open_session(image) if open_session is not None else InteractiveSession(predictor, image)
     curves = []
     for lesion in range(1, n + 1):
         values, clicks = lesion_click_curve(

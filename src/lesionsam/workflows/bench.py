@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lesionsam.benchmarking.auto import AutoBench
     from lesionsam.benchmarking.backbone import BenchResult
+    from lesionsam.benchmarking.clicks import ClicksBench
     from lesionsam.benchmarking.interactive import InteractiveBench
     from lesionsam.benchmarking.predict import PredictBench
     from lesionsam.benchmarking.refsam3d import RefSAM3DBench
     from lesionsam.benchmarking.sgp import SGPBenchResult
 
 #: The benchmarks of ``lesionsam bench TARGET``.
-TARGETS = ("backbone", "sgp", "refsam3d", "predict", "auto", "interactive")
+TARGETS = ("backbone", "sgp", "refsam3d", "predict", "auto", "interactive", "clicks")
 
 
 def bench(
@@ -29,7 +30,8 @@ def bench(
     threads: int | None = None,
     impls: tuple[str, ...] = ("fast", "naive"),
     json_path: Path | None = None,
-) -> BenchResult | SGPBenchResult | RefSAM3DBench | PredictBench | AutoBench | InteractiveBench:
+    data: Path | None = None,
+) -> BenchResult | SGPBenchResult | RefSAM3DBench | PredictBench | AutoBench | InteractiveBench | ClicksBench:
     """Run one benchmark, print its table and (with ``json_path``) write its results as JSON.
 
     Args:
@@ -40,6 +42,8 @@ def bench(
             repeats, ``interactive`` at least 5 with 2 threads unless ``threads``, ``auto`` a batch of at least 2).
         impls: ``backbone``: attention implementations to compare (the last one is the reference).
         json_path: a ``.json`` file to write the results to; checked before measuring, written atomically.
+        data: ``clicks``: a data set folder (``imagesTr``, ``labelsTr``, a ``dataset.json`` naming the lesion), e.g.
+            the demo's test set (default: 4 small synthetic cases, with the tiny preset's random weights).
 
     Returns:
         The chosen benchmark's result dataclass (each has ``write_json``).
@@ -89,6 +93,11 @@ def bench(
             progress=True,
         )
         table = format_auto_table(result)
+    elif target == "clicks":
+        result = _bench_clicks(data, checkpoint=checkpoint, preset=preset, device=device, threads=threads)
+        from lesionsam.benchmarking.clicks import format_clicks_table
+
+        table = format_clicks_table(result)
     elif target == "interactive":
         from lesionsam.benchmarking.interactive import bench_interactive, format_interactive_table
 
@@ -116,3 +125,24 @@ def bench(
     if json_path:
         result.write_json(json_path)
     return result
+
+
+def _bench_clicks(
+    data: Path | None, *, checkpoint: str | None, preset: str | None, device: str, threads: int | None
+) -> ClicksBench:
+    """``bench clicks`` on ``data`` (its lesion label from its dataset.json), or on a small synthetic set."""
+    import tempfile
+
+    from lesionsam.benchmarking.clicks import bench_clicks
+    from lesionsam.data.labels import resolve_lesion_label
+    from lesionsam.data.synthetic import write_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if data is None:
+            data = Path(tmp) / "synthetic"
+            write_synthetic_dataset(data, cases=4, size=48, seed=0, progress=False)
+            preset = preset or "tiny"
+        label, _ = resolve_lesion_label(None, Path(data) / "labelsTr")
+        return bench_clicks(
+            data, checkpoint=checkpoint, preset=preset, label=label, device=device, threads=threads, progress=True
+        )
