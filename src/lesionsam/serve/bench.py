@@ -21,12 +21,16 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lesionsam.data.io import Volume, read_image, write_image
 from lesionsam.inference.session import InteractiveSession
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class RoundTrip:
         return "\n".join(lines)
 
 
-def _start(app: Any) -> tuple[Any, threading.Thread, str]:
+def _start(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
