@@ -14,12 +14,18 @@ from lesionsam.models import Prompts, SegModel, SegOutput
 
 class StandInModel(SegModel):
     """A :class:`SegModel` on cubic crops of side ``size`` with S/4 low-res logits and one dummy parameter (so that
-    ``.to(device)``, ``.eval()`` and parameter counts work); subclasses give ``forward`` and their prompt kinds."""
+    ``.to(device)``, ``.eval()`` and parameter counts work); subclasses give ``forward`` and their prompt kinds.
+    ``encodes`` counts the calls of :meth:`encode` (which returns the image, as :class:`SegModel`'s does)."""
 
     def __init__(self, size: int = 32) -> None:
         super().__init__()
         self._size = size
         self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.encodes = 0
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        self.encodes += 1
+        return image
 
     @property
     def img_size(self) -> int:

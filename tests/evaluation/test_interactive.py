@@ -188,14 +188,6 @@ class BallAroundClicks(StandInModel):
 
     accepted_prompts = frozenset({"points", "mask"})
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.encodes = 0
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        self.encodes += 1
-        return image
-
     def forward(self, image: torch.Tensor, prompts: Prompts) -> SegOutput:
         grid = np.stack(np.meshgrid(*(np.arange(self.img_size),) * 3, indexing="ij"), axis=-1)
         keep = np.zeros((image.shape[0], 1, *(self.img_size,) * 3), dtype=bool)

@@ -271,14 +271,6 @@ class OverlappingTextModel(TextModel):
     """Stand-in whose "tumour" text also fires on the dark blob, weaker than "cyst" does: "...tumour" logits
     +2 on bright voxels, +1 on dark ones; "...cyst" +3 on dark voxels; -10 elsewhere. Encoding is counted."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.encodes = 0
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        self.encodes += 1
-        return image
-
     def decode(self, encoded: torch.Tensor, prompts: Prompts, *, multimask_output: bool = False) -> SegOutput:
         self.calls += 1
         bright, dark = encoded > 1.0, (encoded < -1.0) & (encoded > -30.0)
