@@ -61,11 +61,12 @@ def sweep_markdown(rows: Sequence[SweepRow], *, title: str, quick: bool = False)
     """``sweep.md``: the table, best validation Dice in bold."""
     best = best_row(rows) if rows else -1
     lines = [
-        f"# Sweep: {title} (validation split)",
+        f"# Sweep: {title} (held-out selection cases)",
         "",
-        f"Made by `lesionsam sweep{' --quick' if quick else ''}`. Validation split of the training data "
-        f"({rows[0].val_cases if rows else 0} cases, one centre click per tumour, whole volume); the test cases "
-        "are not used. Crop Dice: the trainer's best validation score (one click on the largest lesion's crop).",
+        f"Made by `lesionsam sweep{' --quick' if quick else ''}`. Scored on held-out cases that are not the test set "
+        f"(the selection set; the quick recipe: the trainer's validation split): {rows[0].val_cases if rows else 0} "
+        "cases with a tumour, one centre click per tumour, whole volume. Crop Dice: the trainer's best validation "
+        "score (one click on the largest lesion's crop).",
         "",
         "| variant | method | settings | validation Dice | crop Dice | median volume ratio | gates open "
         "| gates open by size bin |",
