@@ -1,29 +1,26 @@
 """Click-prompted lesion segmentation of whole volumes, written back on the input's own grid.
 
-The :class:`Predictor` follows segment-anything's ``set_image`` / ``predict`` split: ``set_image``
-preprocesses a volume once (canonical orientation, isotropic spacing, normalised intensities); ``predict``
-segments any number of lesions, each from its own clicks:
+The :class:`Predictor` holds a model and how it is run (preprocessing, threshold, windows, logit offset, dtype) and
+follows segment-anything's ``set_image`` / ``predict`` split: ``set_image`` preprocesses a volume once (canonical
+orientation, isotropic spacing, normalised intensities); ``predict`` segments any number of lesions, each from its own
+clicks (and box), by opening a throwaway :class:`~lesionsam.inference.session.InteractiveSession` — the one engine —
+and adding each lesion's prompts (:meth:`InteractiveSession.add
+<lesionsam.inference.session.InteractiveSession.add>`):
 
-1. the clicks (ITK voxel indices of the *original* image, or LPS millimetres) are mapped onto the canonical
-   grid; a model crop of side S is centred on the lesion's first positive click (where an interactive session's
-   first click puts it, so that both give the same mask for the same clicks);
+1. the clicks (ITK voxel indices of the *original* image, or LPS millimetres) are checked and mapped onto the
+   canonical grid; a model crop of side S is centred on the lesion's first positive click (or its box's centre);
 2. the crop is encoded once and the clicks are decoded one after another, each decode receiving the previous
    low-res logits as a mask prompt (as SAM-Med3D's interactive protocol and training do);
 3. while the mask touches a face of its crop that is not the volume's border, a window shifted by S/2 over
-   that face is segmented too (prompted by the mask so far and its most confident voxel in the new window),
-   up to ``max_windows`` windows per lesion, so lesions larger than one crop are covered
-   (steps 1-3: :class:`~lesionsam.inference.windows.WindowRunner`, shared with the interactive session);
-4. probabilities are merged on the canonical grid (max over windows; each voxel goes to the most confident
-   lesion), resampled linearly onto the original grid and thresholded at ``threshold``.
+   that face is segmented too, up to ``max_windows`` windows per lesion, so lesions larger than one crop are covered
+   (steps 2-3: :class:`~lesionsam.inference.windows.WindowRunner`);
+4. each lesion keeps the connected components its positive clicks touch; its probability is resampled linearly onto
+   the original grid inside its region and thresholded at ``threshold``; where lesions overlap, a voxel goes to the
+   more confident one.
 
-The result is a label map on the input's exact grid: one value per lesion (1, 2, ...) or a binary mask.
-
-Without clicks, a text-referred method searches the whole volume for what the text names
-(:meth:`Predictor.predict_text`), and a prompt-free method (``model.prompt_free``, H-SAM) segments every lesion
-class it was trained on (:meth:`Predictor.predict_auto`): overlapping windows of side S cover the canonical grid
-(MONAI's ``sliding_window_inference``, Gaussian blending of the per-class softmax probabilities, several windows
-per batch), the K + 1 class probabilities are resampled linearly onto the original grid and the arg-max gives a
-label map holding the data set's label values (e.g. 2 tumour, 4 cyst); each connected component is one lesion.
+The result is a label map on the input's exact grid: one value per lesion (1, 2, ...) or a binary mask. Without
+clicks, :class:`~lesionsam.inference.whole_volume.WholeVolume` wraps a predictor for text alone (a text-referred
+method) and automatic prediction (a prompt-free method).
 """
 
 from __future__ import annotations
@@ -305,12 +302,8 @@ class Predictor:
         if len(set(ids)) != len(ids):
             raise ValueError(f"lesion ids must be distinct, got {ids}")
         session = InteractiveSession(self, self.preprocessed, text=text)
-        for les in lesions:  # every click is checked before the first lesion is segmented
-            if world and les.box is not None:
-                raise ValueError(
-                    "boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'"
-                )
-            session.check_points(les.points, world=world, lesion=les.lesion_id)
+        for les in lesions:  # every prompt is checked before the first lesion is segmented
+            session.check_prompts(les, world=world)
         for les in lesions:
             session.add(les, world=world)
         return session.prediction(probabilities=probabilities, started=t0)

@@ -146,9 +146,7 @@ class InteractiveSession:
         lid = int(lesion.lesion_id)
         if lid in self._lesions:
             raise ValueError(f"lesion ids must be distinct: lesion {lid} exists already")
-        if world and lesion.box is not None:
-            raise ValueError("boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'")
-        self.check_points(lesion.points, world=world, lesion=lid)
+        self.check_prompts(lesion, world=world)
         dhw = self.predictor.preprocessor.to_canonical_index(lesion.points, self.pre, world=world).reshape(-1, 3)
         ijk = self.pre.source.world_to_index(lesion.points) if world else lesion.points
         records = [
@@ -198,6 +196,13 @@ class InteractiveSession:
         self._lesions.clear()
 
     # ------------------------------------------------------------------------------------------ results
+    def check_prompts(self, lesion: LesionClicks, *, world: bool = False) -> None:
+        """``ValueError`` unless :meth:`add` can take ``lesion``: its clicks inside the image (:meth:`check_points`)
+        and a box only with voxel coordinates."""
+        if world and lesion.box is not None:
+            raise ValueError("boxes are voxel indices (i, j, k): give them without --world / 'coordinates': 'world'")
+        self.check_points(lesion.points, world=world, lesion=int(lesion.lesion_id))
+
     def has_lesion(self, lesion: int) -> bool:
         """Whether ``lesion`` is a lesion of this session (cheap: nothing is composed)."""
         return int(lesion) in self._lesions
