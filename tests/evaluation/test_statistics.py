@@ -137,8 +137,7 @@ def test_one_seed_reduces_to_the_case_bootstrap() -> None:
     assert one.n_seeds == 1 and one.resampled == CASES_RESAMPLED and not one.covers_seed_noise
     assert (one.case_ci_low, one.case_ci_high) == (one.ci_low, one.ci_high)
     assert (
-        one.interval_text()
-        == "cases resampled (1 seed × 40 cases): covers case noise only, not the seed-to-seed spread"
+        one.interval_text() == "cases resampled, 1 seed × 40 cases: covers case noise only, not the seed-to-seed spread"
     )
 
 
@@ -186,7 +185,7 @@ def test_seed_effect_dominates_old_interval_excludes_zero_new_does_not() -> None
     assert (new.case_ci_low, new.case_ci_high) == (old.ci_low, old.ci_high)  # kept alongside, same case draws
     assert new.mean_diff == pytest.approx(old.mean_diff) and new.p_wilcoxon == old.p_wilcoxon  # secondary statistic
     assert new.n_seeds == 5 and new.n == 40 and new.resampled == SEEDS_AND_CASES_RESAMPLED and new.covers_seed_noise
-    assert new.interval_text() == "seeds and cases resampled (5 seeds × 40 cases)"
+    assert new.interval_text() == "seeds and cases resampled, 5 seeds × 40 cases"
     assert new.to_dict()["interval"] == new.interval_text() and new.to_dict()["n_seeds"] == 5
 
     # a real, consistent effect: every seed +0.05, small noise: better under both

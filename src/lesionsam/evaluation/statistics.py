@@ -101,11 +101,12 @@ class PairedComparison:
         return self.resampled != CASES_RESAMPLED and self.n_seeds >= 2
 
     def interval_text(self) -> str:
-        """What the interval resamples, in words, e.g. ``"seeds and cases resampled (5 seeds × 40 cases)"``."""
+        """What the interval resamples, in words, e.g. ``"seeds and cases resampled, 5 seeds × 40 cases"`` or
+        ``"cases resampled, 1 seed × 40 cases: covers case noise only, not the seed-to-seed spread"``."""
         if self.covers_seed_noise:
-            return f"{self.resampled} ({self.n_seeds} seeds × {self.n} cases)"
+            return f"{self.resampled}, {self.n_seeds} seeds × {self.n} cases"
         seeds = f"{self.n_seeds} seed{'' if self.n_seeds == 1 else 's'}"
-        return f"{CASES_RESAMPLED} ({seeds} × {self.n} cases): covers case noise only, not the seed-to-seed spread"
+        return f"{CASES_RESAMPLED}, {seeds} × {self.n} cases: covers case noise only, not the seed-to-seed spread"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (``cases`` as a list; ``interval`` = :meth:`interval_text`)."""
