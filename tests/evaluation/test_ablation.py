@@ -12,7 +12,12 @@ from lesionsam.evaluation.ablation import pooled_comparisons
 from lesionsam.evaluation.evaluate import EvaluationResult
 from lesionsam.evaluation.metrics import case_metrics, summarise
 from lesionsam.evaluation.report import AblationEntry, write_ablation
-from lesionsam.evaluation.statistics import bootstrap_mean_ci, paired_comparison
+from lesionsam.evaluation.statistics import (
+    UNPAIRED_SEEDS_AND_CASES_RESAMPLED,
+    bootstrap_mean_ci,
+    paired_comparison,
+    seed_case_bootstrap_ci,
+)
 
 SEEDS = (0, 1, 2)
 CASES = 4  # case_3 is lesion-free
@@ -67,19 +72,28 @@ def test_pooled_comparison_volume_ratio_and_gates(rows: list[AblationEntry], tmp
     md = write_ablation(tmp_path, rows, n_boot=3000, seed=1).read_text()
     data = json.loads((tmp_path / "ablation.json").read_text())
 
-    # pooled: per case, the per-seed differences averaged over seeds; the bootstrap resamples the cases
+    # pooled: per case and seed the paired difference; the interval resamples the seeds and the cases; the
+    # cases-only interval of the seed-averaged differences (the one of earlier versions) is kept alongside
     lesion = range(CASES - 1)
-    diffs = [np.mean([_dice(_pred("better", s, c), _gt(c)) - _dice(_pred("finetune", s, c), _gt(c)) for s in SEEDS])
-             for c in lesion]  # fmt: skip
-    comp = next(c for c in data["comparisons"] if c["method"] == "better")["comparison"]
+    per_seed = [[_dice(_pred("better", s, c), _gt(c)) - _dice(_pred("finetune", s, c), _gt(c)) for c in lesion]
+                for s in SEEDS]  # fmt: skip
+    diffs = np.mean(per_seed, axis=0)
+    entry = next(c for c in data["comparisons"] if c["method"] == "better")
+    comp = entry["comparison"]
     assert comp["n"] == 3 and comp["cases"] == ["case_0", "case_1", "case_2"]  # the lesion-free case is left out
     assert comp["mean_diff"] == pytest.approx(np.mean(diffs))
     lo, hi = bootstrap_mean_ci(diffs, n_boot=3000, seed=1)
-    assert (comp["ci_low"], comp["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert (comp["case_ci_low"], comp["case_ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    two_lo, two_hi = seed_case_bootstrap_ci(np.array(per_seed), n_boot=3000, seed=1)
+    assert (comp["ci_low"], comp["ci_high"]) == (pytest.approx(two_lo), pytest.approx(two_hi))
+    assert comp["resampled"] == "seeds and cases resampled" and comp["n_seeds"] == 3 and entry["n_seeds"] == 3
+    assert entry["interval"] == comp["interval"] == "seeds and cases resampled, 3 seeds × 3 cases"
+    assert comp["verdict"] == ("better" if two_lo > 0 else "worse" if two_hi < 0 else "no difference beyond noise")
     assert "| better − finetune | 0, 1, 2 | 3 |" in md
-    assert f"{np.mean(diffs):+.3f} ({lo:+.3f} to {hi:+.3f})" in md
+    assert f"{np.mean(diffs):+.3f} ({two_lo:+.3f} to {two_hi:+.3f}) | seeds and cases (3 seeds × 3 cases) |" in md
     assert any(ln.startswith("- **better vs finetune**") for ln in md.splitlines())
     assert "Pooling over seeds: the test cases are the independent units" in md
+    assert "covers the case-to-case noise only" not in md  # every interval had 3 seeds
 
     # volume ratio: per seed the median over the cases with a lesion, then mean ± sd over seeds
     ratios = [np.median([_pred("flood", s, c).sum() / _gt(c).sum() for c in lesion]) for s in SEEDS]
@@ -111,4 +125,39 @@ def test_pooled_comparisons_without_common_seeds() -> None:
     assert c["pairing"] == "per case, seeds not matched" and c["seeds"] == []
     ref = paired_comparison({"x": 0.1, "y": 0.2}, {"x": 0.4, "y": 0.4}, n_boot=100)
     assert c["comparison"].mean_diff == pytest.approx(ref.mean_diff) and c["n_cases"] == 2
+    assert c["comparison"].resampled == UNPAIRED_SEEDS_AND_CASES_RESAMPLED and c["n_seeds"] == 1
+    assert not c["comparison"].covers_seed_noise and "covers case noise only" in c["interval"]
     assert pooled_comparisons(per_case, ["a"]) == []
+
+
+def test_one_seed_says_case_noise_only_and_seed_noise_changes_the_verdict(tmp_path: Path) -> None:
+    """5 seeds whose offsets dominate: the seed-averaged case interval excludes 0, the verdict does not."""
+    g = np.random.default_rng(2)
+    base = g.uniform(0.3, 0.8, 40)
+    offsets = g.normal(0.03, 0.08, 5)
+    per_case = {
+        "finetune": {s: {f"c{c}": float(base[c]) for c in range(40)} for s in range(5)},
+        "other": {s: {f"c{c}": float(base[c] + offsets[s] + g.normal(0, 0.002)) for c in range(40)} for s in range(5)},
+    }
+    (c,) = pooled_comparisons(per_case, ["finetune", "other"], n_boot=4000)
+    comp = c["comparison"]
+    assert comp.case_ci_low > 0 and comp.ci_low < 0 < comp.ci_high and comp.verdict == "no difference beyond noise"
+    assert c["interval"] == "seeds and cases resampled, 5 seeds × 40 cases" and c["n_cases"] == 40
+    (one,) = pooled_comparisons({m: {0: t[0]} for m, t in per_case.items()}, ["finetune", "other"], n_boot=4000)
+    assert one["interval"].endswith("covers case noise only, not the seed-to-seed spread") and one["n_seeds"] == 1
+    assert one["comparison"] == paired_comparison(per_case["finetune"][0], per_case["other"][0], n_boot=4000)
+
+
+def test_ablation_with_one_seed_says_its_intervals_cover_case_noise_only(
+    rows: list[AblationEntry], tmp_path: Path
+) -> None:
+    md = write_ablation(tmp_path, [r for r in rows if r.seed == 0], n_boot=500).read_text()
+    assert "| better − finetune | 0 | 3 |" in md and "| cases only (1 seed) |" in md
+    assert "⚠ With fewer than 2 seeds (per method) an interval covers the case-to-case noise only" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("- **better vs finetune**"))
+    assert "paired by case)" in line and "cases resampled, 1 seed × 3 cases: covers case noise only" in line
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert (
+        data["comparisons"][0]["n_seeds"] == 1
+        and data["comparisons"][0]["comparison"]["resampled"] == "cases resampled"
+    )

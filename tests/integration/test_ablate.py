@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -142,6 +143,18 @@ def test_runs_are_selected_by_name_or_shard() -> None:
     assert sorted(r for s in shards for r in s) == sorted(all_runs) and sum(map(len, shards)) == len(all_runs)
     with pytest.raises(ValueError, match="not one of the planned runs"):
         select_runs(("a",), (0,), only=[("a", 3)])
+
+
+def test_five_seeds_by_default_in_the_functions_and_the_cli() -> None:
+    from lesionsam.cli.main import build_parser
+    from lesionsam.workflows.ablate import DEFAULT_SEEDS, ablate, parse_seeds
+
+    assert DEFAULT_SEEDS == (0, 1, 2, 3, 4)
+    for fn in (ablate, ablate_config):
+        assert inspect.signature(fn).parameters["seeds"].default == DEFAULT_SEEDS
+    args = build_parser().parse_args(["ablate"])
+    assert parse_seeds(args.seeds) == list(DEFAULT_SEEDS)
+    assert parse_seeds(build_parser().parse_args(["ablate", "--seeds", "3,7"]).seeds) == [3, 7]  # still chosen
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="output folder (default runs/ablation, or runs/ablation_<config name>)"
     )
     p.add_argument("--methods", default="finetune,finetune_zoom,sgp_dice,sgp_sam", help="comma-separated methods")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated training seeds (default 0,1,2,3,4)")
     p.add_argument("--quick", action="store_true", help="smoke-run sizes (demo data only)")
     p.add_argument(
         "--test-fraction",

@@ -13,6 +13,7 @@ import numpy as np
 
 from lesionsam.evaluation.figures import size_bin_label
 from lesionsam.evaluation.findings import (
+    WARNING_SIGN,
     RatioSummary,
     comparison_sentence,
     lesion_case_dice,
@@ -33,7 +34,11 @@ from lesionsam.evaluation.report_io import (
     rel_path,
     small_bin,
 )
-from lesionsam.evaluation.statistics import paired_comparison
+from lesionsam.evaluation.statistics import (
+    UNPAIRED_SEEDS_AND_CASES_RESAMPLED,
+    PairedComparison,
+    paired_comparison_over_seeds,
+)
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 
@@ -164,12 +169,21 @@ def _bins_of(gates: Sequence[GateRow]) -> list[str]:
 
 #: How the ablation pools the seeds in its paired comparison (written into ``ablation.md``).
 POOLING = (
-    "Pooling over seeds: the test cases are the independent units, not the training seeds. For the seeds both "
-    "methods have, each case's paired difference (method − baseline) is taken per seed and averaged over those seeds "
-    "(the same as the difference of the per-case means over the seeds); the percentile bootstrap then resamples the "
-    "cases and the Wilcoxon signed-rank test runs on the seed-averaged differences. The interval thus covers the "
-    "case-to-case variation of the seed-averaged difference; the seed-to-seed spread is the ± sd of the table above. "
+    "Pooling over seeds: the test cases are the independent units, and so are the training seeds. For the seeds both "
+    "methods have, each case's paired difference (method − baseline) is taken per seed; the 95% interval resamples "
+    "the seeds and the cases (a two-level bootstrap: per resample the seeds with replacement and, independently, the "
+    "cases with replacement, one case draw for every drawn seed; the percentile interval of the mean difference over "
+    "the drawn seed × case cells). It thus covers the seed-to-seed spread as well as the case-to-case variation, and "
+    'the verdict is "better" or "worse" only when it excludes 0, else "no difference beyond noise"; with one seed it '
+    "covers the case noise only. The Wilcoxon signed-rank p is a secondary statistic on the seed-averaged per-case "
+    "differences (it knows nothing of the seeds); `ablation.json` also keeps the cases-only interval of those "
+    "differences (`case_ci_low`, `case_ci_high`: the interval of earlier versions, never used for the verdict). "
     "Only cases with a lesion present in every used seed of both methods are paired."
+)
+#: The note under the comparison table when an interval resampled one seed only.
+ONE_SEED = (
+    "With fewer than 2 seeds (per method) an interval covers the case-to-case noise only, not the seed-to-seed "
+    "spread: its verdict may not survive a re-run with other seeds."
 )
 
 
@@ -220,12 +234,12 @@ def pooled_comparisons(
     n_boot: int = 10000,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Each method after the first against the first (the baseline), paired per case and pooled over seeds.
+    """Each method after the first against the first (the baseline), paired per case and seed.
 
-    Pooling (a choice, :data:`POOLING`): the cases are the independent units, not the training seeds. Per case the
-    paired Dice difference is taken per seed and averaged over the seeds both methods have, and the bootstrap
-    resamples the cases. Without a common seed, each method's per-case mean over its own seeds is used
-    (``"pairing": "per case, seeds not matched"``).
+    Pooling (:data:`POOLING`): :func:`~lesionsam.evaluation.statistics.paired_comparison_over_seeds` on the seeds
+    both methods have and the cases with a lesion in every one of them: the interval, and so the verdict, resamples
+    the seeds and the cases; with one common seed it resamples the cases only. Without a common seed each method's
+    own seeds are resampled independently (``"pairing": "per case, seeds not matched"``).
 
     Args:
         per_case: ``{method: {seed: {case: Dice}}}`` (cases with a lesion).
@@ -233,8 +247,10 @@ def pooled_comparisons(
         n_boot, seed: of the bootstrap.
 
     Returns:
-        ``[{"method", "vs", "seeds", "pairing", "n_cases", "comparison"}]``, the comparison a
-        :class:`~lesionsam.evaluation.statistics.PairedComparison` (None without a common case).
+        ``[{"method", "vs", "seeds", "pairing", "n_cases", "n_seeds", "interval", "comparison"}]``: ``seeds`` the
+        common seeds, ``n_seeds`` the seeds behind the interval, ``interval`` what it resampled in words
+        (:meth:`~lesionsam.evaluation.statistics.PairedComparison.interval_text`), the comparison a
+        :class:`~lesionsam.evaluation.statistics.PairedComparison` (``interval`` and it None without a common case).
     """
     out: list[dict[str, Any]] = []
     if not methods:
@@ -242,7 +258,7 @@ def pooled_comparisons(
     base = methods[0]
     for m in methods[1:]:
         seeds = sorted(set(per_case[base]) & set(per_case[m]))
-        pairing = "per case and seed, then mean over seeds"
+        pairing = "per case and seed"
         seeds_a, seeds_b = seeds, seeds
         if not seeds:
             pairing = "per case, seeds not matched"
@@ -251,9 +267,9 @@ def pooled_comparisons(
         cases = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
         comp = None
         if cases:
-            a = {c: float(np.mean([per_case[base][s][c] for s in seeds_a])) for c in cases}
-            b = {c: float(np.mean([per_case[m][s][c] for s in seeds_b])) for c in cases}
-            comp = paired_comparison(a, b, n_boot=n_boot, seed=seed)
+            a = {s: {c: float(per_case[base][s][c]) for c in cases} for s in seeds_a}
+            b = {s: {c: float(per_case[m][s][c]) for c in cases} for s in seeds_b}
+            comp = paired_comparison_over_seeds(a, b, n_boot=n_boot, seed=seed)
         out.append(
             {
                 "method": m,
@@ -261,25 +277,47 @@ def pooled_comparisons(
                 "seeds": seeds,
                 "pairing": pairing,
                 "n_cases": len(cases),
+                "n_seeds": min(len(seeds_a), len(seeds_b)),
+                "interval": None if comp is None else comp.interval_text(),
                 "comparison": comp,
             }
         )
     return out
 
 
+def _resampled_cell(comp: PairedComparison) -> str:
+    """E.g. ``"seeds and cases (5 seeds × 40 cases)"`` or ``"cases only (1 seed)"``."""
+    if comp.covers_seed_noise:
+        what = (
+            "seeds (not paired) and cases"
+            if comp.resampled == UNPAIRED_SEEDS_AND_CASES_RESAMPLED
+            else "seeds and cases"
+        )
+        return f"{what} ({comp.n_seeds} seeds × {comp.n} cases)"
+    return f"cases only ({comp.n_seeds} seed{'' if comp.n_seeds == 1 else 's'})"
+
+
 def _comparison_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
-    head = ("method − baseline", "seeds paired", "cases", "mean Dice difference (95% CI)", "Wilcoxon p", "verdict")
+    head = (
+        "method − baseline",
+        "seeds paired",
+        "cases",
+        "mean Dice difference (95% CI)",
+        "CI resamples",
+        "Wilcoxon p (secondary)",
+        "verdict",
+    )
     rows = []
     for c in comparisons:
         comp = c["comparison"]
         if comp is None:
-            rows.append((f"{c['method']} − {c['vs']}", DASH, "0", DASH, DASH, "no common case"))
+            rows.append((f"{c['method']} − {c['vs']}", DASH, "0", DASH, DASH, DASH, "no common case"))
             continue
         ci = DASH if comp.ci_low is None else f"{comp.ci_low:+.3f} to {comp.ci_high:+.3f}"
         p = DASH if comp.p_wilcoxon is None else f"{comp.p_wilcoxon:.3g}"
         seeds = ", ".join(str(s) for s in c["seeds"]) or "none (unpaired)"
         diff = f"{comp.mean_diff:+.3f} ({ci})"
-        rows.append((f"{c['method']} − {c['vs']}", seeds, str(comp.n), diff, p, comp.verdict))
+        rows.append((f"{c['method']} − {c['vs']}", seeds, str(comp.n), diff, _resampled_cell(comp), p, comp.verdict))
     return md_table(head, rows)
 
 
@@ -333,7 +371,8 @@ def write_ablation(
     """Write ``out_dir/ablation.md`` (the :func:`ablation_table` with its sources) and ``ablation.json``.
 
     ``ablation.md`` also holds the paired comparison of each method with the first (the baseline), pooled over seeds
-    (:func:`pooled_comparisons`, bootstrap with ``n_boot`` resamples and ``seed``), a warning line for a method whose
+    (:func:`pooled_comparisons`: interval over seeds and cases, bootstrap with ``n_boot`` resamples and ``seed``;
+    a warning line when an interval had one seed only), a warning line for a method whose
     median predicted/GT volume ratio (mean over seeds) leaves [0.5, 2], and the gate activation rate by lesion size
     with the number of lesions per bin. ``sections`` (title, Markdown) follow (e.g. the click curves of
     :mod:`lesionsam.evaluation.ablation_clicks`); ``notes`` (the protocol: data, split, test clicks) go in a section
@@ -385,10 +424,9 @@ def write_ablation(
         for c in comparisons:
             if c["comparison"] is not None:
                 lines.append("- " + comparison_sentence(c["method"], c["vs"], c["comparison"]))
-        lines += [
-            "",
-            "Case Dice over the cases with a ground-truth lesion. " + POOLING,
-        ]
+        lines += ["", "Case Dice over the cases with a ground-truth lesion. " + POOLING]
+        if any(c["comparison"] is not None and not c["comparison"].covers_seed_noise for c in comparisons):
+            lines += ["", f"{WARNING_SIGN} {ONE_SEED}"]
     else:
         lines.append("One method only: nothing to compare.")
     lines += ["", "## Gate activation rate by lesion size", ""]

@@ -26,7 +26,7 @@ import numpy as np
 
 from lesionsam.evaluation.figures import size_bin_label
 from lesionsam.evaluation.report_io import DASH, GateRow, fmt_value, is_num
-from lesionsam.evaluation.statistics import TOO_FEW, PairedComparison, paired_comparison
+from lesionsam.evaluation.statistics import SEEDS_AND_CASES_RESAMPLED, TOO_FEW, PairedComparison, paired_comparison
 
 #: A median predicted/ground-truth volume ratio above this is over-segmentation (warning line).
 OVER_SEGMENTS = 2.0
@@ -148,8 +148,10 @@ def fmt_p(p: float | None) -> str:
 
 
 def comparison_sentence(name: str, baseline: str, c: PairedComparison, *, what: str = "Dice") -> str:
-    """One sentence: which of ``name`` and ``baseline`` is better, the paired difference, its CI and p, the verdict."""
-    head = f"**{name} vs {baseline}** ({what} over {c.n} case(s) with a lesion, paired by case): "
+    """One sentence: which of ``name`` and ``baseline`` is better, the paired difference, its CI and what the CI
+    resampled (:meth:`PairedComparison.interval_text`: one seed covers the case noise only), p, the verdict."""
+    paired = "paired by case and seed" if c.resampled == SEEDS_AND_CASES_RESAMPLED else "paired by case"
+    head = f"**{name} vs {baseline}** ({what} over {c.n} case(s) with a lesion, {paired}): "
     means = f"mean {what} {name} {fmt_value(c.mean_b)} vs {baseline} {fmt_value(c.mean_a)}"
     if c.verdict == TOO_FEW:
         return head + f"{TOO_FEW} (difference {_signed(c.mean_diff)}; {means})."
@@ -159,21 +161,23 @@ def comparison_sentence(name: str, baseline: str, c: PairedComparison, *, what: 
         lead = f"{baseline} is higher"
     else:
         lead = "equal means"
-    ci = f"{100 * c.confidence:g}% bootstrap CI {_signed(c.ci_low)} to {_signed(c.ci_high)}"
+    ci = f"{100 * c.confidence:g}% bootstrap CI {_signed(c.ci_low)} to {_signed(c.ci_high)}; {c.interval_text()}"
+    secondary = " (secondary: on the seed-averaged differences)" if c.n_seeds > 1 else ""
     verdict = (
         f"beyond noise: {name} is {c.verdict} than {baseline}"
         if c.beyond_noise
         else "no difference beyond noise (the interval includes 0)"
     )
+    units = f"{c.n_seeds} seeds and {c.n} cases" if c.covers_seed_noise else f"{c.n} cases"
     if c.beyond_noise and (c.p_wilcoxon is None or c.p_wilcoxon >= SIGNIFICANCE):
         verdict += (
-            f" (tentative: Wilcoxon p >= {SIGNIFICANCE:g}; with {c.n} cases the percentile bootstrap interval is "
+            f" (tentative: Wilcoxon p >= {SIGNIFICANCE:g}; with {units} the percentile bootstrap interval is "
             "optimistic)"
         )
     return (
         head
         + f"{lead}; {means}; mean paired difference {_signed(c.mean_diff)} ({ci}), "
-        + f"Wilcoxon {fmt_p(c.p_wilcoxon)}: {verdict}."
+        + f"Wilcoxon {fmt_p(c.p_wilcoxon)}{secondary}: {verdict}."
     )
 
 

@@ -154,7 +154,8 @@ FINDINGS_HOW = (
     "How: each method against the first ({baseline!r}, the baseline) on the case Dice of the test cases with a "
     "ground-truth lesion that both were evaluated on; mean paired difference (method − baseline), percentile "
     "bootstrap 95% interval of it ({n_boot} resamples of the cases, seed {seed}), two-sided Wilcoxon signed-rank p; "
-    "beyond noise = the interval excludes 0. A warning marks a median predicted/GT volume ratio above {over:g}× "
+    "beyond noise = the interval excludes 0 (one run per method: case noise only, not the seed-to-seed spread; "
+    "`lesionsam ablate` resamples seeds too). A warning marks a median predicted/GT volume ratio above {over:g}× "
     "(over-segmentation) or below {under:g}× (under-segmentation)."
 )
 
