@@ -53,7 +53,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_run_folder_holds_config_splits_log_and_checkpoints(dataset: Path, tmp_path: Path) -> None:
     result = Trainer(_config(dataset), tmp_path / "run", progress=False).fit()
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == ["best.pt", "config.yaml", "last.pt", "splits.json", "train_log.csv"]
+    assert names == ["best.pt", "config.yaml", "last.pt", "provenance.json", "splits.json", "train_log.csv"]
     rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert all(float(r["train_loss"]) > 0 for r in rows) and rows[-1]["val_dice"] != ""

@@ -77,8 +77,17 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         "--only-run", action="append", default=[], metavar="METHOD:SEED", help="make only this run (repeatable)"
     )
     p.add_argument("--shard", default=None, metavar="I/N", help="make every N-th run from the I-th (from 0)")
+    p.add_argument(
+        "--repeat-check",
+        default=None,
+        metavar="METHOD:SEED",
+        help="retrain this finished run of the ablation in --out (same CONFIG/overrides or --quick) from its recorded "
+        "config and say whether it reproduces bit for bit, and if not how much its test metrics move",
+    )
 
     def run(a: argparse.Namespace) -> int:
+        if a.repeat_check is not None:
+            return _repeat_check(a)
         from lesionsam.models import known_methods
         from lesionsam.utils.options import look_up_option
         from lesionsam.workflows.ablate import (
@@ -125,6 +134,32 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
+
+def _repeat_check(a: argparse.Namespace) -> int:
+    """``lesionsam ablate --repeat-check METHOD:SEED``: one run retrained and compared (no ablation is made)."""
+    from lesionsam.workflows.ablate import parse_run
+    from lesionsam.workflows.repeat_check import repeat_check
+
+    run = parse_run(a.repeat_check, "--repeat-check")
+    if a.only_run or a.shard is not None:
+        raise ValueError("--repeat-check retrains one run: leave out --only-run and --shard")
+    config = None if a.config is None or "=" in a.config else a.config
+    if config is None and (a.config is not None or a.overrides):
+        raise ValueError("key=value overrides need a CONFIG first (e.g. lesionsam ablate liver_sgp_sam ...)")
+    if config is not None:
+        from lesionsam.configs import resolve_config
+
+        if a.quick:
+            raise ValueError("--quick sets the demo's sizes; with CONFIG give the ablation's key=value overrides")
+        config = resolve_config(config)
+    out = a.out or (Path("runs/ablation") if config is None else None)
+    if out is None:
+        from lesionsam.config import load_run_config
+
+        out = Path("runs") / f"ablation_{load_run_config(config, a.overrides).name}"
+    print(repeat_check(out, run, config=config, overrides=a.overrides, quick=a.quick, progress=sys.stderr.isatty()))
+    return 0
 
 
 @command("text-study")

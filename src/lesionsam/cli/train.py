@@ -17,8 +17,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train from CONFIG.yaml (see configs/ in the package: liver_sgp_sam.yaml, brats_sgp_sam.yaml, "
             "demo.yaml) with key=value overrides, e.g. train.epochs=50 model.method=finetune. The run folder gets "
-            "config.yaml, splits.json, train_log.csv, last.pt and best.pt. Multi-GPU: torchrun --nproc_per_node N "
-            "-m lesionsam.cli.main train CONFIG."
+            "config.yaml, splits.json, provenance.json, train_log.csv, last.pt and best.pt. Multi-GPU: torchrun "
+            "--nproc_per_node N -m lesionsam.cli.main train CONFIG."
         ),
     )
     p.add_argument("config", help="run config YAML, or the name of a packaged preset (e.g. demo)")

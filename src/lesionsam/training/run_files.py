@@ -1,4 +1,5 @@
-"""The run folder's files the trainer reads back: ``last.pt`` for an exact resume, and ``train_log.csv``."""
+"""The run folder's files: ``config.yaml`` and ``splits.json`` (written before the first epoch), ``last.pt`` for an
+exact resume, and ``train_log.csv``. ``provenance.json``: :mod:`lesionsam.training.provenance`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import io
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,29 @@ from typing import Any
 from torch import nn
 
 from lesionsam.config import RunConfig
+from lesionsam.data.splits import write_splits
 from lesionsam.models.checkpoint import CheckpointError, load_checkpoint
-from lesionsam.utils.dataclass_io import atomic_write_bytes, from_dict, to_dict
+from lesionsam.utils.dataclass_io import atomic_write_bytes, from_dict, save_yaml, to_dict
 
 log = logging.getLogger("lesionsam.training.trainer")
 
 #: Columns of ``train_log.csv``, one row per epoch.
 LOG_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "lr", "seconds")
+
+
+def write_run_files(
+    out_dir: Path, cfg: RunConfig, config_source: Path | None, splits: dict[str, list[str]] | None
+) -> None:
+    """``out_dir/config.yaml`` (never over ``config_source``, the file the config was read from) and
+    ``out_dir/splits.json`` (never over the ``data.splits`` file it was read from; none when ``splits`` is None)."""
+    config_path = out_dir / "config.yaml"
+    if not (config_source is not None and config_path.exists() and os.path.samefile(config_source, config_path)):
+        save_yaml(cfg, config_path)
+    splits_path = out_dir / "splits.json"
+    given = cfg.data.splits
+    read_here = bool(given) and splits_path.exists() and os.path.samefile(given, splits_path)
+    if splits is not None and not read_here:
+        write_splits(splits, splits_path)
 
 
 def resume_run(

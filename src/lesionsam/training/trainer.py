@@ -53,18 +53,17 @@ from lesionsam.config import RunConfig
 from lesionsam.data.clicks import ClickSimulator
 from lesionsam.data.dataset_json import dataset_labels, read_dataset_json
 from lesionsam.data.layouts import Case
-from lesionsam.data.splits import write_splits
 from lesionsam.losses import BatchLoss, batch_loss, build_loss, estimate_prior_shift, loss_prior_shift
 from lesionsam.models import SegModel, build_model
 from lesionsam.models.checkpoint import save_checkpoint
 from lesionsam.models.registry import method_spec, methods_training_with
 from lesionsam.training.data import check_dataset, class_datasets, collate, lesion_datasets, load_cases
 from lesionsam.training.distributed import DistContext, seed_everything
-from lesionsam.training.run_files import resume_run, write_train_log
+from lesionsam.training.provenance import initial_weights, record_resume, run_provenance, write_provenance
+from lesionsam.training.run_files import resume_run, write_run_files, write_train_log
 from lesionsam.training.steps import AutomaticStep, InteractiveStep, TrainBatch
 from lesionsam.training.text_step import TextStep
 from lesionsam.training.validation import validate
-from lesionsam.utils.dataclass_io import save_yaml
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,8 @@ class Trainer:
 
     Args:
         config: the run config.
-        out_dir: the run folder (``config.yaml``, ``splits.json``, ``train_log.csv``, ``last.pt``, ``best.pt``).
+        out_dir: the run folder (``config.yaml``, ``splits.json``, ``provenance.json``, ``train_log.csv``, ``last.pt``,
+            ``best.pt``).
         progress: show progress bars with an ETA.
         callbacks: functions called as ``fn(trainer, event, info)`` after each step and epoch.
         config_source: the YAML the config was read from; when it is the run folder's own ``config.yaml`` (the
@@ -252,7 +252,11 @@ class Trainer:
         written = [("the run folder's", self.out_dir / n) for n in ("last.pt", "best.pt", "train_log.csv")]
         refuse_inputs_as_outputs(written, [("model.checkpoint", self.cfg.model.checkpoint)])
         seed_everything(t.seed, epoch=-1)  # the initial weights depend on the seed only
-        model = self.build_model().to(self.device)
+        model = self.build_model()
+        t_hash = time.perf_counter()
+        weights = initial_weights(self.cfg.model.checkpoint, model, t.seed) if self.dist.is_main else {}
+        hash_seconds = time.perf_counter() - t_hash
+        model = model.to(self.device)
         self.model = model
         train_set, val_set = self.build_datasets()  # after the model: a prompt-free one trains on other crops
         check_dataset(self.cfg)  # every image and label readable, finite, on one grid, with known label values
@@ -289,19 +293,18 @@ class Trainer:
                 self.logit_offset,
             )
         texts = self.label_texts() if self.step_kind == "text" else None
+        if self.dist.is_main:  # what the numbers depend on: versions, threads, device, weights and data hashes
+            cases, world = self.load_cases(), self.dist.world_size
+            record = run_provenance(self.cfg, cases, self._splits, self.device, world, weights, hash_seconds)
         # Every input has been read and checked: only now is the run folder created or touched, so a failure above
         # leaves an existing run folder byte-for-byte as it was.
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            config_path = self.out_dir / "config.yaml"
-            src = self.config_source
-            if not (src is not None and config_path.exists() and os.path.samefile(src, config_path)):
-                save_yaml(self.cfg, config_path)  # never over the config file it was read from
-            splits_path = self.out_dir / "splits.json"
-            given = self.cfg.data.splits
-            read_here = bool(given) and splits_path.exists() and os.path.samefile(given, splits_path)
-            if self._splits is not None and not read_here:  # never over the data.splits file it was read from
-                write_splits(self._splits, splits_path)
+        if self.dist.is_main:  # config.yaml, splits.json and provenance.json, before the first epoch
+            write_run_files(self.out_dir, self.cfg, self.config_source, self._splits)
+            if resume:
+                record_resume(self.out_dir, record, start)  # logs what differs from the run's start
+            else:
+                write_provenance(self.out_dir, record)
         step_module = self.build_step(model, batch_loss(loss_fn), texts)  # the steps call loss(output, batch)
         if self.dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(

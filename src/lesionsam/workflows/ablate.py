@@ -16,13 +16,15 @@ cases and picks ``best.pt`` by validation Dice on the ``val`` cases (each with t
 only predicted (one centre click per lesion of ``data.target_label``) and scored, after training. A view of the test
 cases (symbolic links, ``<out>/test_data/imagesTr`` and ``labelsTr``) is what prediction and evaluation read.
 
-Run folders: ``<out>/<method>_seed<seed>/`` (``config.yaml``, ``splits.json``, ``train_log.csv``, ``last.pt``,
-``best.pt``, ``test_predictions/``, ``gates.csv`` for gated methods, ``test_clicks/`` — the interactive protocol,
-Dice after 1…``clicks`` error-region clicks per test lesion — and ``test_metrics/metrics.json`` written last).
+Run folders: ``<out>/<method>_seed<seed>/`` (``config.yaml``, ``splits.json``, ``provenance.json``, ``train_log.csv``,
+``last.pt``, ``best.pt``, ``test_predictions/``, ``gates.csv`` for gated methods, ``test_clicks/`` — the interactive
+protocol, Dice after 1…``clicks`` error-region clicks per test lesion — and ``test_metrics/metrics.json`` written last).
 A run whose ``test_metrics/metrics.json`` exists is done and skipped; one with a ``last.pt`` resumes exactly from it
 (:meth:`Trainer.fit(resume=True) <lesionsam.training.trainer.Trainer.fit>`); a run folder whose ``config.yaml``
 differs from the planned config is refused. ``only`` / ``shard`` restrict a call to some runs (one process or GPU
-each); such a call writes no table, and a later call without them collects every run into ``ablation.md``/``.json``.
+each); such a call writes no table, and a later call without them collects every run into ``ablation.md``/``.json``,
+with what the numbers depend on (each run's ``provenance.json``) and what the repeat checks in ``<out>/repeat_check/``
+(:mod:`lesionsam.workflows.repeat_check`, ``--repeat-check``) showed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +44,7 @@ from lesionsam.data.io import image_suffix
 from lesionsam.data.layouts import Case, listing
 from lesionsam.data.splits import make_splits, read_splits, write_splits
 from lesionsam.evaluation.ablation_clicks import click_markdown, click_summary
+from lesionsam.evaluation.provenance import provenance_section, read_repeat_checks
 from lesionsam.evaluation.report import AblationEntry, write_ablation
 from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.training.data import load_cases
@@ -78,6 +82,8 @@ TEST_FRACTION = 0.2
 CLICKS = 10
 #: Training seeds of every method by default: 5, so that the comparison's interval can resample seeds (issue 22).
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+#: Where ``--repeat-check`` retrains a run and writes its verdicts (:mod:`lesionsam.workflows.repeat_check`).
+REPEAT_FOLDER = "repeat_check"
 
 Run = tuple[str, int]
 
@@ -94,11 +100,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_run(text: str) -> Run:
-    """``"sgp_sam:1"`` → ``("sgp_sam", 1)``."""
+def parse_run(text: str, flag: str = "--only-run") -> Run:
+    """``"sgp_sam:1"`` → ``("sgp_sam", 1)``; ``flag`` names the option in the error."""
     method, sep, seed = text.rpartition(":")
     if not sep or not method or not seed.strip().isdigit():
-        raise ValueError(f"--only-run takes METHOD:SEED (e.g. sgp_sam:1), got {text!r}")
+        raise ValueError(f"{flag} takes METHOD:SEED (e.g. sgp_sam:1), got {text!r}")
     return method.strip(), int(seed)
 
 
@@ -181,9 +187,18 @@ def ablate(
     if only or shard is not None:
         say("  runs of this call done; collect the table with the same command without --only-run/--shard")
         return None
-    path = write_ablation(root, entries)
+    section, provenance = provenance_report(root, [(m, s) for m in methods for s in seeds])
+    path = write_ablation(root, entries, sections=[section], extra={"provenance": provenance})
     say(f"ablation table: {path}")
     return path
+
+
+def provenance_report(root: Path, runs: Sequence[Run]) -> tuple[tuple[str, str], dict[str, Any]]:
+    """The report's section on what the numbers depend on (the runs' ``provenance.json`` and the repeat checks in
+    ``root/repeat_check``) as (title, Markdown), and its JSON for ``ablation.json``."""
+    folders = [(f"{m}_seed{s}", root / f"{m}_seed{s}") for m, s in runs]
+    body, data = provenance_section(folders, read_repeat_checks(root / REPEAT_FOLDER))
+    return ("What the numbers depend on", body), data
 
 
 # ---------------------------------------------------------------------------------------------- any run config
@@ -285,9 +300,10 @@ def _train_and_test(
     callbacks: Sequence[Callback],
     clicks: int,
     main: bool = True,
+    device: str | None = None,
 ) -> None:
     """Train (or resume) one run, then (on the main process only) predict and score its test cases (metrics
-    last)."""
+    last) on ``device`` (default: the run's, CUDA when there is one)."""
     last = run_dir / "last.pt"
     resume = last.is_file()
     if resume and int(load_checkpoint(last)["epoch"]) >= cfg.train.epochs:
@@ -300,7 +316,7 @@ def _train_and_test(
     if not main:
         return
     best = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else last
-    label = cfg.data.target_label
+    label, device = cfg.data.target_label, device or _device(cfg)
     if clicks:
         evaluate_clicks(
             test_root / "imagesTr",
@@ -312,10 +328,10 @@ def _train_and_test(
             click_mode=cfg.train.click_mode,
             seed=0,
             channel=channel,
-            device=_device(cfg),
+            device=device,
         )
     # Predictions, gates, then the metrics, written last: they mark the run done.
-    evaluate_method(best, test_root, run_dir, label=label, channel=channel, device=_device(cfg))
+    evaluate_method(best, test_root, run_dir, label=label, channel=channel, device=device)
 
 
 def ablate_config(
@@ -399,7 +415,9 @@ def ablate_config(
     curves = click_summary([(m, s, root / f"{m}_seed{s}" / "test_clicks" / "clicks.json") for m, s in plan])
     body = click_markdown(curves)
     sections = [] if body is None else [("Interactive protocol: Dice after 1…N clicks", body)]
-    path = write_ablation(root, entries, notes=notes, sections=sections, extra={"clicks": curves})
+    section, provenance = provenance_report(root, list(plan))
+    extra = {"clicks": curves, "provenance": provenance}
+    path = write_ablation(root, entries, notes=notes, sections=[*sections, section], extra=extra)
     say(f"ablation table: {path}")
     return path
 

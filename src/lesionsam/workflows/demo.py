@@ -263,6 +263,31 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
     return result.last_checkpoint
 
 
+def transfer_config(
+    method: str,
+    train_root: Path,
+    pretrained: str | os.PathLike[str],
+    s: DemoSettings,
+    *,
+    seed: int,
+    overrides: Sequence[str] = (),
+    method_settings: bool = True,
+) -> RunConfig:
+    """The run config of a transfer of the pretrained model to the tumours with ``method``: with its
+    :data:`METHOD_SETTINGS` unless ``method_settings`` is False, then ``key=value`` run-config ``overrides``, e.g.
+    ``train.loss_options={balance: partial}``."""
+    overrides = (*(METHOD_SETTINGS.get(method, ()) if method_settings else ()), *overrides)
+    cfg = RunConfig(
+        name=method,
+        model=s.model(method, checkpoint=pretrained),
+        data=s.data_config(train_root),
+        train=s.train_config(epochs=s.transfer_epochs, seed=seed),
+    )
+    if overrides:
+        cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), overrides))
+    return cfg
+
+
 def transfer(
     method: str,
     train_root: Path,
@@ -275,18 +300,11 @@ def transfer(
     overrides: Sequence[str] = (),
     method_settings: bool = True,
 ) -> Path:
-    """Transfer the pretrained model to the tumours with ``method`` (with its :data:`METHOD_SETTINGS` unless
-    ``method_settings`` is False, then ``key=value`` run-config ``overrides``, e.g.
-    ``train.loss_options={balance: partial}``); returns the best checkpoint."""
-    overrides = (*(METHOD_SETTINGS.get(method, ()) if method_settings else ()), *overrides)
-    cfg = RunConfig(
-        name=method,
-        model=s.model(method, checkpoint=pretrained),
-        data=s.data_config(train_root),
-        train=s.train_config(epochs=s.transfer_epochs, seed=seed),
+    """Transfer the pretrained model to the tumours with ``method`` (the run config of :func:`transfer_config`);
+    returns the best checkpoint."""
+    cfg = transfer_config(
+        method, train_root, pretrained, s, seed=seed, overrides=overrides, method_settings=method_settings
     )
-    if overrides:
-        cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), overrides))
     lines = () if progress else (epoch_lines(run_dir.name, s.transfer_epochs),)
     result = Trainer(cfg, run_dir, progress=progress, callbacks=lines).fit()
     assert result.best_checkpoint is not None
