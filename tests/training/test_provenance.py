@@ -116,10 +116,14 @@ def test_a_run_records_its_settings_before_the_first_epoch(dataset: Path, tmp_pa
     split = json.loads((tmp_path / "run" / "splits.json").read_text())
     assert record["data"]["sha256"] == data_digest(case_files(load_cases(cfg), dataset), split)["sha256"]
     assert record["data"]["files"] == 2 * 4 + 1 and record["data"]["splits"] == "made from data.split_seed 0"
-    # A checkpoint given as model.checkpoint: that file's hash.
+    # A checkpoint given as model.checkpoint: the hash of the weights it holds (as loaded), and of the file.
+    from lesionsam.models.checkpoint import load_checkpoint
+
     start = tmp_path / "run" / "last.pt"
     Trainer(_config(dataset, f"model.checkpoint={start}", "train.epochs=1"), tmp_path / "ft", progress=False).fit()
-    assert read_provenance(tmp_path / "ft")["initial_weights"] == {"source": str(start), "sha256": file_sha256(start)}
+    weights = state_dict_sha256(load_checkpoint(start)["state_dict"])
+    expected = {"source": str(start), "sha256": weights, "file_sha256": file_sha256(start)}
+    assert read_provenance(tmp_path / "ft")["initial_weights"] == expected
 
 
 def test_a_resume_at_another_thread_count_says_so_in_one_line(

@@ -82,11 +82,14 @@ def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def initial_weights(checkpoint: str | None, model: torch.nn.Module, seed: int) -> dict[str, str]:
-    """``{"source", "sha256"}`` of the weights a run starts from: the ``model.checkpoint`` file's hash, or for a
-    random initialisation (no checkpoint) the hash of ``model``'s state dict as built (:func:`state_dict_sha256`)."""
+    """``{"source", "sha256"[, "file_sha256"]}`` of the weights a run starts from: ``sha256`` is the hash of ``model``'s
+    state dict as built (:func:`state_dict_sha256`; with ``model.checkpoint`` its weights are loaded by then), so two
+    checkpoint files holding the same weights (a pretraining re-made at the same thread count, whose file differs in
+    its timings) give the same value; ``file_sha256`` is the ``model.checkpoint`` file's own hash, when there is one."""
+    weights = state_dict_sha256(model.state_dict())
     if checkpoint:
-        return {"source": str(checkpoint), "sha256": file_sha256(checkpoint)}
-    return {"source": f"random initialisation (train.seed {seed})", "sha256": state_dict_sha256(model.state_dict())}
+        return {"source": str(checkpoint), "sha256": weights, "file_sha256": file_sha256(checkpoint)}
+    return {"source": f"random initialisation (train.seed {seed})", "sha256": weights}
 
 
 def case_files(cases: Sequence[Case], root: str | os.PathLike[str]) -> list[tuple[str, Path]]:
