@@ -77,3 +77,14 @@ def oblique_volume(shape=(30, 70, 60), spacing=(0.8, 0.9, 2.0), blobs=((15, 35, 
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     ref = Volume(arr, spacing, (-40.0, 25.0, 100.0), tuple((rz @ rx).ravel()))
     return ref, ref.with_array(lab)
+
+
+#: A tiny ablation recipe on 32³ synthetic volumes (``ablate_config`` overrides): a few seconds per run on one thread.
+TINY_ABLATION = (
+    "train.epochs=2",
+    "train.num_clicks=2",
+    "train.warmup_steps=1",
+    "model.backbone.img_size=32",
+    "model.backbone.patch_size=8",
+    "model.backbone.window_size=2",
+)

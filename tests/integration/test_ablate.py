@@ -23,16 +23,9 @@ from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.training.trainer import Trainer
 from lesionsam.utils.dataclass_io import from_dict
 from lesionsam.workflows.ablate import ablate_config, parse_shard, select_runs
+from stand_ins import TINY_ABLATION
 
-#: A tiny recipe on 32³ synthetic volumes: a few seconds per run on one CPU thread.
-OVERRIDES = (
-    "train.epochs=2",
-    "train.num_clicks=2",
-    "train.warmup_steps=1",
-    "model.backbone.img_size=32",
-    "model.backbone.patch_size=8",
-    "model.backbone.window_size=2",
-)
+OVERRIDES = TINY_ABLATION
 METHODS = ("finetune", "sgp_sam")
 SEEDS = (0, 1)
 

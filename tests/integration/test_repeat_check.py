@@ -13,16 +13,23 @@ from lesionsam.configs import resolve_config
 from lesionsam.data.synthetic import write_synthetic_dataset
 from lesionsam.workflows.ablate import ablate_config
 from lesionsam.workflows.repeat_check import repeat_check
+from stand_ins import TINY_ABLATION
 
 #: The tiny recipe of tests/integration/test_ablate.py: a few seconds per run on one CPU thread.
-OVERRIDES = (
-    "train.epochs=2",
-    "train.num_clicks=2",
-    "train.warmup_steps=1",
-    "model.backbone.img_size=32",
-    "model.backbone.patch_size=8",
-    "model.backbone.window_size=2",
-)
+OVERRIDES = TINY_ABLATION
+
+
+def _ablate(out: Path, overrides: tuple[str, ...]) -> Path | None:
+    """The one-run ablation (finetune, seed 0, no click curves) of these tests into ``out``; its table."""
+    return ablate_config(
+        resolve_config("demo"),
+        overrides=overrides,
+        out=out,
+        methods=("finetune",),
+        seeds=(0,),
+        clicks=0,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +39,7 @@ def ablation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[str,
     data = write_synthetic_dataset(root / "Task99", cases=6, seed=3, size=32)
     overrides = (f"data.root={data}", *OVERRIDES)
     out = root / "ablation"
-    ablate_config(
-        resolve_config("demo"),
-        overrides=overrides,
-        out=out,
-        methods=("finetune",),
-        seeds=(0,),
-        clicks=0,
-        progress=False,
-    )
+    _ablate(out, overrides)
     return out, overrides
 
 
@@ -62,15 +61,7 @@ def test_a_repeat_at_the_same_thread_count_is_bit_identical_and_the_report_says_
     assert f"finetune seed 0 (cpu, {threads} thread(s)): bit-identical" in printed
     assert "every recorded setting is the same now" in printed
     # The next collecting call puts the check in the report.
-    table = ablate_config(
-        resolve_config("demo"),
-        overrides=overrides,
-        out=out,
-        methods=("finetune",),
-        seeds=(0,),
-        clicks=0,
-        progress=False,
-    )
+    table = _ablate(out, overrides)
     assert table is not None
     md = table.read_text()
     assert "## What the numbers depend on" in md and f"- threads: {threads}" in md

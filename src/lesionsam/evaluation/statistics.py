@@ -225,10 +225,41 @@ def paired_comparison(
     lo = hi = None
     if d.size >= 2:
         lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed, confidence=confidence)
+    return _comparison(
+        float(xa.mean()),
+        float(xb.mean()),
+        d,
+        (lo, hi),
+        (lo, hi),
+        cases,
+        confidence=confidence,
+        n_boot=n_boot,
+        seed=seed,
+        higher_is_better=higher_is_better,
+    )
+
+
+def _comparison(
+    mean_a: float,
+    mean_b: float,
+    d: np.ndarray,
+    interval: tuple[float | None, float | None],
+    case_interval: tuple[float | None, float | None],
+    cases: tuple[str, ...],
+    *,
+    confidence: float,
+    n_boot: int,
+    seed: int,
+    higher_is_better: bool,
+    n_seeds: int = 1,
+    resampled: str = CASES_RESAMPLED,
+) -> PairedComparison:
+    """The :class:`PairedComparison` of per-case differences ``d`` (the verdict read from ``interval``)."""
+    lo, hi = interval
     return PairedComparison(
         n=int(d.size),
-        mean_a=float(xa.mean()),
-        mean_b=float(xb.mean()),
+        mean_a=mean_a,
+        mean_b=mean_b,
         mean_diff=float(d.mean()),
         ci_low=lo,
         ci_high=hi,
@@ -238,8 +269,10 @@ def paired_comparison(
         n_boot=int(n_boot),
         seed=int(seed),
         cases=cases,
-        case_ci_low=lo,
-        case_ci_high=hi,
+        n_seeds=n_seeds,
+        resampled=resampled,
+        case_ci_low=case_interval[0],
+        case_ci_high=case_interval[1],
     )
 
 
@@ -424,21 +457,17 @@ def paired_comparison_over_seeds(
             draws_b = _seed_draws(rng, len(seeds_b), n_boot)
             means = _crossed_means(mb, case_idx, draws_b) - _crossed_means(ma, case_idx, draws_a)
         lo, hi = _percentile_interval(means, confidence)
-    return PairedComparison(
-        n=int(d.size),
-        mean_a=float(mean_a.mean()),
-        mean_b=float(mean_b.mean()),
-        mean_diff=float(d.mean()),
-        ci_low=lo,
-        ci_high=hi,
-        confidence=float(confidence),
-        p_wilcoxon=wilcoxon_p(d),
-        verdict=_verdict(lo, hi, higher_is_better),
-        n_boot=int(n_boot),
-        seed=int(seed),
-        cases=cases,
+    return _comparison(
+        float(mean_a.mean()),
+        float(mean_b.mean()),
+        d,
+        (lo, hi),
+        (case_lo, case_hi),
+        cases,
+        confidence=confidence,
+        n_boot=n_boot,
+        seed=seed,
+        higher_is_better=higher_is_better,
         n_seeds=n_seeds,
         resampled=resampled,
-        case_ci_low=case_lo,
-        case_ci_high=case_hi,
     )
