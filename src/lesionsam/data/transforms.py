@@ -134,6 +134,9 @@ class Preprocessed:
     _perm: tuple[int, int, int] = field(default=(0, 1, 2), repr=False)
     _flip: tuple[int, int, int] = field(default=(1, 1, 1), repr=False)
     _resampled: bool = field(default=True, repr=False)
+    #: the input image itself, kept by :meth:`Predictor.prepare <lesionsam.inference.predictor.Predictor.prepare>`
+    #: for zoomed views of small lesions (:mod:`lesionsam.inference.zoom`); None elsewhere (e.g. training).
+    raw: Volume | None = field(default=None, repr=False, compare=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,19 +216,9 @@ class Preprocessor:
             and np.allclose(spacing, [volume.spacing[p] for p in perm], rtol=1e-6, atol=1e-6)
         )
 
-        if cfg.modality == "CT":
-            low, high = cfg.ct_clip
-            image = volume.array.astype(np.float32, copy=True)
-            np.clip(image, low, high, out=image)
-            default = float(low)
-        else:
-            image = volume.array.astype(np.float32, copy=True)
-            default = 0.0
+        image, default = self._intensities(volume)
         if resampled:
-            interp = cfg.interpolation
-            image = resample(image, volume, grid, interpolator=interp, default=default, output_float=True)
-            if cfg.modality == "CT" and interp == "bspline":
-                np.clip(image, cfg.ct_clip[0], cfg.ct_clip[1], out=image)
+            image = self._resample(image, volume, grid, default)
         else:
             image = reorient_array(image, perm, flip)
         image, mean, std = self._normalise(image)
@@ -250,6 +243,53 @@ class Preprocessor:
             _flip=flip,
             _resampled=resampled,
         )
+
+    def onto(self, volume: Volume, grid: Volume, like: Preprocessed) -> Preprocessed:
+        """``volume`` brought onto another canonical ``grid`` (any spacing and extent, e.g. a finer window around a
+        small lesion: :mod:`lesionsam.inference.zoom`) with ``like``'s normalisation: the same intensity clip,
+        interpolation and z-score statistics (``like.mean``, ``like.std``, not re-estimated on the window), so that
+        the view shows the same image at another scale. ``like`` is ``volume``'s own :class:`Preprocessed`; the
+        result's ``source`` is ``like.source`` (results map back onto the input grid as usual).
+
+        Args:
+            volume: the image ``like`` was made from (its intensities are read; only the part the grid reaches).
+            grid: geometry of the new canonical grid (``grid.array`` is not read).
+            like: the image's :class:`Preprocessed` on its own canonical grid.
+        """
+        image, default = self._intensities(volume)
+        image = self._resample(image, volume, grid, default)
+        image -= np.float32(like.mean)
+        image /= np.float32(like.std)
+        return Preprocessed(
+            image=image,
+            label=None,
+            grid=grid.with_array(image),
+            source=like.source,
+            background=like.background,
+            mean=like.mean,
+            std=like.std,
+            _perm=like._perm,
+            _flip=like._flip,
+            _resampled=True,
+        )
+
+    def _intensities(self, volume: Volume) -> tuple[np.ndarray, float]:
+        """A float32 copy of the intensities (CT: clipped to the window) and the value of empty space."""
+        cfg = self.config
+        image = volume.array.astype(np.float32, copy=True)
+        if cfg.modality != "CT":
+            return image, 0.0
+        low, high = cfg.ct_clip
+        np.clip(image, low, high, out=image)
+        return image, float(low)
+
+    def _resample(self, image: np.ndarray, volume: Volume, grid: Volume, default: float) -> np.ndarray:
+        """``image`` (on ``volume``'s grid) resampled onto ``grid`` with the configured interpolation."""
+        cfg = self.config
+        out = resample(image, volume, grid, interpolator=cfg.interpolation, default=default, output_float=True)
+        if cfg.modality == "CT" and cfg.interpolation == "bspline":
+            np.clip(out, cfg.ct_clip[0], cfg.ct_clip[1], out=out)
+        return out
 
     def _normalise(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Z-score ``image`` in place with foreground statistics; returns (image, mean, std)."""

@@ -26,6 +26,7 @@ method) and automatic prediction (a prompt-free method).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from lesionsam.data.transforms import PreprocessConfig, Preprocessed, Preprocess
 from lesionsam.inference.prediction import LesionClicks, Prediction
 from lesionsam.inference.session import InteractiveSession
 from lesionsam.inference.windows import WindowRunner
+from lesionsam.inference.zoom import ZoomPolicy
 from lesionsam.models import ModelConfig, SegModel, build_model
 from lesionsam.models.checkpoint import FORMAT, load_sam_med3d_weights, read_weights_file
 from lesionsam.models.registry import load_model
@@ -89,6 +91,8 @@ class Predictor:
             growing (logit adjustment, ``train.logit_adjustment``: the prior shift the training loss built in);
             :meth:`from_checkpoint` takes it from the checkpoint (``extra["logit_adjustment"]``; 0 for official
             weights and older runs). Prior logits fed back to the model keep the model's own scale.
+        zoom: segment small lesions again in a zoomed window (:class:`~lesionsam.inference.zoom.ZoomPolicy`: when,
+            how much); None segments every lesion on the model's usual grid.
         dtype: "bfloat16" runs clicks and boxes under bfloat16 autocast, encoding with a copy of the model whose
             linear and convolution weights are bfloat16 (made on first use: those weights again at half size), so
             that autocast does not cast them at every crop (:class:`WindowRunner`).
@@ -112,6 +116,7 @@ class Predictor:
         logit_offset: float = 0.0,
         clicked_only: bool = True,
         dtype: str = "float32",
+        zoom: ZoomPolicy | None = None,
     ) -> None:
         kinds = model.accepted_prompts | model.required_prompts
         if not kinds & {"points", "text"} and not model.prompt_free:
@@ -143,6 +148,9 @@ class Predictor:
         self.class_texts = {int(k): tuple(str(t) for t in v) for k, v in (class_texts or {}).items() if v}
         self.logit_offset = float(logit_offset)
         self.clicked_only = bool(clicked_only)
+        if zoom is not None and not isinstance(zoom, ZoomPolicy):
+            raise ValueError(f"zoom must be a ZoomPolicy or None, got {zoom!r}")
+        self.zoom = zoom
         self._pre: Preprocessed | None = None
         #: the ``data`` section of the training run of a lesionsam checkpoint (:meth:`from_checkpoint`), else empty
         self.training_data: dict[str, Any] = {}
@@ -224,7 +232,7 @@ class Predictor:
                 f"the image has {volume.array.shape[0]} channels; choose one (e.g. the MRI sequence) first"
             )
         check_intensities(volume, source=str(image) if not isinstance(image, Volume) else "image")
-        return self.preprocessor(volume)
+        return dataclasses.replace(self.preprocessor(volume), raw=volume)  # the image is kept for zoomed views
 
     @property
     def preprocessed(self) -> Preprocessed:

@@ -36,6 +36,7 @@ import numpy as np
 from lesionsam.data.io import IMAGE_SUFFIXES, Volume, image_suffix, write_image
 from lesionsam.data.transforms import Preprocessed
 from lesionsam.inference.boxes import BOX_PRIOR_LOGIT, Box, box_prompt
+from lesionsam.inference.framing import frame_lesion
 from lesionsam.inference.prediction import LesionClicks, Prediction
 from lesionsam.inference.regions import invert_region
 from lesionsam.inference.session_state import (
@@ -103,16 +104,18 @@ class InteractiveSession:
         ijk = self._point(point)
         self.check_points(ijk[None])
         record = {"kind": "point", "point": [float(v) for v in ijk], "positive": bool(positive)}
-        dhw = self.predictor.preprocessor.to_canonical_index(ijk[None], self.pre, world=False).reshape(1, 3)
         label = np.array([1 if positive else 0], dtype=np.int64)
         if lesion is None or not self._get(lesion).state.prompts:
             if not positive:
                 raise ValueError("a lesion starts with a positive click inside it; a negative click needs lesion=<id>")
+            dhw = self.predictor.preprocessor.to_canonical_index(ijk[None], self.pre, world=False).reshape(1, 3)
             entry = self._new_lesion() if lesion is None else self._get(lesion)
             start = LesionState(prompts=(record,), center=dhw[0], dhw=dhw, labels=label)
             return self._apply(entry, start, created=lesion is None)
         entry = self._get(lesion)
         old = entry.state
+        frame = old.view.pre if old.view is not None else self.pre  # a refining click lands in the lesion's frame
+        dhw = self.predictor.preprocessor.to_canonical_index(ijk[None], frame, world=False).reshape(1, 3)
         new = LesionState(
             prompts=(*old.prompts, record),
             center=old.center,
@@ -120,6 +123,8 @@ class InteractiveSession:
             labels=np.concatenate([old.labels, label]),
             chain=old.chain,
             bound=old.bound,
+            view=old.view,
+            framed=True,
         )
         return self._apply(entry, new)
 
@@ -383,20 +388,38 @@ class InteractiveSession:
 
     def _segment(self, entry: LesionEntry, state: LesionState) -> LesionState:
         """The lesion's windows for ``state``'s prompts and its score on its input-grid region."""
+        if not state.framed:  # the lesion's first prompt: the usual grid, or a zoomed view for a small lesion
+            state = frame_lesion(
+                state,
+                engine=self.predictor,
+                runner=self.runner,
+                raw=self.pre.raw,
+                cache=entry.cache,
+                text=self.text,
+                box_prior_logit=self.box_prior_logit,
+            )
         assert state.center is not None
-        windows, chain = self.runner.segment(
-            state.center, state.dhw, state.labels, state.chain, text=self.text, cache=entry.cache, bound=state.bound
+        view = state.view
+        runner, pre = (view.runner, view.pre) if view is not None else (self.runner, self.pre)
+        windows, chain = runner.segment(
+            state.center,
+            state.dhw,
+            state.labels,
+            state.chain,
+            text=self.text,
+            cache=view.cache if view is not None else entry.cache,
+            bound=state.bound,
         )
         canon = lesion_probability(
             windows,
             state.dhw[state.labels == 1],
-            self.runner.shape,
+            runner.shape,
             threshold=self.predictor.threshold,
             clicked_only=self.predictor.clicked_only,
         )
-        region, score = invert_region(canon.prob, canon.region, self.pre, interpolation="linear")
+        region, score = invert_region(canon.prob, canon.region, pre, interpolation="linear")
         if not canon.covered.all():  # (the usual case is a region inside the lesion's windows)
-            _, covered = invert_region(canon.covered.astype(np.uint8), canon.region, self.pre, interpolation="nearest")
+            _, covered = invert_region(canon.covered.astype(np.uint8), canon.region, pre, interpolation="nearest")
             score[covered == 0] = 0.0
         # Keep only the bounding box of the voxels above the threshold: no other voxel can ever be labelled
         # this lesion, nor take a voxel from another lesion (whose score there would be below it too).
@@ -416,6 +439,8 @@ class InteractiveSession:
             region=region,
             score=score,
             windows=len(windows),
+            view=view,
+            framed=True,
         )
 
     def _compose(self, region: Slices3) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from lesionsam.data.io import Volume
 from lesionsam.data.transforms import Preprocessed, Preprocessor
 from lesionsam.inference.windows import Bound, ChainState, EmbeddingCache, WindowRunner
+from lesionsam.inference.zoom import ZoomPolicy, ZoomView
 from lesionsam.models import SegModel
 
 #: (D, H, W) slices of the input grid.
@@ -29,6 +30,7 @@ class Engine(Protocol):
     threshold: float
     clicked_only: bool
     preprocessor: Preprocessor
+    zoom: ZoomPolicy | None
 
     def prepare(self, image: Volume | str | os.PathLike[str]) -> Preprocessed:
         """The image checked and preprocessed onto the model's grid."""
@@ -82,6 +84,11 @@ class LesionState:
         bound: a 3D box's canonical extent the lesion is cut to, or None.
         region: input-grid slices of ``score``; score: the lesion's probability there (0 where not covered).
         windows: how many model windows the last segmentation ran.
+        view: the lesion's zoomed view (:mod:`lesionsam.inference.zoom`), or None: the session's usual grid.
+            ``center``, ``dhw``, ``bound`` and ``chain`` are on the grid of the lesion's frame (the view's, or the
+            usual one).
+        framed: whether the frame is chosen (by the first segmentation of the lesion's first prompt; refining
+            prompts keep it, so that they decode from its cached embedding).
     """
 
     prompts: tuple[dict[str, Any], ...] = ()
@@ -93,6 +100,8 @@ class LesionState:
     region: Slices3 = EMPTY
     score: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
     windows: int = 0
+    view: ZoomView | None = None
+    framed: bool = False
 
 
 @dataclass

@@ -162,6 +162,18 @@ class WindowRunner:
             raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}")
         self.dtype = dtype
 
+    def on(self, pre: Preprocessed, *, max_windows: int | None = None) -> WindowRunner:
+        """The same model and settings on another image (a lesion's zoomed view: :mod:`lesionsam.inference.zoom`)."""
+        return WindowRunner(
+            self.model,
+            pre,
+            device=self.device,
+            logit_offset=self.logit_offset,
+            max_windows=self.max_windows if max_windows is None else max_windows,
+            dtype=self.dtype,
+            encoder=self.encoder,
+        )
+
     def compute(self) -> contextlib.AbstractContextManager[Any]:
         """No gradients, and bfloat16 autocast when :attr:`dtype` asks for it."""
         if self.dtype == torch.float32:

@@ -1,0 +1,120 @@
+"""Choosing a lesion's frame when it starts: the session's usual grid, or a zoomed view for a small lesion.
+
+:func:`frame_lesion` takes a lesion's state as its prompts were given (on the usual canonical grid, not yet
+segmented) and returns it *framed*: unchanged on the usual grid, or moved into a zoomed view
+(:mod:`lesionsam.inference.zoom`) with its clicks, box bound and first mask prompt on the view's grid. Only the
+lesion's first prompt decides (its box's extent, or the first positive click's first pass), so that prompts given one
+after another and the same prompts given at once frame the lesion alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from lesionsam.data.io import Volume
+from lesionsam.data.transforms import Preprocessed
+from lesionsam.inference.boxes import Box, box_prompt
+from lesionsam.inference.session_state import Engine, LesionState
+from lesionsam.inference.windows import (
+    ChainState,
+    EmbeddingCache,
+    LesionMap,
+    WindowRunner,
+    bounding_box,
+    lesion_probability,
+)
+from lesionsam.inference.zoom import ZoomView, extent_mm, view_prior, zoom_view
+
+
+def frame_lesion(
+    state: LesionState,
+    *,
+    engine: Engine,
+    runner: WindowRunner,
+    raw: Volume | None,
+    cache: EmbeddingCache,
+    text: str | None,
+    box_prior_logit: float | None,
+) -> LesionState:
+    """``state`` framed (``framed=True``): zoomed when the engine's zoom policy asks for it, else as it is.
+
+    Args:
+        state: a lesion's first state, its coordinates on ``runner``'s (the usual) grid.
+        engine: the session's engine (its ``zoom`` policy, threshold, model).
+        runner: the window engine on the usual grid; its first pass runs with ``cache`` (the lesion's own).
+        raw: the input image the view is resampled from (None: the usual canonical image).
+    """
+    policy = engine.zoom
+    if policy is None or state.framed or state.center is None:
+        return replace(state, framed=True)
+    pre = runner.pre
+    spacing = float(min(pre.grid.spacing))
+    window_mm = runner.crop * spacing
+    first = state.prompts[0] if state.prompts else {}
+    if first.get("kind") == "box":
+        box = Box(lo=tuple(first["lo"]), hi=tuple(first["hi"]))  # type: ignore[arg-type]
+        lo, hi = np.asarray(box.lo, float), np.asarray(box.hi, float)
+        side = (hi - lo + 1.0) * np.asarray(pre.source.spacing, float)
+        factor = policy.factor(float(side.max()), window_mm=window_mm, spacing_mm=spacing)
+        if factor <= 1.0:
+            return replace(state, framed=True)
+        view = zoom_view(runner, engine.preprocessor, raw, pre.source.index_to_world((lo + hi) / 2.0), factor)
+        return _boxed_in(state, box, view, engine, box_prior_logit, pre)
+    # a click lesion: a first pass with its first positive click alone tells its size
+    centre = np.asarray(state.center, dtype=float)
+    windows, _ = runner.segment(centre, centre[None], np.array([1]), ChainState(), text=text, cache=cache)
+    canon = lesion_probability(
+        windows, centre[None], runner.shape, threshold=engine.threshold, clicked_only=engine.clicked_only
+    )
+    factor = policy.factor(extent_mm(canon, engine.threshold, spacing), window_mm=window_mm, spacing_mm=spacing)
+    if factor <= 1.0:
+        return replace(state, framed=True)
+    where = _view_centre(canon, centre, pre, runner.crop, factor, engine.threshold)
+    view = zoom_view(runner, engine.preprocessor, raw, where, factor)
+    prior = view_prior(canon, pre, view.pre) if policy.prior else None
+    chain = ChainState(last=view.runner.prior_to_low(prior)) if prior is not None else ChainState()
+    dhw = _into(state.dhw, pre, view)
+    return replace(state, center=dhw[0] if len(dhw) else None, dhw=dhw, chain=chain, view=view, framed=True)
+
+
+def _view_centre(
+    canon: LesionMap, click: np.ndarray, pre: Preprocessed, crop: int, factor: float, threshold: float
+) -> np.ndarray:
+    """LPS centre of a click lesion's view: the centre of its first-pass mask when the click stays well inside the
+    view around it (a quarter window from its faces), else the click."""
+    click_world = pre.grid.index_to_world(click[::-1])
+    box = bounding_box(canon.prob > threshold) if canon.prob.size else None
+    if box is None:
+        return click_world
+    mid = np.array([(s.start + s.stop - 1) / 2.0 + r.start for s, r in zip(box, canon.region, strict=True)])
+    # the click's distance from that centre in view voxels (the view's spacing is the usual one / factor)
+    if np.abs(click - mid).max() * factor > crop / 4.0:
+        return click_world
+    return pre.grid.index_to_world(mid[::-1])
+
+
+def _into(dhw: np.ndarray, pre: Preprocessed, view: ZoomView) -> np.ndarray:
+    """Canonical (d, h, w) points of the usual grid → the view's grid (through LPS mm)."""
+    if not len(dhw):
+        return np.zeros((0, 3))
+    world = pre.grid.index_to_world(np.asarray(dhw, float)[:, ::-1])
+    return view.pre.grid.world_to_index(world)[:, ::-1].copy()
+
+
+def _boxed_in(
+    state: LesionState, box: Box, view: ZoomView, engine: Engine, box_prior_logit: float | None, usual: Preprocessed
+) -> LesionState:
+    """A box lesion in its view: the box's centre click, prior and bound on the view's grid, then its clicks."""
+    model = engine.model
+    takes_mask = "mask" in model.accepted_prompts | model.required_prompts
+    centre, prior, bound = box_prompt(
+        box, view.pre, view.runner.crop, model.low_res_size, prior_logit=box_prior_logit if takes_mask else None
+    )
+    chain = ChainState(last=prior.to(engine.device) if prior is not None else None)
+    dhw = np.concatenate([centre[None], _into(state.dhw[1:], usual, view)]) if len(state.dhw) else centre[None]
+    return replace(state, center=centre, dhw=dhw, chain=chain, bound=bound, view=view, framed=True)
+
+
+__all__ = ["frame_lesion"]
