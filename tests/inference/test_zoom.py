@@ -165,7 +165,9 @@ def test_zoom_policy_rules() -> None:
     assert policy.factor(20.0, window_mm=96.0, spacing_mm=1.5) == pytest.approx(1.92)
     assert policy.factor(5.0, window_mm=96.0, spacing_mm=1.0) == 2.0  # the finest spacing caps it
     fixed = ZoomPolicy(fixed=2.0, finest_spacing=1.0)
-    assert fixed.factor(96.0, window_mm=96.0, spacing_mm=1.5) == 1.5 and fixed.factor(None, window_mm=9, spacing_mm=1) == 1
+    assert (
+        fixed.factor(96.0, window_mm=96.0, spacing_mm=1.5) == 1.5 and fixed.factor(None, window_mm=9, spacing_mm=1) == 1
+    )
     for bad, message in (({"fill": 1.0}, "fill must be in"), ({"max_factor": 0.5}, "factors must be >= 1")):
         with pytest.raises(ValueError, match=message):
             ZoomPolicy(**bad)  # type: ignore[arg-type]

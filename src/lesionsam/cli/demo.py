@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lesionsam.cli.main import command
+from lesionsam.cli.main import add_zoom_flag, command
 
 
 @command("demo")
@@ -77,6 +77,7 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         "--only-run", action="append", default=[], metavar="METHOD:SEED", help="make only this run (repeatable)"
     )
     p.add_argument("--shard", default=None, metavar="I/N", help="make every N-th run from the I-th (from 0)")
+    add_zoom_flag(p)
     p.add_argument(
         "--repeat-check",
         default=None,
@@ -88,6 +89,7 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> int:
         if a.repeat_check is not None:
             return _repeat_check(a)
+        from lesionsam.inference.zoom import parse_zoom
         from lesionsam.models import known_methods
         from lesionsam.utils.options import look_up_option
         from lesionsam.workflows.ablate import (
@@ -111,7 +113,10 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
             if a.test_fraction is not None or a.clicks is not None:
                 raise ValueError("--test-fraction and --clicks are for a CONFIG's ablation, not the demo's")
             out = a.out or Path("runs/ablation")
-            result = ablate(out, methods=methods, seeds=seeds, quick=a.quick, progress=progress, only=only, shard=shard)
+            zoom = parse_zoom(a.zoom)
+            result = ablate(
+                out, methods=methods, seeds=seeds, quick=a.quick, progress=progress, only=only, shard=shard, zoom=zoom
+            )
         else:
             from lesionsam.configs import resolve_config
 
@@ -128,6 +133,7 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
                 only=only,
                 shard=shard,
                 progress=progress,
+                zoom=parse_zoom(a.zoom),
             )
         if result is not None:
             print(result)

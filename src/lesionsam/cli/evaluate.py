@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lesionsam.cli.main import command
+from lesionsam.cli.main import add_zoom_flag, command
 
 
 @command("evaluate")
@@ -127,8 +127,10 @@ def _evaluate_clicks_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated clicks (default 0)")
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of multi-channel images")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_zoom_flag(p)
 
     def run(a: argparse.Namespace) -> int:
+        from lesionsam.inference.zoom import parse_zoom
         from lesionsam.workflows.clicks import evaluate_clicks
 
         result = evaluate_clicks(
@@ -143,6 +145,7 @@ def _evaluate_clicks_parser(sub: argparse._SubParsersAction) -> None:
             seed=a.seed,
             channel=a.channel,
             device=a.device,
+            zoom=parse_zoom(a.zoom),
             announce=lambda note: print(f"lesionsam evaluate-clicks: {note}", file=sys.stderr),
             progress=sys.stderr.isatty(),
         )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lesionsam.cli.main import command
+from lesionsam.cli.main import add_zoom_flag, command
 
 _DESCRIPTION = """\
 Segment lesions in IMAGE (NIfTI, NRRD, MHA, a DICOM folder) or in every image of a folder, from clicks.
@@ -126,6 +126,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         help="isotropic model spacing in mm (default: the checkpoint's training setting, else 1.5)",
     )
     running.add_argument("--max-windows", type=int, default=8, help="most crops per lesion when growing (default 8)")
+    add_zoom_flag(running)
     running.add_argument(
         "--all-components",
         action="store_true",
@@ -133,6 +134,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     )
 
     def run(a: argparse.Namespace) -> int:
+        from lesionsam.inference.zoom import parse_zoom
         from lesionsam.workflows.predict import ModelChoice, PredictRequest, Prompting, predict
 
         request = PredictRequest(
@@ -161,6 +163,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                 max_windows=a.max_windows,
                 all_components=a.all_components,
                 dtype=a.dtype,
+                zoom=parse_zoom(a.zoom),
             ),
             channel=a.channel,
             probabilities=a.probabilities,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lesionsam.cli.main import command
+from lesionsam.cli.main import add_zoom_flag, command
 
 _DESCRIPTION = """\
 Serve the images under --root in a web page (three planes and a 3D view): click on a lesion to segment it
@@ -59,7 +59,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="compute type of the clicks' and boxes' model windows (bfloat16: autocast, faster on recent CPUs)",
     )
 
+    add_zoom_flag(p)
+
     def run(a: argparse.Namespace) -> int:
+        from lesionsam.inference.zoom import parse_zoom
         from lesionsam.serve.server import serve
 
         serve(
@@ -74,6 +77,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             proposals=a.proposals,
             device=a.device,
             dtype=a.dtype,
+            zoom=parse_zoom(a.zoom),
             warn=lambda line: print(f"lesionsam serve: {line}", file=sys.stderr),
         )
         return 0

@@ -62,19 +62,30 @@ def frame_lesion(
             return replace(state, framed=True)
         view = zoom_view(runner, engine.preprocessor, raw, pre.source.index_to_world((lo + hi) / 2.0), factor)
         return _boxed_in(state, box, view, engine, box_prior_logit, pre)
-    # a click lesion: a first pass with its first positive click alone tells its size
-    centre = np.asarray(state.center, dtype=float)
-    windows, _ = runner.segment(centre, centre[None], np.array([1]), ChainState(), text=text, cache=cache)
-    canon = lesion_probability(
-        windows, centre[None], runner.shape, threshold=engine.threshold, clicked_only=engine.clicked_only
-    )
-    factor = policy.factor(extent_mm(canon, engine.threshold, spacing), window_mm=window_mm, spacing_mm=spacing)
-    if factor <= 1.0:
-        return replace(state, framed=True)
-    where = _view_centre(canon, centre, pre, runner.crop, factor, engine.threshold)
-    view = zoom_view(runner, engine.preprocessor, raw, where, factor)
-    prior = view_prior(canon, pre, view.pre) if policy.prior else None
-    chain = ChainState(last=view.runner.prior_to_low(prior)) if prior is not None else ChainState()
+    # A click lesion: a first pass with its first positive click alone tells its size. With ``policy.passes`` > 1
+    # the zoomed pass measures it again, and the view is made again at the factor it asks for (when that differs).
+    click = np.asarray(state.center, dtype=float)
+    frame_pre, frame_runner, frame_cache, chain = pre, runner, cache, ChainState()
+    factor, view = 1.0, None
+    for _ in range(policy.passes):
+        c = _into(click[None], pre, view)[0] if view is not None else click
+        windows, _ = frame_runner.segment(c, c[None], np.array([1]), chain, text=text, cache=frame_cache)
+        canon = lesion_probability(
+            windows, c[None], frame_runner.shape, threshold=engine.threshold, clicked_only=engine.clicked_only
+        )
+        size = extent_mm(canon, engine.threshold, spacing / factor)
+        want = policy.factor(size, window_mm=window_mm, spacing_mm=spacing)
+        if want <= 1.0:  # large: the usual grid (also when a zoomed pass finds it larger than the first did)
+            return replace(state, framed=True)
+        if view is not None and abs(want / factor - 1.0) < 0.15:
+            break  # the zoomed pass agrees with the view's factor
+        where = _view_centre(canon, c, frame_pre, frame_runner.crop, want / factor, engine.threshold)
+        new_view = zoom_view(runner, engine.preprocessor, raw, where, want)
+        prior = view_prior(canon, frame_pre, new_view.pre) if policy.prior else None
+        chain = ChainState(last=new_view.runner.prior_to_low(prior)) if prior is not None else ChainState()
+        view, factor = new_view, want
+        frame_pre, frame_runner, frame_cache = view.pre, view.runner, view.cache
+    assert view is not None
     dhw = _into(state.dhw, pre, view)
     return replace(state, center=dhw[0] if len(dhw) else None, dhw=dhw, chain=chain, view=view, framed=True)
 
@@ -82,8 +93,9 @@ def frame_lesion(
 def _view_centre(
     canon: LesionMap, click: np.ndarray, pre: Preprocessed, crop: int, factor: float, threshold: float
 ) -> np.ndarray:
-    """LPS centre of a click lesion's view: the centre of its first-pass mask when the click stays well inside the
-    view around it (a quarter window from its faces), else the click."""
+    """LPS centre of a click lesion's view: the centre of its mask on ``pre``'s grid when the click stays well inside
+    the view around it (a quarter window from its faces; the view is ``factor`` times finer than ``pre``), else the
+    click (canonical (d, h, w) on ``pre``'s grid)."""
     click_world = pre.grid.index_to_world(click[::-1])
     box = bounding_box(canon.prob > threshold) if canon.prob.size else None
     if box is None:

@@ -43,6 +43,8 @@ class ZoomPolicy:
         finest_spacing: the finest spacing a view may have, mm (a limit on the factor too).
         min_factor: a factor below this is not worth a second pass: the lesion stays on the usual grid.
         prior: give the first pass's mask as the zoomed window's first mask prompt.
+        passes: how often a click lesion's size is measured: 1, from the first pass on the usual grid; 2, also
+            from the zoomed pass, the view made again at the factor that asks for when it differs by 15 % or more.
         fixed: zoom every lesion by this factor whatever its size (capped by ``finest_spacing``; 1.0: none): the
             non-adaptive baseline of the comparisons.
     """
@@ -52,6 +54,7 @@ class ZoomPolicy:
     finest_spacing: float = 0.25
     min_factor: float = 1.25
     prior: bool = True
+    passes: int = 1
     fixed: float | None = None
 
     def __post_init__(self) -> None:
@@ -65,6 +68,8 @@ class ZoomPolicy:
             raise ValueError(f"zoom fill must be in (0, 1) (share of the window's side), got {self.fill}")
         if self.max_factor < 1.0 or self.min_factor < 1.0:
             raise ValueError(f"zoom factors must be >= 1, got max {self.max_factor}, min {self.min_factor}")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or not 1 <= self.passes <= 3:
+            raise ValueError(f"zoom passes must be 1, 2 or 3, got {self.passes!r}")
         if self.fixed is not None and self.fixed < 1.0:
             raise ValueError(f"a fixed zoom factor must be >= 1, got {self.fixed}")
         if self.finest_spacing <= 0:
@@ -80,6 +85,64 @@ class ZoomPolicy:
         want = cap if not extent_mm or extent_mm <= 0 else self.fill * window_mm / extent_mm
         f = min(cap, want)
         return float(f) if f >= self.min_factor else 1.0
+
+
+#: What ``--zoom`` takes (:func:`parse_zoom`).
+ZOOM_HELP = (
+    "zoom into small lesions: 'off', 'auto' (size-adaptive, the validated defaults), a number (every lesion zoomed "
+    "by that factor), or 'auto' with settings, e.g. 'auto,fill=0.4,max=3,finest=0.25,min=1.25,prior=no'"
+)
+_KEYS = {
+    "fill": "fill",
+    "max": "max_factor",
+    "finest": "finest_spacing",
+    "min": "min_factor",
+    "prior": "prior",
+    "passes": "passes",
+}
+
+
+def parse_zoom(text: str) -> ZoomPolicy | None:
+    """``--zoom``'s value as a policy (None for ``off``); ``ValueError`` with the accepted forms otherwise."""
+    spec = str(text).strip().lower()
+    if spec in ("off", "none", "no", "1", "1.0"):
+        return None
+    try:
+        return ZoomPolicy(fixed=float(spec))
+    except ValueError as err:
+        if "fixed" in str(err):
+            raise
+    head, *items = [part.strip() for part in spec.split(",")]
+    if head != "auto":
+        raise ValueError(f"--zoom {text!r}: {ZOOM_HELP}")
+    settings: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in _KEYS:
+            raise ValueError(f"--zoom {text!r}: unknown setting {item!r}; settings are {', '.join(_KEYS)}")
+        if key == "prior":
+            if value not in ("yes", "no"):
+                raise ValueError(f"--zoom {text!r}: prior=yes or prior=no, got {value!r}")
+            settings["prior"] = value == "yes"
+            continue
+        try:
+            settings[_KEYS[key]] = int(value) if key == "passes" else float(value)
+        except ValueError:
+            raise ValueError(f"--zoom {text!r}: {key} must be a number, got {value!r}") from None
+    return ZoomPolicy(**settings)  # type: ignore[arg-type]
+
+
+def zoom_spec(policy: ZoomPolicy | None) -> str:
+    """The ``--zoom`` value that gives ``policy`` back (:func:`parse_zoom`), for reports and manifests."""
+    if policy is None:
+        return "off"
+    if policy.fixed is not None:
+        return f"{policy.fixed:g}"
+    prior = "yes" if policy.prior else "no"
+    return (
+        f"auto,fill={policy.fill:g},max={policy.max_factor:g},finest={policy.finest_spacing:g},"
+        f"min={policy.min_factor:g},prior={prior},passes={policy.passes}"
+    )
 
 
 @dataclass
@@ -164,9 +227,7 @@ def zoom_view(
 def _part_of(raw: Volume, pre: Preprocessed, grid: Volume) -> Volume:
     """The part of the input image that ``grid`` reaches (a sub-volume with its own origin; resampling it onto the
     grid equals resampling the whole image, which need not be handed to SimpleITK)."""
-    probe = Preprocessed(
-        image=grid.array, label=None, grid=grid, source=pre.source, background=0.0, mean=0.0, std=1.0
-    )
+    probe = Preprocessed(image=grid.array, label=None, grid=grid, source=pre.source, background=0.0, mean=0.0, std=1.0)
     full = tuple(slice(0, n) for n in grid.spatial_shape)
     region = source_region(probe, full)  # type: ignore[arg-type]
     if any(s.stop <= s.start for s in region):
@@ -197,4 +258,14 @@ def view_prior(canon: LesionMap, usual: Preprocessed, view: Preprocessed) -> np.
     return np.clip(np.log(p) - np.log1p(-p), -20.0, 20.0).astype(np.float32)
 
 
-__all__ = ["ZoomPolicy", "ZoomView", "extent_mm", "view_prior", "zoom_grid", "zoom_view"]
+__all__ = [
+    "ZOOM_HELP",
+    "ZoomPolicy",
+    "ZoomView",
+    "extent_mm",
+    "parse_zoom",
+    "view_prior",
+    "zoom_grid",
+    "zoom_spec",
+    "zoom_view",
+]

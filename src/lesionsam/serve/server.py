@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # the command's parser imports this module: nothing heavy at 
     from lesionsam.data.io import Volume
     from lesionsam.inference.predictor import Predictor
     from lesionsam.inference.session import InteractiveSession
+    from lesionsam.inference.zoom import ZoomPolicy
 
 #: Default TCP port of ``lesionsam serve``.
 DEFAULT_PORT = 8765
@@ -107,12 +108,14 @@ def serve(
     proposals: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    zoom: ZoomPolicy | None = None,
     warn: Callable[[str], None] = print,
     log_level: str = "info",
 ) -> None:
     """Serve ``root`` at ``http://host:port/`` until interrupted (every check happens before the model loads).
 
-    ``proposals``: a prompt-free (H-SAM) or text-referred (RefSAM3D) checkpoint for automatic / text proposals.
+    ``proposals``: a prompt-free (H-SAM) or text-referred (RefSAM3D) checkpoint for automatic / text proposals;
+    ``zoom``: zoom-in for small lesions (:class:`~lesionsam.inference.zoom.ZoomPolicy`, None: off).
 
     Raises:
         ValueError: a bad root, port or limit; FileNotFoundError: a missing checkpoint.
@@ -137,7 +140,7 @@ def serve(
         from lesionsam.models.checkpoint import check_checkpoint_file
 
         check_checkpoint_file(proposals)  # before minutes of loading the main model
-    make_session, model_name = session_factory(checkpoint, preset=preset, device=device, dtype=dtype)
+    make_session, model_name = session_factory(checkpoint, preset=preset, device=device, dtype=dtype, zoom=zoom)
     proposer = load_proposer(proposals, device=device) if proposals is not None else None
     app = create_app(
         root_path,

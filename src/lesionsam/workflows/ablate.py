@@ -46,6 +46,7 @@ from lesionsam.data.splits import make_splits, read_splits, write_splits
 from lesionsam.evaluation.ablation_clicks import click_markdown, click_summary
 from lesionsam.evaluation.provenance import provenance_section, read_repeat_checks
 from lesionsam.evaluation.report import AblationEntry, write_ablation
+from lesionsam.inference.zoom import ZoomPolicy, zoom_spec
 from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.training.data import load_cases
 from lesionsam.training.distributed import DistContext
@@ -151,8 +152,10 @@ def ablate(
     progress: bool = True,
     only: Sequence[Run] = (),
     shard: tuple[int, int] | None = None,
+    zoom: ZoomPolicy | None = None,
 ) -> Path | None:
     """Every method × seed on the demo's data and pretrained model; writes ``ablation.md`` and ``.json``.
+    ``zoom``: zoom-in for small lesions when the test cases are predicted (None: off).
 
     A (method, seed) whose run folder already holds its test metrics (``test_metrics/metrics.json``, written
     last) is not trained again, so an interrupted ablation continues where it stopped and runs made by
@@ -179,7 +182,7 @@ def ablate(
                 say(f"  {method} seed {seed}: already done ({eval_dir})")
             elif (method, seed) in chosen:
                 best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
-                evaluate_method(best, test_root, run_dir)
+                evaluate_method(best, test_root, run_dir, zoom=zoom)
                 say(f"  {method} seed {seed}: done")
             entries.append(
                 AblationEntry(method=method, seed=seed, eval_dir=eval_dir, gates_csv=gates if gates.is_file() else None)
@@ -188,6 +191,12 @@ def ablate(
         say("  runs of this call done; collect the table with the same command without --only-run/--shard")
         return None
     section, provenance = provenance_report(root, [(m, s) for m in methods for s in seeds])
+    provenance["zoom"] = zoom_spec(zoom)
+    zoom_line = (
+        "Zoom-in for small lesions when predicting the test cases: "
+        f"`--zoom {zoom_spec(zoom)}` (runs predicted before this call keep the setting they were predicted with)."
+    )
+    section = (section[0], section[1] + "\n\n" + zoom_line)
     path = write_ablation(root, entries, sections=[section], extra={"provenance": provenance})
     say(f"ablation table: {path}")
     return path
@@ -301,6 +310,7 @@ def _train_and_test(
     clicks: int,
     main: bool = True,
     device: str | None = None,
+    zoom: ZoomPolicy | None = None,
 ) -> None:
     """Train (or resume) one run, then (on the main process only) predict and score its test cases (metrics
     last) on ``device`` (default: the run's, CUDA when there is one)."""
@@ -329,9 +339,10 @@ def _train_and_test(
             seed=0,
             channel=channel,
             device=device,
+            zoom=zoom,
         )
     # Predictions, gates, then the metrics, written last: they mark the run done.
-    evaluate_method(best, test_root, run_dir, label=label, channel=channel, device=device)
+    evaluate_method(best, test_root, run_dir, label=label, channel=channel, device=device, zoom=zoom)
 
 
 def ablate_config(
@@ -347,6 +358,7 @@ def ablate_config(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    zoom: ZoomPolicy | None = None,
 ) -> Path | None:
     """Every method × seed under the run config ``config`` (a YAML path) with ``overrides``; see the module docstring.
 
@@ -402,7 +414,15 @@ def ablate_config(
         elif (m, s) in chosen:
             main = ctx.is_main
             _train_and_test(
-                cfg, run_dir, test_root, channel, progress=progress, callbacks=callbacks, clicks=clicks, main=main
+                cfg,
+                run_dir,
+                test_root,
+                channel,
+                progress=progress,
+                callbacks=callbacks,
+                clicks=clicks,
+                main=main,
+                zoom=zoom,
             )
             _barrier(ctx)
             say(f"  {run_dir.name}: done")

@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
+
+if TYPE_CHECKING:
+    from lesionsam.inference.zoom import ZoomPolicy
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ def evaluate_clicks(
     channel: int | None = None,
     device: str = "cpu",
     max_windows: int = 8,
+    zoom: ZoomPolicy | None = None,
     announce: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> ClickEvaluation:
@@ -95,7 +99,7 @@ def evaluate_clicks(
         label: the lesion value (None: from the dataset.json beside ``labels_dir``, else the checkpoint's target).
         n_clicks: N, clicks per lesion; click_mode: ``"random"`` (as training's default) or ``"center"``.
         seed: seeds every lesion's clicks; channel: the channel of multi-channel images.
-        device, max_windows: passed to the predictor.
+        device, max_windows, zoom: passed to the predictor (``zoom``: zoom-in for small lesions, None: off).
         announce: called with a one-line note saying which label is used when ``label`` was not given.
         progress: show a progress bar.
 
@@ -120,7 +124,7 @@ def evaluate_clicks(
         check_checkpoint_file(checkpoint)
     from lesionsam.inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, max_windows=max_windows)
+    predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, max_windows=max_windows, zoom=zoom)
     if label is None:  # the checkpoint was read once, above
         from lesionsam.data.labels import resolve_lesion_label
 

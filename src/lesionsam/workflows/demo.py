@@ -40,6 +40,7 @@ from lesionsam.evaluation.report import MethodRun, write_report
 from lesionsam.evaluation.sweeps import read_sweep_rows, sweep_summary
 from lesionsam.inference.gates import gate_activation
 from lesionsam.inference.predictor import Predictor
+from lesionsam.inference.zoom import ZoomPolicy
 from lesionsam.models import ModelConfig
 from lesionsam.models.backbone import Sam3DConfig, get_preset
 from lesionsam.models.checkpoint import load_checkpoint
@@ -352,11 +353,13 @@ def evaluate_method(
     label: int = LESION,
     channel: int | None = None,
     device: str = "cpu",
+    zoom: ZoomPolicy | None = None,
 ) -> tuple[Path, Path, Path | None]:
     """Predict the cases of data set ``root`` (one centre click per lesion of ``label``), measure the gates, evaluate;
     writes ``<split>_predictions/``, the gates CSV (``gates.csv`` for the test split, else ``<split>_gates.csv``)
     and ``<split>_metrics/`` (last: it marks the run done); returns (predictions, metrics folder, gates CSV or
-    None). ``channel``: of multi-channel images; ``device``: where the model runs."""
+    None). ``channel``: of multi-channel images; ``device``: where the model runs; ``zoom``: zoom-in for small
+    lesions (None: off)."""
     pred_dir, eval_dir = run_dir / f"{split}_predictions", run_dir / f"{split}_metrics"
     request = PredictRequest.of(
         root / "imagesTr",
@@ -366,6 +369,7 @@ def evaluate_method(
         label=label,
         channel=channel,
         device=device,
+        zoom=zoom,
     )
     predict(request, progress=False)
     gates_csv = run_dir / ("gates.csv" if split == "test" else f"{split}_gates.csv")

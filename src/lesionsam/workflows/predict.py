@@ -31,6 +31,7 @@ from lesionsam.data.io import (
 from lesionsam.inference.modes import count_lesions, predict_image
 from lesionsam.inference.predictor import LesionClicks, Predictor, target_label_of, write_prediction
 from lesionsam.inference.prompt_files import clicks_from_args, clicks_from_label, read_prompt_file
+from lesionsam.inference.zoom import ZoomPolicy
 from lesionsam.models.checkpoint import check_checkpoint_file
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 
@@ -135,6 +136,7 @@ class ModelChoice:
             settings, else CT and 1.5 mm).
         max_windows: most model crops per lesion; all_components: keep every component the windows found instead of
             only those a positive click touches.
+        zoom: segment small lesions again zoomed in (:class:`~lesionsam.inference.zoom.ZoomPolicy`; None: off).
     """
 
     checkpoint: PathLike | None = None
@@ -145,6 +147,7 @@ class ModelChoice:
     max_windows: int = 8
     all_components: bool = False
     dtype: str = "float32"
+    zoom: ZoomPolicy | None = None
 
     def build(self, checkpoint: PathLike | None = None, *, refiner: bool = False) -> Predictor:
         """The predictor of this choice (or, with ``refiner``, of ``checkpoint`` with no preset)."""
@@ -157,6 +160,7 @@ class ModelChoice:
             max_windows=self.max_windows,
             clicked_only=not self.all_components,
             dtype=self.dtype,
+            zoom=self.zoom,
         )
 
 
