@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from lesionsam.data.zoom_crops import ZoomCrops
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import TrainOptions
 from lesionsam.models.registry import method_spec, train_option_owners
@@ -62,6 +63,9 @@ class DataConfig:
         foreground_fraction: for prompt-free methods (H-SAM), the probability that a training crop is centred on
             a lesion (of a class drawn uniformly among those in the case); the others are centred anywhere in the
             volume, as sliding windows at inference are.
+        zoom: multi-scale training (:class:`~lesionsam.data.zoom_crops.ZoomCrops`): that share of the lesion
+            crops is resampled so that the lesion fills part of the crop, as zoom-in at inference shows a small
+            lesion (``data: {zoom: {fraction: 0.5}}``); None (the default): every crop at the model's spacing.
     """
 
     root: str = ""
@@ -79,6 +83,7 @@ class DataConfig:
     num_workers: int = 0
     negative_fraction: float = 0.0
     foreground_fraction: float = 0.67
+    zoom: ZoomCrops | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
         look_up_option(self.layout, ("msd", "sam_med3d"), what="data layout")

@@ -24,6 +24,7 @@ from lesionsam.data.layouts import (
     listing,
 )
 from lesionsam.data.transforms import Preprocessed, Preprocessor
+from lesionsam.data.zoom_crops import ZoomCrops, zoomed_crop
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,10 @@ class LesionCropDataset(_PreprocessedCases):
         jitter: int | None = None,
         negatives: float = 0.0,
         distractors: Sequence[int] = (),
+        zoom: ZoomCrops | None = None,
     ) -> None:
         super().__init__(cases, preprocessor, channel=channel, cache=cache, owner="LesionCropDataset")
+        self.zoom = zoom
         if not 0.0 <= float(negatives) <= 1.0:
             raise ValueError(f"negatives must be a share in [0, 1], got {negatives!r}")
         self.target_label = _label_value(target_label)
@@ -173,6 +176,8 @@ class LesionCropDataset(_PreprocessedCases):
             others = np.isin(pre.label, self.distractors) if self.distractors else np.zeros_like(mask)
             use_other = others.any() and (self.lesion == "largest" or rng.random() < 0.5)
             centre_on = others if use_other else np.zeros_like(mask)
+        if self.zoom is not None and centre_on is mask and mask.any() and rng.random() < self.zoom.fraction:
+            return self._zoomed(pre, mask, rng, index)
         image, target, box = self._crop(pre, centre_on, rng)
         if centre_on is not mask:
             target = take(mask, box)
@@ -180,6 +185,27 @@ class LesionCropDataset(_PreprocessedCases):
         if self.distractors:  # the crop's lesion classes, for training another class's text on the same crop
             values = np.where(np.isin(pre.label, (self.target_label, *self.distractors)), pre.label, 0)
             item["label_values"] = torch.from_numpy(take(values.astype(np.int64), box))[None]
+        return item
+
+    def _zoomed(self, pre: Preprocessed, mask: np.ndarray, rng: np.random.Generator, index: int) -> dict[str, Any]:
+        """A multi-scale crop (:func:`~lesionsam.data.zoom_crops.zoomed_crop`), the item's keys as an ordinary one."""
+        assert self.zoom is not None and pre.label is not None
+        values = None
+        if self.distractors:
+            values = np.where(np.isin(pre.label, (self.target_label, *self.distractors)), pre.label, 0).astype(np.int64)
+        image, target, _, kept = zoomed_crop(
+            pre.image,
+            mask,
+            self.crop_size,
+            rng=rng,
+            zoom=self.zoom,
+            largest=self.lesion == "largest",
+            pad_value=pre.background,
+            values=values,
+        )
+        item = self._item(image, target.astype(np.float32), index)
+        if kept is not None:
+            item["label_values"] = torch.from_numpy(kept)[None]
         return item
 
 

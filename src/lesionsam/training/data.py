@@ -99,7 +99,7 @@ def lesion_datasets(cfg: RunConfig, cases: list[Case]) -> tuple[Dataset, Dataset
             if (subset := [c for c in chosen if t in present[c.case_id]])
         ]
 
-    train = _joined(crops(train_cases, negatives=d.negative_fraction))
+    train = _joined(crops(train_cases, negatives=d.negative_fraction, zoom=d.zoom))  # validation: the model's scale
     assert train is not None
     val = crops(val_cases, lesion="largest", jitter=0)
     if d.negative_fraction and val:
