@@ -146,7 +146,7 @@ def test_report_numbers_come_from_the_evaluator_files(demo: Demo) -> None:
         assert row[3] == f"{s['nsd']['mean']:.3f} ± {s['nsd']['std']:.3f}"
         assert row[4].startswith(f"{s['hd95_mm']['mean']:.2f} ± {s['hd95_mm']['std']:.2f}")
         assert row[5] == f"{s['lesion_detection']['f1']:.3f}"
-        small = s["lesion_dice_by_volume"]["<1 cm3"]
+        small = s["lesion_dice_by_volume_coarse"]["<1 cm3"]
         assert row[6] == f"{small['mean_dice']:.3f} ({small['count']})"
     # the two methods really differ (fine-tune misses case_000), so the test can tell them apart
     assert _row(text, "finetune")[2] != _row(text, "sgp_sam")[2]
@@ -300,7 +300,7 @@ def test_ablation_table_mean_sd_over_seeds(ablation_rows: list[AblationEntry], t
         row = _row(table, method)
         assert row[1] == "3"
         assert row[2] == _expected([s["dice"]["mean"] for s in summaries])
-        assert row[3] == _expected([s["lesion_dice_by_volume"]["<1 cm3"]["mean_dice"] for s in summaries])
+        assert row[3] == _expected([s["lesion_dice_by_volume_coarse"]["<1 cm3"]["mean_dice"] for s in summaries])
         assert row[4] == _expected([s["lesion_detection"]["f1"] for s in summaries])
     assert _row(table, "finetune")[5] == DASH
     gate_means = [np.mean([0.2 * seed, 0.5, 1.0]) for seed in range(3)]
