@@ -212,6 +212,37 @@ def test_report_without_logs_or_gates(demo: Demo, caplog: pytest.LogCaptureFixtu
     assert "training log" in caplog.text
 
 
+def test_report_shows_every_size_bin_and_the_small_large_split(demo: Demo) -> None:
+    out = demo.root / "out_sizes"
+    text = write_report(
+        out, [demo.finetune, demo.sgp], images_dir=demo.images, labels_dir=demo.labels, label=LESION
+    ).read_text()
+    section = text.split("## Lesion Dice by lesion size\n", 1)[1].split("\n## ", 1)[0]
+    labels = ["< 0.5 cm³", "0.5–1 cm³", "1–5 cm³", "5–10 cm³", "≥ 10 cm³"]
+    head = next(ln for ln in section.splitlines() if ln.startswith("| method |"))
+    assert head == "| method | " + " | ".join(f"{b}: Dice (detected/n)" for b in labels) + " |"
+    for run in (demo.finetune, demo.sgp):
+        s = _metrics(run)["summary"]
+        bins = s["lesion_dice_by_volume"]
+        expected = [
+            f"{DASH if b['mean_dice'] is None else format(b['mean_dice'], '.3f')} ({b['detected']}/{b['count']})"
+            for b in bins.values()
+        ]
+        assert _row(section, run.name)[1:] == expected
+        for name, label in (("<1 cm3", "< 1 cm³"), (">=1 cm3", "≥ 1 cm³")):
+            c = s["lesion_dice_by_volume_coarse"][name]
+            column = [run.name for run in (demo.finetune, demo.sgp)].index(run.name) + 1
+            dice = _row(section, f"{label}: lesion Dice")[column]
+            found = _row(section, f"{label}: found")[column]
+            if c["count"]:
+                assert dice.startswith(f"{c['mean_dice']:.3f} (") and found.startswith(
+                    f"{c['detected']}/{c['count']} = "
+                )
+            else:
+                assert dice == found == DASH
+    assert "(95% CI)" in section and "lower bound inclusive" in section
+
+
 def test_report_errors(demo: Demo, tmp_path: Path) -> None:
     kw = {"images_dir": demo.images, "labels_dir": demo.labels, "label": LESION}
     with pytest.raises(ValueError, match="empty list"):
