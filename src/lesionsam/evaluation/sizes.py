@@ -139,8 +139,8 @@ def size_groups(
             "detected": [int(x) for x in found.sum(axis=1)],
             "n_cases": len(cases),
         }
+        n = count.sum(axis=1)
         for key, m, (c_lo, c_hi) in (("dice", dice, ci[0]), ("found", found, ci[1])):
-            n = count.sum(axis=1)
             values = [float(x / k) for x, k in zip(m.sum(axis=1), n, strict=True) if k > 0]
             entry[key] = {
                 "mean": float(m.sum() / n.sum()) if n.sum() > 0 else None,
