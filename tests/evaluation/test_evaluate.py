@@ -99,7 +99,7 @@ def test_folder_evaluation_writes_csv_and_json(dataset: tuple[Path, Path], tmp_p
     assert data["summary"]["dice"]["mean"] == pytest.approx((1 + 0.75 + 0) / 3)
     assert data["summary"]["dice"]["median"] == pytest.approx(0.75)
     by_vol = data["summary"]["lesion_dice_by_volume"]
-    assert by_vol["<1 cm3"]["count"] == 3 and by_vol[">10 cm3"]["count"] == 0
+    assert by_vol["<0.5 cm3"]["count"] == 3 and by_vol[">=10 cm3"]["count"] == 0  # 0.432 ml each
     kinds = [(les["case"], les["kind"], les["detected"]) for les in data["lesions"]]
     assert kinds == [("case_a", "gt", True), ("case_b", "gt", True), ("case_c", "gt", False), ("case_c", "fp", False)]
     assert data["lesions"][3]["dice"] is None  # NaN → null: strict JSON

@@ -14,6 +14,7 @@ from lesionsam.evaluation.metrics import (
     CONVENTIONS,
     VOLUME_BINS_ML,
     case_metrics,
+    coarse_volume_bin,
     empty_case_scores,
     spacing_dhw,
     summarise,
@@ -196,21 +197,59 @@ def test_volume_stratification_uses_the_voxel_volume() -> None:
     # 2 mm along D → 2 mm³ voxels: 0.8 ml, 2 ml, 12 ml → one lesion per bin
     m = case_metrics(pred, gt, (2.0, 1.0, 1.0))
     bins = {les.voxels: (les.size_bin, les.volume_ml) for les in m.lesions}
-    assert bins == {400: ("<1 cm3", pytest.approx(0.8)), 1000: ("1-10 cm3", 2.0), 6000: (">10 cm3", 12.0)}
+    assert bins == {400: ("0.5-1 cm3", pytest.approx(0.8)), 1000: ("1-5 cm3", 2.0), 6000: (">=10 cm3", 12.0)}
     s = summarise([m])["lesion_dice_by_volume"]
-    assert [s[name]["count"] for name, *_ in VOLUME_BINS_ML] == [1, 1, 1]
-    assert (s["<1 cm3"]["mean_dice"], s["<1 cm3"]["detected"], s["<1 cm3"]["recall"]) == (0.0, 0, 0.0)
-    assert s[">10 cm3"]["mean_dice"] == 1.0
+    assert [s[name]["count"] for name, *_ in VOLUME_BINS_ML] == [0, 1, 1, 0, 1]
+    assert (s["0.5-1 cm3"]["mean_dice"], s["0.5-1 cm3"]["detected"], s["0.5-1 cm3"]["recall"]) == (0.0, 0, 0.0)
+    assert s[">=10 cm3"]["mean_dice"] == 1.0
     # isotropic 1 mm: 0.4, 1.0 and 6.0 ml → two small-ish bins, nothing above 10 ml
     iso = summarise([case_metrics(pred, gt, (1.0, 1.0, 1.0))])["lesion_dice_by_volume"]
-    assert [iso[name]["count"] for name, *_ in VOLUME_BINS_ML] == [1, 2, 0]
-    assert iso[">10 cm3"]["mean_dice"] is None
+    assert [iso[name]["count"] for name, *_ in VOLUME_BINS_ML] == [1, 0, 1, 1, 0]
+    assert iso[">=10 cm3"]["mean_dice"] is None
 
 
-@pytest.mark.parametrize(("ml", "name"), [(0.0, "<1 cm3"), (0.999, "<1 cm3"), (1.0, "1-10 cm3"), (10.0, "1-10 cm3")])
+@pytest.mark.parametrize(
+    ("ml", "name"),
+    [
+        (0.0, "<0.5 cm3"),
+        (0.499, "<0.5 cm3"),
+        (0.5, "0.5-1 cm3"),
+        (0.999, "0.5-1 cm3"),
+        (1.0, "1-5 cm3"),
+        (4.999, "1-5 cm3"),
+        (5.0, "5-10 cm3"),
+        (9.999, "5-10 cm3"),
+        (10.0, ">=10 cm3"),
+        (10.001, ">=10 cm3"),
+    ],
+)
 def test_volume_bin_edges(ml: float, name: str) -> None:
+    """The lower bound is inclusive: a lesion of exactly 0.5, 1, 5 or 10 cm³ goes to the bin above."""
     assert volume_bin(ml) == name
-    assert volume_bin(10.001) == ">10 cm3"
+    assert coarse_volume_bin(ml) == ("<1 cm3" if ml < 1.0 else ">=1 cm3")
+    assert [lo <= ml < hi for n, lo, hi in VOLUME_BINS_ML] == [n == name for n, _, _ in VOLUME_BINS_ML]
+
+
+@pytest.mark.parametrize("ml", [-0.1, math.nan, math.inf])
+def test_volume_bin_refuses_an_impossible_volume(ml: float) -> None:
+    with pytest.raises(ValueError, match="finite number >= 0 ml"):
+        volume_bin(ml)
+
+
+@pytest.mark.parametrize(
+    ("voxels", "name"), [(250, "0.5-1 cm3"), (500, "1-5 cm3"), (2500, "5-10 cm3"), (5000, ">=10 cm3")]
+)
+def test_a_lesion_of_exactly_a_bin_edge_lands_in_the_bin_above(voxels: int, name: str) -> None:
+    """A lesion of exactly 0.5, 1, 5 and 10 cm³ (2 mm³ voxels) through the evaluator, its summary and coarse split."""
+    gt = np.ones((voxels // 50, 5, 10), bool)
+    m = case_metrics(gt, gt, (2.0, 1.0, 1.0))
+    (les,) = m.lesions
+    assert les.volume_ml == voxels * 2 / 1000 and les.size_bin == name
+    summary = summarise([m])
+    assert [k for k, b in summary["lesion_dice_by_volume"].items() if b["count"]] == [name]
+    assert summary["lesion_dice_by_volume"][name]["min_ml"] == les.volume_ml  # its lower bound
+    coarse = summary["lesion_dice_by_volume_coarse"]
+    assert (coarse["<1 cm3"]["count"], coarse[">=1 cm3"]["count"]) == ((1, 0) if voxels < 500 else (0, 1))
 
 
 def test_summarise_excludes_and_counts_undefined_hd95_and_sums_lesions_micro() -> None:

@@ -146,7 +146,7 @@ def test_report_numbers_come_from_the_evaluator_files(demo: Demo) -> None:
         assert row[3] == f"{s['nsd']['mean']:.3f} ± {s['nsd']['std']:.3f}"
         assert row[4].startswith(f"{s['hd95_mm']['mean']:.2f} ± {s['hd95_mm']['std']:.2f}")
         assert row[5] == f"{s['lesion_detection']['f1']:.3f}"
-        small = s["lesion_dice_by_volume"]["<1 cm3"]
+        small = s["lesion_dice_by_volume_coarse"]["<1 cm3"]
         assert row[6] == f"{small['mean_dice']:.3f} ({small['count']})"
     # the two methods really differ (fine-tune misses case_000), so the test can tell them apart
     assert _row(text, "finetune")[2] != _row(text, "sgp_sam")[2]
@@ -210,6 +210,37 @@ def test_report_without_logs_or_gates(demo: Demo, caplog: pytest.LogCaptureFixtu
     for link in _links(text):
         _check_png(out / link)
     assert "training log" in caplog.text
+
+
+def test_report_shows_every_size_bin_and_the_small_large_split(demo: Demo) -> None:
+    out = demo.root / "out_sizes"
+    text = write_report(
+        out, [demo.finetune, demo.sgp], images_dir=demo.images, labels_dir=demo.labels, label=LESION
+    ).read_text()
+    section = text.split("## Lesion Dice by lesion size\n", 1)[1].split("\n## ", 1)[0]
+    labels = ["< 0.5 cm³", "0.5–1 cm³", "1–5 cm³", "5–10 cm³", "≥ 10 cm³"]
+    head = next(ln for ln in section.splitlines() if ln.startswith("| method |"))
+    assert head == "| method | " + " | ".join(f"{b}: Dice (detected/n)" for b in labels) + " |"
+    for run in (demo.finetune, demo.sgp):
+        s = _metrics(run)["summary"]
+        bins = s["lesion_dice_by_volume"]
+        expected = [
+            f"{DASH if b['mean_dice'] is None else format(b['mean_dice'], '.3f')} ({b['detected']}/{b['count']})"
+            for b in bins.values()
+        ]
+        assert _row(section, run.name)[1:] == expected
+        for name, label in (("<1 cm3", "< 1 cm³"), (">=1 cm3", "≥ 1 cm³")):
+            c = s["lesion_dice_by_volume_coarse"][name]
+            column = [run.name for run in (demo.finetune, demo.sgp)].index(run.name) + 1
+            dice = _row(section, f"{label}: lesion Dice")[column]
+            found = _row(section, f"{label}: found")[column]
+            if c["count"]:
+                assert dice.startswith(f"{c['mean_dice']:.3f} (") and found.startswith(
+                    f"{c['detected']}/{c['count']} = "
+                )
+            else:
+                assert dice == found == DASH
+    assert "(95% CI)" in section and "lower bound inclusive" in section
 
 
 def test_report_errors(demo: Demo, tmp_path: Path) -> None:
@@ -300,7 +331,7 @@ def test_ablation_table_mean_sd_over_seeds(ablation_rows: list[AblationEntry], t
         row = _row(table, method)
         assert row[1] == "3"
         assert row[2] == _expected([s["dice"]["mean"] for s in summaries])
-        assert row[3] == _expected([s["lesion_dice_by_volume"]["<1 cm3"]["mean_dice"] for s in summaries])
+        assert row[3] == _expected([s["lesion_dice_by_volume_coarse"]["<1 cm3"]["mean_dice"] for s in summaries])
         assert row[4] == _expected([s["lesion_detection"]["f1"] for s in summaries])
     assert _row(table, "finetune")[5] == DASH
     gate_means = [np.mean([0.2 * seed, 0.5, 1.0]) for seed in range(3)]

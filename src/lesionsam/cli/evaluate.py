@@ -18,7 +18,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
             "Pair PRED_DIR and GT_DIR files by case id (file name without .nii.gz/.nii/.nrrd/.mha; predictions may "
             "add _pred or nnU-Net's _0000) and report Dice, normalised surface Dice (area-weighted by default), "
             "HD95 and ASSD (mm, from the image spacing), lesion-wise detection (26-connected components: TP/FP/FN, "
-            "F1, Dice by lesion volume <1, 1-10, >10 cm3) and panoptic quality (RQ, SQ, PQ; one-to-one IoU "
+            "F1, Dice and detection by lesion volume <0.5, 0.5-1, 1-5, 5-10, >=10 cm3, lower bound inclusive, and "
+            "<1, >=1 cm3) and panoptic quality (RQ, SQ, PQ; one-to-one IoU "
             "matching). Empty masks: both empty = Dice 1, NSD 1, HD95 0, ASSD 0; one empty = Dice 0, NSD 0, HD95 and "
             "ASSD undefined (left out of their means and counted). Lesion-free cases are reported apart."
         ),

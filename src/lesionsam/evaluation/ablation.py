@@ -20,7 +20,7 @@ from lesionsam.evaluation.findings import (
     segmentation_warning,
     volume_ratios,
 )
-from lesionsam.evaluation.metrics import VOLUME_BINS_ML
+from lesionsam.evaluation.lesions import bins_named
 from lesionsam.evaluation.report_io import (
     DASH,
     SMALL_BIN,
@@ -34,6 +34,7 @@ from lesionsam.evaluation.report_io import (
     rel_path,
     small_bin,
 )
+from lesionsam.evaluation.sizes import SIZES_HOW, bins_markdown, coarse_markdown, method_sizes
 from lesionsam.evaluation.statistics import (
     UNPAIRED_SEEDS_AND_CASES_RESAMPLED,
     PairedComparison,
@@ -60,15 +61,17 @@ def ablation_summary(rows: Sequence[AblationEntry]) -> list[dict[str, Any]]:
     ``gate_rate_by_bin[bin]`` with ``counts`` per seed, None for a method without gates).
 
     Per seed, read from its ``metrics.json``: ``summary.dice.mean`` (mean case Dice),
-    ``summary.lesion_dice_by_volume["<1 cm3"].mean_dice`` (seeds without such lesions are left out),
+    ``summary.lesion_dice_by_volume_coarse["<1 cm3"].mean_dice`` (seeds without such lesions are left out),
     ``summary.lesion_detection.f1``; from its gates CSV the mean ``gate_rate``. Then mean and sample sd (ddof=1)
     over seeds.
 
     Returns:
         ``[{"method", "n_seeds", "seeds", "dice", "small_lesion_dice", "lesion_f1", "gate_rate", "volume_ratio",
-        "lesion_case_dice", "gate_rate_by_bin", "sources"}]``
+        "lesion_case_dice", "gate_rate_by_bin", "bins", "coarse", "sources"}]``
         where each metric is ``{"mean", "sd", "values"}`` (``sd`` None for one value; ``gate_rate`` None for a
-        method without gates) and ``small_lesion_dice`` also holds ``counts`` (lesions < 1 cm³ per seed).
+        method without gates) and ``small_lesion_dice`` also holds ``counts`` (lesions < 1 cm³ per seed);
+        ``bins`` / ``coarse``: lesion Dice and share found per size bin / for < 1 and ≥ 1 cm³, pooled over the
+        seeds with a seed-and-case interval (:func:`lesionsam.evaluation.sizes.size_groups`).
 
     Raises:
         ValueError: no row, a (method, seed) pair twice, gates given for some seeds of a method but not others.
@@ -77,8 +80,11 @@ def ablation_summary(rows: Sequence[AblationEntry]) -> list[dict[str, Any]]:
     return _collect(rows)[0]
 
 
-def _collect(rows: Sequence[AblationEntry]) -> tuple[list[dict[str, Any]], dict[str, dict[int, dict[str, float]]]]:
-    """(:func:`ablation_summary`, ``{method: {seed: {case: Dice}}}`` over the cases with a lesion)."""
+def _collect(
+    rows: Sequence[AblationEntry], *, n_boot: int = 10000, seed: int = 0
+) -> tuple[list[dict[str, Any]], dict[str, dict[int, dict[str, float]]]]:
+    """(:func:`ablation_summary`, ``{method: {seed: {case: Dice}}}`` over the cases with a lesion); ``n_boot`` and
+    ``seed`` of the size groups' intervals."""
     rows = list(rows)
     if not rows:
         raise ValueError("the ablation needs at least one AblationEntry; got an empty list")
@@ -104,8 +110,9 @@ def _collect(rows: Sequence[AblationEntry]) -> tuple[list[dict[str, Any]], dict[
         ratios: list[float] = []
         lesion_dice: list[float] = []
         by_bin: dict[str, list[tuple[float, int]]] = {}
+        all_metrics: dict[int, dict[str, Any]] = {}
         for r in group:
-            metrics = load_metrics(r.eval_dir, what=f"method {method!r} seed {r.seed}")
+            metrics = all_metrics[r.seed] = load_metrics(r.eval_dir, what=f"method {method!r} seed {r.seed}")
             per_case.setdefault(method, {})[r.seed] = lesion_case_dice(metrics)
             if per_case[method][r.seed]:
                 lesion_dice.append(float(np.mean(list(per_case[method][r.seed].values()))))
@@ -155,6 +162,7 @@ def _collect(rows: Sequence[AblationEntry]) -> tuple[list[dict[str, Any]], dict[
                     if with_gates
                     else None
                 ),
+                **method_sizes(all_metrics, n_boot=n_boot, seed=seed, what=f"method {method!r}"),
                 "sources": sources,
             }
         )
@@ -162,8 +170,9 @@ def _collect(rows: Sequence[AblationEntry]) -> tuple[list[dict[str, Any]], dict[
 
 
 def _bins_of(gates: Sequence[GateRow]) -> list[str]:
-    """The evaluator's size bins, then any other ``size_bin`` of ``gates`` (every seed gets every bin)."""
-    order = [name for name, _, _ in VOLUME_BINS_ML]
+    """The evaluator's size bins (those of older results for a gates CSV written with them: :func:`bins_named`), then
+    any other ``size_bin`` of ``gates`` (every seed gets every bin)."""
+    order = [name for name, _, _ in bins_named(g.size_bin for g in gates)]
     return order + sorted({g.size_bin for g in gates} - set(order))
 
 
@@ -374,9 +383,11 @@ def write_ablation(
     (:func:`pooled_comparisons`: interval over seeds and cases, bootstrap with ``n_boot`` resamples and ``seed``;
     a warning line when an interval had one seed only), a warning line for a method whose
     median predicted/GT volume ratio (mean over seeds) leaves [0.5, 2], and the gate activation rate by lesion size
-    with the number of lesions per bin. ``sections`` (title, Markdown) follow (e.g. the click curves of
-    :mod:`lesionsam.evaluation.ablation_clicks`); ``notes`` (the protocol: data, split, test clicks) go in a section
-    of their own before the table's sources, one bullet each. ``extra`` adds keys to ``ablation.json``.
+    with the number of lesions per bin; before it, the lesion Dice and share found for < 1 and ≥ 1 cm³ (with
+    seed-and-case intervals) and per size bin (:mod:`lesionsam.evaluation.sizes`). ``sections`` (title, Markdown)
+    follow (e.g. the click curves of :mod:`lesionsam.evaluation.ablation_clicks`); ``notes`` (the protocol: data,
+    split, test clicks) go in a section of their own before the table's sources, one bullet each. ``extra`` adds
+    keys to ``ablation.json``.
 
     ``ablation.json`` = ``{"format": "lesionsam-ablation", "version": 1, "sd": "...", "methods":
     ablation_summary(rows), "comparisons": pooled_comparisons(...)}`` (strict JSON; a missing value is null).
@@ -387,7 +398,7 @@ def write_ablation(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder expected, but {out} is a file")
-    summary, per_case = _collect(rows)
+    summary, per_case = _collect(rows, n_boot=n_boot, seed=seed)
     comparisons = pooled_comparisons(per_case, [m["method"] for m in summary], n_boot=n_boot, seed=seed)
     payload = {
         "format": "lesionsam-ablation",
@@ -407,7 +418,7 @@ def write_ablation(
         "",
         "Mean ± sample sd (ddof=1) over seeds of each seed's value; "
         f"{DASH} where it does not exist. Per seed: Dice = `summary.dice.mean` (mean over cases), Dice < 1 cm³ = "
-        f'`summary.lesion_dice_by_volume["{SMALL_BIN}"].mean_dice`, lesion F1 = `summary.lesion_detection.f1` '
+        f'`summary.lesion_dice_by_volume_coarse["{SMALL_BIN}"].mean_dice`, lesion F1 = `summary.lesion_detection.f1` '
         "(micro) of its `metrics.json`; gate activation rate = mean `gate_rate` of the lesion crops of its gates CSV "
         "(lesion-free crops in the by-size table); pred/GT volume = "
         "median over the cases with a lesion of `pred_volume_ml / gt_volume_ml` (`cases` of its `metrics.json`); "
@@ -429,6 +440,10 @@ def write_ablation(
             lines += ["", f"{WARNING_SIGN} {ONE_SEED}"]
     else:
         lines.append("One method only: nothing to compare.")
+    names = [m["method"] for m in summary]
+    lines += ["", "## Lesion Dice and detection by lesion size", ""]
+    lines += [coarse_markdown(names, [m["coarse"] for m in summary])]
+    lines += ["", bins_markdown(names, [m["bins"] for m in summary]), "", SIZES_HOW.format(n_boot=n_boot, seed=seed)]
     lines += ["", "## Gate activation rate by lesion size", ""]
     gates_table = _gates_by_bin_table(summary)
     if gates_table is None:

@@ -3,8 +3,9 @@
 Each run's ``clicks.json`` (written by :func:`lesionsam.workflows.clicks.evaluate_clicks`, see
 :mod:`lesionsam.evaluation.interactive` for the protocol) holds a ``summary`` over that run's test lesions: the mean
 Dice after click k (k = 1…N), the mean AUC (area under Dice(k) / (N − 1)) and the mean NoC@80/90 with the number of
-lesions that never reached the target (counted as N). Per method, this module averages those per-seed means over the
-seeds (mean ± sample sd, ddof=1).
+lesions that never reached the target (counted as N), and the same per lesion size bin (``summary.by_size``; files
+written before it have none). Per method, this module averages those per-seed means over the seeds (mean ± sample
+sd, ddof=1).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from lesionsam.evaluation.figures import size_bin_label
+from lesionsam.evaluation.lesions import VOLUME_BINS_ML
 from lesionsam.evaluation.report_io import DASH, fmt_mean_sd, md_table
 
 
@@ -37,8 +40,11 @@ def click_summary(runs: Sequence[tuple[str, int, str | os.PathLike[str] | None]]
 
     Returns:
         ``[{"method", "seeds", "missing_seeds", "n_clicks", "n_lesions", "dice_after", "auc", "noc80", "noc90",
-        "noc80_failed", "noc90_failed"}]``: ``dice_after`` one ``{"mean", "sd", "values"}`` per click k = 1…N,
-        ``auc``/``noc80``/``noc90`` the same of the per-seed means, ``*_failed`` and ``n_lesions`` per seed.
+        "noc80_failed", "noc90_failed", "by_size"}]``: ``dice_after`` one ``{"mean", "sd", "values"}`` per click
+        k = 1…N, ``auc``/``noc80``/``noc90`` the same of the per-seed means, ``*_failed`` and ``n_lesions`` per seed;
+        ``by_size`` per size bin (every bin) ``{"n_lesions", "dice_first", "dice_last", "auc"}``: lesions per seed
+        and the per-seed means after the first and the last click and of the AUC over the seeds with such lesions
+        (empty when no file has a ``by_size``).
 
     Raises:
         ValueError: one method's seeds have different numbers of clicks, or a file is not a ``lesionsam-clicks``
@@ -73,9 +79,58 @@ def click_summary(runs: Sequence[tuple[str, int, str | os.PathLike[str] | None]]
                 "noc90": _stat([s["noc90"]["mean"] for _, s in have]),
                 "noc80_failed": [s["noc80"]["failed"] for _, s in have],
                 "noc90_failed": [s["noc90"]["failed"] for _, s in have],
+                "by_size": _by_size([s for _, s in have]),
             }
         )
     return out
+
+
+def _by_size(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per size bin over the seeds' ``by_size`` (see :func:`click_summary`); {} when no summary has one."""
+    with_sizes = [s["by_size"] for s in summaries if "by_size" in s]
+    if not with_sizes:
+        return {}
+    out = {}
+    for name, *_ in VOLUME_BINS_ML:
+        bins = [b.get(name, {"n_lesions": 0}) for b in with_sizes]
+        scored = [b for b in bins if b["n_lesions"]]
+        out[name] = {
+            "n_lesions": [b["n_lesions"] for b in bins],
+            "dice_first": _stat([b["dice_mean"][0] for b in scored]),
+            "dice_last": _stat([b["dice_mean"][-1] for b in scored]),
+            "auc": _stat([b["auc_mean"] for b in scored]),
+        }
+    return out
+
+
+def _size_table(scored: Sequence[dict[str, Any]]) -> str | None:
+    """Rows = size bins, one column per method: Dice after 1 and N clicks (n = lesions per seed); None without sizes."""
+    sized = [m for m in scored if m["by_size"]]
+    if not sized:
+        return None
+    rows = []
+    for name, *_ in VOLUME_BINS_ML:
+        cells = []
+        for m in sized:
+            e = m["by_size"][name]
+            counts = sorted(set(e["n_lesions"]))
+            lesions = "n=" + "/".join(str(c) for c in e["n_lesions"]) if len(counts) > 1 else f"n={counts[0]}"
+            if e["dice_first"]["mean"] is None:
+                cells.append(f"{DASH} ({lesions})")
+                continue
+            first = fmt_mean_sd(e["dice_first"]["mean"], e["dice_first"]["sd"])
+            last = fmt_mean_sd(e["dice_last"]["mean"], e["dice_last"]["sd"])
+            cells.append(f"{first} → {last} ({lesions})")
+        rows.append((size_bin_label(name), *cells))
+    head = ("lesion size", *(f"Dice after 1 → {m['n_clicks']} clicks: {m['method']}" for m in sized))
+    return md_table(head, rows)
+
+
+#: The note under the by-size table.
+SIZES_TEXT = (
+    "By ground-truth lesion volume (lower bound inclusive): per seed the mean over its lesions of that size, then "
+    "mean ± sample sd over the seeds with such lesions; n = lesions per seed."
+)
 
 
 def _failed(counts: Sequence[int], lesions: Sequence[int]) -> str:
@@ -118,17 +173,17 @@ def click_markdown(summary: Sequence[dict[str, Any]]) -> str | None:
     missing = [
         f"{m['method']} seed(s) {', '.join(map(str, m['missing_seeds']))}" for m in summary if m["missing_seeds"]
     ]
-    lines = [
-        md_table(head, rows),
-        "",
-        md_table(("clicks", *(f"Dice: {m['method']}" for m in scored)), curve_rows),
-        "",
+    sizes = _size_table(scored)
+    lines = [md_table(head, rows), "", md_table(("clicks", *(f"Dice: {m['method']}" for m in scored)), curve_rows), ""]
+    lines += [
         "Per seed: the mean over its test lesions of Dice after k clicks, of the AUC (area under Dice(k), "
         "k = 1…N, / (N − 1)) and of NoC@80/90 (clicks to reach Dice 0.8 / 0.9, N when never reached: "
         '"not reached" counts those lesions per seed); then mean ± sample sd over seeds. Protocol: the first click '
         "inside the lesion, each later one on the error region of the previous prediction (seeded per lesion), the "
         "previous low-res logits fed back (`lesionsam evaluate-clicks`).",
     ]
+    if sizes is not None:
+        lines += ["", sizes, "", SIZES_TEXT]
     if missing:
         lines += ["", f"No click curves (or no lesion) for: {'; '.join(missing)}."]
     return "\n".join(lines)

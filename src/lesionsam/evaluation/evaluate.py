@@ -27,6 +27,7 @@ import numpy as np
 
 from lesionsam.data.io import IMAGE_SUFFIXES, Volume, case_id, is_image_path, read_image
 from lesionsam.evaluation.metrics import (
+    COARSE_VOLUME_BINS_ML,
     CONNECTIVITY,
     CONVENTIONS,
     DEFAULT_IOU_THRESHOLD,
@@ -334,9 +335,10 @@ class EvaluationResult:
             f"  cases with a lesion: {with_lesion['n_cases']}, Dice mean {_fmt(with_lesion['dice']['mean'], '.3f')}; "
             f"lesion-free: {free['n_cases']}, {free['predicted_empty']} predicted empty, "
             f"{free['false_positive_components']} false-positive component(s)",
-            "  lesion Dice by GT volume:",
+            "  lesion Dice by GT volume (lower bound inclusive):",
         ]
-        for name, b in s["lesion_dice_by_volume"].items():
+        coarse = s.get("lesion_dice_by_volume_coarse", {})
+        for name, b in [*s["lesion_dice_by_volume"].items(), *coarse.items()]:
             lines.append(
                 f"    {name:<9} n={b['count']:<4} detected {b['detected']:<4} "
                 f"mean Dice {_fmt(b['mean_dice'], '.3f')}  median {_fmt(b['median_dice'], '.3f')}"
@@ -468,6 +470,7 @@ def evaluate_folder(
         "lesion_iou_threshold": float(lesion_iou_threshold),
         "connectivity": CONNECTIVITY,
         "volume_bins_ml": {name: [lo, None if math.isinf(hi) else hi] for name, lo, hi in VOLUME_BINS_ML},
+        "coarse_volume_bins_ml": {n: [lo, None if math.isinf(hi) else hi] for n, lo, hi in COARSE_VOLUME_BINS_ML},
         "allow_missing": allow_missing,
     }
     summary = summarise(cases)

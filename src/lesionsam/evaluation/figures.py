@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lesionsam.evaluation.metrics import VOLUME_BINS_ML
+from lesionsam.evaluation.lesions import COARSE_VOLUME_BINS_ML, LEGACY_VOLUME_BINS_ML, VOLUME_BINS_ML
 from lesionsam.evaluation.report_io import DASH, TrainCurve, is_num
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
@@ -67,13 +67,15 @@ def method_colours(names: Sequence[str]) -> dict[str, str]:
 
 
 def size_bin_label(name: str) -> str:
-    """A display label with units of an evaluator size bin: ``"<1 cm3"`` → ``"< 1 cm³"``, ``"1–10 cm³"``, ..."""
-    for bin_name, lo, hi in VOLUME_BINS_ML:
+    """A display label with units of an evaluator size bin: ``"<0.5 cm3"`` → ``"< 0.5 cm³"``, ``"0.5–1 cm³"``, ...,
+    ``">=10 cm3"`` → ``"≥ 10 cm³"``; the coarse and the older bins too (``"1-10 cm3"`` → ``"1–10 cm³"``,
+    ``">10 cm3"`` → ``"> 10 cm³"``)."""
+    for bin_name, lo, hi in (*VOLUME_BINS_ML, *COARSE_VOLUME_BINS_ML, *LEGACY_VOLUME_BINS_ML):
         if name == bin_name:
             if lo == 0:
                 return f"< {hi:g} cm³"
             if math.isinf(hi):
-                return f"> {lo:g} cm³"
+                return f"{'≥' if name.startswith('>=') else '>'} {lo:g} cm³"
             return f"{lo:g}–{hi:g} cm³"
     return name.replace("cm3", "cm³")
 
@@ -163,6 +165,11 @@ def dice_per_case_figure(
     return fig
 
 
+def _bars_width(bins: Sequence[str], names: Sequence[str]) -> float:
+    """Width in inches of a grouped bar figure: 0.55 per bar (room for its ``n=`` label), at least 5."""
+    return max(5.0, 0.55 * len(bins) * max(len(names), 1) + 2.0)
+
+
 def _grouped_bars(
     ax: Axes,
     bins: Sequence[str],
@@ -192,7 +199,7 @@ def size_bin_figure(
     bins: Sequence[str], names: Sequence[str], by_bin: Sequence[Mapping[str, Any]], colours: Mapping[str, str]
 ) -> Figure:
     """Mean lesion Dice per size bin and method (``by_bin`` = each evaluator's ``lesion_dice_by_volume``)."""
-    fig = new_figure(max(5.0, 1.2 * len(bins) * max(len(names), 1) + 2.0), 4.0)
+    fig = new_figure(_bars_width(bins, names), 4.0)
     ax = fig.add_subplot()
     values = [[b.get(k, {}).get("mean_dice") for k in bins] for b in by_bin]
     counts = [[int(b.get(k, {}).get("count", 0)) for k in bins] for b in by_bin]
@@ -210,7 +217,7 @@ def gates_figure(
     colours: Mapping[str, str],
 ) -> Figure:
     """Mean gate activation rate per size bin and gated method, with the lesion counts."""
-    fig = new_figure(max(5.0, 1.2 * len(bins) * max(len(names), 1) + 2.0), 4.0)
+    fig = new_figure(_bars_width(bins, names), 4.0)
     ax = fig.add_subplot()
     _grouped_bars(ax, bins, names, rates, counts, colours)
     ax.set_ylabel("mean gate activation rate")

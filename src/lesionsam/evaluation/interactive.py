@@ -40,7 +40,7 @@ import numpy as np
 from lesionsam.data.click_rounds import ClickRounds, Decoded, Round
 from lesionsam.data.io import Volume
 from lesionsam.evaluation.dice import dice
-from lesionsam.evaluation.lesions import json_float
+from lesionsam.evaluation.lesions import VOLUME_BINS_ML, json_float, volume_bin
 from lesionsam.utils.components import label_lesions
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ class LesionCurve:
         return clicks_to_reach(self.dice, target)
 
     def row(self) -> dict[str, Any]:
-        """One CSV/JSON row: case, lesion, size, Dice after each click, AUC, NoC@80/90 and whether reached."""
+        """One CSV/JSON row: case, lesion, size, Dice after each click, AUC, NoC@80/90 and whether reached, and the
+        lesion's size bin (:func:`~lesionsam.evaluation.lesions.volume_bin`)."""
         row: dict[str, Any] = {"case": self.case, "lesion": self.lesion, "voxels": self.voxels}
         row["volume_ml"] = self.volume_ml
         row.update({f"dice_{k}": v for k, v in enumerate(self.dice, start=1)})
@@ -106,6 +107,7 @@ class LesionCurve:
             n, ok = self.noc(t)
             row[f"noc{round(t * 100)}"] = n
             row[f"reached{round(t * 100)}"] = ok
+        row["size_bin"] = volume_bin(self.volume_ml)
         return row
 
 
@@ -210,12 +212,22 @@ def case_click_curves(
 
 
 def summarise_curves(curves: Sequence[LesionCurve]) -> dict[str, Any]:
-    """Mean (and sd) Dice after each click over lesions, mean AUC, mean NoC@80/90 and failures (NoF).
+    """Mean (and sd) Dice after each click over lesions, mean AUC, mean NoC@80/90 and failures (NoF), also by size.
 
     Returns:
         A JSON-ready dict: ``n_lesions``, ``n_clicks``, ``dice_mean`` and ``dice_sd`` (lists over k = 1…N),
         ``auc_mean``, ``auc_sd``, and per target ``noc80``/``noc90`` (``mean``, ``failed``); None without lesions.
+        ``by_size``: the same over the lesions of each :data:`~lesionsam.evaluation.lesions.VOLUME_BINS_ML` bin
+        (every bin; ``n_lesions`` 0 and None for an empty one).
     """
+    by_size = {
+        name: _curve_stats([c for c in curves if volume_bin(c.volume_ml) == name]) for name, *_ in VOLUME_BINS_ML
+    }
+    return {**_curve_stats(curves), "by_size": by_size}
+
+
+def _curve_stats(curves: Sequence[LesionCurve]) -> dict[str, Any]:
+    """:func:`summarise_curves` without ``by_size``."""
     if not curves:
         return {"n_lesions": 0, "n_clicks": None, "dice_mean": [], "dice_sd": [], "auc_mean": None, "auc_sd": None}
     lengths = {len(c.dice) for c in curves}

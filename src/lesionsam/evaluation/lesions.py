@@ -21,6 +21,7 @@ mask has RQ, SQ and PQ undefined (NaN); a case with lesions but no match has RQ 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,24 +42,67 @@ MATCHING_RULES: tuple[str, ...] = ("overlap", "iou")
 #: Default IoU threshold of the one-to-one matching and of panoptic quality (panoptica's default).
 DEFAULT_IOU_THRESHOLD = 0.5
 
-#: Lesion volume bins in ml (= cm³): (name, lower bound, upper bound); see :func:`volume_bin`.
+#: Lesion volume bins in ml (= cm³): (name, lower bound, upper bound), each ``lower ≤ v < upper`` (the lower bound
+#: inclusive); see :func:`volume_bin`. The evaluator's, the ablation's, the click curves' and the report's bins.
 VOLUME_BINS_ML: tuple[tuple[str, float, float], ...] = (
+    ("<0.5 cm3", 0.0, 0.5),
+    ("0.5-1 cm3", 0.5, 1.0),
+    ("1-5 cm3", 1.0, 5.0),
+    ("5-10 cm3", 5.0, 10.0),
+    (">=10 cm3", 10.0, math.inf),
+)
+
+#: The coarse split of the headline (small tumours and the others), lower bound inclusive as :data:`VOLUME_BINS_ML`.
+COARSE_VOLUME_BINS_ML: tuple[tuple[str, float, float], ...] = (
+    ("<1 cm3", 0.0, 1.0),
+    (">=1 cm3", 1.0, math.inf),
+)
+
+#: The bins of results written before the five bins (``metrics.json``, gates CSVs and packaged sweeps): ``<1 cm3``
+#: for v < 1, ``1-10 cm3`` for 1 ≤ v ≤ 10 (both bounds inclusive), ``>10 cm3`` for v > 10. Only read, never written.
+LEGACY_VOLUME_BINS_ML: tuple[tuple[str, float, float], ...] = (
     ("<1 cm3", 0.0, 1.0),
     ("1-10 cm3", 1.0, 10.0),
     (">10 cm3", 10.0, math.inf),
 )
 
 
-def volume_bin(volume_ml: float) -> str:
-    """The name of the :data:`VOLUME_BINS_ML` bin of a lesion of ``volume_ml`` ml (cm³).
+def bin_of(volume_ml: float, bins: tuple[tuple[str, float, float], ...] = VOLUME_BINS_ML) -> str:
+    """The name of the bin ``lower ≤ volume_ml < upper`` of ``bins`` (contiguous, from 0 to infinity).
 
-    Bins: ``<1 cm3`` for v < 1, ``1-10 cm3`` for 1 ≤ v ≤ 10, ``>10 cm3`` for v > 10.
+    Raises:
+        ValueError: ``volume_ml`` negative, infinite or NaN.
     """
-    if volume_ml < 1.0:
-        return VOLUME_BINS_ML[0][0]
-    if volume_ml <= 10.0:
-        return VOLUME_BINS_ML[1][0]
-    return VOLUME_BINS_ML[2][0]
+    v = float(volume_ml)
+    if not 0.0 <= v < math.inf:
+        raise ValueError(f"a lesion volume must be a finite number >= 0 ml, got {volume_ml!r}")
+    return next(name for name, lo, hi in bins if lo <= v < hi)
+
+
+def volume_bin(volume_ml: float) -> str:
+    """The name of the :data:`VOLUME_BINS_ML` bin of a lesion of ``volume_ml`` ml (cm³); lower bound inclusive.
+
+    Bins: ``<0.5 cm3`` for v < 0.5, ``0.5-1 cm3`` for 0.5 ≤ v < 1, ``1-5 cm3`` for 1 ≤ v < 5, ``5-10 cm3`` for
+    5 ≤ v < 10, ``>=10 cm3`` for v ≥ 10 (a lesion of exactly 0.5, 1, 5 or 10 cm³ goes to the bin above).
+
+    Raises:
+        ValueError: ``volume_ml`` negative, infinite or NaN.
+    """
+    return bin_of(volume_ml, VOLUME_BINS_ML)
+
+
+def coarse_volume_bin(volume_ml: float) -> str:
+    """The :data:`COARSE_VOLUME_BINS_ML` bin: ``<1 cm3`` for v < 1, ``>=1 cm3`` for v ≥ 1."""
+    return bin_of(volume_ml, COARSE_VOLUME_BINS_ML)
+
+
+def bins_named(names: Iterable[str]) -> tuple[tuple[str, float, float], ...]:
+    """The bins that the size-bin ``names`` read from a file come from: :data:`LEGACY_VOLUME_BINS_ML` for a file
+    written before the five bins (one of its names and none of :data:`VOLUME_BINS_ML`), else :data:`VOLUME_BINS_ML`."""
+    names = set(names)
+    current = {n for n, _, _ in VOLUME_BINS_ML}
+    legacy = {n for n, _, _ in LEGACY_VOLUME_BINS_ML}
+    return LEGACY_VOLUME_BINS_ML if names & legacy and not names & current else VOLUME_BINS_ML
 
 
 def json_float(x: float) -> float | None:

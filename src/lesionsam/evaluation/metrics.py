@@ -18,8 +18,8 @@ Conventions (also written into every ``metrics.json`` as :data:`CONVENTIONS`):
 * Lesions, their matching (``"overlap"`` by default, or one-to-one ``"iou"``) and panoptic quality (RQ, SQ, PQ):
   :mod:`lesionsam.evaluation.lesions`. Precision = TP / (TP + FP), recall = TP / (TP + FN),
   F1 = 2TP / (2TP + FP + FN); each is 1.0 when its denominator is 0 (nothing to find and nothing wrongly found).
-* Lesion volume = voxel count × voxel volume (mm³) / 1000, in ml (= cm³), binned as ``<1 cm3`` (v < 1),
-  ``1-10 cm3`` (1 ≤ v ≤ 10) and ``>10 cm3`` (v > 10).
+* Lesion volume = voxel count × voxel volume (mm³) / 1000, in ml (= cm³), binned by :func:`volume_bin` (lower bound
+  inclusive: < 0.5, 0.5–1, 1–5, 5–10, ≥ 10) and coarsely (< 1, ≥ 1); older results: ``LEGACY_VOLUME_BINS_ML``.
 * A **lesion-free case** has no GT lesion; :func:`summarise` reports those cases apart (how many were predicted
   empty, their false-positive components and predicted volume) beside the Dice/NSD of the cases with a lesion.
 """
@@ -35,12 +35,14 @@ import numpy as np
 
 from lesionsam.evaluation.dice import dice, dice_from_counts
 from lesionsam.evaluation.lesions import (
+    COARSE_VOLUME_BINS_ML,
     CONNECTIVITY,
     DEFAULT_IOU_THRESHOLD,
     MATCHING_RULES,
     VOLUME_BINS_ML,
     LesionRecord,
     Panoptic,
+    coarse_volume_bin,
     json_float,
     lesion_match,
     volume_bin,
@@ -48,6 +50,7 @@ from lesionsam.evaluation.lesions import (
 from lesionsam.evaluation.surface import NSD_MODES, surface_scores
 
 __all__ = [
+    "COARSE_VOLUME_BINS_ML",
     "CONNECTIVITY",
     "CONVENTIONS",
     "DEFAULT_IOU_THRESHOLD",
@@ -57,6 +60,7 @@ __all__ = [
     "CaseMetrics",
     "LesionRecord",
     "case_metrics",
+    "coarse_volume_bin",
     "dice",
     "empty_case_scores",
     "ratio",
@@ -106,7 +110,10 @@ CONVENTIONS: dict[str, str] = {
         "(as panoptica). Micro = from TP/FP/FN and IoU summed over all cases"
     ),
     "lesion_free": "cases without a GT lesion, reported apart: predicted empty, false-positive components, volume",
-    "volume_bins": "lesion volume = voxels × voxel volume / 1000 (ml = cm3): <1, 1-10 (inclusive), >10",
+    "volume_bins": (
+        "lesion volume = voxels × voxel volume / 1000 (ml = cm3), lower bound inclusive: <0.5, 0.5-1, 1-5, 5-10, "
+        ">=10 (lesion_dice_by_volume); coarse <1, >=1 (lesion_dice_by_volume_coarse)"
+    ),
 }
 
 
@@ -424,6 +431,27 @@ def _split_by_lesion(cases: Sequence[CaseMetrics]) -> tuple[dict[str, Any], dict
     )
 
 
+def _by_volume(
+    lesions: Sequence[LesionRecord], bins: Sequence[tuple[str, float, float]], names: Sequence[str]
+) -> dict[str, Any]:
+    """Per bin of ``bins`` (empty ones too): count, detected, recall, Dice; ``names``: each lesion's bin."""
+    out: dict[str, Any] = {}
+    for name, lo, hi in bins:
+        in_bin = [les for les, b in zip(lesions, names, strict=True) if b == name]
+        st = _stats([les.dice for les in in_bin])
+        n_det = sum(les.detected for les in in_bin)
+        out[name] = {
+            "min_ml": lo,
+            "max_ml": None if math.isinf(hi) else hi,
+            "count": len(in_bin),
+            "detected": n_det,
+            "recall": n_det / len(in_bin) if in_bin else None,
+            "mean_dice": st["mean"],
+            "median_dice": st["median"],
+        }
+    return out
+
+
 def summarise(cases: Sequence[CaseMetrics]) -> dict[str, Any]:
     """Aggregate case metrics: mean/median per metric, micro lesion detection, PQ, Dice by lesion volume.
 
@@ -437,25 +465,15 @@ def summarise(cases: Sequence[CaseMetrics]) -> dict[str, Any]:
         ``f1``, plus the case-mean ``f1_case_mean``), ``panoptic`` (``rq``/``sq``/``pq`` statistics over the cases
         where defined, with ``n_undefined``, and ``micro`` from summed counts), ``cases_with_lesion`` (``n_cases``,
         ``dice``, ``nsd``), ``lesion_free_cases`` (``n_cases``, ``predicted_empty``, ``false_positive_components``,
-        ``pred_volume_ml``), and ``lesion_dice_by_volume`` (per :data:`VOLUME_BINS_ML` bin: ``count``,
-        ``detected``, ``recall``, ``mean_dice``, ``median_dice``, ``min_ml``, ``max_ml``).
+        ``pred_volume_ml``), ``lesion_dice_by_volume`` (every :data:`VOLUME_BINS_ML` bin, empty ones too:
+        ``count``, ``detected``, ``recall``, ``mean_dice``, ``median_dice`` — None for an empty bin —, ``min_ml``,
+        ``max_ml``; ``min_ml ≤ volume < max_ml``) and ``lesion_dice_by_volume_coarse`` (the same for the
+        :data:`COARSE_VOLUME_BINS_ML` bins ``<1 cm3`` and ``>=1 cm3``).
     """
     tp, fp, fn = (sum(getattr(c, k) for c in cases) for k in ("tp", "fp", "fn"))
-    by_bin: dict[str, Any] = {}
     lesions = [les for c in cases for les in c.lesions]
-    for name, lo, hi in VOLUME_BINS_ML:
-        in_bin = [les for les in lesions if les.size_bin == name]
-        st = _stats([les.dice for les in in_bin])
-        n_det = sum(les.detected for les in in_bin)
-        by_bin[name] = {
-            "min_ml": lo,
-            "max_ml": None if math.isinf(hi) else hi,
-            "count": len(in_bin),
-            "detected": n_det,
-            "recall": n_det / len(in_bin) if in_bin else None,
-            "mean_dice": st["mean"],
-            "median_dice": st["median"],
-        }
+    by_bin = _by_volume(lesions, VOLUME_BINS_ML, [les.size_bin for les in lesions])
+    coarse = _by_volume(lesions, COARSE_VOLUME_BINS_ML, [coarse_volume_bin(les.volume_ml) for les in lesions])
     with_lesion, lesion_free = _split_by_lesion(cases)
     return to_jsonable(
         {
@@ -477,5 +495,6 @@ def summarise(cases: Sequence[CaseMetrics]) -> dict[str, Any]:
             "cases_with_lesion": with_lesion,
             "lesion_free_cases": lesion_free,
             "lesion_dice_by_volume": by_bin,
+            "lesion_dice_by_volume_coarse": coarse,
         }
     )

@@ -6,8 +6,11 @@ per-case rows (the paired comparisons and volume ratios); no mask is re-scored:
 * the evaluator's ``metrics.json`` (:func:`lesionsam.evaluation.evaluate.evaluate_folder`): ``summary`` for the
   tables and the size-bin figure (``dice``/``nsd``/``hd95_mm`` mean and ``std`` — the evaluator's population sd
   over cases —, ``lesion_detection.f1`` — micro F1 over all lesions —, ``lesion_dice_by_volume[bin]`` with
-  ``mean_dice`` and ``count``), ``cases[*].dice`` for the per-case Dice plot and the choice of the worst and best
-  case, ``settings`` (``label``, ``pred_label``, ``nsd_tolerance_mm``) to check that runs are comparable;
+  ``mean_dice``, ``detected`` and ``count``, ``lesion_dice_by_volume_coarse["<1 cm3"]``), ``cases[*].dice`` for
+  the per-case Dice plot and the choice of the worst and best case, ``settings`` (``label``, ``pred_label``,
+  ``nsd_tolerance_mm``) to check that runs are comparable;
+* ``lesions[*]`` (ground-truth lesions: volume, detected, Dice) for the lesion Dice and share found of lesions
+  < 1 cm³ and ≥ 1 cm³ with their intervals (:mod:`lesionsam.evaluation.sizes`);
 * ``cases[*]`` also for the "Findings" and the table of cases with a lesion / lesion-free cases (``gt_lesions``,
   ``pred_lesions``, ``gt_volume_ml``, ``pred_volume_ml``; see :mod:`lesionsam.evaluation.findings`);
 * a gates CSV per SGP run (columns :data:`GATES_COLUMNS`; ``gate_rate`` = fraction of the gates open for a crop
@@ -65,7 +68,6 @@ from lesionsam.evaluation.figures import (
     method_colours,
     save_png,
     size_bin_figure,
-    size_bin_label,
 )
 from lesionsam.evaluation.findings import (
     OVER_SEGMENTS,
@@ -110,6 +112,7 @@ from lesionsam.evaluation.report_io import (
     rel_path,
     small_bin,
 )
+from lesionsam.evaluation.sizes import SIZES_HOW, coarse_markdown, method_sizes, runs_bins_markdown
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 
 __all__ = [
@@ -272,19 +275,6 @@ def _cases_table(loaded: Sequence[_Loaded]) -> str:
     return md_table(head, rows)
 
 
-def _size_table(loaded: Sequence[_Loaded], bins: Sequence[str]) -> str:
-    head = ("method", *(f"{size_bin_label(b)}: Dice (detected/n)" for b in bins))
-    rows = []
-    for item in loaded:
-        by_bin = item.summary.get("lesion_dice_by_volume", {})
-        cells = []
-        for b in bins:
-            e = by_bin.get(b)
-            cells.append(DASH if e is None else f"{fmt_value(e.get('mean_dice'))} ({e['detected']}/{e['count']})")
-        rows.append((item.run.name, *cells))
-    return md_table(head, rows)
-
-
 def _gate_stats(gates: Sequence[GateRow], bins: Sequence[str]) -> tuple[list[Any], list[int]]:
     rates, counts = [], []
     for b in bins:
@@ -314,8 +304,9 @@ def write_report(
     [0.5, 2]; the lesion-free cases); a metrics table (one row per run: cases, Dice, NSD and HD95 as mean ± sd over
     all cases, micro lesion F1, mean Dice of lesions < 1 cm³ with their count, mean gate activation rate for runs
     with a gates CSV); a table of the cases with a lesion (Dice, volume ratio) and of the lesion-free cases apart;
-    a lesion-size table; the figures: per-case Dice, lesion Dice by size bin, gate activation by size bin (runs
-    with gates only), training curves (runs with a training log) and axial overlays of the worst and best case;
+    a lesion-size table (every size bin) and the < 1 / ≥ 1 cm³ table (Dice, share found, intervals); the figures:
+    per-case Dice, lesion Dice by size bin, gate activation by size bin (runs with gates only), training curves
+    (runs with a training log) and axial overlays of the worst and best case;
     then the list of files every number came from (paths relative to ``out_dir``).
     Where to read each number: see the module docstring.
 
@@ -429,7 +420,8 @@ def write_report(
         "over cases as written by the evaluator (`summary.<metric>.mean` / `.std`, population sd); HD95 leaves out "
         "cases where exactly one mask is empty (counted as undefined). Lesion F1: micro F1 over all ground-truth "
         "lesions and predicted components, 26-connected (`summary.lesion_detection.f1`). Dice < 1 cm³: mean Dice of "
-        f'ground-truth lesions smaller than 1 cm³ and their number (`summary.lesion_dice_by_volume["{SMALL_BIN}"]`)'
+        "ground-truth lesions smaller than 1 cm³ and their number "
+        f'(`summary.lesion_dice_by_volume_coarse["{SMALL_BIN}"]`)'
         ". Gate activation rate: mean of `gate_rate` over the lesions of the gates CSV (n lesions); "
         f"{DASH} for methods without gates.",
         "",
@@ -448,7 +440,11 @@ def write_report(
         "",
         "## Lesion Dice by lesion size",
         "",
-        _size_table(loaded, eval_bins),
+        runs_bins_markdown(names, [i.summary for i in loaded], eval_bins),
+        "",
+        coarse_markdown(names, [method_sizes({0: i.metrics}, n_boot=n_boot, seed=seed)["coarse"] for i in loaded]),
+        "",
+        SIZES_HOW.format(n_boot=n_boot, seed=seed),
         "",
         f"![Lesion Dice by size]({link(p_size)})",
         "",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lesionsam.evaluation.metrics import VOLUME_BINS_ML
+from lesionsam.evaluation.lesions import COARSE_VOLUME_BINS_ML
 
 #: Columns a training log must have (``step``, ``lr`` and ``seconds`` are not used by the report).
 TRAIN_LOG_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "lr", "seconds")
@@ -27,8 +27,8 @@ TRAIN_LOG_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "lr", "seconds")
 GATES_COLUMNS = ("case", "lesion", "volume_ml", "size_bin", "gate_rate")
 #: The evaluator's format name and version that this module reads.
 METRICS_FORMAT = ("lesionsam-metrics", 1)
-#: The size bin of small lesions (the evaluator's first bin, "<1 cm3").
-SMALL_BIN = VOLUME_BINS_ML[0][0]
+#: The size bin of small lesions (the evaluator's first coarse bin, "<1 cm3"; the first bin of older results).
+SMALL_BIN = COARSE_VOLUME_BINS_ML[0][0]
 #: Placeholder for a value that does not exist.
 DASH = "—"
 
@@ -255,7 +255,11 @@ def check_names(names: Sequence[str], what: str) -> None:
 
 
 def small_bin(summary: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """The evaluator's size bin of lesions < 1 cm³ (``count``, ``mean_dice``, ...)."""
+    """The evaluator's size bin of lesions < 1 cm³ (``count``, ``mean_dice``, ...): ``summary.
+    lesion_dice_by_volume_coarse["<1 cm3"]``, or in results written before it ``lesion_dice_by_volume["<1 cm3"]``."""
+    coarse = summary.get("lesion_dice_by_volume_coarse") or {}
+    if SMALL_BIN in coarse:
+        return coarse[SMALL_BIN]
     bins = summary.get("lesion_dice_by_volume") or {}
     if SMALL_BIN in bins:
         return bins[SMALL_BIN]

@@ -37,12 +37,21 @@ class ClickEvaluation:
     lesion_free: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        """A short printed summary: mean Dice after each click, AUC, NoC@80/90."""
+        """A short printed summary: mean Dice after each click, AUC, NoC@80/90; then the same by lesion size."""
         s = self.summary
         if not s["n_lesions"]:
             return "no lesion to click on in any case"
         dice = "  ".join(f"{k}:{v:.3f}" for k, v in enumerate(s["dice_mean"], start=1))
         n = s["n_clicks"]
+        by_size = [f"  by GT volume (lower bound inclusive): Dice after 1 / {n} click(s), AUC, NoC@90"]
+        for name, b in s.get("by_size", {}).items():
+            if not b["n_lesions"]:
+                by_size.append(f"    {name:<9} n=0    n/a")
+                continue
+            by_size.append(
+                f"    {name:<9} n={b['n_lesions']:<4} {b['dice_mean'][0]:.3f} / {b['dice_mean'][-1]:.3f}  "
+                f"AUC {b['auc_mean']:.3f}  NoC@90 {b['noc90']['mean']:.2f} ({b['noc90']['failed']} not reached)"
+            )
         return "\n".join(
             [
                 f"interactive protocol over {s['n_lesions']} lesion(s), {n} click(s) each "
@@ -51,6 +60,7 @@ class ClickEvaluation:
                 f"  AUC (Dice vs clicks, /(N-1))  {s['auc_mean']:.3f} ± {s['auc_sd']:.3f}",
                 f"  NoC@80 {s['noc80']['mean']:.2f} ({s['noc80']['failed']} not reached in {n})   "
                 f"NoC@90 {s['noc90']['mean']:.2f} ({s['noc90']['failed']} not reached in {n})",
+                *(by_size if len(by_size) > 1 else []),
             ]
             + ([f"  lesion-free cases (no click): {len(self.lesion_free)}"] if self.lesion_free else [])
         )
