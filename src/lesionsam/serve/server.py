@@ -105,6 +105,8 @@ def serve(
     max_sessions: int = 4,
     cors_origins: Sequence[str] = (),
     proposals: str | os.PathLike[str] | None = None,
+    api_key: str | None = None,
+    model_license: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     warn: Callable[[str], None] = print,
@@ -113,6 +115,8 @@ def serve(
     """Serve ``root`` at ``http://host:port/`` until interrupted (every check happens before the model loads).
 
     ``proposals``: a prompt-free (H-SAM) or text-referred (RefSAM3D) checkpoint for automatic / text proposals.
+    ``api_key``, ``model_license``: nnInteractive's remote protocol's bearer key and licence line
+    (:func:`~lesionsam.serve.app.create_app`).
 
     Raises:
         ValueError: a bad root, port or limit; FileNotFoundError: a missing checkpoint.
@@ -130,6 +134,8 @@ def serve(
         raise ValueError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
     if max_sessions < 1:
         raise ValueError(f"--max-sessions must be >= 1, got {max_sessions}")
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty: give a key, or leave the option out for none")
     warning = host_warning(host)
     if warning:
         warn(warning)
@@ -148,7 +154,11 @@ def serve(
         cors_origins=cors_origins,
         allowed_hosts=allowed_hosts_for(host),
         proposer=proposer,
+        api_key=api_key,
+        model_license=model_license,
     )
     shown = f"[{host}]" if ":" in host else host
     warn(f"serving {root_path.resolve()} at http://{shown}:{port}/ (API docs: /docs); Ctrl+C stops")
+    keyed = " (with the API key)" if api_key else ""
+    warn(f"3D Slicer / napari / ITK-SNAP remote mode: server URL http://{shown}:{port}{keyed}")
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level=log_level)
