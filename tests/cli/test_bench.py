@@ -85,3 +85,20 @@ def test_bench_interactive_times_each_step_for_both_dtypes() -> None:
         "refining click, library",
     }
     assert "server round trip, refining click, HTTP" in table
+
+
+def test_bench_interactive_reports_the_remote_protocol_beside_the_library() -> None:
+    from lesionsam.benchmarking.interactive import bench_interactive, format_interactive_table
+
+    r = bench_interactive(
+        preset="tiny", shape_ijk=(64, 64, 24), spacing=(1.5, 1.5, 3.0), dtypes=("float32",), repeats=1, threads=1
+    )
+    assert set(r.remote_round_trip) == {
+        "first point, nnInteractive client",
+        "first point, library",
+        "refining point, nnInteractive client",
+        "refining point, library",
+    }
+    table = format_interactive_table(r)
+    assert "remote protocol round trip, refining point, nnInteractive client" in table
+    assert "remote protocol overhead of a refining point" in table

@@ -51,6 +51,9 @@ class InteractiveBench(JsonResult):
     dice_vs_float32: dict[str, list[float]] = field(default_factory=dict)
     #: ``lesionsam serve``'s round trip (first dtype): the same clicks through HTTP and on the library, median s.
     round_trip: dict[str, float] = field(default_factory=dict)
+    #: nnInteractive's protocol (first dtype): a first and a refining point through ``nninteractive-client`` beside
+    #: the library on the same array and spacing, median s (empty when the client is not installed).
+    remote_round_trip: dict[str, float] = field(default_factory=dict)
 
 
 def bench_interactive(
@@ -153,7 +156,37 @@ def bench_interactive(
             "refining click, HTTP": trip.refine_http,
             "refining click, library": trip.refine_direct,
         }
+        result.remote_round_trip = _remote_round_trip(image, predictor, p, repeats=min(repeats, 3), progress=progress)
     return result
+
+
+def _remote_round_trip(
+    image: object, predictor: object, p: tuple[int, int, int], *, repeats: int, progress: bool
+) -> dict[str, float]:
+    """nnInteractive's protocol through its real client (3D Slicer's, napari's, ITK-SNAP's way in), beside the library
+    on the same array and spacing: median s (nothing when ``nninteractive-client`` is not installed)."""
+    from lesionsam.inference.session import InteractiveSession
+    from lesionsam.serve.remote.bench import bench_remote_round_trip
+
+    if progress:
+        print("  nnInteractive client round trip ...", file=sys.stderr)
+    try:
+        trip = bench_remote_round_trip(
+            image,  # type: ignore[arg-type]
+            lambda volume: InteractiveSession(predictor, volume),  # type: ignore[arg-type]
+            first=p,
+            refine=[((p[0] + 3, p[1] - 2, p[2]), True)],
+            repeats=repeats,
+        )
+    except ImportError:
+        print("  (nninteractive-client not installed: no protocol round trip)", file=sys.stderr)
+        return {}
+    return {
+        "first point, nnInteractive client": trip.first_client,
+        "first point, library": trip.first_library,
+        "refining point, nnInteractive client": trip.refine_client,
+        "refining point, library": trip.refine_library,
+    }
 
 
 def format_interactive_table(r: InteractiveBench) -> str:
@@ -171,4 +204,9 @@ def format_interactive_table(r: InteractiveBench) -> str:
         lines.append(f"{dtype} masks vs float32: Dice min {min(dice):.4f}, mean {float(np.mean(dice)):.4f}")
     for step, seconds in r.round_trip.items():
         lines.append(f"server round trip, {step}: {seconds:.3f} s ({dtypes[0]})")
+    for step, seconds in r.remote_round_trip.items():
+        lines.append(f"remote protocol round trip, {step}: {seconds:.3f} s ({dtypes[0]})")
+    client, library = (r.remote_round_trip.get(f"refining point, {w}") for w in ("nnInteractive client", "library"))
+    if client is not None and library is not None:
+        lines.append(f"remote protocol overhead of a refining point: {client - library:+.3f} s")
     return "\n".join(lines)

@@ -112,7 +112,11 @@ def _evaluate_clicks_parser(sub: argparse._SubParsersAction) -> None:
             "training: false negative = positive click, false positive = negative click; seeded per case and "
             "lesion), the previous mask fed back to the model. Reports Dice after each click, the area under the "
             "Dice-vs-clicks curve (divided by N-1) and the clicks needed to reach Dice 0.8 / 0.9 (NoC@80/90; N when "
-            "not reached, counted as failed). Writes clicks.csv and clicks.json into --out."
+            "not reached, counted as failed). Writes clicks.csv and clicks.json into --out. With --protocol cvpr25: "
+            "the CVPR 2025 interactive challenge's procedure on the lesion label as one target (a box on the middle "
+            "ground-truth slice, then 5 clicks each at the centre of the largest error); Dice and NSD (2 mm) after "
+            "every step, DSC_AUC and NSD_AUC over the clicks, final DSC and NSD, time per case; writes cvpr25.csv "
+            "and cvpr25.json."
         ),
     )
     p.add_argument("images_dir", type=Path, metavar="IMAGES_DIR", help="folder of scans (e.g. imagesTr)")
@@ -121,9 +125,26 @@ def _evaluate_clicks_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT", help="lesionsam or SAM-Med3D checkpoint")
     p.add_argument("--preset", default=None, metavar="NAME", help="backbone preset for official SAM-Med3D files")
     p.add_argument("--label", type=int, default=None, metavar="N", help="lesion label (default: from dataset.json)")
-    p.add_argument("--clicks", type=int, default=10, metavar="N", help="clicks per lesion (default 10)")
     p.add_argument(
-        "--click-mode", choices=("random", "center"), default="random", help="click simulation (default random)"
+        "--protocol",
+        choices=("lesionsam", "cvpr25"),
+        default="lesionsam",
+        help="lesionsam: per lesion, N clicks (default); cvpr25: the CVPR 2025 challenge's box + 5 clicks",
+    )
+    p.add_argument(
+        "--clicks", type=int, default=None, metavar="N", help="clicks per lesion (default 10; lesionsam protocol)"
+    )
+    p.add_argument(
+        "--click-mode",
+        choices=("random", "center"),
+        default=None,
+        help="click simulation (default random; lesionsam protocol)",
+    )
+    p.add_argument(
+        "--box",
+        choices=("2d", "3d"),
+        default=None,
+        help="cvpr25 protocol: the box given to the model, on the middle slice (2d, default) or over the z-range (3d)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated clicks (default 0)")
     p.add_argument("--channel", type=int, default=None, metavar="C", help="channel of multi-channel images")
@@ -134,6 +155,10 @@ def _evaluate_clicks_parser(sub: argparse._SubParsersAction) -> None:
         from lesionsam.inference.zoom import parse_zoom
         from lesionsam.workflows.clicks import evaluate_clicks
 
+        if a.protocol == "cvpr25" and (a.clicks is not None or a.click_mode is not None):
+            raise ValueError("--clicks and --click-mode are for --protocol lesionsam; cvpr25 gives a box and 5 clicks")
+        if a.protocol == "lesionsam" and a.box is not None:
+            raise ValueError("--box is for --protocol cvpr25")
         result = evaluate_clicks(
             a.images_dir,
             a.labels_dir,
@@ -141,14 +166,16 @@ def _evaluate_clicks_parser(sub: argparse._SubParsersAction) -> None:
             checkpoint=a.checkpoint,
             preset=a.preset,
             label=a.label,
-            n_clicks=a.clicks,
-            click_mode=a.click_mode,
+            n_clicks=10 if a.clicks is None else a.clicks,
+            click_mode=a.click_mode or "random",
             seed=a.seed,
             channel=a.channel,
             device=a.device,
             zoom=parse_zoom(a.zoom),
             announce=lambda note: print(f"lesionsam evaluate-clicks: {note}", file=sys.stderr),
             progress=sys.stderr.isatty(),
+            protocol=a.protocol,
+            box=a.box or "2d",
         )
         print(result.table())
         print(f"\nwrote {result.csv_path} and {result.json_path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,10 @@ use too: http://HOST:PORT/docs documents it; coordinates are 0-based voxel indic
 Security: the server binds 127.0.0.1 (this machine only) unless --host says otherwise, and has no authentication.
 It reads and writes only inside --root (paths with '..', absolute paths and symlinks leading out are refused);
 uploads larger than --max-upload-mb are refused; no other web page may call the API unless --cors-origin allows it.
+
+3D Slicer, napari and ITK-SNAP: the same server speaks nnInteractive's remote protocol at http://HOST:PORT (give
+that URL to the viewer's remote mode; points, 2D/3D include boxes and undo work). --api-key (or the environment
+variable LESIONSAM_API_KEY) makes that protocol ask for the key (the viewers' API-key field); the page does not.
 """
 
 
@@ -51,6 +56,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="a prompt-free (H-SAM) or text-referred (RefSAM3D) lesionsam checkpoint: the page can then propose "
         "lesions in the whole image (automatic, or from a text) and segment one with a click on 'accept'",
     )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="bearer key nnInteractive's remote protocol requires (default: $LESIONSAM_API_KEY, else none; the "
+        "environment variable keeps the key out of the process list)",
+    )
+    p.add_argument(
+        "--model-license",
+        default=None,
+        metavar="TEXT",
+        help="the model's licence as the remote protocol's /capabilities reports it (default: lesionsam code "
+        "Apache-2.0; weights: the checkpoint owner's terms, official SAM-Med3D weights Apache-2.0)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
         "--dtype",
@@ -75,6 +94,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             max_sessions=a.max_sessions,
             cors_origins=a.cors_origin,
             proposals=a.proposals,
+            api_key=a.api_key if a.api_key is not None else os.environ.get("LESIONSAM_API_KEY") or None,
+            model_license=a.model_license,
             device=a.device,
             dtype=a.dtype,
             zoom=parse_zoom(a.zoom),

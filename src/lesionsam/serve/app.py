@@ -4,10 +4,12 @@ Every error is a JSON object ``{"detail": "one clear sentence"}`` with a 4xx sta
 refuses (a click outside the image, an image that cannot be read), 403 a path outside the served folder, 404 an
 unknown session, lesion or file, 409 an existing file without ``overwrite``, 413 an upload over the limit, 415 an
 upload that is not ``application/octet-stream``, 422 malformed JSON or a field of the wrong type, 429 too many open
-sessions. An unexpected exception answers 500 with its type (the traceback goes to the server's log) and the server
-keeps serving. Messages name files relative to the served folder, never by the server's absolute paths
-(:mod:`~lesionsam.serve.errors`). Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and
-no CORS header is sent unless origins are given. ``/docs`` is Swagger UI from the copy vendored in the package
+sessions; nnInteractive's remote protocol (:mod:`~lesionsam.serve.remote.routes`) adds 401 a missing or wrong API
+key, 410 an unknown or expired lease and 503 (with ``Retry-After``) every lease taken. An unexpected exception
+answers 500 with its type (the traceback goes to the server's log) and the server keeps serving. Messages name
+files relative to the served folder, never by the server's absolute paths (:mod:`~lesionsam.serve.errors`).
+Requests whose ``Host`` is not the bound address are refused (DNS-rebinding), and no CORS header is sent unless
+origins are given. ``/docs`` is Swagger UI from the copy vendored in the package
 (``static/vendor/swagger-ui``): it works without a network, as the page does.
 """
 
@@ -39,6 +41,9 @@ SWAGGER_UI = "/static/vendor/swagger-ui"
 #: Largest body of a request other than an upload (the API's JSON bodies are a few hundred bytes).
 MAX_JSON_BYTES = 64 * 1024
 
+#: The routes whose bodies may be large (each checks the upload limit itself): the page's upload, the protocol's image.
+UPLOAD_PATHS = ("/api/sessions/upload", "/set_image")
+
 #: Host names a server bound to a loopback address answers to.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -62,6 +67,9 @@ def create_app(
     cors_origins: Sequence[str] = (),
     allowed_hosts: Sequence[str] | None = LOCAL_HOSTS,
     proposer: Predictor | None = None,
+    api_key: str | None = None,
+    model_license: str | None = None,
+    lease_seconds: tuple[float, float] = (600.0, 60.0),
 ) -> FastAPI:
     """The web application serving ``root``.
 
@@ -76,6 +84,11 @@ def create_app(
         allowed_hosts: ``Host`` header values answered (DNS-rebinding protection); None answers any host.
         proposer: a :class:`~lesionsam.inference.predictor.Predictor` of a prompt-free (H-SAM) or text-referred
             (RefSAM3D) checkpoint for automatic / text proposals (:mod:`~lesionsam.serve.proposals`), or None.
+        api_key: the bearer key nnInteractive's remote protocol requires (:mod:`~lesionsam.serve.remote.routes`;
+            ``/healthz`` and the page's own API do not ask for it), or None for none.
+        model_license: what the protocol's ``/capabilities`` says of the model's licence (None: a default line).
+        lease_seconds: the protocol's (idle, liveness) timeouts of a lease; it holds at most ``max_sessions`` leases
+            (apart from the page's sessions).
 
     Raises:
         ValueError: ``root`` is not an existing folder, or a limit is not positive.
@@ -85,7 +98,11 @@ def create_app(
         raise ValueError(f"--root {root_path}: not an existing folder; give the folder holding your images")
     if not max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty: give a key, or leave the option out for none")
     from lesionsam.serve.proposal_routes import proposals_router
+    from lesionsam.serve.remote.leases import LeaseStore
+    from lesionsam.serve.remote.routes import remote_router
     from lesionsam.serve.routes import api_router
 
     ctx = ServeContext(
@@ -97,10 +114,13 @@ def create_app(
         proposer=proposer,
     )
 
+    leases = LeaseStore(max_leases=max_sessions, idle_seconds=lease_seconds[0], liveness_seconds=lease_seconds[1])
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         ctx.store.close_all()  # uploads' temporary copies go with their sessions
+        leases.close_all()
 
     app = FastAPI(
         title="lesionsam serve",
@@ -115,11 +135,18 @@ def create_app(
     install_error_handlers(app, (root_path.absolute(), ctx.root))
     app.include_router(api_router(ctx))
     app.include_router(proposals_router(ctx))
+    app.state.leases = leases
+
+    @app.get("/healthz", tags=["nnInteractive remote protocol"], summary="the server is up (no key needed)")
+    def _healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.include_router(remote_router(ctx, leases, api_key=api_key, license_text=model_license))
 
     @app.middleware("http")
     async def _body_limit(request: Request, call_next: Callable) -> Response:
         declared = request.headers.get("content-length", "")
-        if request.url.path != "/api/sessions/upload" and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        if request.url.path not in UPLOAD_PATHS and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
             return _error(413, f"request body over {MAX_JSON_BYTES // 1024} kB: only uploads may be large")
         return await call_next(request)
 

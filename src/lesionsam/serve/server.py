@@ -106,6 +106,8 @@ def serve(
     max_sessions: int = 4,
     cors_origins: Sequence[str] = (),
     proposals: str | os.PathLike[str] | None = None,
+    api_key: str | None = None,
+    model_license: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     zoom: ZoomPolicy | None = None,
@@ -116,6 +118,8 @@ def serve(
 
     ``proposals``: a prompt-free (H-SAM) or text-referred (RefSAM3D) checkpoint for automatic / text proposals;
     ``zoom``: zoom-in for small lesions (:class:`~lesionsam.inference.zoom.ZoomPolicy`, None: off).
+    ``api_key``, ``model_license``: nnInteractive's remote protocol's bearer key and licence line
+    (:func:`~lesionsam.serve.app.create_app`).
 
     Raises:
         ValueError: a bad root, port or limit; FileNotFoundError: a missing checkpoint.
@@ -133,6 +137,8 @@ def serve(
         raise ValueError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
     if max_sessions < 1:
         raise ValueError(f"--max-sessions must be >= 1, got {max_sessions}")
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty: give a key, or leave the option out for none")
     warning = host_warning(host)
     if warning:
         warn(warning)
@@ -151,7 +157,11 @@ def serve(
         cors_origins=cors_origins,
         allowed_hosts=allowed_hosts_for(host),
         proposer=proposer,
+        api_key=api_key,
+        model_license=model_license,
     )
     shown = f"[{host}]" if ":" in host else host
     warn(f"serving {root_path.resolve()} at http://{shown}:{port}/ (API docs: /docs); Ctrl+C stops")
+    keyed = " (with the API key)" if api_key else ""
+    warn(f"3D Slicer / napari / ITK-SNAP remote mode: server URL http://{shown}:{port}{keyed}")
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level=log_level)

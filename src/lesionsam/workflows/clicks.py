@@ -1,6 +1,7 @@
-"""``lesionsam evaluate-clicks``: the interactive protocol (Dice after 1…N clicks, AUC, NoC@80/90) on a folder.
-
-See :mod:`lesionsam.evaluation.interactive` for the protocol. Images and label maps are paired by case id (file
+"""``lesionsam evaluate-clicks``: an interactive protocol on a folder — ``lesionsam`` (Dice after 1…N clicks per
+lesion, AUC, NoC@80/90; :mod:`lesionsam.evaluation.interactive`) or ``cvpr25`` (the CVPR 2025 challenge's box + 5
+clicks, DSC_AUC / NSD_AUC, final DSC / NSD, time; :mod:`lesionsam.evaluation.cvpr25`).
+ Images and label maps are paired by case id (file
 name without its image ending; an image may carry nnU-Net's ``_0000`` channel suffix).
 """
 
@@ -21,8 +22,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Files written into the output folder.
+#: Files written into the output folder (``lesionsam`` protocol, ``cvpr25`` protocol).
 CSV_NAME, JSON_NAME = "clicks.csv", "clicks.json"
+CVPR25_CSV, CVPR25_JSON = "cvpr25.csv", "cvpr25.json"
+#: The protocols of ``evaluate-clicks``.
+PROTOCOLS: tuple[str, ...] = ("lesionsam", "cvpr25")
+
+
+@dataclass
+class Cvpr25Evaluation:
+    """The CVPR 2025 challenge protocol on a folder: per-case results, their summary, where they were written."""
+
+    results: list[Any]
+    summary: dict[str, Any]
+    settings: dict[str, Any]
+    csv_path: Path | None = None
+    json_path: Path | None = None
+    lesion_free: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The printed summary (per case, then overall)."""
+        from lesionsam.evaluation.cvpr25 import cvpr25_table
+
+        lines = [
+            f"  {r.case}: DSC_AUC {r.dsc_auc:.3f}  NSD_AUC {r.nsd_auc:.3f}  final DSC {r.dsc[-1]:.3f}  "
+            f"final NSD {r.nsd[-1]:.3f}  {sum(r.seconds):.2f} s"
+            for r in self.results
+        ]
+        extra = [f"  cases without the target label (not scored): {len(self.lesion_free)}"] if self.lesion_free else []
+        return "\n".join([*lines, cvpr25_table(self.summary, self.settings), *extra])
 
 
 @dataclass
@@ -99,8 +127,11 @@ def evaluate_clicks(
     zoom: ZoomPolicy | None = None,
     announce: Callable[[str], None] | None = None,
     progress: bool = False,
-) -> ClickEvaluation:
-    """Run the interactive protocol on every lesion of every case and write ``clicks.csv`` / ``clicks.json``.
+    protocol: str = "lesionsam",
+    box: str = "2d",
+) -> ClickEvaluation | Cvpr25Evaluation:
+    """Run an interactive protocol on every case and write ``clicks.csv`` / ``clicks.json`` (``lesionsam``: every
+    lesion) or ``cvpr25.csv`` / ``cvpr25.json`` (``cvpr25``: the lesion label as the challenge's target).
 
     Args:
         images_dir, labels_dir: the scans and their label maps (e.g. an MSD ``imagesTr`` / ``labelsTr``).
@@ -112,14 +143,22 @@ def evaluate_clicks(
         device, max_windows, zoom: passed to the predictor (``zoom``: zoom-in for small lesions, None: off).
         announce: called with a one-line note saying which label is used when ``label`` was not given.
         progress: show a progress bar.
+        protocol: ``"lesionsam"`` or ``"cvpr25"`` (whose clicks are fixed: ``n_clicks`` and ``click_mode`` are not
+            used; its box jitter is seeded from ``seed`` and the case id).
+        box: ``cvpr25`` only: the box given to the engine, ``"2d"`` (on the middle slice) or ``"3d"`` (+ z-range).
 
     Raises:
         ValueError, FileNotFoundError: bad folders, no image for a label map, an output folder that cannot be
             created or that would replace an input, a bad option (all checked before any work).
     """
     from lesionsam.data.clicks import CLICK_MODES
+    from lesionsam.evaluation.cvpr25 import BOX_MODES
 
     images_dir, labels_dir, out_dir = Path(images_dir), Path(labels_dir), Path(out)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown --protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if box not in BOX_MODES:
+        raise ValueError(f"unknown --box {box!r}; choose one of {', '.join(BOX_MODES)}")
     if n_clicks < 1:
         raise ValueError(f"--clicks must be >= 1, got {n_clicks}")
     if click_mode not in CLICK_MODES:
@@ -127,7 +166,8 @@ def evaluate_clicks(
     pairs = _pairs(images_dir, labels_dir)
     check_can_create(out_dir, what="--out", folder=True)
     reads = [("an image", p) for _, p, _ in pairs] + [("a label map", q) for _, _, q in pairs]
-    refuse_inputs_as_outputs([("--out", out_dir / CSV_NAME), ("--out", out_dir / JSON_NAME)], reads)
+    names = (CSV_NAME, JSON_NAME) if protocol == "lesionsam" else (CVPR25_CSV, CVPR25_JSON)
+    refuse_inputs_as_outputs([("--out", out_dir / name) for name in names], reads)
     if checkpoint is not None:
         from lesionsam.models.checkpoint import check_checkpoint_file
 
@@ -142,6 +182,15 @@ def evaluate_clicks(
         if announce is not None:
             announce(f"lesion label {label} (from {where}; --label N to choose)")
 
+    if protocol == "cvpr25":
+        where = {
+            "images_dir": str(images_dir),
+            "labels_dir": str(labels_dir),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+        }
+        return _evaluate_cvpr25(
+            pairs, predictor, out_dir, int(label), where, seed=seed, channel=channel, box=box, progress=progress
+        )
     from tqdm import tqdm
 
     from lesionsam.data.io import read_image
@@ -181,4 +230,54 @@ def evaluate_clicks(
     result.csv_path = atomic_write_bytes(out_dir / CSV_NAME, curves_csv(curves).encode())
     payload = json.dumps(curves_json(curves, settings), indent=2, allow_nan=False) + "\n"
     result.json_path = atomic_write_bytes(out_dir / JSON_NAME, payload.encode("utf-8"))
+    return result
+
+
+def _evaluate_cvpr25(
+    pairs: list[tuple[str, Path, Path]],
+    predictor: Any,
+    out_dir: Path,
+    label: int,
+    where: dict[str, Any],
+    *,
+    seed: int,
+    channel: int | None,
+    box: str,
+    progress: bool,
+) -> Cvpr25Evaluation:
+    """The ``cvpr25`` protocol on checked pairs (see :func:`evaluate_clicks`)."""
+    import zlib
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from lesionsam.data.io import read_image
+    from lesionsam.evaluation.cvpr25 import case_cvpr25, cvpr25_csv, cvpr25_json, summarise_cvpr25
+    from lesionsam.utils.dataclass_io import atomic_write_bytes
+
+    results, lesion_free = [], []
+    for cid, image_path, label_path in tqdm(pairs, desc="cvpr25", unit="case", disable=not progress):
+        image = read_image(image_path, channel=channel)
+        if image.array.ndim == 4:
+            raise ValueError(f"{image_path}: {image.array.shape[0]} channels; choose one with --channel")
+        shift = int(np.random.default_rng([int(seed), zlib.crc32(cid.encode("utf-8"))]).integers(0, 6))
+        found = case_cvpr25(predictor, image, read_image(label_path), label=label, case=cid, shift=shift, box=box)
+        if found is None:
+            lesion_free.append(cid)
+            continue
+        results.append(found)
+        log.info("case %s: DSC_AUC %.3f NSD_AUC %.3f", cid, found.dsc_auc, found.nsd_auc)
+    settings = {
+        "protocol": "cvpr25",
+        **where,
+        "label": label,
+        "box": box,
+        "seed": seed,
+        "lesion_free_cases": lesion_free,
+    }
+    summary = summarise_cvpr25(results)
+    result = Cvpr25Evaluation(results, summary, settings, lesion_free=lesion_free)
+    result.csv_path = atomic_write_bytes(out_dir / CVPR25_CSV, cvpr25_csv(results).encode())
+    payload = json.dumps(cvpr25_json(results, settings), indent=2, allow_nan=False) + "\n"
+    result.json_path = atomic_write_bytes(out_dir / CVPR25_JSON, payload.encode("utf-8"))
     return result
