@@ -85,3 +85,26 @@ def test_lesion_free_centres_hold_no_lesion_voxel() -> None:
     label[20:23, 20:23, 20:23] = 2
     label[30:33, 30:33, 30:33] = 2
     assert len(lesion_free_centres(pre, 2, 40, np.random.default_rng(0))) == 0
+
+
+def test_scale_variants_share_one_training_and_are_chosen_by_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONSAM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sweep"
+    variants = (
+        Variant("plain", "finetune", ("data.zoom.fraction=0.5",), zoom="off"),
+        Variant("zoomed", "finetune", note="zoomed", zoom="auto,fill=0.6,max=3", trained="plain"),
+    )
+    table = sweep(out, variants=variants, quick=True).read_text()
+    rows = json.loads((out / "sweep.json").read_text())
+    assert not (out / "zoomed" / "train_log.csv").exists()  # scored with the first variant's model
+    assert (out / "zoomed" / "val_metrics" / "metrics.json").is_file()
+    for row in rows:
+        coarse = json.loads((out / row["name"] / "val_metrics" / "metrics.json").read_text())["summary"]
+        small = coarse["lesion_dice_by_volume_coarse"]["<1 cm3"]
+        assert row["small_dice"] == small["mean_dice"] and row["small_found"] == small["recall"]
+    assert rows[1]["overrides"] == ["data.zoom.fraction=0.5", "--zoom auto,fill=0.6,max=3"]
+    assert "< 1 cm³ (found)" in table and "--zoom auto,fill=0.6,max=3" in table
+    with pytest.raises(ValueError, match="not an earlier variant"):
+        sweep(tmp_path / "bad", variants=(Variant("z", "finetune", trained="plain"),), quick=True)

@@ -13,7 +13,8 @@ from lesionsam.cli.main import command
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
-        help="choose defaults on the validation split: Zoom Loss readings (--stage loss) or gate budgets (gate)",
+        help="choose defaults on held-out selection cases: Zoom Loss readings (--stage loss), gate budgets (gate), "
+        "zoom-in and multi-scale training for small lesions (scale)",
         description=(
             "Transfers the demo's anatomy-pretrained tiny model with every variant of a stage under the demo's "
             "budget and scores each on the validation split of the demo's training data (one centre click per "
@@ -21,7 +22,9 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
             "sweep continues where it stopped."
         ),
     )
-    p.add_argument("--stage", choices=("loss", "gate"), default="loss", help="which defaults to sweep (default loss)")
+    p.add_argument(
+        "--stage", choices=("loss", "gate", "scale"), default="loss", help="which defaults to sweep (default loss)"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweep_<stage>)")
     p.add_argument("--quick", action="store_true", help="smoke-run sizes")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

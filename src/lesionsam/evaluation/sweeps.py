@@ -44,6 +44,16 @@ class SweepRow:
     gate_rate: float | None
     minutes: float
     gate_rates: dict[str, float] | None = None
+    small_dice: float | None = None
+    small_found: float | None = None
+    large_dice: float | None = None
+
+    @property
+    def size_score(self) -> float | None:
+        """The mean of the lesion Dice of tumours < 1 cm³ and ≥ 1 cm³ (None when either is missing)."""
+        if self.small_dice is None or self.large_dice is None:
+            return None
+        return (self.small_dice + self.large_dice) / 2.0
 
 
 def read_sweep_rows(path: str | os.PathLike[str]) -> list[SweepRow]:
@@ -53,7 +63,10 @@ def read_sweep_rows(path: str | os.PathLike[str]) -> list[SweepRow]:
 
 
 def best_row(rows: Sequence[SweepRow]) -> int:
-    """Index of the row with the best validation Dice (the one a sweep chooses)."""
+    """Index of the row a sweep chooses: the best size score (:attr:`SweepRow.size_score`) when every row has one
+    (the small-lesion sweep), else the best validation Dice."""
+    if rows and all(r.size_score is not None for r in rows):
+        return max(range(len(rows)), key=lambda i: rows[i].size_score)  # type: ignore[arg-type,return-value]
     return max(range(len(rows)), key=lambda i: rows[i].dice_mean if np.isfinite(rows[i].dice_mean) else -1)
 
 
@@ -72,14 +85,27 @@ def sweep_markdown(rows: Sequence[SweepRow], *, title: str, quick: bool = False)
         "| gates open by size bin |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    sized = any(r.small_dice is not None or r.large_dice is not None for r in rows)
+    if sized:
+        lines[2] += (
+            " By size: lesion Dice of tumours < 1 cm³ (share found) and ≥ 1 cm³ (— where the cases hold none); when "
+            "every row has both, the choice is the best mean of the two (in bold)."
+        )
+        lines[4] = lines[4].replace("| validation Dice |", "| validation Dice | < 1 cm³ (found) | ≥ 1 cm³ |")
+        lines[5] = lines[5] + "---|---|"
     for i, r in enumerate(rows):
-        dice = f"{r.dice_mean:.3f} ± {r.dice_sd:.3f}"
+        scores = [f"{r.dice_mean:.3f} ± {r.dice_sd:.3f}"]
+        if sized:
+            found = f" ({r.small_found:.0%})" if r.small_found is not None else ""
+            small = f"{r.small_dice:.3f}{found}" if r.small_dice is not None else "—"
+            scores += [small, f"{r.large_dice:.3f}" if r.large_dice is not None else "—"]
+        if i == best:
+            scores = [f"**{c}**" for c in scores]
         gate = "—" if r.gate_rate is None else f"{r.gate_rate:.2f}"
         bins = "; ".join(f"{k} {v:.2f}" for k, v in (r.gate_rates or {}).items()) or "—"
         settings = "; ".join(r.overrides) or "defaults"
-        dice = f"**{dice}**" if i == best else dice
         lines.append(
-            f"| {r.name} | {r.method} | {r.note or settings} (`{settings}`) | {dice} "
+            f"| {r.name} | {r.method} | {r.note or settings} (`{settings}`) | {' | '.join(scores)} "
             f"| {r.crop_val_dice:.3f} | {r.volume_ratio_median:.2f} | {gate} | {bins} |"
         )
     return "\n".join([*lines, ""])

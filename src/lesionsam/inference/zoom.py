@@ -49,7 +49,7 @@ class ZoomPolicy:
             non-adaptive baseline of the comparisons.
     """
 
-    fill: float = 0.4
+    fill: float = 0.6
     max_factor: float = 3.0
     finest_spacing: float = 0.25
     min_factor: float = 1.25

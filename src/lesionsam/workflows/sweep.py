@@ -31,6 +31,7 @@ from lesionsam.data.io import image_suffix
 from lesionsam.data.layouts import load_msd_cases
 from lesionsam.data.splits import read_splits
 from lesionsam.evaluation.sweeps import SweepRow, sweep_markdown
+from lesionsam.inference.zoom import ZoomPolicy, parse_zoom
 from lesionsam.utils.console import say
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.workflows.demo import (
@@ -51,6 +52,35 @@ class Variant:
     method: str
     overrides: tuple[str, ...] = ()
     note: str = ""
+    zoom: str = "off"
+    trained: str | None = None
+
+
+def _scale(name: str, zoom: str, note: str, trained: str | None = None, overrides: tuple[str, ...] = ()) -> Variant:
+    return Variant(name, "sgp_sam", overrides, note, zoom=zoom, trained=trained)
+
+
+#: Small lesions (issue 23): zoom-in at inference (``--zoom``: off, size-adaptive with its fill and largest factor,
+#: measured twice, or one fixed factor), multi-scale training (``data.zoom``). A variant with ``trained`` scores the
+#: model of that earlier variant with another zoom (one training, several inference settings). Chosen by the mean of
+#: the lesion Dice of tumours < 1 cm³ and ≥ 1 cm³ (small and large count alike).
+MS50 = ("data.zoom.fraction=0.5",)
+MS100 = ("data.zoom.fraction=1.0",)
+SCALE_VARIANTS: tuple[Variant, ...] = (
+    _scale("plain_off", "off", "model's spacing, no zoom (today)"),
+    _scale("plain_x2", "2", "every lesion zoomed 2x", "plain_off"),
+    _scale("plain_x3", "3", "every lesion zoomed 3x", "plain_off"),
+    _scale("plain_fill40", "auto,fill=0.4,max=3", "size-adaptive, fill 0.4, at most 3x", "plain_off"),
+    _scale("plain_fill60", "auto,fill=0.6,max=3", "size-adaptive, fill 0.6, at most 3x", "plain_off"),
+    _scale("plain_fill60_max4", "auto,fill=0.6,max=4", "size-adaptive, fill 0.6, at most 4x", "plain_off"),
+    _scale("plain_fill70", "auto,fill=0.7,max=3", "size-adaptive, fill 0.7, at most 3x", "plain_off"),
+    _scale("plain_fill60_2p", "auto,fill=0.6,max=3,passes=2", "size-adaptive, fill 0.6, measured twice", "plain_off"),
+    _scale("ms50_off", "off", "half the crops zoomed in training, no zoom", overrides=MS50),
+    _scale("ms50_fill60", "auto,fill=0.6,max=3", "half the crops zoomed in training, fill 0.6", "ms50_off"),
+    _scale("ms50_fill60_2p", "auto,fill=0.6,max=3,passes=2", "half zoomed in training, measured twice", "ms50_off"),
+    _scale("ms100_fill60", "auto,fill=0.6,max=3", "every crop zoomed in training, fill 0.6", overrides=MS100),
+    _scale("ms100_fill60_2p", "auto,fill=0.6,max=3,passes=2", "every crop zoomed, measured twice", "ms100_fill60"),
+)
 
 
 #: The readings of "voxel-balanced focal" (with the Zoom Loss's Dice term, lambda 1, gamma 2) compared for the
@@ -116,6 +146,7 @@ GATE_VARIANTS: tuple[Variant, ...] = (
 STAGES: dict[str, tuple[tuple[Variant, ...], str]] = {
     "loss": (LOSS_VARIANTS, "Zoom Loss readings"),
     "gate": (GATE_VARIANTS, "SGP-SAM gate budgets"),
+    "scale": (SCALE_VARIANTS, "small lesions: zoom-in and multi-scale training"),
 }
 
 
@@ -138,12 +169,18 @@ def validation_folder(train_root: Path, run_dir: Path) -> Path:
     return folder
 
 
-def score_validation(checkpoint: Path, folder: Path, run_dir: Path) -> dict[str, Any]:
+def score_validation(
+    checkpoint: Path, folder: Path, run_dir: Path, *, zoom: ZoomPolicy | None = None
+) -> dict[str, Any]:
     """One centre click per lesion on every case of ``folder`` (the selection set, or :func:`validation_folder`;
-    the demo's test protocol); Dice over the cases, the median predicted/ground-truth volume ratio and (SGP-SAM) the
-    mean gate activation over its gate crops (lesions and lesion-free crops)."""
-    _, eval_dir, gates_csv = evaluate_method(checkpoint, folder, run_dir, split="val")
-    cases = [c for c in json.loads((eval_dir / "metrics.json").read_text())["cases"] if c["gt_volume_ml"] > 0]
+    the demo's test protocol; ``zoom``: zoom-in for small lesions); Dice over the cases, the median
+    predicted/ground-truth volume ratio, the lesion Dice of tumours < 1 cm³ (and the share found) and ≥ 1 cm³, and
+    (SGP-SAM) the mean gate activation over its gate crops (lesions and lesion-free crops)."""
+    _, eval_dir, gates_csv = evaluate_method(checkpoint, folder, run_dir, split="val", zoom=zoom)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    coarse = metrics["summary"].get("lesion_dice_by_volume_coarse") or {}
+    small, large = coarse.get("<1 cm3") or {}, coarse.get(">=1 cm3") or {}
+    cases = [c for c in metrics["cases"] if c["gt_volume_ml"] > 0]
     dice = [c["dice"] for c in cases]
     ratios = [c["pred_volume_ml"] / c["gt_volume_ml"] for c in cases]
     gate_rate, by_bin = None, None
@@ -161,6 +198,9 @@ def score_validation(checkpoint: Path, folder: Path, run_dir: Path) -> dict[str,
         "volume_ratio_median": float(np.median(ratios)) if ratios else float("nan"),
         "gate_rate": gate_rate,
         "gate_rates": by_bin,
+        "small_dice": small.get("mean_dice"),
+        "small_found": small.get("recall"),
+        "large_dice": large.get("mean_dice"),
     }
 
 
@@ -199,28 +239,34 @@ def sweep(
         run_dir = root / v.name
         done = run_dir / "sweep_row.json"
         if done.is_file():
-            rows.append(SweepRow(**{**json.loads(done.read_text()), "overrides": tuple(v.overrides)}))
+            rows.append(SweepRow(**{**json.loads(done.read_text()), "overrides": _settings(variants, v)}))
             say(f"  {v.name}: already done ({done})")
             continue
         t0 = time.perf_counter()
-        best = transfer(
-            v.method,
-            train_root,
-            pretrained,
-            run_dir,
-            s,
-            seed=seed,
-            progress=progress,
-            overrides=v.overrides,
-            method_settings=False,
-        )
-        crop_dice = best_crop_dice(run_dir / "train_log.csv")
-        folder = selection if selection is not None else validation_folder(train_root, run_dir)
-        scores = score_validation(best, folder, run_dir)
+        trained_dir = root / v.trained if v.trained else run_dir
+        if v.trained:  # another variant's model, scored with this variant's zoom
+            if v.trained not in names[: names.index(v.name)]:
+                raise ValueError(f"sweep variant {v.name}: its model {v.trained!r} is not an earlier variant")
+            best = trained_dir / "best.pt"
+        else:
+            best = transfer(
+                v.method,
+                train_root,
+                pretrained,
+                run_dir,
+                s,
+                seed=seed,
+                progress=progress,
+                overrides=v.overrides,
+                method_settings=False,
+            )
+        crop_dice = best_crop_dice(trained_dir / "train_log.csv")
+        folder = selection if selection is not None else validation_folder(train_root, trained_dir)
+        scores = score_validation(best, folder, run_dir, zoom=parse_zoom(v.zoom))
         row = SweepRow(
             name=v.name,
             method=v.method,
-            overrides=tuple(v.overrides),
+            overrides=_settings(variants, v),
             note=v.note,
             crop_val_dice=crop_dice,
             minutes=(time.perf_counter() - t0) / 60,
@@ -234,6 +280,12 @@ def sweep(
             + f" ({row.minutes:.1f} min)"
         )
     return write_sweep(root, rows, title=title, quick=quick)
+
+
+def _settings(variants: Sequence[Variant], v: Variant) -> tuple[str, ...]:
+    """A variant's settings as the table shows them: its model's run-config overrides, then its ``--zoom``."""
+    trained = next(t.overrides for t in variants if t.name == v.trained) if v.trained else v.overrides
+    return (*trained, *((f"--zoom {v.zoom}",) if v.zoom != "off" else ()))
 
 
 def write_sweep(root: Path, rows: Sequence[SweepRow], *, title: str, quick: bool) -> Path:
