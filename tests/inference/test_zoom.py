@@ -5,6 +5,7 @@ only through it, refining clicks reuse its embedding, and prompts given one by o
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ import torch
 from scipy import ndimage
 from scipy.special import expit
 
+from lesionsam.cli.main import main
 from lesionsam.data.geometry import placeholder, resample
+from lesionsam.data.io import read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 from lesionsam.inference.boxes import Box
 from lesionsam.inference.predictor import LesionClicks, Predictor
@@ -171,3 +174,17 @@ def test_zoom_policy_rules() -> None:
     for bad, message in (({"fill": 1.0}, "fill must be in"), ({"max_factor": 0.5}, "factors must be >= 1")):
         with pytest.raises(ValueError, match=message):
             ZoomPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_the_zoom_flag_of_predict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image, _ = oblique_volume(shape=(40, 90, 80), blobs=SMALL)
+    img = write_image(image.array, tmp_path / "img.nii.gz", reference=image)
+    base = ["predict", str(img), "--preset", "tiny", "--point", "40,45,20"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*base, "--out", str(tmp_path / "z.nii.gz"), "--zoom", "auto,fill=0.5,max=2"]) == 0
+        assert read_image(tmp_path / "z.nii.gz").same_geometry(image, atol=1e-6)
+        assert main([*base, "--out", str(tmp_path / "bad.nii.gz"), "--zoom", "auto,size=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lesionsam predict: error: --zoom 'auto,size=2': unknown setting 'size=2'")
+    assert not (tmp_path / "bad.nii.gz").exists()

@@ -46,7 +46,7 @@ def add_zoom_flag(group: argparse._ActionsContainer, default: str = "off") -> No
         metavar="SPEC",
         help="zoom into small lesions: off, auto (size-adaptive: a lesion whose extent is small for the window is "
         "segmented again at a finer spacing), a factor (e.g. 2: every lesion), or auto with settings "
-        f"'auto,fill=0.4,max=3,finest=0.25,min=1.25,prior=yes' (default {default}; see docs/cli.md)",
+        f"'auto,fill=0.6,max=3,finest=0.25,min=1.25,prior=yes,passes=1' (default {default}; see docs/cli.md)",
     )
 
 

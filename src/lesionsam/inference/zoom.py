@@ -90,7 +90,7 @@ class ZoomPolicy:
 #: What ``--zoom`` takes (:func:`parse_zoom`).
 ZOOM_HELP = (
     "zoom into small lesions: 'off', 'auto' (size-adaptive, the validated defaults), a number (every lesion zoomed "
-    "by that factor), or 'auto' with settings, e.g. 'auto,fill=0.4,max=3,finest=0.25,min=1.25,prior=no'"
+    "by that factor), or 'auto' with settings, e.g. 'auto,fill=0.6,max=3,finest=0.25,min=1.25,prior=no'"
 )
 _KEYS = {
     "fill": "fill",
