@@ -85,6 +85,9 @@ def test_bench_interactive_times_each_step_for_both_dtypes() -> None:
         "refining click, library",
     }
     assert "server round trip, refining click, HTTP" in table
+    # Zoom-in's first and refining click (every lesion zoomed 2x), and its extra cost per lesion.
+    assert set(r.zoom) == {"first click, zoomed", "refining click, zoomed"} and r.zoom_factor == 2.0
+    assert "zoom-in's extra cost per lesion" in table
 
 
 def test_bench_interactive_reports_the_remote_protocol_beside_the_library() -> None:

@@ -54,6 +54,10 @@ class InteractiveBench(JsonResult):
     #: nnInteractive's protocol (first dtype): a first and a refining point through ``nninteractive-client`` beside
     #: the library on the same array and spacing, median s (empty when the client is not installed).
     remote_round_trip: dict[str, float] = field(default_factory=dict)
+    #: zoom-in (first dtype): a first and a refining click of a lesion zoomed ``zoom_factor`` times (a first pass on
+    #: the usual grid, the zoomed window resampled from the input, encoded and decoded), median s.
+    zoom: dict[str, float] = field(default_factory=dict)
+    zoom_factor: float = 0.0
 
 
 def bench_interactive(
@@ -68,8 +72,10 @@ def bench_interactive(
     repeats: int = 5,
     progress: bool = False,
     round_trip: bool = True,
+    zoom_factor: float = 2.0,
 ) -> InteractiveBench:
-    """Time an interactive session's steps (see the module docstring)."""
+    """Time an interactive session's steps (see the module docstring); ``zoom_factor`` > 1 also times a first and a
+    refining click of a lesion zoomed that many times (0: not)."""
     import os
 
     from lesionsam.inference.boxes import Box
@@ -129,6 +135,9 @@ def bench_interactive(
                 session.runner.encoder.encode(crop)
             times["encoder alone"].append(time.perf_counter() - t0)
         result.seconds[dtype] = {"open": opened, **{s: statistics.median(v) for s, v in times.items()}}
+    if zoom_factor > 1.0:
+        result.zoom = _zoomed_clicks(checkpoint, preset, device, dtypes[0], image, points, zoom_factor)
+        result.zoom_factor = zoom_factor
     for dtype in dtypes[1:]:
         result.dice_vs_float32[dtype] = [voxel_dice(a, b) for a, b in zip(masks[dtype], masks[dtypes[0]], strict=True)]
     if round_trip:
@@ -158,6 +167,40 @@ def bench_interactive(
         }
         result.remote_round_trip = _remote_round_trip(image, predictor, p, repeats=min(repeats, 3), progress=progress)
     return result
+
+
+def _zoomed_clicks(
+    checkpoint: str | None,
+    preset: str,
+    device: str,
+    dtype: str,
+    image: object,
+    points: list[tuple[int, int, int]],
+    factor: float,
+) -> dict[str, float]:
+    """Median s of a first and a refining click with every lesion zoomed ``factor`` times (a fixed factor: with
+    random weights a size-adaptive choice would time the weights)."""
+    from lesionsam.inference.predictor import Predictor
+    from lesionsam.inference.session import InteractiveSession
+    from lesionsam.inference.zoom import ZoomPolicy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        predictor = Predictor.from_checkpoint(
+            checkpoint, preset=preset, device=device, max_windows=1, dtype=dtype, zoom=ZoomPolicy(fixed=factor)
+        )
+    session = InteractiveSession(predictor, image)  # type: ignore[arg-type]
+    first, refine = [], []
+    for p in points:
+        t0 = time.perf_counter()
+        lesion = session.click(p).lesion
+        first.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        session.click((p[0] + 1, p[1] - 1, p[2]), positive=True, lesion=lesion)
+        refine.append(time.perf_counter() - t0)
+        session.reset()
+    return {"first click, zoomed": statistics.median(first), "refining click, zoomed": statistics.median(refine)}
 
 
 def _remote_round_trip(
@@ -206,6 +249,11 @@ def format_interactive_table(r: InteractiveBench) -> str:
         lines.append(f"server round trip, {step}: {seconds:.3f} s ({dtypes[0]})")
     for step, seconds in r.remote_round_trip.items():
         lines.append(f"remote protocol round trip, {step}: {seconds:.3f} s ({dtypes[0]})")
+    if r.zoom:
+        first = r.seconds[dtypes[0]]["first click"]
+        for step, seconds in r.zoom.items():
+            lines.append(f"zoom-in x{r.zoom_factor:g}, {step}: {seconds:.3f} s ({dtypes[0]})")
+        lines.append(f"zoom-in's extra cost per lesion (first click): {r.zoom['first click, zoomed'] - first:+.3f} s")
     client, library = (r.remote_round_trip.get(f"refining point, {w}") for w in ("nnInteractive client", "library"))
     if client is not None and library is not None:
         lines.append(f"remote protocol overhead of a refining point: {client - library:+.3f} s")
