@@ -77,7 +77,7 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         "--only-run", action="append", default=[], metavar="METHOD:SEED", help="make only this run (repeatable)"
     )
     p.add_argument("--shard", default=None, metavar="I/N", help="make every N-th run from the I-th (from 0)")
-    add_zoom_flag(p)
+    add_zoom_flag(p, default=None)
     p.add_argument(
         "--repeat-check",
         default=None,
@@ -113,9 +113,8 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
             if a.test_fraction is not None or a.clicks is not None:
                 raise ValueError("--test-fraction and --clicks are for a CONFIG's ablation, not the demo's")
             out = a.out or Path("runs/ablation")
-            zoom = parse_zoom(a.zoom)
             result = ablate(
-                out, methods=methods, seeds=seeds, quick=a.quick, progress=progress, only=only, shard=shard, zoom=zoom
+                out, methods=methods, seeds=seeds, quick=a.quick, progress=progress, only=only, shard=shard, zoom=a.zoom
             )
         else:
             from lesionsam.configs import resolve_config
@@ -133,7 +132,7 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
                 only=only,
                 shard=shard,
                 progress=progress,
-                zoom=parse_zoom(a.zoom),
+                zoom=parse_zoom(a.zoom or "off"),
             )
         if result is not None:
             print(result)

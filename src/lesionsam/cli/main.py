@@ -37,7 +37,7 @@ def command(name: str) -> Callable[[Callable[[argparse._SubParsersAction], None]
     return deco
 
 
-def add_zoom_flag(group: argparse._ActionsContainer, default: str = "off") -> None:
+def add_zoom_flag(group: argparse._ActionsContainer, default: str | None = "off") -> None:
     """``--zoom``: the one flag of zoom-in for small lesions (its value is read by
     :func:`lesionsam.inference.zoom.parse_zoom` when the command runs, so a bad one is a one-line error)."""
     group.add_argument(
@@ -46,7 +46,9 @@ def add_zoom_flag(group: argparse._ActionsContainer, default: str = "off") -> No
         metavar="SPEC",
         help="zoom into small lesions: off, auto (size-adaptive: a lesion whose extent is small for the window is "
         "segmented again at a finer spacing), a factor (e.g. 2: every lesion), or auto with settings "
-        f"'auto,fill=0.6,max=3,finest=0.25,min=1.25,prior=yes,passes=1' (default {default}; see docs/cli.md)",
+        "'auto,fill=0.6,max=3,finest=0.25,min=1.25,prior=yes,passes=1' (default "
+        + (default or "the demo recipe's chosen setting; off with a CONFIG")
+        + "; see docs/cli.md)",
     )
 
 

@@ -46,7 +46,7 @@ from lesionsam.data.splits import make_splits, read_splits, write_splits
 from lesionsam.evaluation.ablation_clicks import click_markdown, click_summary
 from lesionsam.evaluation.provenance import provenance_section, read_repeat_checks
 from lesionsam.evaluation.report import AblationEntry, write_ablation
-from lesionsam.inference.zoom import ZoomPolicy, zoom_spec
+from lesionsam.inference.zoom import ZoomPolicy, parse_zoom, zoom_spec
 from lesionsam.models.checkpoint import load_checkpoint
 from lesionsam.training.data import load_cases
 from lesionsam.training.distributed import DistContext
@@ -152,10 +152,10 @@ def ablate(
     progress: bool = True,
     only: Sequence[Run] = (),
     shard: tuple[int, int] | None = None,
-    zoom: ZoomPolicy | None = None,
+    zoom: str | None = None,
 ) -> Path | None:
     """Every method × seed on the demo's data and pretrained model; writes ``ablation.md`` and ``.json``.
-    ``zoom``: zoom-in for small lesions when the test cases are predicted (None: off).
+    ``zoom``: the ``--zoom`` of the test predictions (None: the recipe's chosen one, ``DemoSettings.zoom``).
 
     A (method, seed) whose run folder already holds its test metrics (``test_metrics/metrics.json``, written
     last) is not trained again, so an interrupted ablation continues where it stopped and runs made by
@@ -165,6 +165,7 @@ def ablate(
     _check_methods_seeds(methods, seeds)
     chosen = select_runs(methods, seeds, only=only, shard=shard)
     s = DemoSettings.quick() if quick else DemoSettings.full()
+    zoom_policy = parse_zoom(s.zoom if zoom is None else zoom)
     root = Path(out)
     check_can_create(root, what="--out", folder=True)
     say(
@@ -182,7 +183,7 @@ def ablate(
                 say(f"  {method} seed {seed}: already done ({eval_dir})")
             elif (method, seed) in chosen:
                 best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
-                evaluate_method(best, test_root, run_dir, zoom=zoom)
+                evaluate_method(best, test_root, run_dir, zoom=zoom_policy)
                 say(f"  {method} seed {seed}: done")
             entries.append(
                 AblationEntry(method=method, seed=seed, eval_dir=eval_dir, gates_csv=gates if gates.is_file() else None)
@@ -191,10 +192,14 @@ def ablate(
         say("  runs of this call done; collect the table with the same command without --only-run/--shard")
         return None
     section, provenance = provenance_report(root, [(m, s) for m in methods for s in seeds])
-    provenance["zoom"] = zoom_spec(zoom)
+    provenance["zoom"] = zoom_spec(zoom_policy)
+    provenance["transfer_overrides"] = list(s.transfer_overrides)
     zoom_line = (
-        "Zoom-in for small lesions when predicting the test cases: "
-        f"`--zoom {zoom_spec(zoom)}` (runs predicted before this call keep the setting they were predicted with)."
+        "Small lesions: the test cases predicted with "
+        f"`--zoom {zoom_spec(zoom_policy)}` (runs predicted before this call keep the setting they were predicted "
+        "with); the transfers trained with "
+        + (", ".join(f"`{o}`" for o in s.transfer_overrides) or "the recipe alone")
+        + "."
     )
     section = (section[0], section[1] + "\n\n" + zoom_line)
     path = write_ablation(root, entries, sections=[section], extra={"provenance": provenance})

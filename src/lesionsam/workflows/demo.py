@@ -40,7 +40,7 @@ from lesionsam.evaluation.report import MethodRun, write_report
 from lesionsam.evaluation.sweeps import read_sweep_rows, sweep_summary
 from lesionsam.inference.gates import gate_activation
 from lesionsam.inference.predictor import Predictor
-from lesionsam.inference.zoom import ZoomPolicy
+from lesionsam.inference.zoom import ZoomPolicy, parse_zoom
 from lesionsam.models import ModelConfig
 from lesionsam.models.backbone import Sam3DConfig, get_preset
 from lesionsam.models.checkpoint import load_checkpoint
@@ -57,6 +57,10 @@ DEMO_METHODS = ("finetune", "sgp_sam")
 #: budget chosen by validation Dice in ``lesionsam sweep --stage gate`` is no budget
 #: (``train.options.gate_cost=0``; every budget tried gave constant gates and a lower validation Dice; README).
 METHOD_SETTINGS: dict[str, tuple[str, ...]] = {}
+#: The small-lesion settings ``lesionsam sweep --stage scale`` chose on the selection set (docs/results.md): zoom-in
+#: at inference and multi-scale training of the transfers (not of the anatomy pretraining).
+CHOSEN_ZOOM = "auto"
+CHOSEN_TRAINING: tuple[str, ...] = ("data.zoom.fraction=0.5",)
 ABLATION_METHODS = ("finetune", "finetune_zoom", "sgp_dice", "sgp_sam")
 
 
@@ -79,6 +83,10 @@ class DemoSettings:
     patch_size: int = 16
     window_size: int = 3
     selection_cases: int = 0
+    #: small lesions (issue 23), chosen by ``lesionsam sweep --stage scale``: the test predictions' ``--zoom`` and the
+    #: transfers' run-config overrides (multi-scale training); sweeps train without the latter (their variants say).
+    zoom: str = "off"
+    transfer_overrides: tuple[str, ...] = ()
 
     def backbone(self) -> Sam3DConfig:
         """The tiny SAM-Med3D sizes of this recipe (``tiny`` with this crop, patch and window size)."""
@@ -133,6 +141,8 @@ class DemoSettings:
             minutes_per_transfer=2.5,
             test_cases=48,
             selection_cases=48,
+            zoom=CHOSEN_ZOOM,
+            transfer_overrides=CHOSEN_TRAINING,
         )
 
     @classmethod
@@ -166,6 +176,8 @@ class DemoSettings:
             lr=1e-3,
             expected_minutes=1,
             minutes_per_transfer=0.1,
+            zoom=CHOSEN_ZOOM,
+            transfer_overrides=CHOSEN_TRAINING,
         )
 
 
@@ -243,7 +255,15 @@ def pretrain(train_root: Path, s: DemoSettings, *, seed: int, progress: bool) ->
         train=s.train_config(epochs=s.pretrain_epochs, seed=seed),
     )
     # What the pretrained weights depend on (not the test set, the transfer nor the time estimates).
-    unrelated = ("test_cases", "selection_cases", "transfer_epochs", "expected_minutes", "minutes_per_transfer")
+    unrelated = (
+        "test_cases",
+        "selection_cases",
+        "transfer_epochs",
+        "expected_minutes",
+        "minutes_per_transfer",
+        "zoom",
+        "transfer_overrides",
+    )
     settings = {k: v for k, v in asdict(s).items() if k not in unrelated}
     key = hashlib.sha256(
         json.dumps({"v": __version__, "settings": settings, "seed": seed, "model": "tiny"}, sort_keys=True).encode()
@@ -275,9 +295,10 @@ def transfer_config(
     method_settings: bool = True,
 ) -> RunConfig:
     """The run config of a transfer of the pretrained model to the tumours with ``method``: with its
-    :data:`METHOD_SETTINGS` unless ``method_settings`` is False, then ``key=value`` run-config ``overrides``, e.g.
-    ``train.loss_options={balance: partial}``."""
-    overrides = (*(METHOD_SETTINGS.get(method, ()) if method_settings else ()), *overrides)
+    :data:`METHOD_SETTINGS` and the recipe's ``transfer_overrides`` unless ``method_settings`` is False (sweeps),
+    then ``key=value`` run-config ``overrides``, e.g. ``train.loss_options={balance: partial}``."""
+    chosen = (*METHOD_SETTINGS.get(method, ()), *s.transfer_overrides) if method_settings else ()
+    overrides = (*chosen, *overrides)
     cfg = RunConfig(
         name=method,
         model=s.model(method, checkpoint=pretrained),
@@ -417,7 +438,7 @@ def demo(
         run_dir = root / method
         best = transfer(method, train_root, pretrained, run_dir, s, seed=seed, progress=progress)
         t_train = time.perf_counter() - t0
-        pred_dir, eval_dir, gates = evaluate_method(best, test_root, run_dir)
+        pred_dir, eval_dir, gates = evaluate_method(best, test_root, run_dir, zoom=parse_zoom(s.zoom))
         runs.append(
             MethodRun(
                 name=method,
@@ -435,8 +456,10 @@ def demo(
         f"{s.backbone().low_res_size}³ decoder output) pretrained on liver + vessel crops "
         f"({s.pretrain_epochs} epochs), then transferred to tumours for {s.transfer_epochs} epochs per method "
         f"(batch {s.batch_size}, {s.num_clicks} click iterations, seed {seed}).",
-        "Test predictions: one centre click per tumour (lesionsam predict --clicks-from); "
-        "metrics from lesionsam evaluate.",
+        "Test predictions: one centre click per tumour (lesionsam predict --clicks-from"
+        + (f" --zoom {s.zoom}" if s.zoom != "off" else "")
+        + "); metrics from lesionsam evaluate."
+        + (f" Transfers trained with {', '.join(s.transfer_overrides)}." if s.transfer_overrides else ""),
         *timings,
         f"Total time {time.perf_counter() - t_all:.0f} s on {threads} CPU thread(s).",
         *defaults_notes(),

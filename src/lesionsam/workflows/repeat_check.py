@@ -21,6 +21,7 @@ from pathlib import Path
 from lesionsam.config import RunConfig, load_run_config
 from lesionsam.data.splits import read_splits
 from lesionsam.evaluation.provenance import repeat_check_lines, repeat_check_result
+from lesionsam.inference.zoom import parse_zoom
 from lesionsam.training.data import load_cases
 from lesionsam.training.trainer import Callback
 from lesionsam.utils.console import say
@@ -97,6 +98,7 @@ def repeat_check(
         test_cases = [c for c in load_cases(base) if c.case_id in test_ids]
         test_root = link_test_cases(test_cases, root / "test_data", base.data.channel)
         channel, device = _view_channel(test_cases, base.data.channel), None
+        zoom = None
     else:
         s = DemoSettings.quick() if quick else DemoSettings.full()
         train_root, test_root = root / "data" / "train", root / "data" / "test"
@@ -113,13 +115,22 @@ def repeat_check(
                     "set LESIONSAM_CACHE to the cache the ablation used"
                 )
         channel, device = None, "cpu"  # the demo's ablation scores its runs on the CPU
+        zoom = parse_zoom(s.zoom)  # as the ablation predicts its test cases
     repeat_dir = root / REPEAT_FOLDER / name
     if repeat_dir.exists():
         say(f"  replacing the previous repeat check in {repeat_dir}")
         shutil.rmtree(repeat_dir)
     say(f"lesionsam ablate --repeat-check {method}:{seed}: retraining {run_dir} from its recorded config")
     _train_and_test(
-        recorded, repeat_dir, test_root, channel, progress=progress, callbacks=callbacks, clicks=0, device=device
+        recorded,
+        repeat_dir,
+        test_root,
+        channel,
+        progress=progress,
+        callbacks=callbacks,
+        clicks=0,
+        device=device,
+        zoom=zoom,
     )
     result = repeat_check_result(method, seed, run_dir, repeat_dir)
     now = result["now"]

@@ -227,9 +227,10 @@ def sweep(
     s = DemoSettings.quick() if quick else DemoSettings.full()
     root = Path(out)
     where = f"{s.selection_cases} selection cases" if s.selection_cases else "the validation split"
+    trainings = sum(1 for v in variants if not v.trained)  # the others score an earlier variant's model
     say(
-        f"lesionsam sweep: {len(variants)} variants scored on {where}, about "
-        f"{2 + s.minutes_per_transfer * len(variants):.0f} min on a 2-core CPU"
+        f"lesionsam sweep: {len(variants)} variants ({trainings} trainings) scored on {where}, about "
+        f"{2 + s.minutes_per_transfer * trainings + 0.5 * (len(variants) - trainings):.0f} min on a 2-core CPU"
     )
     train_root, _ = prepare_data(root, s, seed=0, test=False)  # no test case is written
     selection = prepare_selection(root, s, seed=0) if s.selection_cases else None
