@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lesionsam.models.backbone import Sam3D, Sam3DConfig, build_sam3d
+from lesionsam.models.backbone import FullResPath, Sam3D, Sam3DConfig, build_sam3d
 from lesionsam.models.backbone.image_encoder import ImageEncoderViT3D
 from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
 from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
@@ -287,11 +287,13 @@ class EncodedImage:
         embedding: (B, E, G, G, G) float image embedding, axes (D, H, W).
         gates: (B, n_modules) float32 gate decisions in {0, 1}, columns in block order (``SGPSam.sgpm_blocks``).
         gate_probs: (B, n_modules) float32 keep probabilities of the gating units.
+        full_res: the full-resolution path's stem features of the crops (finest first), or None without the path.
     """
 
     embedding: Tensor
     gates: Tensor
     gate_probs: Tensor
+    full_res: tuple[Tensor, ...] | None = None
 
 
 class SGPSam(Sam3D):
@@ -311,6 +313,7 @@ class SGPSam(Sam3D):
         image_encoder, prompt_encoder, mask_decoder: the SAM-Med3D parts.
         config: the sizes the parts were built with.
         options: :class:`SGPOptions` (blocks are checked against ``config.encoder_depth``).
+        full_res: an optional full-resolution decoder path (as :class:`Sam3D`'s).
 
     Raises:
         ValueError: a block index outside the encoder, or an unknown gate mode.
@@ -326,9 +329,14 @@ class SGPSam(Sam3D):
         mask_decoder: MaskDecoder3D,
         config: Sam3DConfig,
         options: SGPOptions | None = None,
+        full_res: FullResPath | None = None,
     ) -> None:
         super().__init__(
-            image_encoder=image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, config=config
+            image_encoder=image_encoder,
+            prompt_encoder=prompt_encoder,
+            mask_decoder=mask_decoder,
+            config=config,
+            full_res=full_res,
         )
         opts = options or SGPOptions()
         blocks = opts.resolve_blocks(config)
@@ -392,6 +400,7 @@ class SGPSam(Sam3D):
             embedding=embedding,
             gates=torch.stack(gates, dim=1) if gates else empty,
             gate_probs=torch.stack(probs, dim=1) if probs else empty,
+            full_res=self.full_res_features(image),
         )
 
     def decode(  # type: ignore[override]
@@ -403,7 +412,9 @@ class SGPSam(Sam3D):
                 f"SGPSam.decode expects the EncodedImage returned by SGPSam.encode, got {type(encoded).__name__}; "
                 "call model.decode(model.encode(image), prompts)"
             )
-        out = super().decode(encoded.embedding, prompts, multimask_output=multimask_output)
+        out = self.decode_embedding(
+            encoded.embedding, prompts, multimask_output=multimask_output, full_res_features=encoded.full_res
+        )
         out.extras["gates"] = encoded.gates
         out.extras["gate_probs"] = encoded.gate_probs
         return out
@@ -424,19 +435,26 @@ class SGPSam(Sam3D):
 
 
 def build_sgp_sam(
-    config: Sam3DConfig | None = None, options: SGPOptions | None = None, *, attn_impl: str = "fast"
+    config: Sam3DConfig | None = None,
+    options: SGPOptions | None = None,
+    *,
+    attn_impl: str = "fast",
+    full_res_channels: int | None = None,
 ) -> SGPSam:
-    """Build a randomly initialised SGP-SAM (zero-initialised fusion: equal to its backbone).
+    """Build a randomly initialised SGP-SAM (zero-initialised fusion: equal to its backbone), with a fresh
+    full-resolution decoder path when ``full_res_channels`` is given (as :func:`build_sam3d`).
 
     Example:
         >>> from lesionsam.models.backbone import get_preset
         >>> model = build_sgp_sam(get_preset("tiny"), SGPOptions(gate="learned"))
     """
-    return SGPSam.from_sam3d(build_sam3d(config, attn_impl=attn_impl), options)
+    return SGPSam.from_sam3d(build_sam3d(config, attn_impl=attn_impl, full_res_channels=full_res_channels), options)
 
 
 def _build(config: ModelConfig, options: SGPOptions | None) -> SGPSam:
-    return build_sgp_sam(config.backbone, options, attn_impl=config.attention)
+    return build_sgp_sam(
+        config.backbone, options, attn_impl=config.attention, full_res_channels=config.full_res_channels
+    )
 
 
 #: The Zoom Loss's focal term used by default: the plain (unbalanced) focal loss, chosen by validation Dice in
@@ -451,5 +469,6 @@ register_method(
     loss="zoom",
     loss_options=ZOOM_DEFAULTS,
     train_options=SGPTrainOptions,
+    full_res=True,
 )(_build)
 register_preset("sgp_dice", of="sgp_sam", loss="dice", description="ablation: SGPM trained with Dice")
