@@ -164,3 +164,34 @@ def test_levels_follow_the_patch_size() -> None:
     assert [f.shape[1:] for f in feats] == [(2, 32, 32, 32), (4, 16, 16, 16), (8, 8, 8, 8)]
     res = path.head(torch.zeros(1, 6, 4, 4, 4), torch.zeros(1, 4, 4, 4, 4), feats)
     assert res.shape == (1, 4, 32, 32, 32) and not res.any()
+
+
+def test_sgpm_high_res_needs_the_path() -> None:
+    with pytest.raises(ValueError, match="high_res draws on the full-resolution decoder path's stem"):
+        build_model(_config("sgp_sam", options={"high_res": True}))
+
+
+def test_sgpm_high_res_changes_the_gate_input_and_keeps_the_official_outputs(official_ckpt: Path) -> None:
+    torch.manual_seed(4)
+    high = build_model(
+        _config("sgp_sam", checkpoint=str(official_ckpt), full_res_channels=4, options={"high_res": True})
+    )
+    low = build_model(_config("sgp_sam", full_res_channels=4))
+    result = low.load_state_dict(high.state_dict(), strict=False)  # same weights, less the summary's projections
+    assert result.unexpected_keys and all(".high_res." in k for k in result.unexpected_keys)
+    official = build_sam3d(get_preset("tiny")).eval()
+    load_sam_med3d_weights(official, official_ckpt)
+    seen: dict[str, list[torch.Tensor]] = {"high": [], "low": []}
+    for name, model in (("high", high), ("low", low)):
+        model.eval()
+        for module in model.sgpm.values():  # type: ignore[attr-defined]
+            module.gate.register_forward_hook(lambda _m, args, _out, n=name: seen[n].append(args[0]))
+    image = torch.randn(2, 1, 64, 64, 64)
+    prompts = Prompts(points=torch.full((2, 1, 3), 30.0), labels=torch.ones(2, 1, dtype=torch.int64))
+    with torch.no_grad():
+        got = high.decode(high.encode(image), prompts)
+        low.encode(image)
+        want = official.decode(official.encode(image), prompts)
+    assert len(seen["high"]) == len(seen["low"]) == 2
+    assert all(not torch.allclose(h, lo) for h, lo in zip(seen["high"], seen["low"], strict=True))
+    assert torch.equal(got.logits, want.logits) and torch.equal(got.low_res_logits, want.low_res_logits)

@@ -93,6 +93,7 @@ class FullResStem(nn.Module):
     def __init__(self, *, in_chans: int, channels: int, levels: int) -> None:
         super().__init__()
         widths = [channels * 2**k for k in range(levels)]
+        self.widths = tuple(widths)
         self.convs = nn.ModuleList([nn.Conv3d(in_chans, widths[0], kernel_size=3, padding=1)])
         self.convs.extend(nn.Conv3d(a, b, kernel_size=2, stride=2) for a, b in zip(widths, widths[1:], strict=False))
         self.skips = nn.ModuleList(nn.Conv3d(w, w, kernel_size=1) for w in widths)
