@@ -95,6 +95,27 @@ def test_whole_model_forward_equals_official_chain(official_tiny, official_io) -
     assert out.iou.shape == (2, 1)
 
 
+@pytest.mark.parametrize("multimask", [False, True])
+def test_fresh_full_resolution_path_keeps_the_official_outputs(
+    official_tiny, official_io, official_ckpt, multimask
+) -> None:
+    """Official weights in a model with the full-resolution decoder path present and fresh: identical outputs."""
+    model = build_sam3d(get_preset("tiny"), full_res_channels=8).eval()
+    report = load_sam_med3d_weights(model, official_ckpt)
+    assert report.new_keys and all(k.startswith("full_res.") for k in report.new_keys)
+    prompts = Prompts(points=official_io["points"], labels=official_io["labels"], mask=official_io["mask_input"])
+    with torch.no_grad():
+        encoded = model.encode(official_io["image"])
+        out = model.decode(encoded, prompts, multimask_output=multimask)
+        want = official_tiny(official_io["image"], prompts, multimask_output=multimask)
+    assert torch.equal(out.low_res_logits, want.low_res_logits)
+    assert torch.equal(out.logits, want.logits)
+    assert torch.equal(out.iou, want.iou)
+    if not multimask:
+        scale = official_io["low_res"].abs().max()
+        torch.testing.assert_close(out.low_res_logits / scale, official_io["low_res"] / scale, atol=1e-4, rtol=1e-4)
+
+
 def test_forward_without_prompts_and_multimask(official_tiny, official_io) -> None:
     with torch.no_grad():
         out = official_tiny(official_io["image"], Prompts(), multimask_output=True)

@@ -24,6 +24,10 @@ class ModelConfig:
             (a local path; nothing is downloaded), or None for random initialisation.
         attention: ``"fast"`` (exact fold of the window padding) or ``"naive"`` (official, slow).
         options: method-specific settings, checked by the method's own options dataclass.
+        full_res_channels: None (default): no full-resolution decoder path (the official decoder; the key is left
+            out of a written config). An integer c >= 1: a fresh, zero-initialised full-resolution path whose stem
+            has c channels at the crop's resolution (:class:`~lesionsam.models.backbone.full_res.FullResPath`;
+            8 is a good start). Only for methods that declare it (``lesionsam methods``).
     """
 
     method: str = "sam_med3d"
@@ -32,9 +36,13 @@ class ModelConfig:
     checkpoint: str | None = None
     attention: str = "fast"
     options: dict[str, Any] = field(default_factory=dict)
+    full_res_channels: int | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
         look_up_option(self.attention, ATTENTION_IMPLS, what="attention implementation")
+        c = self.full_res_channels
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(f"model.full_res_channels must be an integer >= 1 (or null: no path), got {c!r}")
 
     @classmethod
     def _from_dict_hook(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,9 @@ class MethodSpec:
         training: its training step, one of :data:`TRAINING_STEPS`.
         train_options: the dataclass of its own training options (a :class:`~lesionsam.models.interface.TrainOptions`
             subclass, the run config's ``train.options``), or None.
+        full_res: the builder gives the model the full-resolution decoder path when ``model.full_res_channels`` is
+            set (:class:`~lesionsam.models.backbone.full_res.FullResPath`); False: ``build_model`` refuses the option.
+        full_res_note: why a method without the path has none, in one line (for that refusal).
         preset_of: set for a *preset*: another method's model (same builder, options, training step and training
             options) with another default loss, a name for a loss choice (``sgp_dice`` = ``sgp_sam`` with
             ``train.loss=dice``).
@@ -61,6 +64,8 @@ class MethodSpec:
     loss_options: Mapping[str, Any] = field(default_factory=dict)
     training: str = "interactive"
     train_options: type[TrainOptions] | None = None
+    full_res: bool = False
+    full_res_note: str = ""
     preset_of: str | None = None
 
 
@@ -76,9 +81,12 @@ def register_method(
     loss_options: Mapping[str, Any] | None = None,
     training: str = "interactive",
     train_options: type[TrainOptions] | None = None,
+    full_res: bool = False,
+    full_res_note: str = "",
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(config, options) -> SegModel`` under ``name``, with what it declares (see
-    :class:`MethodSpec`: its model options, default loss, training step and training options).
+    :class:`MethodSpec`: its model options, default loss, training step and training options, and whether it carries
+    the full-resolution decoder path, or why not).
 
     Example:
         >>> @register_method("my_method", description="SAM-Med3D with a twist")
@@ -93,7 +101,16 @@ def register_method(
         if train_options is not None and not issubclass(train_options, TrainOptions):
             raise TypeError(f"method {name!r}: train_options must subclass TrainOptions, got {train_options!r}")
         _METHODS[name] = MethodSpec(
-            name, builder, options, description, loss, dict(loss_options or {}), training, train_options
+            name,
+            builder,
+            options,
+            description,
+            loss,
+            dict(loss_options or {}),
+            training,
+            train_options,
+            full_res=full_res,
+            full_res_note=full_res_note,
         )
         return builder
 
@@ -120,6 +137,8 @@ def register_preset(
         dict(loss_options or {}),
         base.training,
         base.train_options,
+        full_res=base.full_res,
+        full_res_note=base.full_res_note,
         preset_of=of,
     )
 
@@ -163,6 +182,11 @@ def build_model(config: ModelConfig) -> SegModel:
         options = None
     else:
         options = from_dict(spec.options, config.options, where="model.options")
+    if config.full_res_channels is not None and not spec.full_res:
+        why = spec.full_res_note or "it does not declare one"
+        raise ValueError(
+            f"method {config.method!r} has no full-resolution decoder path ({why}); remove model.full_res_channels"
+        )
     model = spec.builder(config, options)
     model.method_name = spec.name
     if config.checkpoint:

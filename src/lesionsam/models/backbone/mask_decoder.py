@@ -180,13 +180,26 @@ class MaskDecoder3D(nn.Module):
             low-res logits (B, M, 4G, 4G, 4G) and IoU predictions (B, M), M = 1 or ``num_multimask_outputs``.
         """
         masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
-        sl = slice(1, None) if multimask_output else slice(0, 1)
+        sl = self.selection(multimask_output)
         return masks[:, sl], iou[:, sl]
+
+    @staticmethod
+    def selection(multimask_output: bool) -> slice:
+        """Which of the ``num_mask_tokens`` outputs are returned: the ambiguity masks, or the single mask."""
+        return slice(1, None) if multimask_output else slice(0, 1)
 
     def predict_masks(
         self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
     ) -> tuple[Tensor, Tensor]:
         """All ``num_mask_tokens`` masks (B, 1 + M, 4G, 4G, 4G) and IoU (B, 1 + M)."""
+        masks, iou, _ = self.predict_masks_and_embedding(image_embeddings, image_pe, sparse, dense)
+        return masks, iou
+
+    def predict_masks_and_embedding(
+        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`predict_masks` and the upscaled mask embedding (B, E/8, 4G, 4G, 4G) the masks are read from (what a
+        full-resolution path continues from)."""
         tokens = self.output_tokens(sparse)
         src = image_embeddings
         if src.shape[0] != tokens.shape[0]:
@@ -195,7 +208,7 @@ class MaskDecoder3D(nn.Module):
         pos = image_pe if image_pe.shape[0] == tokens.shape[0] else image_pe.expand(tokens.shape[0], -1, -1, -1, -1)
         b, c, *grid = src.shape
         hs, src = self.transformer(src, pos, tokens)
-        return self.masks_from_tokens(hs, src.transpose(1, 2).reshape(b, c, *grid))
+        return self.masks_and_embedding_from_tokens(hs, src.transpose(1, 2).reshape(b, c, *grid))
 
     def output_tokens(self, sparse: Tensor) -> Tensor:
         """[IoU token, mask tokens, prompt tokens]: (B, 1 + num_mask_tokens + T, E)."""
@@ -210,9 +223,14 @@ class MaskDecoder3D(nn.Module):
             hs: (B, T, E) output tokens (IoU token first, then the mask tokens).
             src: (B, E, G, G, G) attended image embedding.
         """
+        masks, iou, _ = self.masks_and_embedding_from_tokens(hs, src)
+        return masks, iou
+
+    def masks_and_embedding_from_tokens(self, hs: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`masks_from_tokens` and the upscaled mask embedding (B, E/8, 4G, 4G, 4G)."""
         mask_tokens = hs[:, 1 : 1 + self.num_mask_tokens]
         up = self.output_upscaling(src)  # (B, E/8, 4G, 4G, 4G)
         hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         b, c, *grid = up.shape
         masks = (hyper @ up.reshape(b, c, -1)).reshape(b, -1, *grid)
-        return masks, self.iou_prediction_head(hs[:, 0])
+        return masks, self.iou_prediction_head(hs[:, 0]), up

@@ -493,4 +493,5 @@ register_method(
     description="H-SAM: prompt-free hierarchical decoding (multi-class)",
     loss="hsam",
     training="automatic",
+    full_res_note="its hierarchical pixel decoder already decodes at full resolution from the crop",
 )(_build)

@@ -489,4 +489,5 @@ register_method(
     loss="dice_ce",
     training="text",
     train_options=RefSAM3DTrainOptions,
+    full_res_note="its ref_decoder already refines the mask at full resolution from a conv path on the crop",
 )(_build)

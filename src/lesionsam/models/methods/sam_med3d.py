@@ -15,13 +15,18 @@ from lesionsam.models.registry import register_method, register_preset
 
 
 def _build(config: ModelConfig, options: None) -> Sam3D:
-    return build_sam3d(config.backbone, attn_impl=config.attention)
+    return build_sam3d(config.backbone, attn_impl=config.attention, full_res_channels=config.full_res_channels)
 
 
-register_method("sam_med3d", description="SAM-Med3D / SAM-Med3D-turbo with click and mask prompts", loss="dice_ce")(
-    _build
-)
-register_method("finetune", description="ablation: SAM-Med3D fine-tuned with DiceCE (baseline)", loss="dice_ce")(_build)
+register_method(
+    "sam_med3d",
+    description="SAM-Med3D / SAM-Med3D-turbo with click and mask prompts",
+    loss="dice_ce",
+    full_res=True,
+)(_build)
+register_method(
+    "finetune", description="ablation: SAM-Med3D fine-tuned with DiceCE (baseline)", loss="dice_ce", full_res=True
+)(_build)
 register_preset(
     "finetune_zoom",
     of="finetune",

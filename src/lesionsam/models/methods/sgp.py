@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lesionsam.models.backbone import Sam3D, Sam3DConfig, build_sam3d
+from lesionsam.models.backbone import FullResPath, Sam3D, Sam3DConfig, build_sam3d
 from lesionsam.models.backbone.image_encoder import ImageEncoderViT3D
 from lesionsam.models.backbone.mask_decoder import MaskDecoder3D
 from lesionsam.models.backbone.prompt_encoder import PromptEncoder3D
 from lesionsam.models.config import ModelConfig
 from lesionsam.models.interface import Prompts, SegOutput
 from lesionsam.models.methods.sgp_budget import SGPTrainOptions, gate_budget
+from lesionsam.models.methods.sgp_high_res import high_res_summary, high_res_width
 from lesionsam.models.registry import register_method, register_preset
 from lesionsam.utils.options import look_up_option
 
@@ -83,6 +84,8 @@ class SGPOptions:
             crop, so the decision can depend on what the crop holds (cost: two reductions over G³ x C tokens,
             negligible next to one encoder block). The gate's first layer widens to ``len(gate_pool) x C`` inputs
             (checkpoints trained with another ``gate_pool`` do not load).
+        high_res: the gate and fusion block of every SGPM also see a per-token summary of the full-resolution
+            path's stem features (needs ``model.full_res_channels``; :mod:`lesionsam.models.methods.sgp_high_res`).
     """
 
     blocks: tuple[int, ...] | None = None
@@ -93,8 +96,11 @@ class SGPOptions:
     gumbel_tau: float = 1.0
     gate_open_bias: float = DEFAULT_GATE_OPEN_BIAS
     gate_pool: tuple[str, ...] = ("mean",)
+    high_res: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.high_res, bool):
+            raise ValueError(f"SGPOptions.high_res must be true or false, got {self.high_res!r}")
         if self.blocks is not None:
             blocks = tuple(int(b) for b in self.blocks)
             if any(b < 0 for b in blocks):
@@ -212,6 +218,8 @@ class SelfGatedPromptingModule(nn.Module):
         gumbel_tau: Gumbel-softmax temperature while training.
         gate_open_bias: initial keep − skip logit margin.
         gate_pool: the statistics the gating unit pools (:attr:`SGPOptions.gate_pool`).
+        high_res_dim: width of a high-resolution summary added to what gate and fusion see (``high_res``:
+            ``nn.Linear(high_res_dim, C)``); 0: none.
     """
 
     def __init__(
@@ -225,9 +233,11 @@ class SelfGatedPromptingModule(nn.Module):
         gumbel_tau: float = 1.0,
         gate_open_bias: float = DEFAULT_GATE_OPEN_BIAS,
         gate_pool: Sequence[str] = ("mean",),
+        high_res_dim: int = 0,
     ) -> None:
         super().__init__()
         hidden = max(1, dim // reduction)
+        self.high_res = nn.Linear(high_res_dim, dim) if high_res_dim else None
         self.gate = GatingUnit(dim=dim, hidden=hidden, open_bias=gate_open_bias, pool=gate_pool)
         self.msff = MultiScaleFusion3D(dim=dim, hidden=hidden, kernel_size=kernel_size, dilations=dilations)
         self.gate_mode = look_up_option(gate_mode, GATE_MODES, what="SGP gate mode")
@@ -237,11 +247,12 @@ class SelfGatedPromptingModule(nn.Module):
         """Switch between ``"learned"``, ``"on"`` and ``"off"`` (same weights)."""
         self.gate_mode = look_up_option(mode, GATE_MODES, what="SGP gate mode")
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, high_res: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Gate and prompt the tokens after one encoder block.
 
         Args:
             x: (B, G, G, G, C) tokens, axes (D, H, W).
+            high_res: (B, G, G, G, high_res_dim) summary of the crop at high resolution (with ``high_res_dim``).
 
         Returns:
             ``(tokens, gate, keep_prob)``: (B, G, G, G, C) prompted tokens; (B,) float32 decisions in {0, 1}
@@ -249,33 +260,36 @@ class SelfGatedPromptingModule(nn.Module):
             probability ``softmax(logits)[:, 1]`` of the gating unit (differentiable; in the forced modes it
             is reported but not used).
         """
-        logits = self.gate(x).float()
+        if (self.high_res is None) != (high_res is None):
+            raise ValueError("an SGPM takes a high-resolution summary exactly when it was built with high_res_dim")
+        seen = x if self.high_res is None else x + self.high_res(high_res.to(x.dtype))  # type: ignore[union-attr]
+        logits = self.gate(seen).float()
         keep_prob = logits.softmax(dim=-1)[:, 1]
         batch = x.shape[0]
         if self.gate_mode == "off":
             return x, x.new_zeros(batch, dtype=torch.float32), keep_prob
         if self.gate_mode == "on":
-            return x + self.msff(x), x.new_ones(batch, dtype=torch.float32), keep_prob
+            return x + self.msff(seen), x.new_ones(batch, dtype=torch.float32), keep_prob
         if self.training:
             sample = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)[:, 1]
             # Value exactly 0/1 by construction, gradient the straight-through one of gumbel_softmax.
             gate = sample.detach().round() + (sample - sample.detach())
             if torch.is_grad_enabled():
                 # Straight-through: the gate's gradient needs msff(x) for closed samples too, so run it on all.
-                return x + gate.to(x.dtype).view(batch, 1, 1, 1, 1) * self.msff(x), gate, keep_prob
+                return x + gate.to(x.dtype).view(batch, 1, 1, 1, 1) * self.msff(seen), gate, keep_prob
         else:
             gate = (logits.argmax(dim=-1) == 1).float()
-        return self._prompt_open_samples(x, gate), gate, keep_prob
+        return self._prompt_open_samples(x, seen, gate), gate, keep_prob
 
-    def _prompt_open_samples(self, x: Tensor, gate: Tensor) -> Tensor:
-        """Add ``msff`` to the samples whose (hard, gradient-free) gate is 1, computing it for those only."""
+    def _prompt_open_samples(self, x: Tensor, seen: Tensor, gate: Tensor) -> Tensor:
+        """Add ``msff(seen)`` to the samples whose (hard, gradient-free) gate is 1, computing it for those only."""
         open_idx = gate.detach().nonzero().flatten()
         n_open = open_idx.numel()
         if n_open == 0:
             return x
         if n_open == x.shape[0]:
-            return x + self.msff(x)
-        prompt = self.msff(x.index_select(0, open_idx))
+            return x + self.msff(seen)
+        prompt = self.msff(seen.index_select(0, open_idx))
         return x.index_add(0, open_idx, prompt.to(x.dtype))  # autocast may give a lower-precision prompt
 
 
@@ -287,11 +301,13 @@ class EncodedImage:
         embedding: (B, E, G, G, G) float image embedding, axes (D, H, W).
         gates: (B, n_modules) float32 gate decisions in {0, 1}, columns in block order (``SGPSam.sgpm_blocks``).
         gate_probs: (B, n_modules) float32 keep probabilities of the gating units.
+        full_res: the full-resolution path's stem features of the crops (finest first), or None without the path.
     """
 
     embedding: Tensor
     gates: Tensor
     gate_probs: Tensor
+    full_res: tuple[Tensor, ...] | None = None
 
 
 class SGPSam(Sam3D):
@@ -311,6 +327,7 @@ class SGPSam(Sam3D):
         image_encoder, prompt_encoder, mask_decoder: the SAM-Med3D parts.
         config: the sizes the parts were built with.
         options: :class:`SGPOptions` (blocks are checked against ``config.encoder_depth``).
+        full_res: an optional full-resolution decoder path (as :class:`Sam3D`'s).
 
     Raises:
         ValueError: a block index outside the encoder, or an unknown gate mode.
@@ -326,13 +343,23 @@ class SGPSam(Sam3D):
         mask_decoder: MaskDecoder3D,
         config: Sam3DConfig,
         options: SGPOptions | None = None,
+        full_res: FullResPath | None = None,
     ) -> None:
         super().__init__(
-            image_encoder=image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, config=config
+            image_encoder=image_encoder,
+            prompt_encoder=prompt_encoder,
+            mask_decoder=mask_decoder,
+            config=config,
+            full_res=full_res,
         )
         opts = options or SGPOptions()
         blocks = opts.resolve_blocks(config)
         self.options = replace(opts, blocks=blocks)
+        if opts.high_res and full_res is None:
+            raise ValueError(
+                "SGPOptions.high_res draws on the full-resolution decoder path's stem: set model.full_res_channels"
+            )
+        high_res_dim = high_res_width(full_res.stem.widths) if opts.high_res and full_res is not None else 0
         self.sgpm = nn.ModuleDict(
             {
                 str(b): SelfGatedPromptingModule(
@@ -344,6 +371,7 @@ class SGPSam(Sam3D):
                     gumbel_tau=opts.gumbel_tau,
                     gate_open_bias=opts.gate_open_bias,
                     gate_pool=opts.gate_pool,
+                    high_res_dim=high_res_dim,
                 )
                 for b in blocks
             }
@@ -375,12 +403,14 @@ class SGPSam(Sam3D):
         """(B, C, S, S, S) normalised crops, axes (D, H, W) → :class:`EncodedImage` (embedding and gates)."""
         gates: list[Tensor] = []
         probs: list[Tensor] = []
+        stem = self.full_res_features(image)
+        summary = high_res_summary(stem, self.config.grid_size) if self.options.high_res and stem else None
 
         def hook(index: int, tokens: Tensor) -> Tensor:
             key = str(index)
             if key not in self.sgpm:
                 return tokens
-            tokens, gate, prob = self.sgpm[key](tokens)
+            tokens, gate, prob = self.sgpm[key](tokens, summary)
             gates.append(gate)
             probs.append(prob)
             return tokens
@@ -392,6 +422,7 @@ class SGPSam(Sam3D):
             embedding=embedding,
             gates=torch.stack(gates, dim=1) if gates else empty,
             gate_probs=torch.stack(probs, dim=1) if probs else empty,
+            full_res=stem,
         )
 
     def decode(  # type: ignore[override]
@@ -403,7 +434,9 @@ class SGPSam(Sam3D):
                 f"SGPSam.decode expects the EncodedImage returned by SGPSam.encode, got {type(encoded).__name__}; "
                 "call model.decode(model.encode(image), prompts)"
             )
-        out = super().decode(encoded.embedding, prompts, multimask_output=multimask_output)
+        out = self.decode_embedding(
+            encoded.embedding, prompts, multimask_output=multimask_output, full_res_features=encoded.full_res
+        )
         out.extras["gates"] = encoded.gates
         out.extras["gate_probs"] = encoded.gate_probs
         return out
@@ -424,19 +457,26 @@ class SGPSam(Sam3D):
 
 
 def build_sgp_sam(
-    config: Sam3DConfig | None = None, options: SGPOptions | None = None, *, attn_impl: str = "fast"
+    config: Sam3DConfig | None = None,
+    options: SGPOptions | None = None,
+    *,
+    attn_impl: str = "fast",
+    full_res_channels: int | None = None,
 ) -> SGPSam:
-    """Build a randomly initialised SGP-SAM (zero-initialised fusion: equal to its backbone).
+    """Build a randomly initialised SGP-SAM (zero-initialised fusion: equal to its backbone), with a fresh
+    full-resolution decoder path when ``full_res_channels`` is given (as :func:`build_sam3d`).
 
     Example:
         >>> from lesionsam.models.backbone import get_preset
         >>> model = build_sgp_sam(get_preset("tiny"), SGPOptions(gate="learned"))
     """
-    return SGPSam.from_sam3d(build_sam3d(config, attn_impl=attn_impl), options)
+    return SGPSam.from_sam3d(build_sam3d(config, attn_impl=attn_impl, full_res_channels=full_res_channels), options)
 
 
 def _build(config: ModelConfig, options: SGPOptions | None) -> SGPSam:
-    return build_sgp_sam(config.backbone, options, attn_impl=config.attention)
+    return build_sgp_sam(
+        config.backbone, options, attn_impl=config.attention, full_res_channels=config.full_res_channels
+    )
 
 
 #: The Zoom Loss's focal term used by default: the plain (unbalanced) focal loss, chosen by validation Dice in
@@ -451,5 +491,6 @@ register_method(
     loss="zoom",
     loss_options=ZOOM_DEFAULTS,
     train_options=SGPTrainOptions,
+    full_res=True,
 )(_build)
 register_preset("sgp_dice", of="sgp_sam", loss="dice", description="ablation: SGPM trained with Dice")
