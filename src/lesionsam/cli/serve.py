@@ -59,6 +59,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="compute type of the clicks' and boxes' model windows (bfloat16: autocast, faster on recent CPUs)",
     )
 
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime", "onnxruntime-int8"],
+        help="run the model in PyTorch (default) or ONNX Runtime: --checkpoint is then a folder written by lesionsam "
+        "export (onnxruntime-int8: its int8 encoder)",
+    )
+
     def run(a: argparse.Namespace) -> int:
         from lesionsam.serve.server import serve
 
@@ -74,6 +82,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             proposals=a.proposals,
             device=a.device,
             dtype=a.dtype,
+            runtime=a.runtime,
             warn=lambda line: print(f"lesionsam serve: {line}", file=sys.stderr),
         )
         return 0

@@ -66,7 +66,8 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def _export(graph: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple, outputs: tuple) -> None:
+def export_graph(graph: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple, outputs: tuple) -> None:
+    """``graph`` traced on ``args`` and written to ``path`` as one ONNX file (static shapes, named inputs/outputs)."""
     with _quiet(), torch.no_grad():
         torch.onnx.export(
             graph,
@@ -155,9 +156,9 @@ def export_onnx(
     gen = torch.Generator().manual_seed(seed)
     image = torch.randn(1, cfg.in_chans, cfg.img_size, cfg.img_size, cfg.img_size, generator=gen)
     enc_path, dec_path = folder / ENCODER_FILE, folder / DECODER_FILE
-    _export(EncoderGraph(sam), (image,), enc_path, ENCODER_INPUTS, ENCODER_OUTPUTS)
+    export_graph(EncoderGraph(sam), (image,), enc_path, ENCODER_INPUTS, ENCODER_OUTPUTS)
     example = decoder_example(sam, max_points)
-    _export(DecoderGraph(sam), example, dec_path, DECODER_INPUTS, DECODER_OUTPUTS)
+    export_graph(DecoderGraph(sam), example, dec_path, DECODER_INPUTS, DECODER_OUTPUTS)
 
     check: dict[str, float] = {}
     enc = ort_session(enc_path)
