@@ -213,3 +213,27 @@ def test_runtime_flags_are_checked(exported, synthetic_case, tmp_path: Path, cap
     assert "not an export folder" in capsys.readouterr().err
     assert main(["bench", "sgp", "--runtime", "onnxruntime"]) == 2
     assert "bench backbone" in capsys.readouterr().err
+
+
+def test_serve_sessions_click_through_onnxruntime_as_through_pytorch(exported, synthetic_case) -> None:
+    """``serve``'s session factory with ``runtime="onnxruntime"``: a click, a refining click and a box give the
+    label maps the PyTorch sessions give."""
+    from lesionsam.inference.boxes import Box
+    from lesionsam.serve.server import session_factory
+
+    ckpt, out, _ = exported
+    image, labels = synthetic_case
+    volume = read_image(image)
+    lesion = np.argwhere(read_image(labels).array == 2)[0]  # (k, j, i) of a tumour voxel
+    ijk = tuple(int(v) for v in lesion[::-1])
+    maps = []
+    for checkpoint, runtime in ((ckpt, "torch"), (out, "onnxruntime")):
+        make_session, name = session_factory(checkpoint, runtime=runtime)
+        session = make_session(volume)
+        first = session.click(ijk)
+        session.click((ijk[0] + 1, ijk[1], ijk[2]), positive=False, lesion=first.lesion)
+        session.box(Box(lo=(max(ijk[0] - 4, 0), max(ijk[1] - 4, 0), ijk[2]), hi=(ijk[0] + 4, ijk[1] + 4, ijk[2])))
+        maps.append(session.label_map())
+    assert name.endswith("(onnxruntime)")
+    assert maps[0].any()
+    np.testing.assert_array_equal(maps[1], maps[0])
