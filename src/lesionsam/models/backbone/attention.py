@@ -30,8 +30,8 @@ Two implementations are provided:
 
 The fast path is exportable (``torch.export``, ``torch.onnx.export(..., dynamo=True)``) for a static crop: every
 branch and slice depends only on the grid and window sides (fixed by the crop size, so the exporters specialise
-them), intermediates have at most 7 dimensions, and the attention output is copied before its reshape (see
-``_attend_windows``). The padding is folded exactly as above, never masked.
+them), intermediates have at most 7 dimensions, and when exporting the attention output is copied before its reshape
+(see ``_attend_windows``). The padding is folded exactly as above, never masked.
 """
 
 from __future__ import annotations
@@ -207,12 +207,11 @@ class Attention3D(nn.Module):
         # f2[a, b, kd, kw] = q[a, b, kd] · R_h[b - kw];   f3[a, b, kh, kw] = q[a, b, kh] · R_w[kh - kw]
         f2 = torch.einsum("nhabtx,bkx->nhabtk", qt, th[:eh])
         f3 = torch.einsum("nhabtx,tkx->nhabtk", qt, tw)
-        # Broadcast in 7-D (window and head merged; exporters and TensorRT allow at most 8 dimensions).
-        nh = n * self.num_heads
+        # Broadcast in 7-D (window and head merged by views; TensorRT allows at most 8 dimensions).
         bias = (
-            f1[..., :ew].reshape(nh, ed, eh, ew, 1, 1, ew)
-            + f2[..., :ed, :ew].reshape(nh, ed, eh, 1, ed, 1, ew)
-            + f3[..., :eh, :ew].reshape(nh, ed, eh, 1, 1, eh, ew)
+            f1[..., :ew].flatten(0, 1)[:, :, :, :, None, None, :]
+            + f2.flatten(0, 1)[:, :, :, None, :ed, None, :ew]
+            + f3.flatten(0, 1)[:, :, :, None, None, :eh, :ew]
         ).reshape(n, self.num_heads, ed * eh * ew, ed * eh * ew)
         if (ed, eh, ew) != (s, s, s):
             log_pad = _log_padded_mass(f1, f2, f3, ext, s)
@@ -221,9 +220,11 @@ class Attention3D(nn.Module):
             k = torch.cat([k, k.new_zeros(n, self.num_heads, 1, self.head_dim)], dim=2)
             v = torch.cat([v, bv[None, :, None, :].expand(n, -1, 1, -1)], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        # A real copy, not a view: the ONNX exporter's decomposition of SDPA returns (N, h, L, hd) in another
-        # memory layout than the CPU kernel traced here, and a view recorded from the traced strides fails there.
-        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+        out = out.transpose(1, 2)
+        if torch.compiler.is_exporting():
+            # A real copy when exporting: the ONNX exporter's decomposition of SDPA returns (N, h, L, hd) in another
+            # memory layout than the CPU kernel traced here, and a view recorded from the traced strides fails there.
+            out = out.clone(memory_format=torch.contiguous_format)
         return out.reshape(n, ed, eh, ew, -1)
 
 
