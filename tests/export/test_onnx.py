@@ -213,6 +213,8 @@ def test_runtime_flags_are_checked(exported, synthetic_case, tmp_path: Path, cap
     assert "not an export folder" in capsys.readouterr().err
     assert main(["bench", "sgp", "--runtime", "onnxruntime"]) == 2
     assert "bench backbone" in capsys.readouterr().err
+    assert main(["bench", "backbone", "--runtime", "onnxruntime", "--dtype", "bfloat16"]) == 2
+    assert "one float32 crop on the CPU" in capsys.readouterr().err
 
 
 def test_serve_sessions_click_through_onnxruntime_as_through_pytorch(exported, synthetic_case) -> None:

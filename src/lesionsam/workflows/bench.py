@@ -83,6 +83,8 @@ def bench(
         raise ValueError(f"unknown --runtime {runtime!r}; use torch or onnxruntime (it times float32 and int8)")
     if runtime != "torch" and target != "backbone":
         raise ValueError(f"--runtime onnxruntime is measured by 'bench backbone' only, not by {target!r}")
+    if runtime == "onnxruntime" and (device != "cpu" or dtype != "float32" or batch != 1):
+        raise ValueError("--runtime onnxruntime times one float32 crop on the CPU: drop --device, --dtype and --batch")
     if target == "backbone" and runtime == "onnxruntime":
         from lesionsam.benchmarking.onnx_backbone import bench_backbone_onnx, format_runtime_table
 
