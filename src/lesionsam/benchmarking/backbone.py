@@ -18,7 +18,7 @@ import torch
 
 from lesionsam.benchmarking.memory import DTYPES, rss_peak_reset, status_kb, sync
 from lesionsam.benchmarking.result import JsonResult
-from lesionsam.models.backbone import build_sam3d, get_preset
+from lesionsam.models.backbone import Sam3D, build_sam3d, get_preset
 
 
 @dataclass
@@ -45,6 +45,23 @@ class BenchResult(JsonResult):
     threads: int
     rows: list[BenchRow] = field(default_factory=list)
     reference: str = ""
+
+
+def seeded_model(preset: str, *, batch: int = 1, seed: int = 0) -> tuple[Sam3D, torch.Tensor]:
+    """The benchmarks' SAM-Med3D of ``preset`` (eval mode) and a random input crop batch (B, C, S, S, S).
+
+    The weights are the preset's initialisation with the relative positions, the position embedding and the qkv
+    biases redrawn from ``seed`` (so the padding terms of the window attention matter); the input is drawn next.
+    """
+    cfg = get_preset(preset)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_sam3d(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.image_encoder.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name or name.endswith("qkv.bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, cfg.img_size, generator=gen)
+    return model, x
 
 
 def bench_backbone(
@@ -88,15 +105,8 @@ def bench_backbone(
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if threads:
         torch.set_num_threads(threads)
-    cfg = get_preset(preset)
-    gen = torch.Generator().manual_seed(seed)
-    model = build_sam3d(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.image_encoder.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name or name.endswith("qkv.bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model, x = seeded_model(preset, batch=batch, seed=seed)
     encoder = model.image_encoder.to(dev, DTYPES[dtype])
-    x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, cfg.img_size, generator=gen)
     x = x.to(dev, DTYPES[dtype])
     result = BenchResult(
         target="backbone",

@@ -36,6 +36,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--impls", default="fast,naive", help="comma-separated attention implementations")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="backbone: 'onnxruntime' times the encoder in PyTorch and in ONNX Runtime (float32 and int8) side by side "
+        "instead of fast vs naive attention (needs pip install 'lesionsam[onnx]')",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument(
         "--data", type=Path, default=None, metavar="DIR", help="clicks: a data set folder (imagesTr, labelsTr)"
@@ -56,6 +63,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
             impls=tuple(s.strip() for s in a.impls.split(",") if s.strip()),
             json_path=a.json,
             data=a.data,
+            runtime=a.runtime,
         )
         return 0
 

@@ -24,7 +24,7 @@ _NUMBERS = re.compile(r"^-[\d.]")
 _COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
 #: Modules under ``lesionsam.cli`` that define sub-commands with :func:`command` (in help order).
-COMMAND_MODULES = ("demo", "sweep", "synth", "train", "predict", "evaluate", "bench", "serve")
+COMMAND_MODULES = ("demo", "sweep", "synth", "train", "predict", "evaluate", "bench", "serve", "export")
 
 
 def command(name: str) -> Callable[[Callable[[argparse._SubParsersAction], None]], Callable]:

@@ -107,6 +107,13 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     running = p.add_argument_group("how the model runs")
     running.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     running.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime", "onnxruntime-int8"],
+        help="run the model in PyTorch (default) or in ONNX Runtime: --checkpoint is then a folder written by "
+        "lesionsam export (onnxruntime-int8: its int8 encoder)",
+    )
+    running.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16"],
@@ -164,6 +171,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                 all_components=a.all_components,
                 dtype=a.dtype,
                 zoom=parse_zoom(a.zoom),
+                runtime=a.runtime,
             ),
             channel=a.channel,
             probabilities=a.probabilities,

@@ -79,6 +79,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
 
     add_zoom_flag(p)
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime", "onnxruntime-int8"],
+        help="run the model in PyTorch (default) or ONNX Runtime: --checkpoint is then a folder written by lesionsam "
+        "export (onnxruntime-int8: its int8 encoder)",
+    )
 
     def run(a: argparse.Namespace) -> int:
         from lesionsam.inference.zoom import parse_zoom
@@ -99,6 +106,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             device=a.device,
             dtype=a.dtype,
             zoom=parse_zoom(a.zoom),
+            runtime=a.runtime,
             warn=lambda line: print(f"lesionsam serve: {line}", file=sys.stderr),
         )
         return 0

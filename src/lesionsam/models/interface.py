@@ -123,6 +123,9 @@ class SegModel(nn.Module):
     scores_regions: ClassVar[bool] = False
     #: True: the model gates parts of its encoder per crop (SGP-SAM); :meth:`gate_decisions` reads the decisions.
     has_gates: ClassVar[bool] = False
+    #: Why ``lesionsam export`` cannot write this model's parts as graphs (one line), or None when it can: the image
+    #: encoder (a static crop) and the prompt encoder + mask decoder (a fixed maximum of clicks) of SAM-Med3D.
+    export_blocker: ClassVar[str | None] = "its parts are not written for export"
 
     @property
     def num_classes(self) -> int:

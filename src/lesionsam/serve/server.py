@@ -53,9 +53,13 @@ def session_factory(
     *,
     preset: str | None = None,
     device: str = "cpu",
+    runtime: str = "torch",
     **predictor_options: Any,
 ) -> tuple[Callable[[Volume], InteractiveSession], str]:
     """``(make_session, model_name)``: the model loaded once, and a function opening a session on a volume.
+
+    ``runtime``: ``"torch"``, or ``"onnxruntime"`` / ``"onnxruntime-int8"`` with ``checkpoint`` a folder written by
+    ``lesionsam export`` (the same sessions; the model calls run in ONNX Runtime).
 
     Raises:
         FileNotFoundError, ValueError: a checkpoint that is missing or not one (checked before loading).
@@ -64,10 +68,18 @@ def session_factory(
     from lesionsam.inference.session import InteractiveSession
     from lesionsam.models.checkpoint import check_checkpoint_file
 
-    if checkpoint is not None:
-        check_checkpoint_file(checkpoint)
-    predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, **predictor_options)
-    name = Path(checkpoint).name if checkpoint is not None else f"random weights ({preset or 'sam_med3d_vit_b'})"
+    if runtime != "torch":
+        from lesionsam.inference.onnx_model import onnx_predictor
+
+        if checkpoint is None:
+            raise ValueError(f"--runtime {runtime} needs --checkpoint DIR, a folder written by lesionsam export")
+        predictor = onnx_predictor(checkpoint, runtime=runtime, device=device, **predictor_options)
+        name = f"{Path(checkpoint).name} ({runtime})"
+    else:
+        if checkpoint is not None:
+            check_checkpoint_file(checkpoint)
+        predictor = Predictor.from_checkpoint(checkpoint, preset=preset, device=device, **predictor_options)
+        name = Path(checkpoint).name if checkpoint is not None else f"random weights ({preset or 'sam_med3d_vit_b'})"
 
     def make_session(volume: Volume) -> InteractiveSession:
         return InteractiveSession(predictor, volume)
@@ -111,6 +123,7 @@ def serve(
     device: str = "cpu",
     dtype: str = "float32",
     zoom: ZoomPolicy | None = None,
+    runtime: str = "torch",
     warn: Callable[[str], None] = print,
     log_level: str = "info",
 ) -> None:
@@ -120,6 +133,7 @@ def serve(
     ``zoom``: zoom-in for small lesions (:class:`~lesionsam.inference.zoom.ZoomPolicy`, None: off).
     ``api_key``, ``model_license``: nnInteractive's remote protocol's bearer key and licence line
     (:func:`~lesionsam.serve.app.create_app`).
+    ``runtime``: ``"torch"``, or ``"onnxruntime"`` / ``"onnxruntime-int8"`` with ``checkpoint`` an export folder.
 
     Raises:
         ValueError: a bad root, port or limit; FileNotFoundError: a missing checkpoint.
@@ -146,7 +160,9 @@ def serve(
         from lesionsam.models.checkpoint import check_checkpoint_file
 
         check_checkpoint_file(proposals)  # before minutes of loading the main model
-    make_session, model_name = session_factory(checkpoint, preset=preset, device=device, dtype=dtype, zoom=zoom)
+    make_session, model_name = session_factory(
+        checkpoint, preset=preset, device=device, dtype=dtype, zoom=zoom, runtime=runtime
+    )
     proposer = load_proposer(proposals, device=device) if proposals is not None else None
     app = create_app(
         root_path,

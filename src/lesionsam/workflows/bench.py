@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from lesionsam.benchmarking.backbone import BenchResult
     from lesionsam.benchmarking.clicks import ClicksBench
     from lesionsam.benchmarking.interactive import InteractiveBench
+    from lesionsam.benchmarking.onnx_backbone import RuntimeBench
     from lesionsam.benchmarking.predict import PredictBench
     from lesionsam.benchmarking.refsam3d import RefSAM3DBench
     from lesionsam.benchmarking.sgp import SGPBenchResult
@@ -31,7 +32,17 @@ def bench(
     impls: tuple[str, ...] = ("fast", "naive"),
     json_path: Path | None = None,
     data: Path | None = None,
-) -> BenchResult | SGPBenchResult | RefSAM3DBench | PredictBench | AutoBench | InteractiveBench | ClicksBench:
+    runtime: str = "torch",
+) -> (
+    BenchResult
+    | SGPBenchResult
+    | RefSAM3DBench
+    | PredictBench
+    | AutoBench
+    | InteractiveBench
+    | ClicksBench
+    | RuntimeBench
+):
     """Run one benchmark, print its table and (with ``json_path``) write its results as JSON.
 
     Args:
@@ -42,6 +53,8 @@ def bench(
             repeats, ``interactive`` at least 5 with 2 threads unless ``threads``, ``auto`` a batch of at least 2).
         impls: ``backbone``: attention implementations to compare (the last one is the reference).
         json_path: a ``.json`` file to write the results to; checked before measuring, written atomically.
+        runtime: ``backbone``: ``"torch"`` compares attention implementations; ``"onnxruntime"`` compares the
+            encoder in PyTorch with ONNX Runtime, float32 and int8 (exported on the fly; ``impls`` unused).
         data: ``clicks``: a data set folder (``imagesTr``, ``labelsTr``, a ``dataset.json`` naming the lesion), e.g.
             the demo's test set (default: 4 small synthetic cases, with the tiny preset's random weights).
 
@@ -66,7 +79,18 @@ def bench(
         check_checkpoint_file(checkpoint)
     full = preset or "sam_med3d_vit_b"
     common = {"batch": batch, "device": device, "dtype": dtype, "threads": threads}
-    if target == "backbone":
+    if runtime not in ("torch", "onnxruntime"):
+        raise ValueError(f"unknown --runtime {runtime!r}; use torch or onnxruntime (it times float32 and int8)")
+    if runtime != "torch" and target != "backbone":
+        raise ValueError(f"--runtime onnxruntime is measured by 'bench backbone' only, not by {target!r}")
+    if runtime == "onnxruntime" and (device != "cpu" or dtype != "float32" or batch != 1):
+        raise ValueError("--runtime onnxruntime times one float32 crop on the CPU: drop --device, --dtype and --batch")
+    if target == "backbone" and runtime == "onnxruntime":
+        from lesionsam.benchmarking.onnx_backbone import bench_backbone_onnx, format_runtime_table
+
+        result = bench_backbone_onnx(preset=preset or "tiny", repeats=repeats, threads=threads, progress=True)
+        table = format_runtime_table(result)
+    elif target == "backbone":
         from lesionsam.benchmarking.backbone import bench_backbone, format_table
 
         result = bench_backbone(preset=preset or "tiny", repeats=repeats, impls=impls, progress=True, **common)

@@ -137,6 +137,8 @@ class ModelChoice:
         max_windows: most model crops per lesion; all_components: keep every component the windows found instead of
             only those a positive click touches.
         zoom: segment small lesions again zoomed in (:class:`~lesionsam.inference.zoom.ZoomPolicy`; None: off).
+        runtime: ``"torch"``, or ``"onnxruntime"`` / ``"onnxruntime-int8"``: ``checkpoint`` is then a folder written by
+            ``lesionsam export`` and its graphs run in ONNX Runtime inside the same engine (the refiner stays torch).
     """
 
     checkpoint: PathLike | None = None
@@ -148,9 +150,24 @@ class ModelChoice:
     all_components: bool = False
     dtype: str = "float32"
     zoom: ZoomPolicy | None = None
+    runtime: str = "torch"
 
     def build(self, checkpoint: PathLike | None = None, *, refiner: bool = False) -> Predictor:
         """The predictor of this choice (or, with ``refiner``, of ``checkpoint`` with no preset)."""
+        if self.runtime != "torch" and not refiner:
+            from lesionsam.inference.onnx_model import onnx_predictor
+
+            return onnx_predictor(
+                self.export_folder(),
+                runtime=self.runtime,
+                device=self.device,
+                dtype=self.dtype,
+                modality=self.modality,
+                spacing=self.spacing,
+                max_windows=self.max_windows,
+                clicked_only=not self.all_components,
+                zoom=self.zoom,
+            )
         return Predictor.from_checkpoint(
             checkpoint if refiner else self.checkpoint,
             preset=None if refiner else self.preset,
@@ -162,6 +179,21 @@ class ModelChoice:
             dtype=self.dtype,
             zoom=self.zoom,
         )
+
+    def export_folder(self) -> Path:
+        """``checkpoint`` as an export folder (its manifest read and checked, not yet its graphs), for an ONNX
+        runtime; ``ValueError`` for ``"torch"`` or an unknown runtime."""
+        from lesionsam.export.manifest import read_manifest
+        from lesionsam.inference.onnx_model import RUNTIMES
+
+        if self.runtime not in RUNTIMES[1:]:
+            raise ValueError(f"unknown --runtime {self.runtime!r}; use one of {', '.join(RUNTIMES)}")
+        if self.checkpoint is None:
+            raise ValueError(
+                f"--runtime {self.runtime} needs --checkpoint DIR, a folder written by: lesionsam export CKPT --out DIR"
+            )
+        read_manifest(self.checkpoint, verify_files=False)
+        return Path(self.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -371,9 +403,12 @@ def _check_paths(request: PredictRequest, jobs: Sequence[_Job], folder: bool) ->
             check_image_header(job.image)
             if prompting.clicks_from is not None:
                 check_image_header(_label_path_for(case_id(job.image), Path(prompting.clicks_from), folder=True))
-    for ckpt in (request.model.checkpoint, prompting.refine_checkpoint):
-        if ckpt is not None:
-            check_checkpoint_file(ckpt)
+    if request.model.runtime != "torch":
+        request.model.export_folder()
+    elif request.model.checkpoint is not None:
+        check_checkpoint_file(request.model.checkpoint)
+    if prompting.refine_checkpoint is not None:
+        check_checkpoint_file(prompting.refine_checkpoint)
 
 
 def _lesion_label(prompting: Prompting, models: _Models, announce: Callable[[str], None] | None) -> int | None:

@@ -27,6 +27,11 @@ Two implementations are provided:
   window and over its real sub-box). It never builds a padded token, and runs through
   :func:`torch.nn.functional.scaled_dot_product_attention` with the rel-pos bias as a float mask.
   It matches ``"naive"`` to float tolerance.
+
+The fast path is exportable (``torch.export``, ``torch.onnx.export(..., dynamo=True)``) for a static crop: every
+branch and slice depends only on the grid and window sides (fixed by the crop size, so the exporters specialise
+them), intermediates have at most 7 dimensions, and when exporting the attention output is copied before its reshape
+(see ``_attend_windows``). The padding is folded exactly as above, never masked.
 """
 
 from __future__ import annotations
@@ -202,10 +207,11 @@ class Attention3D(nn.Module):
         # f2[a, b, kd, kw] = q[a, b, kd] · R_h[b - kw];   f3[a, b, kh, kw] = q[a, b, kh] · R_w[kh - kw]
         f2 = torch.einsum("nhabtx,bkx->nhabtk", qt, th[:eh])
         f3 = torch.einsum("nhabtx,tkx->nhabtk", qt, tw)
+        # Broadcast in 7-D (window and head merged by views; TensorRT allows at most 8 dimensions).
         bias = (
-            f1[..., :ew][:, :, :, :, :, None, None, :]
-            + f2[:, :, :, :, None, :ed, None, :ew]
-            + f3[:, :, :, :, None, None, :eh, :ew]
+            f1[..., :ew].flatten(0, 1)[:, :, :, :, None, None, :]
+            + f2.flatten(0, 1)[:, :, :, None, :ed, None, :ew]
+            + f3.flatten(0, 1)[:, :, :, None, None, :eh, :ew]
         ).reshape(n, self.num_heads, ed * eh * ew, ed * eh * ew)
         if (ed, eh, ew) != (s, s, s):
             log_pad = _log_padded_mass(f1, f2, f3, ext, s)
@@ -214,7 +220,12 @@ class Attention3D(nn.Module):
             k = torch.cat([k, k.new_zeros(n, self.num_heads, 1, self.head_dim)], dim=2)
             v = torch.cat([v, bv[None, :, None, :].expand(n, -1, 1, -1)], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return out.transpose(1, 2).reshape(n, ed, eh, ew, -1)
+        out = out.transpose(1, 2)
+        if torch.compiler.is_exporting():
+            # A real copy when exporting: the ONNX exporter's decomposition of SDPA returns (N, h, L, hd) in another
+            # memory layout than the CPU kernel traced here, and a view recorded from the traced strides fails there.
+            out = out.clone(memory_format=torch.contiguous_format)
+        return out.reshape(n, ed, eh, ew, -1)
 
 
 def _log_padded_mass(f1: Tensor, f2: Tensor, f3: Tensor, ext: tuple[int, int, int], s: int) -> Tensor:
@@ -274,16 +285,26 @@ def _official_rel_pos_bias_naive(q: Tensor, rel_d: Tensor, rel_h: Tensor, rel_w:
 
 
 def _partition(x: Tensor, ext: tuple[int, int, int]) -> Tensor:
-    """(B, D, H, W, C) → (B·nd·nh·nw, ed, eh, ew, C); each of D, H, W must be a multiple of its extent."""
+    """(B, D, H, W, C) → (B·nd·nh·nw, ed, eh, ew, C); each of D, H, W must be a multiple of its extent.
+
+    At most 6-D intermediates (a 3D window partition written as one 8-D reshape exceeds TensorRT's limit),
+    and no copy at all when the box is a single window.
+    """
     b, d, h, w, c = x.shape
     ed, eh, ew = ext
-    x = x.reshape(b, d // ed, ed, h // eh, eh, w // ew, ew, c)
-    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, ed, eh, ew, c)
+    nd, nh, nw = d // ed, h // eh, w // ew
+    if nd == nh == nw == 1:
+        return x
+    x = x.reshape(b * nd, ed, nh, eh, nw, ew * c).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * nd * nh * nw, ed, eh, ew, c)
 
 
 def _unpartition(windows: Tensor, b: int, size: tuple[int, int, int] | torch.Size) -> Tensor:
     """Inverse of :func:`_partition`: (B·nd·nh·nw, ed, eh, ew, C) → (B, D, H, W, C)."""
     d, h, w = (int(v) for v in size)
     _, ed, eh, ew, c = windows.shape
-    x = windows.reshape(b, d // ed, h // eh, w // ew, ed, eh, ew, c)
-    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
+    nd, nh, nw = d // ed, h // eh, w // ew
+    if nd == nh == nw == 1:
+        return windows
+    x = windows.reshape(b * nd, nh, nw, ed, eh, ew * c).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, d, h, w, c)

@@ -33,10 +33,11 @@ class TokenAttention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q (B, Nq, E), k and v (B, Nk, E) → (B, Nq, E)."""
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """q (B, Nq, E), k and v (B, Nk, E) → (B, Nq, E); ``key_mask`` (B, Nk) bool: False keys are ignored."""
+        mask = key_mask[:, None, None, :] if key_mask is not None else None
         out = F.scaled_dot_product_attention(
-            self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+            self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v)), attn_mask=mask
         )
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
@@ -65,18 +66,22 @@ class TwoWayAttentionBlock3D(nn.Module):
         self.cross_attn_image_to_token = TokenAttention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """queries, query_pe (B, T, E); keys, key_pe (B, G³, E); ``token_mask`` (B, T) bool: tokens that are
+        False (padding) are ignored as keys, by the tokens and by the image."""
         if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
+            queries = self.self_attn(queries, queries, queries, token_mask)
         else:
             q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
+            queries = queries + self.self_attn(q, q, queries, token_mask)
         queries = self.norm1(queries)
         q, k = queries + query_pe, keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
         q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries, token_mask))
         return queries, keys
 
 
@@ -100,13 +105,17 @@ class TwoWayTransformer3D(nn.Module):
         self.final_attn_token_to_image = TokenAttention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
-        """image_embedding, image_pe (B, E, G, G, G); point_embedding (B, T, E) → tokens (B, T, E), image (B, G³, E)."""
+    def forward(
+        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """image_embedding, image_pe (B, E, G, G, G); point_embedding (B, T, E) → tokens (B, T, E), image (B, G³, E).
+        ``token_mask`` (B, T) bool, optional: False tokens (padding) are ignored as keys everywhere, so the outputs of
+        the others equal a run without them (None: every token counts, as the official decoder)."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+            queries, keys = layer(queries, keys, point_embedding, key_pe, token_mask)
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
@@ -189,25 +198,42 @@ class MaskDecoder3D(nn.Module):
         return slice(1, None) if multimask_output else slice(0, 1)
 
     def predict_masks(
-        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse: Tensor,
+        dense: Tensor,
+        sparse_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """All ``num_mask_tokens`` masks (B, 1 + M, 4G, 4G, 4G) and IoU (B, 1 + M)."""
-        masks, iou, _ = self.predict_masks_and_embedding(image_embeddings, image_pe, sparse, dense)
+        """All ``num_mask_tokens`` masks (B, 1 + M, 4G, 4G, 4G) and IoU (B, 1 + M).
+
+        ``sparse_mask`` (B, T) bool, optional: prompt tokens that are False are padding, ignored by the transformer
+        (a fixed number of prompt tokens, as an exported decoder takes, gives what the real ones alone give)."""
+        masks, iou, _ = self.predict_masks_and_embedding(image_embeddings, image_pe, sparse, dense, sparse_mask)
         return masks, iou
 
     def predict_masks_and_embedding(
-        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse: Tensor,
+        dense: Tensor,
+        sparse_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`predict_masks` and the upscaled mask embedding (B, E/8, 4G, 4G, 4G) the masks are read from (what a
         full-resolution path continues from)."""
         tokens = self.output_tokens(sparse)
+        token_mask = None
+        if sparse_mask is not None:
+            fixed = sparse_mask.new_ones(sparse_mask.shape[0], tokens.shape[1] - sparse.shape[1])
+            token_mask = torch.cat([fixed, sparse_mask], dim=1)
         src = image_embeddings
         if src.shape[0] != tokens.shape[0]:
             src = torch.repeat_interleave(src, tokens.shape[0], dim=0)
         src = src + dense
         pos = image_pe if image_pe.shape[0] == tokens.shape[0] else image_pe.expand(tokens.shape[0], -1, -1, -1, -1)
         b, c, *grid = src.shape
-        hs, src = self.transformer(src, pos, tokens)
+        hs, src = self.transformer(src, pos, tokens, token_mask)
         return self.masks_and_embedding_from_tokens(hs, src.transpose(1, 2).reshape(b, c, *grid))
 
     def output_tokens(self, sparse: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ class Sam3D(SegModel):
 
     required_prompts = frozenset()
     accepted_prompts = frozenset({"points", "mask"})
+    export_blocker = None
 
     def __init__(
         self,

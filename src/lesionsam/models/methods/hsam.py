@@ -279,6 +279,9 @@ class HSAM(Sam3D):
     required_prompts = frozenset()
     accepted_prompts = frozenset()
     prompt_free = True
+    export_blocker = (
+        "it is prompt-free (hierarchical two-stage decoder over whole-volume windows), which is not exported"
+    )
 
     def __init__(
         self,

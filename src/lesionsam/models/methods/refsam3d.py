@@ -214,6 +214,9 @@ class RefSAM3D(Sam3D):
     required_prompts = frozenset()
     accepted_prompts = frozenset({"text", "points", "mask"})
     scores_regions = True
+    export_blocker = (
+        "its text prompts need the text encoder and the text-conditioned multi-level decoder, which are not exported"
+    )
 
     def __init__(
         self,

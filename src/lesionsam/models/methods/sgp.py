@@ -334,6 +334,7 @@ class SGPSam(Sam3D):
     """
 
     has_gates = True
+    export_blocker = "its gates decide per crop whether a prompting module runs (data-dependent control flow)"
 
     def __init__(
         self,
