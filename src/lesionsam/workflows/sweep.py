@@ -66,6 +66,7 @@ def _scale(name: str, zoom: str, note: str, trained: str | None = None, override
 #: the lesion Dice of tumours < 1 cm³ and ≥ 1 cm³ (small and large count alike).
 MS50 = ("data.zoom.fraction=0.5",)
 MS100 = ("data.zoom.fraction=1.0",)
+FULL_RES = ("model.full_res_channels=8",)
 SCALE_VARIANTS: tuple[Variant, ...] = (
     _scale("plain_off", "off", "model's spacing, no zoom (today)"),
     _scale("plain_x2", "2", "every lesion zoomed 2x", "plain_off"),
@@ -80,6 +81,15 @@ SCALE_VARIANTS: tuple[Variant, ...] = (
     _scale("ms50_fill60_2p", "auto,fill=0.6,max=3,passes=2", "half zoomed in training, measured twice", "ms50_off"),
     _scale("ms100_fill60", "auto,fill=0.6,max=3", "every crop zoomed in training, fill 0.6", overrides=MS100),
     _scale("ms100_fill60_2p", "auto,fill=0.6,max=3,passes=2", "every crop zoomed, measured twice", "ms100_fill60"),
+    _scale("fullres_fill60", "auto,fill=0.6,max=3", "full-resolution decoder path, fill 0.6", overrides=FULL_RES),
+    _scale("fullres_off", "off", "full-resolution decoder path, no zoom", "fullres_fill60"),
+    _scale("ms50_fullres_fill60", "auto,fill=0.6,max=3", "half zoomed in training + path", overrides=MS50 + FULL_RES),
+    _scale(
+        "ms50_fullres_hires_fill60",
+        "auto,fill=0.6,max=3",
+        "half zoomed + path + SGPM on the path's features",
+        overrides=(*MS50, *FULL_RES, "model.options.high_res=true"),
+    ),
 )
 
 
