@@ -254,7 +254,7 @@ def view_prior(canon: LesionMap, usual: Preprocessed, view: Preprocessed) -> np.
         direction=usual.grid.direction,
     )
     prob = resample(canon.prob, src, view.grid, interpolator="linear", default=0.0, output_float=True)
-    p = np.clip(prob, 2e-9, 1 - 2e-9)
+    p = np.clip(prob.astype(np.float64), 1e-9, 1 - 1e-9)  # float64: 1 - 1e-9 is not 1
     return np.clip(np.log(p) - np.log1p(-p), -20.0, 20.0).astype(np.float32)
 
 
