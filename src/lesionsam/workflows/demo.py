@@ -56,11 +56,15 @@ DEMO_METHODS = ("finetune", "sgp_sam")
 #: Run-config settings of a method in the demo and the ablation beyond its registered defaults. None: the gate
 #: budget chosen by validation Dice in ``lesionsam sweep --stage gate`` is no budget
 #: (``train.options.gate_cost=0``; every budget tried gave constant gates and a lower validation Dice; README).
-METHOD_SETTINGS: dict[str, tuple[str, ...]] = {}
 #: The small-lesion settings ``lesionsam sweep --stage scale`` chose on the selection set (docs/results.md): zoom-in
-#: at inference and multi-scale training of the transfers (not of the anatomy pretraining).
+#: at inference (``--zoom auto``: fill 0.6, at most 3x), multi-scale training of the transfers (half the crops zoomed;
+#: not the anatomy pretraining), the full-resolution decoder path, and for SGP-SAM its SGPMs on that path's features.
 CHOSEN_ZOOM = "auto"
-CHOSEN_TRAINING: tuple[str, ...] = ("data.zoom.fraction=0.5",)
+CHOSEN_TRAINING: tuple[str, ...] = ("data.zoom.fraction=0.5", "model.full_res_channels=8")
+METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    "sgp_sam": ("model.options.high_res=true",),
+    "sgp_dice": ("model.options.high_res=true",),
+}
 ABLATION_METHODS = ("finetune", "finetune_zoom", "sgp_dice", "sgp_sam")
 
 
