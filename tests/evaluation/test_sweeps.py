@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lesionsam.configs import packaged_sweep
-from lesionsam.evaluation.sweeps import SweepRow, read_sweep_rows, sweep_markdown, sweep_summary
+from lesionsam.evaluation.sweeps import SweepRow, best_row, read_sweep_rows, sweep_markdown, sweep_summary
 
 
 def _row(name: str, dice: float, gates: dict[str, float] | None, note: str = "") -> SweepRow:
@@ -40,3 +40,14 @@ def test_the_packaged_sweeps_that_chose_the_defaults_are_readable() -> None:
         rows = read_sweep_rows(path)
         assert rows and all(r.val_cases > 0 for r in rows)
     assert all(r.gate_rate is not None for r in read_sweep_rows(packaged_sweep("gate")))
+
+
+def test_the_packaged_scale_sweep_is_chosen_by_size_and_names_its_rule() -> None:
+    rows = read_sweep_rows(packaged_sweep("scale"))
+    assert all(r.size_score is not None for r in rows)
+    chosen = rows[best_row(rows)]
+    assert chosen.size_score == max(r.size_score for r in rows)  # type: ignore[type-var]
+    line = sweep_summary(rows, what="Small-lesion settings")
+    assert line.endswith(f"Chosen by the mean of the lesion Dice < 1 cm³ and ≥ 1 cm³: {chosen.note}.")
+    table = sweep_markdown(rows, title="scale")
+    assert f"**{chosen.small_dice:.3f}" in table and "< 1 cm³ (found)" in table

@@ -129,8 +129,14 @@ def sweep_summary(rows: Sequence[SweepRow], *, what: str) -> str:
     for r in rows:
         ratio = "" if not math.isfinite(r.volume_ratio_median) else f", {r.volume_ratio_median:.2f}× volume"
         parts.append(f"{r.note or r.name}: Dice {r.dice_mean:.3f}{ratio}{_gates_text(r)}")
+    sized = all(r.size_score is not None for r in rows)
+    rule = "the mean of the lesion Dice < 1 cm³ and ≥ 1 cm³" if sized else "validation Dice"
+    if sized:
+        parts = [
+            f"{p}, lesion Dice < 1 cm³ {r.small_dice:.3f} / ≥ 1 cm³ {r.large_dice:.3f}"
+            for p, r in zip(parts, rows, strict=True)
+        ]
     return (
-        f"{what} tried on the validation split ({best.val_cases} cases; `lesionsam sweep`): "
-        + "; ".join(parts)
-        + f". Chosen by validation Dice: {best.note or best.name}."
+        f"{what} tried on {'held-out selection cases' if sized else 'the validation split'} ({best.val_cases} cases; "
+        "`lesionsam sweep`): " + "; ".join(parts) + f". Chosen by {rule}: {best.note or best.name}."
     )

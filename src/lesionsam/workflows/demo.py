@@ -407,7 +407,11 @@ def defaults_notes() -> list[str]:
     """How the defaults the demo uses were chosen: one line per packaged validation sweep (every reading tried,
     with its validation Dice, volume ratio and gate activation)."""
     lines = []
-    for stage, what in (("loss", "Zoom Loss readings (finetune_zoom)"), ("gate", "SGP-SAM gate budgets")):
+    for stage, what in (
+        ("loss", "Zoom Loss readings (finetune_zoom)"),
+        ("gate", "SGP-SAM gate budgets"),
+        ("scale", "Small-lesion settings (zoom-in, multi-scale training, the full-resolution path; sgp_sam)"),
+    ):
         path = packaged_sweep(stage)
         if path is not None:
             lines.append(sweep_summary(read_sweep_rows(path), what=what))
