@@ -4,6 +4,7 @@ only through it, refining clicks reuse its embedding, and prompts given one by o
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -188,3 +189,22 @@ def test_the_zoom_flag_of_predict(tmp_path: Path, capsys: pytest.CaptureFixture)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lesionsam predict: error: --zoom 'auto,size=2': unknown setting 'size=2'")
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_without_the_input_image_the_view_resamples_the_normalised_one() -> None:
+    image, label = oblique_volume(shape=(40, 90, 80), blobs=SMALL)
+    pred = _predictor(ZoomPolicy(max_factor=3.0, finest_spacing=0.5))
+    pre = pred.prepare(image)
+    bare = dataclasses.replace(pre, raw=None)  # e.g. a session opened on a volume preprocessed elsewhere
+    session = InteractiveSession(pred, bare)
+    session.click((40, 45, 20))
+    view = session._lesions[1].state.view
+    assert view is not None and view.pre.mean == pre.mean and view.pre.std == pre.std
+    usual = pre.grid.with_array(pre.image)
+    grid = view.pre.grid
+    expected = resample(pre.image, usual, grid, interpolator="linear", default=pre.background, output_float=True)
+    np.testing.assert_array_equal(view.pre.image, expected)
+    # found, but blurrier than a view of the input itself, whose 0.8 x 0.9 x 2 mm detail the 1.5 mm grid lost
+    with_raw = InteractiveSession(pred, pre)
+    with_raw.click((40, 45, 20))
+    assert 0.5 < _dice(session.label_map(), label.array) < _dice(with_raw.label_map(), label.array)

@@ -244,7 +244,7 @@ class Preprocessor:
             _resampled=resampled,
         )
 
-    def onto(self, volume: Volume, grid: Volume, like: Preprocessed) -> Preprocessed:
+    def onto(self, volume: Volume | None, grid: Volume, like: Preprocessed) -> Preprocessed:
         """``volume`` brought onto another canonical ``grid`` (any spacing and extent, e.g. a finer window around a
         small lesion: :mod:`lesionsam.inference.zoom`) with ``like``'s normalisation: the same intensity clip,
         interpolation and z-score statistics (``like.mean``, ``like.std``, not re-estimated on the window), so that
@@ -252,14 +252,19 @@ class Preprocessor:
         result's ``source`` is ``like.source`` (results map back onto the input grid as usual).
 
         Args:
-            volume: the image ``like`` was made from (its intensities are read; only the part the grid reaches).
+            volume: the image ``like`` was made from (its intensities are read; only the part the grid reaches);
+                None: ``like.image`` itself, already normalised, resampled linearly (without the input's own detail).
             grid: geometry of the new canonical grid (``grid.array`` is not read).
             like: the image's :class:`Preprocessed` on its own canonical grid.
         """
-        image, default = self._intensities(volume)
-        image = self._resample(image, volume, grid, default)
-        image -= np.float32(like.mean)
-        image /= np.float32(like.std)
+        if volume is None:
+            usual = like.grid.with_array(like.image)
+            image = resample(like.image, usual, grid, interpolator="linear", default=like.background, output_float=True)
+        else:
+            image, default = self._intensities(volume)
+            image = self._resample(image, volume, grid, default)
+            image -= np.float32(like.mean)
+            image /= np.float32(like.std)
         return Preprocessed(
             image=image,
             label=None,

@@ -204,23 +204,7 @@ def zoom_view(
     """
     pre = runner.pre
     grid = zoom_grid(pre, center_world, factor, runner.crop)
-    if raw is None:  # the already normalised canonical image is the source: the view's statistics are the image's
-        usual = pre.grid.with_array(pre.image)
-        image = resample(pre.image, usual, grid, interpolator="linear", default=pre.background, output_float=True)
-        view = Preprocessed(
-            image=image,
-            label=None,
-            grid=grid.with_array(image),
-            source=pre.source,
-            background=pre.background,
-            mean=pre.mean,
-            std=pre.std,
-            _perm=pre._perm,
-            _flip=pre._flip,
-            _resampled=True,
-        )
-    else:
-        view = preprocessor.onto(_part_of(raw, pre, grid), grid, pre)
+    view = preprocessor.onto(_part_of(raw, pre, grid) if raw is not None else None, grid, pre)
     return ZoomView(factor=factor, pre=view, runner=runner.on(view, max_windows=1))
 
 
