@@ -52,6 +52,17 @@ def add_zoom_flag(group: argparse._ActionsContainer, default: str | None = "off"
     )
 
 
+def add_runtime_flag(group: argparse._ActionsContainer) -> None:
+    """``--runtime``: PyTorch, or ONNX Runtime on a folder written by ``lesionsam export`` (predict, serve)."""
+    group.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime", "onnxruntime-int8"],
+        help="run the model in PyTorch (default) or in ONNX Runtime: --checkpoint is then a folder written by "
+        "lesionsam export (onnxruntime-int8: its int8 encoder)",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lesionsam.cli.main import add_zoom_flag, command
+from lesionsam.cli.main import add_runtime_flag, add_zoom_flag, command
 
 _DESCRIPTION = """\
 Segment lesions in IMAGE (NIfTI, NRRD, MHA, a DICOM folder) or in every image of a folder, from clicks.
@@ -106,13 +106,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     output.add_argument("--binary", action="store_true", help="write 0/1 instead of one value per lesion")
     running = p.add_argument_group("how the model runs")
     running.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    running.add_argument(
-        "--runtime",
-        default="torch",
-        choices=["torch", "onnxruntime", "onnxruntime-int8"],
-        help="run the model in PyTorch (default) or in ONNX Runtime: --checkpoint is then a folder written by "
-        "lesionsam export (onnxruntime-int8: its int8 encoder)",
-    )
+    add_runtime_flag(running)
     running.add_argument(
         "--dtype",
         default="float32",

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lesionsam.cli.main import add_zoom_flag, command
+from lesionsam.cli.main import add_runtime_flag, add_zoom_flag, command
 
 _DESCRIPTION = """\
 Serve the images under --root in a web page (three planes and a 3D view): click on a lesion to segment it
@@ -79,13 +79,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
 
     add_zoom_flag(p)
-    p.add_argument(
-        "--runtime",
-        default="torch",
-        choices=["torch", "onnxruntime", "onnxruntime-int8"],
-        help="run the model in PyTorch (default) or ONNX Runtime: --checkpoint is then a folder written by lesionsam "
-        "export (onnxruntime-int8: its int8 encoder)",
-    )
+    add_runtime_flag(p)
 
     def run(a: argparse.Namespace) -> int:
         from lesionsam.inference.zoom import parse_zoom
