@@ -216,6 +216,28 @@ def test_numpy_conveniences() -> None:
     assert idx.tolist() == [0, 0, 0] and label == 0
 
 
+@pytest.mark.parametrize("mode", ["random", "center"])
+def test_next_click_on_a_volume_equals_the_simulator_on_the_whole_volume(mode: str) -> None:
+    # next_click simulates on the box of pred | gt only: the same click (and the same random draws) as the simulator
+    # on the whole volume, wherever the lesion and the errors lie (at the faces too).
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        gt = np.zeros((30, 26, 22), bool)
+        lo = rng.integers(0, [26, 22, 18])
+        hi = lo + rng.integers(2, 9, 3)
+        gt[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
+        pred = gt.copy()
+        pred[tuple(rng.integers(0, [30, 26, 22]))] = True  # a stray false positive anywhere
+        pred[tuple(np.argwhere(gt)[rng.integers(len(np.argwhere(gt)))])] = False  # a missed voxel
+        if seed % 3 == 0:
+            pred[:2, :3, :] = True  # a false-positive slab on a face
+        want_pts, want_lab = ClickSimulator(mode).next(
+            torch.from_numpy(pred)[None], torch.from_numpy(gt)[None], None, None, np.random.default_rng(seed)
+        )
+        idx, label = next_click(pred, gt, mode=mode, rng=np.random.default_rng(seed))
+        assert idx.tolist() == want_pts[0, 0].tolist() and label == int(want_lab[0, 0])
+
+
 def test_unknown_mode_suggests() -> None:
     with pytest.raises(ValueError, match=r"Unknown click mode 'centre'\. Did you mean 'center'\?"):
         ClickSimulator("centre")

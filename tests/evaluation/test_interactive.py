@@ -6,6 +6,7 @@ import json
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import lesionsam.cli.evaluate  # noqa: F401  (registers the sub-commands)
 from lesionsam.cli.main import main
 from lesionsam.data.io import Volume, write_image
 from lesionsam.data.transforms import PreprocessConfig
+from lesionsam.evaluation.dice import dice
 from lesionsam.evaluation.interactive import (
     LesionCurve,
     case_click_curves,
@@ -26,6 +28,7 @@ from lesionsam.evaluation.interactive import (
     summarise_curves,
 )
 from lesionsam.inference.predictor import Predictor
+from lesionsam.inference.session import InteractiveSession
 from lesionsam.models import Prompts, SegOutput
 from lesionsam.workflows.clicks import evaluate_clicks
 from stand_ins import StandInModel
@@ -49,8 +52,8 @@ def test_auc_and_noc_hand_computed() -> None:
 
 
 class OverSegmenter:
-    """A stand-in with the interactive session's API (``click``, ``label_map``, ``reset``): the lesion plus a stray
-    blob until a negative click; ``calls`` holds the lesion's clicks so far after each click."""
+    """A stand-in with the interactive session's API (``click`` and its update, ``label_map``, ``reset``): the lesion
+    plus a stray blob until a negative click; ``calls`` holds the lesion's clicks so far after each click."""
 
     def __init__(self, gt: np.ndarray, extra: np.ndarray) -> None:
         self.gt, self.extra, self.calls = gt, extra, []
@@ -66,7 +69,8 @@ class OverSegmenter:
         self.points.append(np.asarray(point, dtype=float))
         self.labels.append(int(positive))
         self.calls.append((np.stack(self.points), np.asarray(self.labels)))
-        return SimpleNamespace(lesion=1)
+        labels = self.label_map()  # an update of the whole map, as the session's covers what changed
+        return SimpleNamespace(lesion=1, region=tuple(slice(0, n) for n in labels.shape), labels=labels)
 
     def label_map(self) -> np.ndarray:
         out = self.gt | (self.extra if 0 not in self.labels else np.zeros_like(self.extra))
@@ -271,3 +275,29 @@ def test_ten_clicks_in_one_window_encode_the_image_once() -> None:
         predictor, labels.array == 2, n_clicks=10, mode="random", rng=_seed_for(0, "c", 1)
     )
     assert values == curve.dice and predictor.model.encodes == 10  # one encode per click without the session
+
+
+def test_each_clicks_dice_is_that_of_the_sessions_whole_label_map() -> None:
+    # The curve keeps the prediction from the session's updates and counts the Dice on the box they touched; the
+    # reference: the whole label map of the session after each click, scored on the whole volume. A tiny model with
+    # seeded random weights floods far beyond the lesion (windows grow) and shrinks click by click.
+    image, labels = _case()
+    torch.manual_seed(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights
+        predictor = Predictor.from_checkpoint(None, preset="tiny")
+    session = InteractiveSession(predictor, image)
+    maps: list[np.ndarray] = []
+    click = session.click
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        update = click(*args, **kwargs)
+        maps.append(session.label_map() > 0)
+        return update
+
+    session.click = recorded  # type: ignore[method-assign]
+    gt = labels.array == 2
+    values, _ = lesion_click_curve(session, gt, n_clicks=5, rng=np.random.default_rng(0))
+    sizes = [int(m.sum()) for m in maps]
+    assert len(sizes) == 5 and min(sizes) > 20 * gt.sum() and sizes[-1] < sizes[0]  # a flood that shrinks
+    assert values[: len(maps)] == [dice(m, gt) for m in maps]

@@ -61,8 +61,9 @@ class ClicksBench(JsonResult):
 
 
 class PredictPerClick:
-    """The click-curve protocol's engine before issue 21, with the session's ``reset``/``click``/``label_map``: each
-    click calls :meth:`Predictor.predict` with all the lesion's clicks so far (the window is encoded every time)."""
+    """The click-curve protocol's engine before issue 21, with the session's ``reset``/``click``/``label_map`` (a
+    click's update covers the whole map): each click calls :meth:`Predictor.predict` with all the lesion's clicks so
+    far (the window is encoded every time)."""
 
     def __init__(self, predictor: Predictor, image: Volume) -> None:
         self.predictor = predictor
@@ -78,7 +79,9 @@ class PredictPerClick:
         self.points.append(point)
         self.labels.append(int(positive))
         self.labels_map = self.predictor.predict([LesionClicks(points=self.points, labels=self.labels)]).labels
-        return SimpleNamespace(lesion=1)
+        return SimpleNamespace(
+            lesion=1, region=tuple(slice(0, n) for n in self.labels_map.shape), labels=self.labels_map
+        )
 
     def label_map(self) -> np.ndarray:
         assert self.labels_map is not None, "click first"

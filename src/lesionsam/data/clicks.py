@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from lesionsam.utils.components import label_lesions
+from lesionsam.utils.components import bounding_box, label_lesions
 from lesionsam.utils.options import look_up_option
 
 __all__ = [
@@ -351,10 +351,18 @@ def next_click(
     p, g = np.asarray(pred), np.asarray(gt)
     if p.ndim != 3 or p.shape != g.shape:
         raise ValueError(f"next_click: pred and gt must be (D, H, W) volumes of one shape; got {p.shape} and {g.shape}")
-    points, labels = ClickSimulator(mode).next(
-        torch.from_numpy(p > 0.5)[None], torch.from_numpy(g > 0.5)[None], None, None, rng
-    )
-    return points[0, 0].numpy().astype(np.int64), int(labels[0, 0])
+    p, g = p > 0.5, g > 0.5
+    # Every error voxel lies in the box of pred | gt, in the same C order and with the same distance to the errors'
+    # border (both modes rank voxels within it): simulating on that box gives the same click, much faster on a
+    # small lesion in a large volume.
+    box = bounding_box(p | g)
+    if box is not None:
+        p, g = p[box], g[box]
+    points, labels = ClickSimulator(mode).next(torch.from_numpy(p)[None], torch.from_numpy(g)[None], None, None, rng)
+    index, label = points[0, 0].numpy().astype(np.int64), int(labels[0, 0])
+    if box is not None and label >= 0:
+        index += np.array([s.start for s in box], dtype=np.int64)
+    return index, label
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from lesionsam.data.click_rounds import ClickRounds, Decoded, Round
 from lesionsam.data.io import Volume
 from lesionsam.evaluation.dice import dice
 from lesionsam.evaluation.lesions import VOLUME_BINS_ML, json_float, volume_bin
-from lesionsam.utils.components import label_lesions
+from lesionsam.utils.components import bounding_box, label_lesions
 
 if TYPE_CHECKING:
     from lesionsam.inference.predictor import Predictor
@@ -138,6 +138,8 @@ def lesion_click_curve(
     Raises:
         ValueError: an empty lesion mask or ``n_clicks`` < 1.
     """
+    from lesionsam.inference.session_state import union
+
     if n_clicks < 1:
         raise ValueError(f"n_clicks must be >= 1, got {n_clicks}")
     gt = np.asarray(lesion_mask, dtype=bool)
@@ -147,14 +149,21 @@ def lesion_click_curve(
     values: list[float] = []
     clicks: list[tuple[int, int, int, int]] = []
     lesion: int | None = None
+    # The session holds this lesion alone, so its label map is what each update patched in: ``pred`` is kept
+    # up to date from the updates (no whole-map composing per click), and the Dice is counted on the box that holds
+    # the lesion and every region an update touched (nothing is predicted outside it: the same counts).
+    pred = np.zeros(gt.shape, dtype=bool)
+    support = bounding_box(gt)
 
     def click(r: Round) -> Decoded:
-        nonlocal lesion
+        nonlocal lesion, support
         d, h, w = (int(v) for v in r.points[-1])  # (k, j, i) array order → ITK (i, j, k)
         label = int(r.labels[-1])
-        lesion = session.click((w, h, d), positive=label == 1, lesion=lesion).lesion
-        pred = session.label_map() > 0
-        values.append(dice(pred, gt))
+        update = session.click((w, h, d), positive=label == 1, lesion=lesion)
+        lesion = update.lesion
+        pred[update.region] = update.labels > 0
+        support = union(support, update.region)
+        values.append(dice(pred[support], gt[support]))
         clicks.append((w, h, d, label))
         return Decoded(pred)
 

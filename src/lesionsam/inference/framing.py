@@ -22,10 +22,10 @@ from lesionsam.inference.windows import (
     EmbeddingCache,
     LesionMap,
     WindowRunner,
-    bounding_box,
     lesion_probability,
 )
 from lesionsam.inference.zoom import ZoomView, extent_mm, view_prior, zoom_view
+from lesionsam.utils.components import bounding_box
 
 
 def frame_lesion(

@@ -51,7 +51,8 @@ from lesionsam.inference.session_state import (
     size,
     union,
 )
-from lesionsam.inference.windows import ChainState, WindowRunner, bounding_box, first_center, lesion_probability
+from lesionsam.inference.windows import ChainState, WindowRunner, first_center, lesion_probability
+from lesionsam.utils.components import bounding_box
 from lesionsam.utils.dataclass_io import atomic_write_bytes
 from lesionsam.utils.paths import check_can_create, refuse_inputs_as_outputs
 

@@ -32,6 +32,7 @@ from lesionsam.data.crops import CropBox, crop_box, take
 from lesionsam.data.transforms import Preprocessed
 from lesionsam.inference.postprocess import CLICK_RADIUS, keep_clicked_components
 from lesionsam.models import Prompts, SegModel
+from lesionsam.utils.components import bounding_box
 
 #: A lesion's cache of encoded windows, keyed by the window's start (d, h, w) on the canonical grid.
 EmbeddingCache = MutableMapping[tuple[int, int, int], object]
@@ -86,18 +87,6 @@ def bounded(box: CropBox, logits: np.ndarray, bound: Bound | None) -> np.ndarray
         index[axis] = outside  # type: ignore[call-overload]
         out[tuple(index)] = -20.0
     return out
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """The (D, H, W) slices of the smallest box holding every True voxel of ``mask``; None when there is none.
-    (Projections on each axis: much cheaper than ``np.nonzero`` on a large mask.)"""
-    out = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if not len(hit):
-            return None
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)  # type: ignore[return-value]
 
 
 def faces_touched(fg: np.ndarray) -> list[tuple[int, int]]:

@@ -30,7 +30,8 @@ from lesionsam.data.geometry import placeholder, resample
 from lesionsam.data.io import Volume
 from lesionsam.data.transforms import Preprocessed, Preprocessor
 from lesionsam.inference.regions import source_region
-from lesionsam.inference.windows import EmbeddingCache, LesionMap, WindowRunner, bounding_box
+from lesionsam.inference.windows import EmbeddingCache, LesionMap, WindowRunner
+from lesionsam.utils.components import bounding_box
 
 
 @dataclass(frozen=True)

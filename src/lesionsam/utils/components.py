@@ -22,3 +22,15 @@ def lesion_masks(mask: np.ndarray, min_voxels: int = 1) -> list[np.ndarray]:
     """The lesions of a boolean mask with at least ``min_voxels`` voxels, each as a boolean mask, in label order."""
     labels, n = label_lesions(mask)
     return [m for m in (labels == c for c in range(1, n + 1)) if int(m.sum()) >= min_voxels]
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The (D, H, W) slices of the smallest box holding every True voxel of ``mask``; None when there is none.
+    (Projections on each axis: much cheaper than ``np.nonzero`` on a large mask.)"""
+    out = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(hit):
+            return None
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)  # type: ignore[return-value]
