@@ -16,12 +16,12 @@ from scipy.special import expit
 
 from lesionsam.cli.main import main
 from lesionsam.data.geometry import placeholder, resample
-from lesionsam.data.io import read_image, write_image
+from lesionsam.data.io import Volume, read_image, write_image
 from lesionsam.data.transforms import PreprocessConfig, Preprocessor
 from lesionsam.inference.boxes import Box
 from lesionsam.inference.predictor import LesionClicks, Predictor
 from lesionsam.inference.session import InteractiveSession
-from lesionsam.inference.zoom import ZoomPolicy
+from lesionsam.inference.zoom import ZoomPolicy, parse_zoom, zoom_spec
 from lesionsam.models import Prompts, SegOutput
 from stand_ins import StandInModel, bright_blob_output, oblique_volume
 
@@ -208,3 +208,83 @@ def test_without_the_input_image_the_view_resamples_the_normalised_one() -> None
     with_raw = InteractiveSession(pred, pre)
     with_raw.click((40, 45, 20))
     assert 0.5 < _dice(session.label_map(), label.array) < _dice(with_raw.label_map(), label.array)
+
+
+def _noiseless(blobs: tuple[tuple[float, float, float, float], ...]) -> tuple[Volume, Volume]:
+    """:func:`oblique_volume` without its noise (the bright-blob stand-in's blob then ends where the ball does,
+    instead of running into noise voxels above its threshold)."""
+    image, label = oblique_volume(shape=(40, 90, 80), blobs=blobs)
+    return image.with_array(np.where(label.array > 0, 200.0, 0.0).astype(np.float32)), label
+
+
+def test_zoomed_first_frames_a_small_lesion_with_one_encode() -> None:
+    # first=zoomed: the first pass looks in the view at the largest factor around the click; a small lesion stays
+    # there: one encode instead of two.
+    image, label = _noiseless(((20, 45, 40, 2.5),))  # 5 mm across; 3.5 mm blurs to 14 mm along the 2 mm slices
+    pred = _predictor(ZoomPolicy(max_factor=3.0, finest_spacing=0.5, first="zoomed"))
+    session = InteractiveSession(pred, image)
+    session.click((40, 45, 20))
+    state = session._lesions[1].state
+    assert pred.model.encodes == 1 and state.view is not None and state.view.factor == pytest.approx(3.0)
+    usual = InteractiveSession(_predictor(ZoomPolicy(max_factor=3.0, finest_spacing=0.5)), image)
+    usual.click((40, 45, 20))  # the usual pass finds nothing here: the same view, centred on the click, no prior
+    np.testing.assert_array_equal(session.label_map(), usual.label_map())
+    assert _dice(session.label_map(), label.array) > 0.6  # a 5 mm ball on 2 mm slices: partial volume
+    session.click((41, 45, 20), positive=False, lesion=1)
+    assert pred.model.encodes == 1  # refining clicks decode from the view's embedding
+
+
+def test_zoomed_first_views_a_medium_lesion_again_at_its_own_factor() -> None:
+    # A ball of 10 mm (longer along the 2 mm slices) fits in the 16 mm view at 3x but wants less (0.6 * 48 mm / its
+    # extent): viewed again at that factor.
+    image, label = _noiseless(((20, 45, 40, 5.0),))
+    pred = _predictor(ZoomPolicy(max_factor=3.0, finest_spacing=0.5, first="zoomed"))
+    session = InteractiveSession(pred, image)
+    session.click((40, 45, 20))
+    view = session._lesions[1].state.view
+    assert view is not None and 2.0 < view.factor < 2.6 and pred.model.encodes == 2
+    assert _dice(session.label_map(), label.array) > 0.8
+
+
+def test_zoomed_first_sends_a_large_lesion_to_the_usual_grid() -> None:
+    image, label = oblique_volume(shape=(40, 90, 80), blobs=((20, 45, 40, 14),))
+    pred = _predictor(ZoomPolicy(first="zoomed"))
+    session = InteractiveSession(pred, image)
+    session.click((40, 45, 20))
+    assert session._lesions[1].state.view is None and pred.model.encodes == 2  # the zoomed try, then the usual grid
+    usual = InteractiveSession(_predictor(ZoomPolicy()), image)
+    usual.click((40, 45, 20))
+    np.testing.assert_array_equal(session.label_map(), usual.label_map())  # framed on the usual grid alike
+
+
+def test_zoomed_first_prompts_one_by_one_equal_the_same_prompts_at_once() -> None:
+    image, _ = oblique_volume(shape=(40, 90, 80), blobs=SMALL)
+    clicks = [((40, 45, 20), True), ((42, 45, 20), False), ((39, 46, 20), True)]
+    policy = ZoomPolicy(max_factor=3.0, finest_spacing=0.5, first="zoomed")
+    session = InteractiveSession(_predictor(policy), image)
+    lesion = None
+    for point, positive in clicks:
+        lesion = session.click(point, positive=positive, lesion=lesion).lesion
+    pred = _predictor(policy)
+    pred.set_image(image)
+    at_once = pred.predict([LesionClicks(points=[p for p, _ in clicks], labels=[int(s) for _, s in clicks])])
+    np.testing.assert_array_equal(session.label_map(), at_once.labels)
+    assert session._lesions[1].state.view is not None and session.label_map().any()
+
+
+def test_zoom_specs_round_trip() -> None:
+    for spec in (
+        "auto,fill=0.5,max=2,finest=0.25,min=1.25,prior=no,passes=1,first=zoomed",
+        "2",
+        "2,prior=no,first=zoomed",
+    ):
+        policy = parse_zoom(spec)
+        assert policy is not None and zoom_spec(policy) == spec and parse_zoom(zoom_spec(policy)) == policy
+    assert parse_zoom("auto,first=zoomed") == ZoomPolicy(first="zoomed")
+    for bad, message in (
+        ("auto,first=later", "first=usual or first=zoomed"),
+        ("2,fill=0.5", "a fixed factor takes only prior= and first="),
+        ("auto,first=zoomed,passes=2", "leave passes at 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_zoom(bad)

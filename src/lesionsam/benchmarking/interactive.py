@@ -54,8 +54,9 @@ class InteractiveBench(JsonResult):
     #: nnInteractive's protocol (first dtype): a first and a refining point through ``nninteractive-client`` beside
     #: the library on the same array and spacing, median s (empty when the client is not installed).
     remote_round_trip: dict[str, float] = field(default_factory=dict)
-    #: zoom-in (first dtype): a first and a refining click of a lesion zoomed ``zoom_factor`` times (a first pass on
-    #: the usual grid, the zoomed window resampled from the input, encoded and decoded), median s.
+    #: zoom-in (first dtype): a first and a refining click of a lesion zoomed ``zoom_factor`` times, median s: framed
+    #: by a first pass on the usual grid then the zoomed window resampled from the input, encoded and decoded
+    #: ("zoomed"), or by the zoomed window alone ("zoomed, first pass zoomed": a small lesion with first=zoomed).
     zoom: dict[str, float] = field(default_factory=dict)
     zoom_factor: float = 0.0
 
@@ -179,28 +180,39 @@ def _zoomed_clicks(
     factor: float,
 ) -> dict[str, float]:
     """Median s of a first and a refining click with every lesion zoomed ``factor`` times (a fixed factor: with
-    random weights a size-adaptive choice would time the weights)."""
+    random weights a size-adaptive choice would time the weights), framed both ways (:class:`ZoomPolicy` ``first``):
+    a first pass on the usual grid, then the view (``usual``); the view alone (``zoomed``: what a small lesion costs
+    with ``--zoom auto,first=zoomed``)."""
     from lesionsam.inference.predictor import Predictor
     from lesionsam.inference.session import InteractiveSession
     from lesionsam.inference.zoom import ZoomPolicy
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        predictor = Predictor.from_checkpoint(
-            checkpoint, preset=preset, device=device, max_windows=1, dtype=dtype, zoom=ZoomPolicy(fixed=factor)
-        )
-    session = InteractiveSession(predictor, image)  # type: ignore[arg-type]
-    first, refine = [], []
-    for p in points:
-        t0 = time.perf_counter()
-        lesion = session.click(p).lesion
-        first.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        session.click((p[0] + 1, p[1] - 1, p[2]), positive=True, lesion=lesion)
-        refine.append(time.perf_counter() - t0)
-        session.reset()
-    return {"first click, zoomed": statistics.median(first), "refining click, zoomed": statistics.median(refine)}
+    out: dict[str, float] = {}
+    for first, name in (("usual", "zoomed"), ("zoomed", "zoomed, first pass zoomed")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            predictor = Predictor.from_checkpoint(
+                checkpoint,
+                preset=preset,
+                device=device,
+                max_windows=1,
+                dtype=dtype,
+                zoom=ZoomPolicy(fixed=factor, first=first),
+            )
+        session = InteractiveSession(predictor, image)  # type: ignore[arg-type]
+        times: tuple[list[float], list[float]] = ([], [])
+        for p in points:
+            t0 = time.perf_counter()
+            lesion = session.click(p).lesion
+            times[0].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            session.click((p[0] + 1, p[1] - 1, p[2]), positive=True, lesion=lesion)
+            times[1].append(time.perf_counter() - t0)
+            session.reset()
+        out[f"first click, {name}"] = statistics.median(times[0])
+        out[f"refining click, {name}"] = statistics.median(times[1])
+    return out
 
 
 def _remote_round_trip(
@@ -253,7 +265,9 @@ def format_interactive_table(r: InteractiveBench) -> str:
         first = r.seconds[dtypes[0]]["first click"]
         for step, seconds in r.zoom.items():
             lines.append(f"zoom-in x{r.zoom_factor:g}, {step}: {seconds:.3f} s ({dtypes[0]})")
-        lines.append(f"zoom-in's extra cost per lesion (first click): {r.zoom['first click, zoomed'] - first:+.3f} s")
+        for name in ("zoomed", "zoomed, first pass zoomed"):
+            extra = r.zoom[f"first click, {name}"] - first
+            lines.append(f"zoom-in's extra cost per lesion (first click, {name}): {extra:+.3f} s")
     client, library = (r.remote_round_trip.get(f"refining point, {w}") for w in ("nnInteractive client", "library"))
     if client is not None and library is not None:
         lines.append(f"remote protocol overhead of a refining point: {client - library:+.3f} s")

@@ -62,9 +62,13 @@ def frame_lesion(
             return replace(state, framed=True)
         view = zoom_view(runner, engine.preprocessor, raw, pre.source.index_to_world((lo + hi) / 2.0), factor)
         return _boxed_in(state, box, view, engine, box_prior_logit, pre)
+    click = np.asarray(state.center, dtype=float)
+    if policy.first == "zoomed":
+        zoomed = _zoomed_first(state, click, engine=engine, runner=runner, raw=raw, text=text)
+        if zoomed is not None:
+            return zoomed
     # A click lesion: a first pass with its first positive click alone tells its size. With ``policy.passes`` > 1
     # the zoomed pass measures it again, and the view is made again at the factor it asks for (when that differs).
-    click = np.asarray(state.center, dtype=float)
     frame_pre, frame_runner, frame_cache, chain = pre, runner, cache, ChainState()
     factor, view = 1.0, None
     for _ in range(policy.passes):
@@ -86,7 +90,59 @@ def frame_lesion(
         view, factor = new_view, want
         frame_pre, frame_runner, frame_cache = view.pre, view.runner, view.cache
     assert view is not None
-    dhw = _into(state.dhw, pre, view)
+    return _moved_into(state, pre, view, chain)
+
+
+def _zoomed_first(
+    state: LesionState,
+    click: np.ndarray,
+    *,
+    engine: Engine,
+    runner: WindowRunner,
+    raw: Volume | None,
+    text: str | None,
+) -> LesionState | None:
+    """A click lesion framed by a first pass in a view at the largest factor around its first positive click
+    (``ZoomPolicy.first == "zoomed"``): kept when the lesion wants about that factor (or the factor is fixed), viewed
+    again at the factor it wants (this pass as its prior) when that is smaller; None when the lesion spans the view
+    or wants no zoom (the caller frames it from the usual grid)."""
+    policy = engine.zoom
+    assert policy is not None
+    pre = runner.pre
+    spacing = float(min(pre.grid.spacing))
+    window_mm = runner.crop * spacing
+    top = policy.factor(None, window_mm=window_mm, spacing_mm=spacing)  # the largest (or the fixed) factor
+    if top <= 1.0:
+        return None
+    view = zoom_view(runner, engine.preprocessor, raw, pre.grid.index_to_world(click[::-1]), top)
+    c = _into(click[None], pre, view)[0]
+    windows, _ = view.runner.segment(c, c[None], np.array([1]), ChainState(), text=text, cache=view.cache)
+    canon = lesion_probability(
+        windows, c[None], view.runner.shape, threshold=engine.threshold, clicked_only=engine.clicked_only
+    )
+    box = bounding_box(canon.prob > engine.threshold) if canon.prob.size else None
+    if box is not None and max((b.stop - b.start) / n for b, n in zip(box, view.runner.shape, strict=True)) >= 0.95:
+        # as wide as the view on some axis: at least that large (its extent here tells no more)
+        return None if policy.fixed is None else _moved_into(state, pre, view, ChainState())
+    want = (
+        top
+        if policy.fixed is not None
+        else policy.factor(extent_mm(canon, engine.threshold, spacing / top), window_mm=window_mm, spacing_mm=spacing)
+    )
+    if want <= 1.0:
+        return None
+    if want / top > 1.0 / 1.15:  # about the largest factor: this view it is (its embedding is cached)
+        return _moved_into(state, pre, view, ChainState())
+    where = _view_centre(canon, c, view.pre, view.runner.crop, want / top, engine.threshold)
+    new_view = zoom_view(runner, engine.preprocessor, raw, where, want)
+    prior = view_prior(canon, view.pre, new_view.pre) if policy.prior else None
+    chain = ChainState(last=new_view.runner.prior_to_low(prior)) if prior is not None else ChainState()
+    return _moved_into(state, pre, new_view, chain)
+
+
+def _moved_into(state: LesionState, usual: Preprocessed, view: ZoomView, chain: ChainState) -> LesionState:
+    """``state`` framed in ``view``: its clicks mapped there, its chain ``chain``."""
+    dhw = _into(state.dhw, usual, view)
     return replace(state, center=dhw[0] if len(dhw) else None, dhw=dhw, chain=chain, view=view, framed=True)
 
 

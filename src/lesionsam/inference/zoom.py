@@ -48,6 +48,12 @@ class ZoomPolicy:
             from the zoomed pass, the view made again at the factor that asks for when it differs by 15 % or more.
         fixed: zoom every lesion by this factor whatever its size (capped by ``finest_spacing``; 1.0: none): the
             non-adaptive baseline of the comparisons.
+        first: where a click lesion's first pass looks. ``"usual"``: on the usual grid, then zoomed when small (two
+            encodes for a small lesion). ``"zoomed"``: in a view at the largest factor (``fixed``, when given)
+            around the click; a lesion that fits there and wants about that factor stays in it (one encode: most
+            lesions of interest are small), one that wants less is viewed again at its factor, with that pass as
+            its prior, and one as wide as the view goes on as ``"usual"`` (a large lesion pays one encode more). A
+            box's extent decides without a pass either way.
     """
 
     fill: float = 0.6
@@ -57,6 +63,7 @@ class ZoomPolicy:
     prior: bool = True
     passes: int = 1
     fixed: float | None = None
+    first: str = "usual"
 
     def __post_init__(self) -> None:
         for name in ("fill", "max_factor", "finest_spacing", "min_factor", "fixed"):
@@ -75,6 +82,10 @@ class ZoomPolicy:
             raise ValueError(f"a fixed zoom factor must be >= 1, got {self.fixed}")
         if self.finest_spacing <= 0:
             raise ValueError(f"zoom finest_spacing must be a positive number of mm, got {self.finest_spacing}")
+        if self.first not in ("usual", "zoomed"):
+            raise ValueError(f"zoom first must be 'usual' or 'zoomed', got {self.first!r}")
+        if self.first == "zoomed" and self.passes != 1:
+            raise ValueError("zoom first=zoomed measures the lesion in the zoomed view already: leave passes at 1")
 
     def factor(self, extent_mm: float | None, *, window_mm: float, spacing_mm: float) -> float:
         """The zoom factor for a lesion of largest extent ``extent_mm`` (None: nothing found: the largest factor)
@@ -91,7 +102,7 @@ class ZoomPolicy:
 #: What ``--zoom`` takes (:func:`parse_zoom`).
 ZOOM_HELP = (
     "zoom into small lesions: 'off', 'auto' (size-adaptive, the validated defaults), a number (every lesion zoomed "
-    "by that factor), or 'auto' with settings, e.g. 'auto,fill=0.6,max=3,finest=0.25,min=1.25,prior=no'"
+    "by that factor), or 'auto' with settings, e.g. 'auto,fill=0.6,max=3,finest=0.25,min=1.25,prior=no,first=zoomed'"
 )
 _KEYS = {
     "fill": "fill",
@@ -100,6 +111,7 @@ _KEYS = {
     "min": "min_factor",
     "prior": "prior",
     "passes": "passes",
+    "first": "first",
 }
 
 
@@ -108,23 +120,28 @@ def parse_zoom(text: str) -> ZoomPolicy | None:
     spec = str(text).strip().lower()
     if spec in ("off", "none", "no", "1", "1.0"):
         return None
-    try:
-        return ZoomPolicy(fixed=float(spec))
-    except ValueError as err:
-        if "fixed" in str(err):
-            raise
     head, *items = [part.strip() for part in spec.split(",")]
-    if head != "auto":
-        raise ValueError(f"--zoom {text!r}: {ZOOM_HELP}")
     settings: dict[str, object] = {}
+    if head != "auto":
+        try:
+            settings["fixed"] = float(head)
+        except ValueError:
+            raise ValueError(f"--zoom {text!r}: {ZOOM_HELP}") from None
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in _KEYS:
             raise ValueError(f"--zoom {text!r}: unknown setting {item!r}; settings are {', '.join(_KEYS)}")
+        if "fixed" in settings and key not in ("prior", "first"):
+            raise ValueError(f"--zoom {text!r}: a fixed factor takes only prior= and first=, got {item!r}")
         if key == "prior":
             if value not in ("yes", "no"):
                 raise ValueError(f"--zoom {text!r}: prior=yes or prior=no, got {value!r}")
             settings["prior"] = value == "yes"
+            continue
+        if key == "first":
+            if value not in ("usual", "zoomed"):
+                raise ValueError(f"--zoom {text!r}: first=usual or first=zoomed, got {value!r}")
+            settings["first"] = value
             continue
         try:
             settings[_KEYS[key]] = int(value) if key == "passes" else float(value)
@@ -137,12 +154,13 @@ def zoom_spec(policy: ZoomPolicy | None) -> str:
     """The ``--zoom`` value that gives ``policy`` back (:func:`parse_zoom`), for reports and manifests."""
     if policy is None:
         return "off"
+    first = "" if policy.first == "usual" else f",first={policy.first}"
     if policy.fixed is not None:
-        return f"{policy.fixed:g}"
+        return f"{policy.fixed:g}" + ("" if policy.prior else ",prior=no") + first
     prior = "yes" if policy.prior else "no"
     return (
         f"auto,fill={policy.fill:g},max={policy.max_factor:g},finest={policy.finest_spacing:g},"
-        f"min={policy.min_factor:g},prior={prior},passes={policy.passes}"
+        f"min={policy.min_factor:g},prior={prior},passes={policy.passes}{first}"
     )
 
 
