@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,7 @@ def evaluate_clicks(
     progress: bool = False,
     protocol: str = "lesionsam",
     box: str = "2d",
+    workers: int = 1,
 ) -> ClickEvaluation | Cvpr25Evaluation:
     """Run an interactive protocol on every case and write ``clicks.csv`` / ``clicks.json`` (``lesionsam``: every
     lesion) or ``cvpr25.csv`` / ``cvpr25.json`` (``cvpr25``: the lesion label as the challenge's target).
@@ -146,6 +148,8 @@ def evaluate_clicks(
         protocol: ``"lesionsam"`` or ``"cvpr25"`` (whose clicks are fixed: ``n_clicks`` and ``click_mode`` are not
             used; its box jitter is seeded from ``seed`` and the case id).
         box: ``cvpr25`` only: the box given to the engine, ``"2d"`` (on the middle slice) or ``"3d"`` (+ z-range).
+        workers: cases in this many processes (CPU), each with torch's threads divided among them
+            (:mod:`lesionsam.workflows.case_pool`): the same results as one process at that many threads.
 
     Raises:
         ValueError, FileNotFoundError: bad folders, no image for a label map, an output folder that cannot be
@@ -163,6 +167,8 @@ def evaluate_clicks(
         raise ValueError(f"--clicks must be >= 1, got {n_clicks}")
     if click_mode not in CLICK_MODES:
         raise ValueError(f"unknown click mode {click_mode!r}; choose one of {', '.join(CLICK_MODES)}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     pairs = _pairs(images_dir, labels_dir)
     check_can_create(out_dir, what="--out", folder=True)
     reads = [("an image", p) for _, p, _ in pairs] + [("a label map", q) for _, _, q in pairs]
@@ -189,29 +195,28 @@ def evaluate_clicks(
             "checkpoint": None if checkpoint is None else str(checkpoint),
         }
         return _evaluate_cvpr25(
-            pairs, predictor, out_dir, int(label), where, seed=seed, channel=channel, box=box, progress=progress
-        )
-    from tqdm import tqdm
-
-    from lesionsam.data.io import read_image
-    from lesionsam.evaluation.interactive import case_click_curves, curves_csv, curves_json, summarise_curves
-    from lesionsam.utils.dataclass_io import atomic_write_bytes
-
-    curves, lesion_free = [], []
-    for cid, image_path, label_path in tqdm(pairs, desc="clicks", unit="case", disable=not progress):
-        image = read_image(image_path, channel=channel)
-        if image.array.ndim == 4:
-            raise ValueError(f"{image_path}: {image.array.shape[0]} channels; choose one with --channel")
-        found = case_click_curves(
+            pairs,
             predictor,
-            image,
-            read_image(label_path),
-            label=int(label),
-            n_clicks=n_clicks,
-            mode=click_mode,
+            out_dir,
+            int(label),
+            where,
             seed=seed,
-            case=cid,
+            channel=channel,
+            box=box,
+            progress=progress,
+            workers=workers,
         )
+    from lesionsam.evaluation.interactive import curves_csv, curves_json, summarise_curves
+    from lesionsam.utils.dataclass_io import atomic_write_bytes
+    from lesionsam.workflows.case_pool import map_cases
+
+    case_fn = partial(
+        _case_curves, label=int(label), n_clicks=n_clicks, click_mode=click_mode, seed=seed, channel=channel
+    )
+    curves, lesion_free = [], []
+    for (cid, _, _), found in zip(
+        pairs, map_cases(case_fn, predictor, pairs, workers=workers, progress=progress, desc="clicks"), strict=True
+    ):
         if not found:
             lesion_free.append(cid)
         curves += found
@@ -233,6 +238,60 @@ def evaluate_clicks(
     return result
 
 
+def _read_case(image_path: Path, label_path: Path, channel: int | None) -> tuple[Any, Any]:
+    """A case's scan (one channel) and label map."""
+    from lesionsam.data.io import read_image
+
+    image = read_image(image_path, channel=channel)
+    if image.array.ndim == 4:
+        raise ValueError(f"{image_path}: {image.array.shape[0]} channels; choose one with --channel")
+    return image, read_image(label_path)
+
+
+def _case_curves(
+    predictor: Any,
+    cid: str,
+    image_path: Path,
+    label_path: Path,
+    *,
+    label: int,
+    n_clicks: int,
+    click_mode: str,
+    seed: int,
+    channel: int | None,
+) -> list[Any]:
+    """The ``lesionsam`` protocol's curves of one case (a :data:`~lesionsam.workflows.case_pool.CaseFunction`)."""
+    from lesionsam.evaluation.interactive import case_click_curves
+
+    image, labels = _read_case(image_path, label_path, channel)
+    return case_click_curves(
+        predictor, image, labels, label=label, n_clicks=n_clicks, mode=click_mode, seed=seed, case=cid
+    )
+
+
+def _case_cvpr25(
+    predictor: Any,
+    cid: str,
+    image_path: Path,
+    label_path: Path,
+    *,
+    label: int,
+    seed: int,
+    channel: int | None,
+    box: str,
+) -> Any:
+    """The ``cvpr25`` protocol's result of one case (None without the target label)."""
+    import zlib
+
+    import numpy as np
+
+    from lesionsam.evaluation.cvpr25 import case_cvpr25
+
+    image, labels = _read_case(image_path, label_path, channel)
+    shift = int(np.random.default_rng([int(seed), zlib.crc32(cid.encode("utf-8"))]).integers(0, 6))
+    return case_cvpr25(predictor, image, labels, label=label, case=cid, shift=shift, box=box)
+
+
 def _evaluate_cvpr25(
     pairs: list[tuple[str, Path, Path]],
     predictor: Any,
@@ -244,24 +303,18 @@ def _evaluate_cvpr25(
     channel: int | None,
     box: str,
     progress: bool,
+    workers: int = 1,
 ) -> Cvpr25Evaluation:
     """The ``cvpr25`` protocol on checked pairs (see :func:`evaluate_clicks`)."""
-    import zlib
-
-    import numpy as np
-    from tqdm import tqdm
-
-    from lesionsam.data.io import read_image
-    from lesionsam.evaluation.cvpr25 import case_cvpr25, cvpr25_csv, cvpr25_json, summarise_cvpr25
+    from lesionsam.evaluation.cvpr25 import cvpr25_csv, cvpr25_json, summarise_cvpr25
     from lesionsam.utils.dataclass_io import atomic_write_bytes
+    from lesionsam.workflows.case_pool import map_cases
 
+    case_fn = partial(_case_cvpr25, label=label, seed=seed, channel=channel, box=box)
     results, lesion_free = [], []
-    for cid, image_path, label_path in tqdm(pairs, desc="cvpr25", unit="case", disable=not progress):
-        image = read_image(image_path, channel=channel)
-        if image.array.ndim == 4:
-            raise ValueError(f"{image_path}: {image.array.shape[0]} channels; choose one with --channel")
-        shift = int(np.random.default_rng([int(seed), zlib.crc32(cid.encode("utf-8"))]).integers(0, 6))
-        found = case_cvpr25(predictor, image, read_image(label_path), label=label, case=cid, shift=shift, box=box)
+    for (cid, _, _), found in zip(
+        pairs, map_cases(case_fn, predictor, pairs, workers=workers, progress=progress, desc="cvpr25"), strict=True
+    ):
         if found is None:
             lesion_free.append(cid)
             continue
