@@ -6,6 +6,8 @@ times each, every run with a fresh output folder; the median wall time of each s
 and the files the two sides wrote are compared (same names, same bytes), so that a speed-up that changed the
 results is seen. Wall time includes Python's start-up and imports, as a user sees it.
 
+``--tree-args`` adds flags to the working tree's command only (a new option measured against the old default).
+
 Example (the click-curve protocol on the demo's test set, before and after issue 21)::
 
     python benchmarks/compare_revisions.py --base b22a878 --repeats 3 -- \\
@@ -51,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the revision to compare with (a commit, branch or tag)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side (median reported; default 3)")
+    parser.add_argument(
+        "--tree-args",
+        default="",
+        metavar="ARGS",
+        help="flags added to the working tree's command only (e.g. '--workers 2', a flag the base does not have)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the lesionsam sub-command; {out} = output")
     a = parser.parse_args(argv)
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
@@ -63,19 +71,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             sides = {f"base ({a.base})": base / "src", "working tree": ROOT / "src"}
+            commands = {f"base ({a.base})": command, "working tree": [*command, *a.tree_args.split()]}
             seconds: dict[str, list[float]] = {name: [] for name in sides}
             outputs: dict[str, dict[str, str]] = {}
             for r in range(a.repeats):
                 for name, src in sides.items():
                     out = Path(tmp) / f"out_{len(outputs)}_{r}_{name.split()[0]}"
-                    seconds[name].append(_run(src, command, out))
+                    seconds[name].append(_run(src, commands[name], out))
                     outputs[name] = _digest(out)
                     print(f"  {name}: run {r + 1}: {seconds[name][-1]:.1f} s", file=sys.stderr)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
     medians = {name: statistics.median(v) for name, v in seconds.items()}
     (b, bt), (w, wt) = medians.items()
-    print(f"lesionsam {' '.join(command)}")
+    print(f"lesionsam {' '.join(command)}" + (f"  (working tree: + {a.tree_args})" if a.tree_args else ""))
     for name, v in seconds.items():
         print(f"  {name:<28} median {medians[name]:7.1f} s   runs {', '.join(f'{s:.1f}' for s in v)}")
     print(
