@@ -14,6 +14,7 @@ WORKFLOWS = Path(__file__).resolve().parents[2] / "src" / "lesionsam" / "workflo
 TORCH_ALLOWED = {
     "ablate.py": "torch.distributed: joins the torchrun process group (and picks the CUDA device of its rank)",
     "demo.py": "reads torch.get_num_threads() for the run's setup line",
+    "case_pool.py": "shares torch's threads among worker processes (get_num_threads / set_num_threads)",
 }
 #: Calls that run or reach into a model, or switch autograd for running one.
 MODEL_CALLS = {
