@@ -149,7 +149,8 @@ def evaluate_clicks(
             used; its box jitter is seeded from ``seed`` and the case id).
         box: ``cvpr25`` only: the box given to the engine, ``"2d"`` (on the middle slice) or ``"3d"`` (+ z-range).
         workers: cases in this many processes (CPU), each with torch's threads divided among them
-            (:mod:`lesionsam.workflows.case_pool`): the same results as one process at that many threads.
+            (:mod:`lesionsam.workflows.case_pool`): the same results as one process at that many threads. The
+            workers are spawned: from a script, call this under ``if __name__ == "__main__":``.
 
     Raises:
         ValueError, FileNotFoundError: bad folders, no image for a label map, an output folder that cannot be
