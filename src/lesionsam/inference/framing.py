@@ -69,28 +69,52 @@ def frame_lesion(
             return zoomed
     # A click lesion: a first pass with its first positive click alone tells its size. With ``policy.passes`` > 1
     # the zoomed pass measures it again, and the view is made again at the factor it asks for (when that differs).
-    frame_pre, frame_runner, frame_cache, chain = pre, runner, cache, ChainState()
+    frame_runner, frame_cache, chain = runner, cache, ChainState()
     factor, view = 1.0, None
     for _ in range(policy.passes):
         c = _into(click[None], pre, view)[0] if view is not None else click
-        windows, _ = frame_runner.segment(c, c[None], np.array([1]), chain, text=text, cache=frame_cache)
-        canon = lesion_probability(
-            windows, c[None], frame_runner.shape, threshold=engine.threshold, clicked_only=engine.clicked_only
-        )
+        canon = _measure(frame_runner, c, chain, frame_cache, engine, text)
         size = extent_mm(canon, engine.threshold, spacing / factor)
         want = policy.factor(size, window_mm=window_mm, spacing_mm=spacing)
         if want <= 1.0:  # large: the usual grid (also when a zoomed pass finds it larger than the first did)
             return replace(state, framed=True)
         if view is not None and abs(want / factor - 1.0) < 0.15:
             break  # the zoomed pass agrees with the view's factor
-        where = _view_centre(canon, c, frame_pre, frame_runner.crop, want / factor, engine.threshold)
-        new_view = zoom_view(runner, engine.preprocessor, raw, where, want)
-        prior = view_prior(canon, frame_pre, new_view.pre) if policy.prior else None
-        chain = ChainState(last=new_view.runner.prior_to_low(prior)) if prior is not None else ChainState()
-        view, factor = new_view, want
-        frame_pre, frame_runner, frame_cache = view.pre, view.runner, view.cache
+        view, chain = _view_from(canon, c, frame_runner, factor, want, usual=runner, engine=engine, raw=raw)
+        factor = want
+        frame_runner, frame_cache = view.runner, view.cache
     assert view is not None
     return _moved_into(state, pre, view, chain)
+
+
+def _measure(
+    runner: WindowRunner, c: np.ndarray, chain: ChainState, cache: EmbeddingCache, engine: Engine, text: str | None
+) -> LesionMap:
+    """A framing pass: the lesion of the positive click ``c`` (canonical on ``runner``'s grid) after ``chain``."""
+    windows, _ = runner.segment(c, c[None], np.array([1]), chain, text=text, cache=cache)
+    return lesion_probability(
+        windows, c[None], runner.shape, threshold=engine.threshold, clicked_only=engine.clicked_only
+    )
+
+
+def _view_from(
+    canon: LesionMap,
+    c: np.ndarray,
+    runner: WindowRunner,
+    factor: float,
+    want: float,
+    *,
+    usual: WindowRunner,
+    engine: Engine,
+    raw: Volume | None,
+) -> tuple[ZoomView, ChainState]:
+    """The view at ``want`` of the lesion a pass found (``canon``, click ``c``, on ``runner``'s grid, zoomed
+    ``factor``), centred by :func:`_view_centre`, and its first chain state (that pass as its prior, when asked)."""
+    assert engine.zoom is not None
+    where = _view_centre(canon, c, runner.pre, runner.crop, want / factor, engine.threshold)
+    view = zoom_view(usual, engine.preprocessor, raw, where, want)
+    prior = view_prior(canon, runner.pre, view.pre) if engine.zoom.prior else None
+    return view, ChainState(last=view.runner.prior_to_low(prior)) if prior is not None else ChainState()
 
 
 def _zoomed_first(
@@ -116,10 +140,7 @@ def _zoomed_first(
         return None
     view = zoom_view(runner, engine.preprocessor, raw, pre.grid.index_to_world(click[::-1]), top)
     c = _into(click[None], pre, view)[0]
-    windows, _ = view.runner.segment(c, c[None], np.array([1]), ChainState(), text=text, cache=view.cache)
-    canon = lesion_probability(
-        windows, c[None], view.runner.shape, threshold=engine.threshold, clicked_only=engine.clicked_only
-    )
+    canon = _measure(view.runner, c, ChainState(), view.cache, engine, text)
     box = bounding_box(canon.prob > engine.threshold) if canon.prob.size else None
     if box is not None and max((b.stop - b.start) / n for b, n in zip(box, view.runner.shape, strict=True)) >= 0.95:
         # as wide as the view on some axis: at least that large (its extent here tells no more)
@@ -133,10 +154,7 @@ def _zoomed_first(
         return None
     if want / top > 1.0 / 1.15:  # about the largest factor: this view it is (its embedding is cached)
         return _moved_into(state, pre, view, ChainState())
-    where = _view_centre(canon, c, view.pre, view.runner.crop, want / top, engine.threshold)
-    new_view = zoom_view(runner, engine.preprocessor, raw, where, want)
-    prior = view_prior(canon, view.pre, new_view.pre) if policy.prior else None
-    chain = ChainState(last=new_view.runner.prior_to_low(prior)) if prior is not None else ChainState()
+    new_view, chain = _view_from(canon, c, view.runner, top, want, usual=runner, engine=engine, raw=raw)
     return _moved_into(state, pre, new_view, chain)
 
 

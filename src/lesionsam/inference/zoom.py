@@ -113,6 +113,11 @@ _KEYS = {
     "passes": "passes",
     "first": "first",
 }
+#: The settings that take a word, and what each word gives.
+_CHOICES: dict[str, dict[str, object]] = {
+    "prior": {"yes": True, "no": False},
+    "first": {"usual": "usual", "zoomed": "zoomed"},
+}
 
 
 def parse_zoom(text: str) -> ZoomPolicy | None:
@@ -133,15 +138,11 @@ def parse_zoom(text: str) -> ZoomPolicy | None:
             raise ValueError(f"--zoom {text!r}: unknown setting {item!r}; settings are {', '.join(_KEYS)}")
         if "fixed" in settings and key not in ("prior", "first"):
             raise ValueError(f"--zoom {text!r}: a fixed factor takes only prior= and first=, got {item!r}")
-        if key == "prior":
-            if value not in ("yes", "no"):
-                raise ValueError(f"--zoom {text!r}: prior=yes or prior=no, got {value!r}")
-            settings["prior"] = value == "yes"
-            continue
-        if key == "first":
-            if value not in ("usual", "zoomed"):
-                raise ValueError(f"--zoom {text!r}: first=usual or first=zoomed, got {value!r}")
-            settings["first"] = value
+        if key in _CHOICES:
+            choices = _CHOICES[key]
+            if value not in choices:
+                raise ValueError(f"--zoom {text!r}: {' or '.join(f'{key}={c}' for c in choices)}, got {value!r}")
+            settings[_KEYS[key]] = choices[value]
             continue
         try:
             settings[_KEYS[key]] = int(value) if key == "passes" else float(value)

@@ -43,6 +43,12 @@ def _run_chunk(chunk: _Chunk) -> list[tuple[str, Any]]:
     return [(cid, chunk.fn(chunk.predictor, cid, image, label)) for cid, image, label in chunk.cases]
 
 
+def check_workers(workers: int) -> None:
+    """``ValueError`` unless ``workers`` is a usable number of worker processes (>= 1)."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+
+
 def map_cases(
     fn: CaseFunction,
     predictor: Predictor,
@@ -62,8 +68,7 @@ def map_cases(
     import torch
     from tqdm import tqdm
 
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers)
     bar = tqdm(total=len(cases), desc=desc, unit="case", disable=not progress)
     if workers == 1 or len(cases) <= 1:
         out = []
@@ -90,4 +95,4 @@ def map_cases(
     return [results[cid] for cid, _, _ in cases]
 
 
-__all__ = ["Case", "CaseFunction", "map_cases"]
+__all__ = ["Case", "CaseFunction", "check_workers", "map_cases"]

@@ -158,6 +158,7 @@ def evaluate_clicks(
     """
     from lesionsam.data.clicks import CLICK_MODES
     from lesionsam.evaluation.cvpr25 import BOX_MODES
+    from lesionsam.workflows.case_pool import check_workers
 
     images_dir, labels_dir, out_dir = Path(images_dir), Path(labels_dir), Path(out)
     if protocol not in PROTOCOLS:
@@ -168,8 +169,7 @@ def evaluate_clicks(
         raise ValueError(f"--clicks must be >= 1, got {n_clicks}")
     if click_mode not in CLICK_MODES:
         raise ValueError(f"unknown click mode {click_mode!r}; choose one of {', '.join(CLICK_MODES)}")
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers)
     pairs = _pairs(images_dir, labels_dir)
     check_can_create(out_dir, what="--out", folder=True)
     reads = [("an image", p) for _, p, _ in pairs] + [("a label map", q) for _, _, q in pairs]

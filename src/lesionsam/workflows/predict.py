@@ -154,30 +154,21 @@ class ModelChoice:
 
     def build(self, checkpoint: PathLike | None = None, *, refiner: bool = False) -> Predictor:
         """The predictor of this choice (or, with ``refiner``, of ``checkpoint`` with no preset)."""
+        settings: dict[str, Any] = {  # the same predictor settings whichever runtime builds it
+            "device": self.device,
+            "dtype": self.dtype,
+            "modality": self.modality,
+            "spacing": self.spacing,
+            "max_windows": self.max_windows,
+            "clicked_only": not self.all_components,
+            "zoom": self.zoom,
+        }
         if self.runtime != "torch" and not refiner:
             from lesionsam.inference.onnx_model import onnx_predictor
 
-            return onnx_predictor(
-                self.export_folder(),
-                runtime=self.runtime,
-                device=self.device,
-                dtype=self.dtype,
-                modality=self.modality,
-                spacing=self.spacing,
-                max_windows=self.max_windows,
-                clicked_only=not self.all_components,
-                zoom=self.zoom,
-            )
+            return onnx_predictor(self.export_folder(), runtime=self.runtime, **settings)
         return Predictor.from_checkpoint(
-            checkpoint if refiner else self.checkpoint,
-            preset=None if refiner else self.preset,
-            device=self.device,
-            modality=self.modality,
-            spacing=self.spacing,
-            max_windows=self.max_windows,
-            clicked_only=not self.all_components,
-            dtype=self.dtype,
-            zoom=self.zoom,
+            checkpoint if refiner else self.checkpoint, preset=None if refiner else self.preset, **settings
         )
 
     def export_folder(self) -> Path:
